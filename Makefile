@@ -1,0 +1,64 @@
+# medpipe: `make run` and `make test` are all a fresh machine needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV := $(BIN)/uv
+UV_VERSION := 0.13.8
+STAMP := $(VENV)/.installed
+DATA ?= data
+ARGS ?=
+
+# Offline by default: no telemetry from Prefect, MLflow, DVC or GX (pipeline/_env.py sets them too).
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site-cache
+
+.PHONY: help install install-gpu data run test dvc-repro mlflow-ui prefect-ui lock bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(UV) || $(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) pip sync -q --python $(BIN)/python requirements.lock
+	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
+	touch $@
+
+install: $(STAMP)  ## create .venv and install the pinned dependencies (CPU TensorFlow)
+
+install-gpu: $(STAMP)  ## swap in TensorFlow with CUDA wheels (Linux + NVIDIA GPU)
+	$(UV) pip uninstall -q --python $(BIN)/python tensorflow-cpu
+	$(UV) pip install -q --python $(BIN)/python "tensorflow[and-cuda]==2.21.0"
+
+$(DATA)/manifest.csv: | $(STAMP)
+	$(BIN)/medpipe data synth --out $(DATA)
+
+data: $(DATA)/manifest.csv  ## build the built-in synthetic chest X-ray data set if missing
+
+run: $(STAMP) $(DATA)/manifest.csv  ## install, build data if missing, run the training flow
+	$(BIN)/medpipe run --data $(DATA) $(ARGS)
+
+test: $(STAMP)  ## run the test suite
+	$(BIN)/python -m pytest $(ARGS)
+
+dvc-repro: $(STAMP) $(DATA)/manifest.csv  ## run the same steps as DVC stages
+	$(BIN)/dvc repro
+
+mlflow-ui: $(STAMP)  ## browse runs and models at http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 --port 5000
+
+prefect-ui: $(STAMP)  ## browse flow runs at http://127.0.0.1:4200
+	$(BIN)/prefect server start --host 127.0.0.1
+
+lock: $(STAMP)  ## re-resolve requirements.lock from pyproject.toml
+	$(UV) pip compile pyproject.toml --extra cpu --extra test --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 -o requirements.lock
+
+clean:  ## remove pipeline outputs (keeps data/, mlflow/ and .venv)
+	rm -rf outputs

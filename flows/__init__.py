@@ -1,0 +1,1 @@
+"""Prefect flows: wiring of the `pipeline` steps, no ML logic."""

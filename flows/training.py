@@ -1,0 +1,46 @@
+"""The training flow: validate → preprocess → balance → train → evaluate → register."""
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
+
+from pipeline import balance, evaluate, preprocess, registry, train, validate
+from pipeline.config import Params, Workspace, load_params
+from pipeline.summary import TrainingSummary
+
+
+def _step(module, name: str):
+    """A Prefect task running one step's `run_step(params, workspace)`."""
+    return task(module.run_step, name=name, cache_policy=NO_CACHE)
+
+
+validate_task = _step(validate, "validate")
+preprocess_task = _step(preprocess, "preprocess")
+balance_task = _step(balance, "balance")
+train_task = _step(train, "train")
+evaluate_task = _step(evaluate, "evaluate")
+register_task = _step(registry, "register")
+
+
+@flow(name="medpipe-training", log_prints=True)
+def training_flow(params_file: str = "params.yaml", data: str | None = None,
+                  overrides: dict[str, str] | None = None) -> TrainingSummary:
+    """Train, evaluate and register a classifier; stop before preprocessing if the data are invalid."""
+    params: Params = load_params(Path(params_file), overrides)
+    ws = Workspace.create(params, Path(params_file), Path(data) if data else None)
+    report = validate_task(params, ws)
+    if not report.success:
+        return Failed(message=f"{ws.manifest}: data validation failed, {report.summary()}; "
+                              f"report: {report.report_md}")
+    prepared = preprocess_task(params, ws)
+    balanced = balance_task(params, ws)
+    trained = train_task(params, ws)
+    evaluated = evaluate_task(params, ws)
+    registered = register_task(params, ws)
+    summary = TrainingSummary.collect(params, ws, prepared, balanced, trained, evaluated, registered)
+    create_markdown_artifact(summary.markdown(), key="medpipe-training-summary",
+                             description="medpipe training run: model version, lineage and test metrics")
+    return summary

@@ -1,0 +1,21 @@
+"""Process-wide settings that must be in place before Prefect, MLflow, DVC, GX or TF import."""
+
+import os
+
+OFFLINE_DEFAULTS: dict[str, str] = {
+    # No telemetry or analytics, ever: medpipe runs offline next to patient data.
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # The ephemeral Prefect server can take > 20 s to start on a loaded 2-core machine.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+}
+
+
+def configure_offline() -> None:
+    """Set medpipe's offline defaults, leaving any value the user set alone."""
+    for key, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)

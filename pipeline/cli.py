@@ -1,0 +1,135 @@
+"""The `medpipe` command line (typer + rich). Heavy libraries load only inside commands."""
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.errors import ConfigError, MedpipeError
+
+app = typer.Typer(help="medpipe: reproducible training of CNN classifiers for medical images.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Build and inspect data sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Parameter file.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one parameter: KEY=VALUE, "
+                                                     "e.g. --set train.epochs=3 (repeatable).")]
+
+
+class Step(str, Enum):
+    validate = "validate"
+    preprocess = "preprocess"
+    balance = "balance"
+    train = "train"
+    evaluate = "evaluate"
+    register = "register"
+
+
+def _overrides(pairs: list[str] | None) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError("--set", f"expected KEY=VALUE, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@app.command()
+def run(data: Annotated[Optional[Path], typer.Option(help="Data root holding manifest.csv "
+                                                     "(default: params data.root).")] = None,
+        params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Run the whole training flow (Prefect): validate, preprocess, balance, train, evaluate, register."""
+    from pipeline.config import load_params
+
+    overrides = _overrides(set_)
+    load_params(params, overrides)  # fail fast on a bad params file, before Prefect starts
+    from flows.training import training_flow
+
+    state = training_flow(params_file=str(params), data=str(data) if data else None, overrides=overrides,
+                          return_state=True)
+    if state.is_failed():
+        err_console.print(f"error: {state.message}", markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+    _print_summary(state.result())
+
+
+def _print_summary(summary) -> None:
+    table = Table(title=f"{summary.model_name} version {summary.version}", show_header=False)
+    table.add_row("MLflow run", summary.run_id)
+    table.add_row("data md5", summary.data_md5)
+    table.add_row("images (train/val/test)", "/".join(str(v) for v in summary.split_sizes.values()))
+    table.add_row("epochs", str(summary.epochs_run))
+    for key, value in summary.test_metrics.items():
+        table.add_row(f"test {key}", f"{value:.3f}")
+    console.print(table)
+    console.print(f"Model: models:/{summary.model_name}/{summary.version}")
+    console.print(f"Browse: {summary.ui_hint()}", soft_wrap=True)
+
+
+@app.command()
+def validate(data: Annotated[Path, typer.Argument(help="Data root holding manifest.csv.")],
+             params: ParamsOpt = Path("params.yaml")) -> None:
+    """Validate a data set with Great Expectations; exit 1 if any check fails."""
+    from pipeline import validate as step
+    from pipeline.config import Workspace, load_params
+
+    p = load_params(params)
+    report = step.run_step(p, Workspace.create(p, params, data))
+    if not report.success:
+        err_console.print(f"error: {data / 'manifest.csv'}: {report.summary()}; report: {report.report_md}",
+                          markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(f"ok: {report.summary()}; report: {report.report_md}", soft_wrap=True)
+
+
+@app.command()
+def stage(step: Annotated[Step, typer.Argument(help="Which step to run.")],
+          params: ParamsOpt = Path("params.yaml")) -> None:
+    """Run one step on its own, as the DVC stages of dvc.yaml do."""
+    import importlib
+
+    from pipeline.config import Workspace, load_params
+
+    p = load_params(params)
+    ws = Workspace.create(p, params)
+    module = importlib.import_module("pipeline.registry" if step is Step.register else f"pipeline.{step.value}")
+    result = module.run_step(p, ws)
+    if step is Step.validate and not result.success:
+        raise MedpipeError(ws.manifest, f"data validation failed, {result.summary()}; report: {result.report_md}")
+    console.print(f"{step.value}: done")
+
+
+@data_app.command("synth")
+def data_synth(out: Annotated[Path, typer.Option(help="Folder to write images and manifest.csv to.")] = Path("data"),
+               patients: Annotated[int, typer.Option(min=3, help="Number of patients (2-4 images each).")] = 200,
+               size: Annotated[int, typer.Option(min=16, help="Image side in pixels.")] = 64,
+               seed: Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")] = 0,
+               force: Annotated[bool, typer.Option(help="Overwrite an existing manifest.")] = False) -> None:
+    """Generate the built-in synthetic chest-radiograph set (normal / nodule / effusion)."""
+    from pipeline.data import MANIFEST, synthesize
+
+    if (out / MANIFEST).exists() and not force:
+        raise MedpipeError(out / MANIFEST, "already exists; use --force to overwrite")
+    manifest = synthesize(out, patients, size, seed)
+    counts = manifest["label"].value_counts().to_dict()
+    console.print(f"wrote {len(manifest)} images of {manifest['patient_id'].nunique()} patients to {out} {counts}")
+
+
+def main() -> None:
+    """Entry point: expected failures print one line and exit 1 (data) or 2 (usage)."""
+    try:
+        app()
+    except MedpipeError as err:
+        err_console.print(f"error: {err}", markup=False, soft_wrap=True)
+        raise SystemExit(err.exit_code) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""params.yaml as a typed pydantic model: one section per step, unknown keys rejected."""
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class Section(BaseModel):
+    """Base of every params section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(Section):
+    """Where the data set (images + manifest.csv) lives, relative to params.yaml."""
+
+    root: Path = Path("data")
+
+
+class ValidateParams(Section):
+    """Data-validation thresholds."""
+
+    labels: list[str] = ["normal", "nodule", "effusion"]
+    min_per_class: int = Field(5, ge=1)
+
+
+class SplitRatios(Section):
+    """Fractions of patients per split."""
+
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> "SplitRatios":
+        if abs(self.train + self.val + self.test - 1.0) > 1e-6:
+            raise ValueError("split ratios must sum to 1")
+        return self
+
+
+class PreprocessParams(Section):
+    """Image size and the patient-grouped split."""
+
+    size: int = Field(64, ge=8, le=1024)
+    split: SplitRatios = SplitRatios()
+    seed: int = 42
+
+
+class BalanceParams(Section):
+    """How class imbalance is countered."""
+
+    strategy: Literal["none", "class_weight", "oversample"] = "oversample"
+    max_rotation: float = Field(10.0, ge=0, le=45)
+    seed: int = 42
+
+
+class ModelParams(Section):
+    """Which network to build."""
+
+    name: Literal["seed_cnn"] = "seed_cnn"
+
+
+class TrainParams(Section):
+    """Optimiser and schedule."""
+
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    patience: int = Field(4, ge=1)
+    seed: int = 42
+    determinism: bool = True
+
+
+class EvaluateParams(Section):
+    """Evaluation settings."""
+
+    ece_bins: int = Field(10, ge=2)
+
+
+class RegisterParams(Section):
+    """Where models are tracked and registered."""
+
+    tracking_uri: str = "sqlite:///mlflow/mlflow.db"
+    artifact_root: Path = Path("mlflow/artifacts")
+    experiment: str = "medpipe"
+    model_name: str = "medpipe-classifier"
+
+
+class PromoteParams(Section):
+    """Promotion gate (used by the promotion flow)."""
+
+    metric: str = "roc_auc"
+    margin: float = 0.0
+
+
+class Params(Section):
+    """The whole params.yaml."""
+
+    data: DataParams = DataParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    preprocess: PreprocessParams = PreprocessParams()
+    balance: BalanceParams = BalanceParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    register_: RegisterParams = Field(RegisterParams(), alias="register")
+    promote: PromoteParams = PromoteParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def md5(self) -> str:
+        """Stable hash of the effective parameters (lineage tag `medpipe.params_md5`)."""
+        text = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.md5(text.encode()).hexdigest()
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p).rstrip("_") for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"unknown key '{key}'"
+    return f"invalid value for '{key}': {first['msg']}"
+
+
+def parse_params(raw: dict, source: str | Path = DEFAULT_PARAMS) -> Params:
+    """Build Params from a dict, raising ConfigError that names the offending key."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ConfigError(source, _describe(err)) from None
+
+
+def load_params(path: Path = DEFAULT_PARAMS, overrides: dict[str, str] | None = None) -> Params:
+    """Read params.yaml and apply dotted-key overrides such as {"train.epochs": "3"}."""
+    if not path.is_file():
+        raise ConfigError(path, "parameter file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(path, f"not valid YAML ({err.__class__.__name__})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "top level must be a mapping of step sections")
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, yaml.safe_load(value))
+    return parse_params(raw, path)
+
+
+def _set_dotted(raw: dict, key: str, value: object) -> None:
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+class Workspace(BaseModel):
+    """Where a run reads its data and writes its step outputs (all DVC-tracked paths)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    base: Path
+    data_root: Path
+    out: Path
+
+    @classmethod
+    def create(cls, params: Params, params_file: Path, data: Path | None = None) -> "Workspace":
+        """Resolve data and output folders against the folder holding params.yaml."""
+        base = params_file.resolve().parent
+        root = data.resolve() if data is not None else (base / params.data.root).resolve()
+        return cls(base=base, data_root=root, out=base / "outputs")
+
+    @property
+    def manifest(self) -> Path:
+        return self.data_root / "manifest.csv"
+
+    def step_dir(self, step: str) -> Path:
+        """Output folder of one step, created on demand."""
+        path = self.out / step
+        path.mkdir(parents=True, exist_ok=True)
+        return path

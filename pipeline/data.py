@@ -1,0 +1,169 @@
+"""Data sets: the built-in synthetic chest radiographs and reading a manifest.
+
+The generator uses only IEEE-exact arithmetic (+, -, *, /, clip) on float64 and numpy's seeded
+PCG64 streams, so the same seed gives byte-identical PNGs on any x86-64 machine and the hash
+in `data.dvc` stays stable.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import DataError
+
+CLASSES = ("normal", "nodule", "effusion")
+CLASS_SHARES = (0.7, 0.2, 0.1)
+MANIFEST = "manifest.csv"
+MANIFEST_COLUMNS = ("path", "label", "patient_id")
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """One patient's chest: body and lung geometry in unit coordinates, plus tissue levels."""
+
+    cx: float
+    cy: float
+    gap: float
+    lung_a: float
+    lung_b: float
+    body: float
+    air: float
+    rib_phase: float
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """A finding: a nodule (disk) or an effusion (fluid level in the lower lung)."""
+
+    kind: str
+    side: int  # -1 right lung (image left), +1 left lung
+    x: float
+    y: float
+    size: float
+    contrast: float
+
+
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    return xx / (size - 1), yy / (size - 1)
+
+
+def _smoothstep(t: np.ndarray) -> np.ndarray:
+    t = np.clip(t, 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def _ellipse(xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, a: float, b: float) -> np.ndarray:
+    """Soft-edged ellipse mask in [0, 1]."""
+    d = ((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2
+    return _smoothstep((1.0 - d) / 0.15)
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Low-frequency texture: a coarse normal grid, bilinearly upsampled."""
+    coarse = rng.normal(size=(cells + 1, cells + 1))
+    u = np.arange(size, dtype=np.float64) * cells / (size - 1)
+    i = np.minimum(u.astype(np.int64), cells - 1)
+    f = u - i
+    rows = coarse[i] * (1.0 - f)[:, None] + coarse[i + 1] * f[:, None]
+    return rows[:, i] * (1.0 - f)[None, :] + rows[:, i + 1] * f[None, :]
+
+
+def sample_anatomy(rng: np.random.Generator) -> Anatomy:
+    """Draw one patient's chest geometry and tissue brightness."""
+    return Anatomy(
+        cx=0.5 + rng.uniform(-0.04, 0.04), cy=0.47 + rng.uniform(-0.04, 0.04),
+        gap=rng.uniform(0.17, 0.22), lung_a=rng.uniform(0.13, 0.17),
+        lung_b=rng.uniform(0.26, 0.33), body=rng.uniform(0.5, 0.65),
+        air=rng.uniform(0.25, 0.35), rib_phase=rng.uniform(0.0, 1.0),
+    )
+
+
+def sample_lesion(rng: np.random.Generator, kind: str, anatomy: Anatomy) -> Lesion | None:
+    """Draw a finding of `kind` placed inside one lung (None for `normal`)."""
+    if kind == "normal":
+        return None
+    side = 1 if rng.uniform() < 0.5 else -1
+    x = anatomy.cx + side * anatomy.gap + rng.uniform(-0.5, 0.5) * anatomy.lung_a
+    if kind == "nodule":
+        y = anatomy.cy + rng.uniform(-0.55, 0.55) * anatomy.lung_b
+        return Lesion(kind, side, x, y, rng.uniform(0.035, 0.075), rng.uniform(0.12, 0.3))
+    level = anatomy.cy + rng.uniform(0.05, 0.45) * anatomy.lung_b
+    return Lesion(kind, side, x, level, anatomy.lung_a, rng.uniform(0.1, 0.25))
+
+
+def lesion_mask(lesion: Lesion, anatomy: Anatomy, size: int) -> np.ndarray:
+    """Where the finding is, as a soft mask in [0, 1] (empty for no lesion)."""
+    xx, yy = _grid(size)
+    if lesion is None:
+        return np.zeros((size, size))
+    if lesion.kind == "nodule":
+        return _ellipse(xx, yy, lesion.x, lesion.y, lesion.size, lesion.size)
+    lung_x = anatomy.cx + lesion.side * anatomy.gap
+    lung = _ellipse(xx, yy, lung_x, anatomy.cy, anatomy.lung_a, anatomy.lung_b)
+    meniscus = lesion.y - 0.06 * ((xx - lung_x) / lesion.size) ** 2  # fluid climbs the chest wall
+    return lung * _smoothstep((yy - meniscus) / 0.03)
+
+
+def render(anatomy: Anatomy, lesion: Lesion | None, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Render one radiograph as uint8: body, dark lungs, spine, ribs, texture, noise, finding."""
+    xx, yy = _grid(size)
+    a = anatomy
+    img = 0.06 + a.body * _ellipse(xx, yy, a.cx, a.cy + 0.06, 0.46, 0.52)
+    lungs = np.maximum(_ellipse(xx, yy, a.cx - a.gap, a.cy, a.lung_a, a.lung_b),
+                       _ellipse(xx, yy, a.cx + a.gap, a.cy, a.lung_a, a.lung_b))
+    img = img - a.air * lungs + 0.15 * _ellipse(xx, yy, a.cx, a.cy + 0.05, 0.06, 0.5)
+    ribs = np.abs(np.mod(yy - 0.35 * (xx - a.cx) ** 2 + a.rib_phase * 0.09, 0.09) - 0.045) < 0.012
+    img = img + 0.06 * ribs * lungs + 0.05 * _smooth_noise(rng, size, 6) * lungs
+    if lesion is not None:
+        img = img + lesion.contrast * lesion_mask(lesion, a, size)
+    img = img * rng.uniform(0.9, 1.1) + rng.normal(0.0, 0.03, size=(size, size))
+    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _patient_labels(n_patients: int, rng: np.random.Generator) -> list[str]:
+    counts = [round(n_patients * share) for share in CLASS_SHARES[1:]]
+    labels = [CLASSES[0]] * (n_patients - sum(counts))
+    for label, count in zip(CLASSES[1:], counts):
+        labels += [label] * count
+    return [labels[i] for i in rng.permutation(n_patients)]
+
+
+def synthesize(out: Path, n_patients: int = 200, size: int = 64, seed: int = 0) -> pd.DataFrame:
+    """Write the built-in data set (PNGs + manifest.csv) under `out`; return the manifest.
+
+    Each patient has 2-4 images sharing anatomy and finding; labels are imbalanced ~70/20/10.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p, label in enumerate(_patient_labels(n_patients, rng)):
+        anatomy = sample_anatomy(rng)
+        lesion = sample_lesion(rng, label, anatomy)
+        for k in range(int(rng.integers(2, 5))):
+            rel = Path("images") / label / f"P{p:04d}_{k}.png"
+            (out / rel.parent).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(out / rel), render(anatomy, lesion, size, rng))
+            rows.append((rel.as_posix(), label, f"P{p:04d}"))
+    manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+    manifest.to_csv(out / MANIFEST, index=False, lineterminator="\n")
+    return manifest
+
+
+def read_manifest(root: Path) -> pd.DataFrame:
+    """Read `root/manifest.csv` (path, label[, patient_id]); each image is its own patient if absent."""
+    path = root / MANIFEST
+    if not path.is_file():
+        raise DataError(path, "manifest not found (run `medpipe data synth --out DIR` for the built-in set)")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DataError(path, f"not a readable CSV ({err.__class__.__name__})") from None
+    missing = [c for c in ("path", "label") if c not in df.columns]
+    if missing:
+        raise DataError(path, f"missing column(s) {', '.join(missing)}; expected path,label[,patient_id]")
+    if "patient_id" not in df.columns:
+        df["patient_id"] = df["path"]
+    return df[list(MANIFEST_COLUMNS)]

@@ -1,0 +1,24 @@
+"""Expected failures: printed as one line (`error: <file>: <reason>`), exit code 1, no traceback."""
+
+from pathlib import Path
+
+
+class MedpipeError(Exception):
+    """An expected failure caused by the user's input, tied to a file."""
+
+    exit_code = 1
+
+    def __init__(self, file: str | Path, reason: str) -> None:
+        self.file = str(file)
+        self.reason = reason
+        super().__init__(f"{self.file}: {reason}")
+
+
+class ConfigError(MedpipeError):
+    """params.yaml (or a flag) names an unknown key or an invalid value: a usage error."""
+
+    exit_code = 2
+
+
+class DataError(MedpipeError):
+    """The data set is missing, unreadable or fails validation."""

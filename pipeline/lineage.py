@@ -1,0 +1,69 @@
+"""Lineage: which data, code and params made a model (tags on MLflow runs and versions)."""
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from pipeline.config import Params, Workspace
+
+
+def dvc_pointer(data_root: Path) -> dict | None:
+    """The `outs[0]` entry of `<data_root>.dvc` (e.g. data.dvc beside data/), if there is one."""
+    pointer = data_root.with_name(data_root.name + ".dvc")
+    if not pointer.is_file():
+        return None
+    outs = (yaml.safe_load(pointer.read_text()) or {}).get("outs") or [{}]
+    return outs[0] if outs[0].get("path") == data_root.name else None
+
+
+def content_hash(data_root: Path) -> tuple[str, int]:
+    """md5 over every file's relative path and bytes, for data not tracked by DVC."""
+    digest, n = hashlib.md5(), 0
+    for path in sorted(p for p in data_root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(data_root).as_posix().encode() + b"\0")
+        digest.update(hashlib.md5(path.read_bytes()).digest())
+        n += 1
+    return digest.hexdigest(), n
+
+
+def data_lineage(data_root: Path) -> dict[str, str]:
+    """Data hash and file count: from the DVC pointer when present, else computed here."""
+    pointer = dvc_pointer(data_root)
+    if pointer and "md5" in pointer:
+        return {"medpipe.data_md5": pointer["md5"], "medpipe.data_files": str(pointer.get("nfiles", "")),
+                "medpipe.data_source": "dvc"}
+    md5, n = content_hash(data_root)
+    return {"medpipe.data_md5": md5, "medpipe.data_files": str(n), "medpipe.data_source": "computed"}
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_lineage(cwd: Path) -> dict[str, str]:
+    """Commit and dirty flag (tracked files changed) of the code that runs."""
+    commit = _git(["rev-parse", "HEAD"], cwd)
+    status = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
+    return {"medpipe.git_commit": commit or "unknown",
+            "medpipe.git_dirty": "unknown" if status is None else str(bool(status)).lower()}
+
+
+def lineage_tags(params: Params, ws: Workspace) -> dict[str, str]:
+    """All lineage tags known before training."""
+    return {**data_lineage(ws.data_root), **git_lineage(ws.base), "medpipe.params_md5": params.md5()}
+
+
+def weights_sha256(weights: list[np.ndarray]) -> str:
+    """sha256 over a model's weight arrays (shape, dtype and bytes), independent of file format."""
+    digest = hashlib.sha256()
+    for w in weights:
+        digest.update(f"{w.shape}{w.dtype}".encode())
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()

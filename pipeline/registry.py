@@ -1,0 +1,90 @@
+"""MLflow tracking and the model registry: where runs go, and registering trained models."""
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipeline.config import Params, RegisterParams, Workspace
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    """The registered model version and the run that made it."""
+
+    model_name: str
+    version: int
+    run_id: str
+    model_uri: str
+
+
+def tracking_uri(reg: RegisterParams, base: Path) -> str:
+    """MLFLOW_TRACKING_URI if set, else params' URI with a relative SQLite path made absolute."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or reg.tracking_uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        db = base / uri[len(prefix):]
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return prefix + str(db)
+    return uri
+
+
+def setup_tracking(reg: RegisterParams, base: Path) -> str:
+    """Point MLflow at the store and make sure the experiment exists; return its id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(reg, base))
+    experiment = mlflow.get_experiment_by_name(reg.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifacts = None if os.environ.get("MLFLOW_TRACKING_URI") else (base / reg.artifact_root).resolve().as_uri()
+    return mlflow.create_experiment(reg.experiment, artifact_location=artifacts)
+
+
+def pip_requirements() -> list[str]:
+    """What a served model needs, given explicitly (inferring them costs seconds)."""
+    from importlib.metadata import version
+
+    import tensorflow as tf
+
+    return [f"mlflow=={version('mlflow')}", f"keras=={version('keras')}",
+            f"tensorflow=={tf.__version__}", f"numpy=={version('numpy')}"]
+
+
+def register_model(params: Params, ws: Workspace, run_id: str, tags: dict[str, str]) -> RegisterResult:
+    """Log outputs/train/model.keras to the run and register it as a new model version."""
+    import keras
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from pipeline.preprocess import load_dataset
+
+    reg = params.register_
+    setup_tracking(reg, ws.base)
+    model = keras.models.load_model(ws.out / "train" / "model.keras", compile=False)
+    x = load_dataset(ws.out / "preprocess" / "dataset.npz")["x_test"][:2]
+    signature = infer_signature(x, model.predict(x, verbose=0))
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.keras.log_model(model, name="model", signature=signature,
+                                      pip_requirements=pip_requirements(), registered_model_name=reg.model_name)
+    version = int(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(reg.model_name, str(version), key, value)
+    return RegisterResult(reg.model_name, version, run_id, f"models:/{reg.model_name}/{version}")
+
+
+def run_step(params: Params, ws: Workspace) -> RegisterResult:
+    """Register the trained model with the lineage and metric tags of its run."""
+    import mlflow
+
+    run_id = json.loads((ws.out / "train" / "run.json").read_text())["run_id"]
+    setup_tracking(params.register_, ws.base)
+    run = mlflow.get_run(run_id)
+    tags = {k: v for k, v in run.data.tags.items() if k.startswith("medpipe.")}
+    tags.update({f"medpipe.{k}": f"{v:.4f}" for k, v in run.data.metrics.items() if k.startswith("test_")
+                 and k.removeprefix("test_") in ("accuracy", "balanced_accuracy", "roc_auc")})
+    result = register_model(params, ws, run_id, tags)
+    out = ws.step_dir("register")
+    (out / "model_version.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    return result

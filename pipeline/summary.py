@@ -1,0 +1,47 @@
+"""What a training run tells its user at the end: model version, lineage and test metrics."""
+
+from dataclasses import dataclass
+
+from pipeline.config import Params, Workspace
+from pipeline.registry import tracking_uri
+
+HEADLINE = ("accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity")
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    """The facts printed by `medpipe run` and published as a Prefect artifact."""
+
+    run_id: str
+    model_name: str
+    version: int
+    tracking_uri: str
+    split_sizes: dict[str, int]
+    class_counts: dict[str, int]
+    epochs_run: int
+    test_metrics: dict[str, float]
+    data_md5: str
+
+    @classmethod
+    def collect(cls, params: Params, ws: Workspace, prepared, balanced, trained, evaluated,
+                registered) -> "TrainingSummary":
+        """Gather the step results into one summary."""
+        from pipeline.lineage import data_lineage
+
+        test = {k: evaluated.metrics[f"test_{k}"] for k in HEADLINE}
+        return cls(trained.run_id, registered.model_name, registered.version,
+                   tracking_uri(params.register_, ws.base), prepared.split_sizes, balanced.counts_before,
+                   trained.epochs_run, test, data_lineage(ws.data_root)["medpipe.data_md5"])
+
+    def markdown(self) -> str:
+        """A Markdown table for the Prefect UI."""
+        rows = "\n".join(f"| test {k} | {v:.3f} |" for k, v in self.test_metrics.items())
+        return (f"# {self.model_name} version {self.version}\n\nMLflow run `{self.run_id}`, data md5 "
+                f"`{self.data_md5}`, {self.epochs_run} epochs, splits {self.split_sizes}, "
+                f"train classes {self.class_counts}.\n\n| metric | value |\n|---|---|\n{rows}\n")
+
+    def ui_hint(self) -> str:
+        """How to look at the run in the MLflow UI."""
+        if self.tracking_uri.startswith("sqlite:"):
+            return f"mlflow ui --backend-store-uri {self.tracking_uri}   (or: make mlflow-ui)"
+        return f"open {self.tracking_uri}"
