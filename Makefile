@@ -48,7 +48,7 @@ test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest $(ARGS)
 
 dvc-repro: $(STAMP) $(DATA)/manifest.csv  ## run the same steps as DVC stages
-	$(BIN)/dvc repro
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro $(ARGS)
 
 mlflow-ui: $(STAMP)  ## browse runs and models at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 --port 5000

@@ -7,7 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
-from pipeline import balance, evaluate, preprocess, registry, train, validate
+from pipeline import balance, evaluate, lineage, preprocess, registry, train, validate
 from pipeline.config import Params, Workspace, load_params
 from pipeline.summary import TrainingSummary
 
@@ -23,6 +23,7 @@ balance_task = _step(balance, "balance")
 train_task = _step(train, "train")
 evaluate_task = _step(evaluate, "evaluate")
 register_task = _step(registry, "register")
+record_dvc_task = task(lineage.record_dvc_outputs, name="record-dvc-outputs", cache_policy=NO_CACHE)
 
 
 @flow(name="medpipe-training", log_prints=True)
@@ -40,6 +41,7 @@ def training_flow(params_file: str = "params.yaml", data: str | None = None,
     trained = train_task(params, ws)
     evaluated = evaluate_task(params, ws)
     registered = register_task(params, ws)
+    print(record_dvc_task(ws, Path(params_file), overrides))
     summary = TrainingSummary.collect(params, ws, prepared, balanced, trained, evaluated, registered)
     create_markdown_artifact(summary.markdown(), key="medpipe-training-summary",
                              description="medpipe training run: model version, lineage and test metrics")

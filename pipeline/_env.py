@@ -15,6 +15,11 @@ OFFLINE_DEFAULTS: dict[str, str] = {
 }
 
 
+# The user's own choice of tracking server, read once: mlflow.set_tracking_uri() writes this
+# variable too, so reading it later would return whatever store medpipe itself last used.
+USER_TRACKING_URI: str | None = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 def configure_offline() -> None:
     """Set medpipe's offline defaults, leaving any value the user set alone."""
     for key, value in OFFLINE_DEFAULTS.items():

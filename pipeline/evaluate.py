@@ -106,10 +106,11 @@ def run_step(params: Params, ws: Workspace) -> EvaluateResult:
     out = ws.step_dir("evaluate")
     plots = [plot_confusion(data["y_test"], pred, classes, out / "confusion_matrix.png")]
     (ws.out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    run_id = json.loads((ws.out / "train" / "run.json").read_text())["run_id"]
+    trained = json.loads((ws.out / "train" / "run.json").read_text())
     setup_tracking(params.register_, ws.base)
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics(metrics)
+    with mlflow.start_run(run_id=trained["run_id"]):
+        # after the per-epoch curves (val_roc_auc shares its name), so the final value is the latest
+        mlflow.log_metrics(metrics, step=trained["epochs_run"])
         for plot in plots:
             mlflow.log_artifact(str(plot), "evaluation")
     return EvaluateResult(metrics, ws.out / "metrics.json", plots)

@@ -67,3 +67,28 @@ def weights_sha256(weights: list[np.ndarray]) -> str:
         digest.update(f"{w.shape}{w.dtype}".encode())
         digest.update(np.ascontiguousarray(w).tobytes())
     return digest.hexdigest()
+
+
+def record_dvc_outputs(ws: Workspace, params_file: Path, overrides: dict[str, str] | None) -> str:
+    """Record a flow run's outputs in dvc.lock (`dvc commit`), so `dvc status` agrees with them.
+
+    Only when the run used exactly what the DVC stages use: the project's params.yaml without
+    overrides and the default data root. Returns what was done, for the log.
+    """
+    import os
+    import sys
+
+    from pipeline.config import load_params
+
+    default_root = (ws.base / load_params(params_file).data.root).resolve()
+    if overrides or params_file.resolve() != ws.base / "params.yaml" or ws.data_root != default_root:
+        return "dvc.lock not updated: run used other data or parameters than dvc.yaml's stages"
+    if not (ws.base / "dvc.yaml").is_file() or not (ws.base / ".dvc").is_dir():
+        return "dvc.lock not updated: no DVC project here"
+    env = {**os.environ, "DVC_SITE_CACHE_DIR": os.environ.get("DVC_SITE_CACHE_DIR",
+                                                              str(ws.base / ".dvc" / "tmp" / "site-cache"))}
+    done = subprocess.run([sys.executable, "-m", "dvc", "commit", "--force", "--quiet"], cwd=ws.base, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        return f"dvc.lock not updated: dvc commit failed: {done.stderr.strip().splitlines()[-1:]}"
+    return "dvc.lock records this run's outputs (dvc status: up to date)"

@@ -1,10 +1,10 @@
 """MLflow tracking and the model registry: where runs go, and registering trained models."""
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline import _env
 from pipeline.config import Params, RegisterParams, Workspace
 
 
@@ -19,8 +19,8 @@ class RegisterResult:
 
 
 def tracking_uri(reg: RegisterParams, base: Path) -> str:
-    """MLFLOW_TRACKING_URI if set, else params' URI with a relative SQLite path made absolute."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or reg.tracking_uri
+    """MLFLOW_TRACKING_URI if the user set it, else params' URI with a relative SQLite path made absolute."""
+    uri = _env.USER_TRACKING_URI or reg.tracking_uri
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
         db = base / uri[len(prefix):]
@@ -33,11 +33,14 @@ def setup_tracking(reg: RegisterParams, base: Path) -> str:
     """Point MLflow at the store and make sure the experiment exists; return its id."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(reg, base))
+    uri = tracking_uri(reg, base)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # else the registry keeps the first store this process used
     experiment = mlflow.get_experiment_by_name(reg.experiment)
     if experiment is not None:
         return experiment.experiment_id
-    artifacts = None if os.environ.get("MLFLOW_TRACKING_URI") else (base / reg.artifact_root).resolve().as_uri()
+    local = uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
+    artifacts = (base / reg.artifact_root).resolve().as_uri() if local else None
     return mlflow.create_experiment(reg.experiment, artifact_location=artifacts)
 
 

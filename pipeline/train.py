@@ -61,7 +61,7 @@ def epoch_callbacks(x_val: np.ndarray, y_val: np.ndarray, patience: int) -> list
     class ValRocAuc(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs if logs is not None else {}
-            logs["val_roc_auc"] = macro_roc_auc(y_val, self.model.predict(x_val, verbose=0))
+            logs["val_roc_auc"] = macro_roc_auc(y_val, np.asarray(self.model(x_val, training=False)))
             mlflow.log_metrics({"train_loss": logs["loss"], "train_accuracy": logs["accuracy"],
                                 "val_loss": logs["val_loss"], "val_accuracy": logs["val_accuracy"],
                                 "val_roc_auc": logs["val_roc_auc"]}, step=epoch)
@@ -80,7 +80,7 @@ def fit(model, train_xy: tuple, val_xy: tuple, n_classes: int, tp: TrainParams,
                   metrics=["accuracy"])
     history = model.fit(make_dataset(*train_xy, n_classes, tp.batch_size, tp.seed),
                         validation_data=make_dataset(*val_xy, n_classes, tp.batch_size, None),
-                        epochs=tp.epochs, class_weight=class_weight, verbose=2,
+                        epochs=tp.epochs, class_weight=class_weight, verbose=2, shuffle=False,
                         callbacks=epoch_callbacks(*val_xy, tp.patience))
     return history.history
 

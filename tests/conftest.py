@@ -1,0 +1,77 @@
+"""Test isolation: $HOME, $TMPDIR and every tool's state dir point into one throw-away folder.
+
+This runs before any test module imports Prefect, MLflow, DVC, GX or TF, which all write to
+$HOME or $TMPDIR (~/.prefect, ~/.keras, ~/.config/dvc, ...).
+"""
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SANDBOX = Path(tempfile.mkdtemp(prefix="medpipe-tests-"))
+for _var, _sub in {"HOME": "home", "TMPDIR": "tmp", "PREFECT_HOME": "home/.prefect", "KERAS_HOME": "home/.keras",
+                   "MPLCONFIGDIR": "home/.config/matplotlib", "DVC_SITE_CACHE_DIR": "dvc-site",
+                   "XDG_CONFIG_HOME": "home/.config", "XDG_CACHE_HOME": "home/.cache"}.items():
+    os.environ[_var] = str(_SANDBOX / _sub)
+    (_SANDBOX / _sub).mkdir(parents=True, exist_ok=True)
+tempfile.tempdir = None  # re-read TMPDIR
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ["GIT_CONFIG_GLOBAL"] = str(_SANDBOX / "home" / ".gitconfig")
+os.environ.update(GIT_AUTHOR_NAME="medpipe tests", GIT_AUTHOR_EMAIL="tests@medpipe.invalid",
+                  GIT_COMMITTER_NAME="medpipe tests", GIT_COMMITTER_EMAIL="tests@medpipe.invalid")
+
+import pipeline  # noqa: E402  (sets the offline defaults)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+# Tiny but real: 30 patients (~90 images) of 32x32, two epochs.
+TINY_PATIENTS, TINY_SIZE = 30, 32
+TINY_OVERRIDES = {"preprocess": {"size": TINY_SIZE}, "train": {"epochs": 2, "batch_size": 16, "patience": 2}}
+
+
+# Registered before Prefect's own exit hooks, so it runs after them (atexit is last-in, first-out).
+atexit.register(shutil.rmtree, _SANDBOX, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """The built-in synthetic set, tiny: read-only by convention (copy before changing it)."""
+    from pipeline.data import synthesize
+
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    synthesize(root, TINY_PATIENTS, TINY_SIZE, seed=1)
+    return root
+
+
+def write_params(folder: Path, **sections: dict) -> Path:
+    """Write the repo's params.yaml, with the tiny overrides and `sections` merged in, to folder."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name, values in {**TINY_OVERRIDES, **sections}.items():
+        raw[name] = {**raw.get(name, {}), **values}
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path, tiny_data) -> Path:
+    """A temporary project folder: tiny params.yaml and a copy of the tiny data under data/."""
+    shutil.copytree(tiny_data, tmp_path / "data")
+    write_params(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One real Prefect test server for the whole session (it costs ~12 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield

@@ -1,0 +1,72 @@
+"""The training flow end to end on tiny data: real Prefect, GX, TF, MLflow (SQLite)."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _client(project):
+    import mlflow
+
+    uri = f"sqlite:///{project}/mlflow/mlflow.db"
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_flow_trains_registers_and_is_deterministic(prefect_harness, project):
+    import mlflow
+
+    from flows.training import training_flow
+    from pipeline.lineage import content_hash
+    from pipeline.preprocess import load_dataset
+
+    first = training_flow(params_file=str(project / "params.yaml"))
+    metrics = json.loads((project / "outputs/metrics.json").read_text())
+    second = training_flow(params_file=str(project / "params.yaml"))
+    assert (first.version, second.version) == (1, 2)
+    # same data + params on CPU -> same metrics and weights
+    assert json.loads((project / "outputs/metrics.json").read_text()) == metrics
+
+    client = _client(project)
+    v1, v2 = (client.get_model_version("medpipe-classifier", v) for v in ("1", "2"))
+    assert v1.tags["medpipe.weights_sha256"] == v2.tags["medpipe.weights_sha256"]
+    assert v1.tags["medpipe.data_md5"] == content_hash(project / "data")[0]
+    assert v1.tags["medpipe.validation"] == "passed" and v1.tags["medpipe.git_commit"] == "unknown"
+    assert len(v1.tags["medpipe.params_md5"]) == 32
+
+    run = client.get_run(first.run_id)
+    for key in ("test_accuracy", "test_balanced_accuracy", "test_roc_auc", "val_roc_auc", "test_recall_nodule"):
+        assert run.data.metrics[key] == pytest.approx(metrics[key])
+    # two epochs of curve, then the final value (restored best weights) as the latest step
+    assert [m.step for m in client.get_metric_history(first.run_id, "val_roc_auc")] == [0, 1, 2]
+    artifacts = {a.path for a in client.list_artifacts(first.run_id, "evaluation")}
+    assert "evaluation/confusion_matrix.png" in artifacts
+    assert run.data.tags["medpipe.data_md5"] == v1.tags["medpipe.data_md5"]
+
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow/mlflow.db")
+    model = mlflow.pyfunc.load_model("models:/medpipe-classifier/1")
+    x = load_dataset(project / "outputs/preprocess/dataset.npz")["x_test"]
+    proba = np.asarray(model.predict(x))
+    assert proba.shape == (len(x), 3) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
+
+
+def test_invalid_data_stops_before_preprocessing_and_keeps_the_registry(prefect_harness, project):
+    from flows.training import training_flow
+
+    training_flow(params_file=str(project / "params.yaml"))
+    dataset = project / "outputs/preprocess/dataset.npz"
+    stamp, n_runs = os.stat(dataset).st_mtime_ns, len(_client(project).search_runs(["1"]))
+    bad = pd.read_csv(project / "data/manifest.csv")["path"][3]
+    (project / "data" / bad).write_text("not an image")
+
+    state = training_flow(params_file=str(project / "params.yaml"), return_state=True)
+    assert state.is_failed()
+    assert "data validation failed" in state.message and bad in state.message and "image decodes" in state.message
+    assert os.stat(dataset).st_mtime_ns == stamp  # preprocessing never ran
+    client = _client(project)
+    assert [int(v.version) for v in client.search_model_versions("name='medpipe-classifier'")] == [1]
+    assert len(client.search_runs(["1"])) == n_runs

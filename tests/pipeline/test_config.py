@@ -1,0 +1,49 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Params, Workspace, load_params, parse_params
+from pipeline.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_repo_params_file_is_valid_and_matches_defaults():
+    params = load_params(REPO / "params.yaml")
+    assert params == Params()
+
+
+def test_unknown_key_is_rejected_by_name():
+    with pytest.raises(ConfigError, match=r"unknown key 'train.epoch'"):
+        parse_params({"train": {"epoch": 3}})
+    with pytest.raises(ConfigError, match=r"unknown key 'trian'"):
+        parse_params({"trian": {}})
+
+
+def test_invalid_value_names_key():
+    with pytest.raises(ConfigError, match=r"invalid value for 'balance.strategy'"):
+        parse_params({"balance": {"strategy": "smote"}})
+    with pytest.raises(ConfigError, match="sum to 1"):
+        parse_params({"preprocess": {"split": {"train": 0.9, "val": 0.2, "test": 0.1}}})
+
+
+def test_overrides_apply_dotted_keys_with_yaml_types(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    params = load_params(path, {"train.epochs": "3", "balance.strategy": "class_weight"})
+    assert params.train.epochs == 3 and params.balance.strategy == "class_weight"
+    assert params.md5() != Params().md5()
+
+
+def test_missing_and_broken_files_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("train: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(tmp_path / "bad.yaml")
+
+
+def test_workspace_resolves_against_params_folder(tmp_path):
+    ws = Workspace.create(Params(), tmp_path / "params.yaml")
+    assert ws.data_root == (tmp_path / "data").resolve() and ws.out == tmp_path.resolve() / "outputs"
+    assert Workspace.create(Params(), tmp_path / "params.yaml", tmp_path / "x").data_root == (tmp_path / "x")

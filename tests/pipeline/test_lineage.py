@@ -1,0 +1,44 @@
+import subprocess
+
+import numpy as np
+
+from pipeline.lineage import content_hash, data_lineage, git_lineage, weights_sha256
+
+
+def test_data_hash_comes_from_data_dvc_when_present(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("x")
+    computed = data_lineage(tmp_path / "data")
+    assert computed["medpipe.data_source"] == "computed" and computed["medpipe.data_files"] == "1"
+    (tmp_path / "data.dvc").write_text("outs:\n- md5: abc.dir\n  nfiles: 7\n  path: data\n")
+    assert data_lineage(tmp_path / "data") == {"medpipe.data_md5": "abc.dir", "medpipe.data_files": "7",
+                                               "medpipe.data_source": "dvc"}
+
+
+def test_content_hash_tracks_bytes_and_names(tmp_path):
+    (tmp_path / "a").write_text("1")
+    first = content_hash(tmp_path)
+    (tmp_path / "a").write_text("2")
+    assert content_hash(tmp_path) != first
+    (tmp_path / "a").rename(tmp_path / "b")
+    assert content_hash(tmp_path)[1] == 1
+
+
+def test_git_commit_and_dirty_flag(tmp_path):
+    assert git_lineage(tmp_path)["medpipe.git_commit"] == "unknown"
+    run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    run("init", "-q")
+    (tmp_path / "f.py").write_text("a = 1\n")
+    run("add", "f.py")
+    run("commit", "-qm", "x")
+    clean = git_lineage(tmp_path)
+    assert len(clean["medpipe.git_commit"]) == 40 and clean["medpipe.git_dirty"] == "false"
+    (tmp_path / "f.py").write_text("a = 2\n")
+    assert git_lineage(tmp_path)["medpipe.git_dirty"] == "true"
+
+
+def test_weights_hash_depends_on_values_and_shapes():
+    w = [np.zeros((2, 3), np.float32), np.ones(3, np.float32)]
+    assert weights_sha256(w) == weights_sha256([a.copy() for a in w])
+    assert weights_sha256(w) != weights_sha256([w[0].reshape(3, 2), w[1]])
+    assert weights_sha256(w) != weights_sha256([w[0] + 1e-7, w[1]])
