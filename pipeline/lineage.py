@@ -48,9 +48,12 @@ def _git(args: list[str], cwd: Path) -> str | None:
 
 
 def git_lineage(cwd: Path) -> dict[str, str]:
-    """Commit and dirty flag (tracked files changed) of the code that runs."""
+    """Commit and dirty flag (tracked files changed) of the code that runs.
+
+    dvc.lock does not count: it records step outputs (each run rewrites it), not inputs.
+    """
     commit = _git(["rev-parse", "HEAD"], cwd)
-    status = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
+    status = _git(["status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock"], cwd)
     return {"medpipe.git_commit": commit or "unknown",
             "medpipe.git_dirty": "unknown" if status is None else str(bool(status)).lower()}
 

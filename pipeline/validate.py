@@ -99,8 +99,12 @@ def _offenders(result: dict, frame: pd.DataFrame, key: str) -> list[str]:
 def run_suites(frames: dict[str, tuple[pd.DataFrame, str]], suites: dict[str, list]) -> list[Check]:
     """Run each expectation suite on its frame with a GX Checkpoint; return one Check each."""
     import great_expectations as gx
+    from great_expectations.data_context.types.base import (DataContextConfig, InMemoryStoreBackendDefaults,
+                                                            ProgressBarsConfig)
 
-    context = gx.get_context(mode="ephemeral")
+    config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(), analytics_enabled=False,
+                               progress_bars=ProgressBarsConfig(globally=False))
+    context = gx.get_context(mode="ephemeral", project_config=config)
     source = context.data_sources.add_pandas("medpipe")
     checks = []
     for name, expectations in suites.items():

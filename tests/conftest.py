@@ -26,13 +26,7 @@ os.environ.update(GIT_AUTHOR_NAME="medpipe tests", GIT_AUTHOR_EMAIL="tests@medpi
 
 import pipeline  # noqa: E402  (sets the offline defaults)
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = REPO.parent / "shared" / "datasets"
-
-# Tiny but real: 30 patients (~90 images) of 32x32, two epochs.
-TINY_PATIENTS, TINY_SIZE = 30, 32
-TINY_OVERRIDES = {"preprocess": {"size": TINY_SIZE}, "train": {"epochs": 2, "batch_size": 16, "patience": 2}}
-
+from tests.helpers import TINY_PATIENTS, TINY_SIZE, write_params  # noqa: E402
 
 # Registered before Prefect's own exit hooks, so it runs after them (atexit is last-in, first-out).
 atexit.register(shutil.rmtree, _SANDBOX, ignore_errors=True)
@@ -46,18 +40,6 @@ def tiny_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny") / "data"
     synthesize(root, TINY_PATIENTS, TINY_SIZE, seed=1)
     return root
-
-
-def write_params(folder: Path, **sections: dict) -> Path:
-    """Write the repo's params.yaml, with the tiny overrides and `sections` merged in, to folder."""
-    import yaml
-
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    for name, values in {**TINY_OVERRIDES, **sections}.items():
-        raw[name] = {**raw.get(name, {}), **values}
-    path = folder / "params.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 @pytest.fixture

@@ -33,6 +33,11 @@ def test_git_commit_and_dirty_flag(tmp_path):
     run("commit", "-qm", "x")
     clean = git_lineage(tmp_path)
     assert len(clean["medpipe.git_commit"]) == 40 and clean["medpipe.git_dirty"] == "false"
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    run("add", "dvc.lock")
+    run("commit", "-qm", "lock")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    assert git_lineage(tmp_path)["medpipe.git_dirty"] == "false"  # outputs record, not an input
     (tmp_path / "f.py").write_text("a = 2\n")
     assert git_lineage(tmp_path)["medpipe.git_dirty"] == "true"
 

@@ -1,0 +1,72 @@
+"""Real DVC in a temporary git repo: data.dvc, `dvc status` after a flow run, `dvc repro`."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import REPO, write_params
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def sh(cwd: Path, *args: str) -> str:
+    done = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def init_repo(root: Path) -> None:
+    """git + DVC with the project's offline settings, as in the repo's .dvc/config."""
+    sh(root, "git", "init", "-q")
+    sh(root, str(BIN / "dvc"), "init", "-q")
+    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
+
+
+def test_committed_data_dvc_matches_the_built_in_data_set(tmp_path):
+    from pipeline.data import synthesize
+
+    init_repo(tmp_path)
+    synthesize(tmp_path / "data")  # the defaults `make run` uses
+    sh(tmp_path, str(BIN / "dvc"), "add", "-q", "data")
+    fresh = yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]
+    committed = yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]
+    assert (fresh["md5"], fresh["nfiles"]) == (committed["md5"], committed["nfiles"])
+    assert "analytics = false" in (tmp_path / ".dvc" / "config").read_text()
+
+
+def test_flow_run_leaves_dvc_up_to_date_and_dvc_repro_runs_the_stages(prefect_harness, tmp_path, tiny_data):
+    import mlflow
+
+    from flows.training import training_flow
+
+    init_repo(tmp_path)
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, tmp_path / name)
+    shutil.copytree(REPO / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(tiny_data, tmp_path / "data")
+    write_params(tmp_path)
+    sh(tmp_path, str(BIN / "dvc"), "add", "-q", "data")
+    sh(tmp_path, "git", "add", "-A")
+    sh(tmp_path, "git", "commit", "-qm", "tiny project")
+
+    first = training_flow(params_file=str(tmp_path / "params.yaml"))
+    assert "up to date" in sh(tmp_path, str(BIN / "dvc"), "status")
+    uri = f"sqlite:///{tmp_path}/mlflow/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    tags = client.get_model_version("medpipe-classifier", str(first.version)).tags
+    assert tags["medpipe.git_commit"] == sh(tmp_path, "git", "rev-parse", "HEAD").strip()
+    assert tags["medpipe.git_dirty"] == "false"
+    assert tags["medpipe.data_md5"] == yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"]
+
+    out = sh(tmp_path, str(BIN / "dvc"), "repro", "--force")
+    for stage in ("validate", "preprocess", "balance", "train", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in out
+    assert client.get_model_version("medpipe-classifier", "2").tags["medpipe.data_md5"] == tags["medpipe.data_md5"]
+    assert "up to date" in sh(tmp_path, str(BIN / "dvc"), "status")

@@ -1,0 +1,62 @@
+"""The `medpipe` command as users run it: exit codes, one-line errors, no tracebacks."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+MEDPIPE = str(Path(sys.executable).with_name("medpipe"))
+
+
+def medpipe(*args, cwd=None):
+    return subprocess.run([MEDPIPE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def _one_error_line(done, code, *fragments):
+    assert done.returncode == code, done.stderr
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_help_lists_the_commands():
+    done = medpipe("--help")
+    assert done.returncode == 0
+    for command in ("run", "validate", "stage", "data"):
+        assert command in done.stdout
+
+
+def test_unknown_params_key_is_a_usage_error(tmp_path):
+    (tmp_path / "params.yaml").write_text("train:\n  epoch: 3\n")
+    _one_error_line(medpipe("run", "--params", tmp_path / "params.yaml"), 2, "params.yaml", "unknown key 'train.epoch'")
+    _one_error_line(medpipe("run", "--set", "train.epochs", "--params", tmp_path / "params.yaml"), 2, "KEY=VALUE")
+
+
+def test_validate_good_and_bad_data(tmp_path, tiny_data):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    repo_params = Path(__file__).resolve().parents[2] / "params.yaml"
+    shutil.copy(repo_params, tmp_path / "params.yaml")
+    good = medpipe("validate", data, "--params", tmp_path / "params.yaml")
+    assert good.returncode == 0 and "checks passed" in good.stdout
+    rel = pd.read_csv(data / "manifest.csv")["path"][0]
+    (data / rel).write_bytes(b"")
+    _one_error_line(medpipe("validate", data, "--params", tmp_path / "params.yaml"), 1,
+                    "manifest.csv", "image decodes", rel, "report.md")
+
+
+def test_synth_refuses_to_overwrite(tmp_path):
+    assert medpipe("data", "synth", "--out", tmp_path, "--patients", 3, "--size", 16).returncode == 0
+    _one_error_line(medpipe("data", "synth", "--out", tmp_path), 1, "manifest.csv", "already exists")
+
+
+@pytest.mark.parametrize("args", [("stage", "nonsense"), ("run", "--no-such-flag")])
+def test_usage_errors_exit_2(args):
+    assert medpipe(*args).returncode == 2
