@@ -71,10 +71,11 @@ class ModelParams(Section):
 class TrainParams(Section):
     """Optimiser and schedule."""
 
-    epochs: int = Field(15, ge=1)
+    epochs: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
-    patience: int = Field(4, ge=1)
+    patience: int = Field(5, ge=1)
+    min_epochs: int = Field(5, ge=0)
     seed: int = 42
     determinism: bool = True
 

@@ -90,9 +90,9 @@ def sample_lesion(rng: np.random.Generator, kind: str, anatomy: Anatomy) -> Lesi
     x = anatomy.cx + side * anatomy.gap + rng.uniform(-0.5, 0.5) * anatomy.lung_a
     if kind == "nodule":
         y = anatomy.cy + rng.uniform(-0.55, 0.55) * anatomy.lung_b
-        return Lesion(kind, side, x, y, rng.uniform(0.035, 0.075), rng.uniform(0.12, 0.3))
+        return Lesion(kind, side, x, y, rng.uniform(0.04, 0.08), rng.uniform(0.18, 0.35))
     level = anatomy.cy + rng.uniform(0.05, 0.45) * anatomy.lung_b
-    return Lesion(kind, side, x, level, anatomy.lung_a, rng.uniform(0.1, 0.25))
+    return Lesion(kind, side, x, level, anatomy.lung_a, rng.uniform(0.15, 0.3))
 
 
 def lesion_mask(lesion: Lesion, anatomy: Anatomy, size: int) -> np.ndarray:

@@ -53,7 +53,7 @@ def macro_roc_auc(y: np.ndarray, proba: np.ndarray) -> float:
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
-def epoch_callbacks(x_val: np.ndarray, y_val: np.ndarray, patience: int) -> list:
+def epoch_callbacks(x_val: np.ndarray, y_val: np.ndarray, tp: TrainParams) -> list:
     """Validation ROC-AUC into the epoch logs, MLflow curves, early stopping on that AUC."""
     import keras
     import mlflow
@@ -66,8 +66,8 @@ def epoch_callbacks(x_val: np.ndarray, y_val: np.ndarray, patience: int) -> list
                                 "val_loss": logs["val_loss"], "val_accuracy": logs["val_accuracy"],
                                 "val_roc_auc": logs["val_roc_auc"]}, step=epoch)
 
-    stop = keras.callbacks.EarlyStopping(monitor="val_roc_auc", mode="max", patience=patience,
-                                         restore_best_weights=True)
+    stop = keras.callbacks.EarlyStopping(monitor="val_roc_auc", mode="max", patience=tp.patience,
+                                         start_from_epoch=tp.min_epochs, restore_best_weights=True)
     return [ValRocAuc(), stop]
 
 
@@ -81,7 +81,7 @@ def fit(model, train_xy: tuple, val_xy: tuple, n_classes: int, tp: TrainParams,
     history = model.fit(make_dataset(*train_xy, n_classes, tp.batch_size, tp.seed),
                         validation_data=make_dataset(*val_xy, n_classes, tp.batch_size, None),
                         epochs=tp.epochs, class_weight=class_weight, verbose=2, shuffle=False,
-                        callbacks=epoch_callbacks(*val_xy, tp.patience))
+                        callbacks=epoch_callbacks(*val_xy, tp))
     return history.history
 
 
