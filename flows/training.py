@@ -33,9 +33,10 @@ def training_flow(params_file: str = "params.yaml", data: str | None = None,
     params: Params = load_params(Path(params_file), overrides)
     ws = Workspace.create(params, Path(params_file), Path(data) if data else None)
     report = validate_task(params, ws)
+    create_markdown_artifact(Path(report.report_md).read_text(), key="medpipe-data-validation",
+                             description=f"data validation of {ws.data_root.name}: {report.summary()}")
     if not report.success:
-        return Failed(message=f"{ws.manifest}: data validation failed, {report.summary()}; "
-                              f"report: {report.report_md}")
+        return Failed(message=str(validate.failure(report, ws.data_root)))
     prepared = preprocess_task(params, ws)
     balanced = balance_task(params, ws)
     trained = train_task(params, ws)

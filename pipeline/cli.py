@@ -74,18 +74,22 @@ def _print_summary(summary) -> None:
 
 
 @app.command()
-def validate(data: Annotated[Path, typer.Argument(help="Data root holding manifest.csv.")],
-             params: ParamsOpt = Path("params.yaml")) -> None:
-    """Validate a data set with Great Expectations; exit 1 if any check fails."""
+def validate(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv or a folder per class.")],
+             params: ParamsOpt = Path("params.yaml"),
+             report_dir: Annotated[Optional[Path], typer.Option(help="Where the reports go "
+                                                                "(default: outputs/reports/<DATA name>).")] = None
+             ) -> None:
+    """Validate a data set with Great Expectations; exit 1 if any error check fails."""
     from pipeline import validate as step
     from pipeline.config import Workspace, load_params
 
     p = load_params(params)
-    report = step.run_step(p, Workspace.create(p, params, data))
+    ws = Workspace.create(p, params, data)
+    report = step.run_step(p, ws, report_dir or ws.out / "reports" / ws.data_root.name)
+    for check in report.warnings:
+        err_console.print(f"warning: {check.name}: {'; '.join(check.unexpected[:3])}", markup=False, soft_wrap=True)
     if not report.success:
-        err_console.print(f"error: {data / 'manifest.csv'}: {report.summary()}; report: {report.report_md}",
-                          markup=False, soft_wrap=True)
-        raise typer.Exit(1)
+        raise step.failure(report, ws.data_root)
     console.print(f"ok: {report.summary()}; report: {report.report_md}", soft_wrap=True)
 
 
@@ -102,7 +106,9 @@ def stage(step: Annotated[Step, typer.Argument(help="Which step to run.")],
     module = importlib.import_module("pipeline.registry" if step is Step.register else f"pipeline.{step.value}")
     result = module.run_step(p, ws)
     if step is Step.validate and not result.success:
-        raise MedpipeError(ws.manifest, f"data validation failed, {result.summary()}; report: {result.report_md}")
+        from pipeline.validate import failure
+
+        raise failure(result, ws.data_root)
     console.print(f"{step.value}: done")
 
 
@@ -120,6 +126,63 @@ def data_synth(out: Annotated[Path, typer.Option(help="Folder to write images an
     manifest = synthesize(out, patients, size, seed)
     counts = manifest["label"].value_counts().to_dict()
     console.print(f"wrote {len(manifest)} images of {manifest['patient_id'].nunique()} patients to {out} {counts}")
+
+
+@data_app.command("scan")
+def data_scan(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv or a folder per class.")],
+              out: Annotated[Path, typer.Option(help="CSV to write (also the cache for the next scan).")]
+              = Path("outputs/scan.csv"),
+              workers: Annotated[Optional[int], typer.Option(help="Processes (default: all cores).")] = None) -> None:
+    """Scan every image: sha256, size, channels, bit depth, intensity, blur, readable (incremental)."""
+    from pipeline.data import discover
+    from pipeline.scan import scan
+
+    manifest, empty = discover(data)
+    table = scan(data, manifest["path"].tolist(), cache=out, workers=workers, progress=console.is_terminal)
+    table.insert(1, "label", manifest["label"].to_numpy())
+    summary = Table(title=f"{data}: {len(table)} images", show_header=True)
+    for column in ("label", "images", "unreadable", "sizes (w x h)", "mean std", "min blur"):
+        summary.add_column(column)
+    for label, group in table.groupby("label"):
+        ok = group[group["readable"].astype(bool)]
+        sizes = ", ".join(sorted({f"{w}x{h}" for w, h in zip(ok["width"], ok["height"])})[:3])
+        summary.add_row(str(label), str(len(group)), str(len(group) - len(ok)), sizes,
+                        f"{ok['std'].mean():.1f}" if len(ok) else "-", f"{ok['blur'].min():.1f}" if len(ok) else "-")
+    console.print(summary)
+    for folder in empty:
+        err_console.print(f"warning: {data / folder}: empty class folder")
+    for row in table[~table["readable"].astype(bool)].itertuples():
+        err_console.print(f"warning: {data / row.path}: {row.error}", markup=False, soft_wrap=True)
+    console.print(f"wrote {out}")
+
+
+@data_app.command("import-npz")
+def data_import_npz(source: Annotated[Path, typer.Argument(help="MedMNIST-style .npz file.")],
+                    out: Annotated[Path, typer.Option(help="Folder for the PNGs and manifest.csv.")],
+                    labels: Annotated[Optional[str], typer.Option(help="Class names in label order, "
+                                                                  "comma-separated (default class_0, class_1, ...).")]
+                    = None) -> None:
+    """Import a MedMNIST-format npz (train/val/test images and labels) as PNGs + manifest with its splits."""
+    from pipeline.data import import_npz
+
+    names = [n.strip() for n in labels.split(",")] if labels else None
+    manifest = import_npz(source, out, names)
+    counts = manifest.groupby(["split", "label"]).size().to_dict()
+    console.print(f"wrote {len(manifest)} images to {out}: {counts}")
+    console.print(f"train on it: medpipe run --data {out} --set 'validate.labels={sorted(set(manifest.label))}'")
+
+
+@data_app.command("add")
+def data_add(data: Annotated[Path, typer.Argument(help="Data folder to version.")] = Path("data")) -> None:
+    """Version the data folder with DVC (`dvc add`), updating its .dvc pointer; then commit it with git."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "dvc", "add", str(data)], capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["dvc add failed"])[-1].removeprefix("ERROR: ")
+        raise MedpipeError(data, reason)
+    console.print(f"updated {data}.dvc; record it: git add {data}.dvc && git commit -m 'data: ...'")
 
 
 def main() -> None:

@@ -153,17 +153,73 @@ def synthesize(out: Path, n_patients: int = 200, size: int = 64, seed: int = 0) 
 
 
 def read_manifest(root: Path) -> pd.DataFrame:
-    """Read `root/manifest.csv` (path, label[, patient_id]); each image is its own patient if absent."""
+    """Read `root/manifest.csv`: path, label[, patient_id][, split] (empty patient_id/split allowed)."""
     path = root / MANIFEST
     if not path.is_file():
         raise DataError(path, "manifest not found (run `medpipe data synth --out DIR` for the built-in set)")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise DataError(path, f"not a readable CSV ({err.__class__.__name__})") from None
     missing = [c for c in ("path", "label") if c not in df.columns]
     if missing:
-        raise DataError(path, f"missing column(s) {', '.join(missing)}; expected path,label[,patient_id]")
-    if "patient_id" not in df.columns:
-        df["patient_id"] = df["path"]
-    return df[list(MANIFEST_COLUMNS)]
+        raise DataError(path, f"missing column(s) {', '.join(missing)}; expected path,label[,patient_id][,split]")
+    for column in ("patient_id", "split"):
+        if column not in df.columns:
+            df[column] = ""
+    return df[[*MANIFEST_COLUMNS, "split"]]
+
+
+def scan_folders(root: Path) -> tuple[pd.DataFrame, list[str]]:
+    """A folder per class: `root/<label>/**/*.{png,jpg,jpeg,dcm}`. Returns the manifest and empty class folders."""
+    from pipeline.imageio import IMAGE_SUFFIXES
+
+    rows, empty = [], []
+    for folder in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        empty += [] if files else [folder.name]
+        rows += [(p.relative_to(root).as_posix(), folder.name, "", "") for p in files]
+    return pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "split"]), empty
+
+
+def discover(root: Path) -> tuple[pd.DataFrame, list[str]]:
+    """The data set's manifest: `manifest.csv` if there is one, else the class folders."""
+    if (root / MANIFEST).is_file():
+        return read_manifest(root), []
+    if not root.is_dir():
+        raise DataError(root, "data folder not found")
+    manifest, empty = scan_folders(root)
+    if manifest.empty and not empty:
+        raise DataError(root, "no manifest.csv and no class folders with images (<label>/*.png|jpg|dcm)")
+    return manifest, empty
+
+
+def import_npz(source: Path, out: Path, labels: list[str] | None = None) -> pd.DataFrame:
+    """Turn a MedMNIST-style npz (`{train,val,test}_{images,labels}`) into PNGs + a manifest with splits."""
+    try:
+        npz = np.load(source, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise DataError(source, f"not a readable npz file ({err.__class__.__name__})") from None
+    with npz:
+        missing = [f"{s}_{k}" for s in ("train", "val", "test") for k in ("images", "labels") if f"{s}_{k}" not in npz]
+        if missing:
+            raise DataError(source, f"missing array(s) {', '.join(missing)}")
+        rows = []
+        for split in ("train", "val", "test"):
+            images, ys = npz[f"{split}_images"], npz[f"{split}_labels"].reshape(len(npz[f"{split}_images"]), -1)[:, 0]
+            rows += _write_split(images, ys, split, out, labels)
+    manifest = pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "split"])
+    manifest.to_csv(out / MANIFEST, index=False, lineterminator="\n")
+    return manifest
+
+
+def _write_split(images: np.ndarray, ys: np.ndarray, split: str, out: Path, labels: list[str] | None) -> list[tuple]:
+    rows = []
+    for i, (img, y) in enumerate(zip(images, ys)):
+        label = labels[int(y)] if labels else f"class_{int(y)}"
+        rel = Path("images") / split / label / f"{split}_{i:06d}.png"
+        (out / rel.parent).mkdir(parents=True, exist_ok=True)
+        pixels = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 and img.shape[2] == 3 else img
+        cv2.imwrite(str(out / rel), pixels)
+        rows.append((rel.as_posix(), label, f"{split}_{i:06d}", split))
+    return rows

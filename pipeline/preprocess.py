@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Params, SplitRatios, Workspace
-from pipeline.data import read_manifest
-from pipeline.errors import DataError
+from pipeline.imageio import read_image, to_gray
 
 SPLITS = ("train", "val", "test")
 
@@ -23,23 +22,39 @@ class PreprocessResult:
     classes: list[str]
 
 
-def load_image(path: Path, size: int) -> np.ndarray:
-    """Decode one image as grayscale, resize to size x size, scale to float32 in [0, 1]."""
-    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if img is None:
-        raise DataError(path, "cannot be decoded as an image")
+def load_image(path: Path, size: int, salt: bytes = b"") -> np.ndarray:
+    """Decode one image (PNG/JPEG/DICOM, any depth) as grayscale float32 in [0, 1], resized to size x size."""
+    img = to_gray(read_image(path, salt).pixels)
     interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.resize(img, (size, size), interpolation=interp).astype(np.float32) / 255.0
+    return cv2.resize(img, (size, size), interpolation=interp)
+
+
+def leakage_groups(patients: pd.Series, hashes: pd.Series) -> pd.Series:
+    """Group images that must share a split: same patient, or the same bytes (sha256) across patients."""
+    parent = {p: p for p in patients}
+
+    def find(p: str) -> str:
+        while parent[p] != p:
+            parent[p] = parent[parent[p]]
+            p = parent[p]
+        return p
+
+    for members in patients.groupby(hashes.to_numpy()).agg(list):
+        for other in members[1:]:
+            parent[find(other)] = find(members[0])
+    return patients.map(find).rename("group")
 
 
 def split_patients(manifest: pd.DataFrame, ratios: SplitRatios, seed: int) -> pd.Series:
-    """Assign each image a split so that no patient spans two splits, stratified by label.
+    """Assign each image a split so that no patient (column `patient_id`, or `group` when given) spans
+    two splits, stratified by label.
 
-    Patients are grouped by their most frequent label; within each label the shuffled patients
-    are cut by the ratios (at least one patient per split whenever a label has three or more).
+    Groups take their most frequent label; within each label the shuffled groups are cut by the
+    ratios (at least one group per split whenever a label has three or more).
     """
     rng = np.random.default_rng(seed)
-    patient_label = manifest.groupby("patient_id")["label"].agg(lambda s: s.mode().iloc[0])
+    key = manifest["group"] if "group" in manifest else manifest["patient_id"]
+    patient_label = manifest.groupby(key.to_numpy())["label"].agg(lambda s: s.mode().iloc[0])
     assignment: dict[str, str] = {}
     for label in sorted(patient_label.unique()):
         patients = sorted(patient_label.index[patient_label == label])
@@ -49,7 +64,7 @@ def split_patients(manifest: pd.DataFrame, ratios: SplitRatios, seed: int) -> pd
         n_test = max(int(round(n * ratios.test)), 1 if n >= 3 else 0)
         for i, pid in enumerate(patients):
             assignment[pid] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
-    return manifest["patient_id"].map(assignment).rename("split")
+    return key.map(assignment).rename("split")
 
 
 def load_split(manifest: pd.DataFrame, root: Path, size: int, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -62,11 +77,9 @@ def load_split(manifest: pd.DataFrame, root: Path, size: int, classes: list[str]
 
 
 def run_step(params: Params, ws: Workspace) -> PreprocessResult:
-    """Split and preprocess the data set into outputs/preprocess/{dataset.npz,splits.csv}."""
+    """Preprocess the validated images, split as validation decided, into outputs/preprocess/dataset.npz."""
     out = ws.step_dir("preprocess")
-    manifest = read_manifest(ws.data_root)
-    manifest["split"] = split_patients(manifest, params.preprocess.split, params.preprocess.seed)
-    manifest.to_csv(out / "splits.csv", index=False, lineterminator="\n")
+    manifest = pd.read_csv(ws.out / "validate" / "splits.csv", dtype=str, keep_default_na=False)
     classes = list(params.validate_.labels)
     arrays: dict[str, np.ndarray] = {"classes": np.array(classes)}
     for split in SPLITS:

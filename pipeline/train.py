@@ -107,7 +107,7 @@ def run_step(params: Params, ws: Workspace) -> TrainResult:
     with mlflow.start_run(experiment_id=setup_tracking(params.register_, ws.base), tags=tags) as run:
         mlflow.log_params(_flat("params", params.model_dump(mode="json", by_alias=True)))
         mlflow.log_dict({"before": balance.counts_before, "after": balance.counts_after}, "balance/class_counts.json")
-        mlflow.log_artifact(str(ws.out / "validate" / "report.md"), "validation")
+        mlflow.log_artifacts(str(ws.out / "validate"), "validation")  # reports + the exact split
         history = fit(model, (train["x"], train["y"]), (data["x_val"], data["y_val"]), n_classes, tp,
                       balance.class_weight)
         out = ws.step_dir("train")

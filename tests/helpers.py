@@ -20,3 +20,41 @@ def write_params(folder: Path, **sections: dict) -> Path:
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+IDENTIFIERS = {"PatientName": "Doe^Jane^Quincy", "PatientID": "MRN-99417-XQ", "PatientBirthDate": "19470312",
+               "OtherPatientIDs": "ALT-55821-ZZ", "InstitutionName": "St Example Hospital"}
+
+
+def write_dicom(path: Path, pixels, *, photometric: str = "MONOCHROME2", slope: float = 1.0,
+                intercept: float = 0.0, window: tuple[float, float] | None = None, frames: int = 1,
+                with_pixels: bool = True, **identifiers: str) -> Path:
+    """A real single- or multi-frame DICOM file (uncompressed, explicit VR little endian)."""
+    import numpy as np
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    pixels = np.asarray(pixels)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "CR"
+    for key, value in {**IDENTIFIERS, **identifiers}.items():
+        setattr(ds, key, value)
+    if with_pixels:
+        ds.Rows, ds.Columns = pixels.shape[-2:]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+        bits = 16 if pixels.dtype == np.uint16 else 8
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        if window:
+            ds.WindowCenter, ds.WindowWidth = window
+        if frames > 1:
+            ds.NumberOfFrames = frames
+            pixels = np.stack([pixels] * frames)
+        ds.PixelData = pixels.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

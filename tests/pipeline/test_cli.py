@@ -49,7 +49,7 @@ def test_validate_good_and_bad_data(tmp_path, tiny_data):
     rel = pd.read_csv(data / "manifest.csv")["path"][0]
     (data / rel).write_bytes(b"")
     _one_error_line(medpipe("validate", data, "--params", tmp_path / "params.yaml"), 1,
-                    "manifest.csv", "image decodes", rel, "report.md")
+                    str(data), "image readable", rel, "report.md")
 
 
 def test_synth_refuses_to_overwrite(tmp_path):

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.data import CLASSES, read_manifest, synthesize
+from pipeline.data import CLASSES, discover, import_npz, read_manifest, synthesize
 from pipeline.errors import DataError
 
 
@@ -50,6 +50,48 @@ def test_read_manifest_errors_name_the_file(tmp_path):
         read_manifest(tmp_path)
 
 
-def test_patient_id_defaults_to_one_patient_per_image(tmp_path):
+def test_optional_manifest_columns_come_back_empty(tmp_path):
     (tmp_path / "manifest.csv").write_text("path,label\na.png,normal\nb.png,nodule\n")
-    assert read_manifest(tmp_path)["patient_id"].tolist() == ["a.png", "b.png"]
+    manifest = read_manifest(tmp_path)
+    assert manifest["patient_id"].tolist() == ["", ""] and manifest["split"].tolist() == ["", ""]
+
+
+def test_class_folders_nested_any_suffix_case_and_empty_ones(tmp_path):
+    for rel in ("cat/a.png", "cat/deep/er/b.JPG", "dog/c.dcm", "dog/notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    manifest, empty = discover(tmp_path)
+    assert manifest[["path", "label"]].values.tolist() == [["cat/a.png", "cat"], ["cat/deep/er/b.JPG", "cat"],
+                                                          ["dog/c.dcm", "dog"]]
+    assert empty == ["empty"]
+    with pytest.raises(DataError, match="data folder not found"):
+        discover(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("label_shape, rgb", [((-1,), False), ((-1, 1), True)])
+def test_import_npz_keeps_splits_labels_and_pixels(tmp_path, label_shape, rgb):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 6), ("val", 2), ("test", 3)):
+        shape = (n, 8, 8, 3) if rgb else (n, 8, 8)
+        arrays[f"{split}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 2).astype(np.uint8).reshape(label_shape)
+    np.savez(tmp_path / "m.npz", **arrays)
+    manifest = import_npz(tmp_path / "m.npz", tmp_path / "out", labels=["malignant", "benign"])
+    assert manifest["split"].value_counts().to_dict() == {"train": 6, "test": 3, "val": 2}
+    assert manifest["label"][:2].tolist() == ["malignant", "benign"]
+    first = cv2.imread(str(tmp_path / "out" / manifest["path"][0]), cv2.IMREAD_UNCHANGED)
+    expected = arrays["train_images"][0]
+    assert np.array_equal(first[:, :, ::-1] if rgb else first, expected)
+    assert read_manifest(tmp_path / "out")["split"].tolist() == manifest["split"].tolist()
+
+
+def test_import_npz_errors(tmp_path):
+    np.savez(tmp_path / "m.npz", train_images=np.zeros((1, 2, 2), np.uint8))
+    with pytest.raises(DataError, match="missing array"):
+        import_npz(tmp_path / "m.npz", tmp_path / "out")
+    (tmp_path / "bad.npz").write_text("no")
+    with pytest.raises(DataError, match="not a readable npz"):
+        import_npz(tmp_path / "bad.npz", tmp_path / "out")

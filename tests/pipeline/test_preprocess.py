@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.config import Params, SplitRatios, Workspace
 from pipeline.errors import DataError
-from pipeline.preprocess import load_dataset, load_image, run_step, split_patients
+from pipeline.preprocess import leakage_groups, load_dataset, load_image, run_step, split_patients
 
 
 def test_load_image_resizes_and_scales(tiny_data):
@@ -15,7 +15,7 @@ def test_load_image_resizes_and_scales(tiny_data):
 def test_undecodable_image_names_the_file(tmp_path):
     bad = tmp_path / "x.png"
     bad.write_text("nope")
-    with pytest.raises(DataError, match="x.png: cannot be decoded"):
+    with pytest.raises(DataError, match="x.png: not a decodable image"):
         load_image(bad, 8)
 
 
@@ -34,9 +34,20 @@ def test_split_is_patient_grouped_stratified_and_seeded():
 
 
 def test_run_step_writes_arrays_without_pickles(tmp_path, tiny_data):
+    from pipeline import validate
+
     params = Params.model_validate({"preprocess": {"size": 16}})
-    result = run_step(params, Workspace(base=tmp_path, data_root=tiny_data, out=tmp_path / "out"))
+    ws = Workspace(base=tmp_path, data_root=tiny_data, out=tmp_path / "out")
+    assert validate.run_step(params, ws).success  # validation decides the split
+    result = run_step(params, ws)
     data = load_dataset(result.dataset)
     assert data["x_train"].shape[1:] == (16, 16, 1) and data["classes"].dtype.kind == "U"
     assert sum(result.split_sizes.values()) == len(pd.read_csv(tiny_data / "manifest.csv"))
     assert len(data["y_test"]) == result.split_sizes["test"]
+
+
+def test_images_shared_across_patients_are_grouped():
+    patients = pd.Series(["a", "b", "c", "d"])
+    hashes = pd.Series(["h1", "h2", "h1", "h3"])  # a and c share an image
+    groups = leakage_groups(patients, hashes)
+    assert groups[0] == groups[2] and len(set(groups)) == 3

@@ -1,0 +1,115 @@
+"""Reading images as they come: PNG/JPEG (8/16-bit, gray/RGB/RGBA) and DICOM.
+
+Every reader returns pixels as float32 in [0, 1] plus what it learned about the file; a file
+that cannot be used raises ImageError naming the file and the reason.
+"""
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
+
+
+class ImageError(DataError):
+    """An image file that cannot be read: empty, truncated, not an image, unsupported DICOM."""
+
+
+@dataclass(frozen=True)
+class Image:
+    """Pixels scaled to [0, 1] (H, W) or (H, W, 3 RGB), the source bit depth and, for DICOM, the
+    pseudonymous patient key (never the identifier itself)."""
+
+    pixels: np.ndarray
+    bit_depth: int
+    channels: int
+    patient_key: str | None = None
+
+
+def pseudonym(identifier: str, salt: bytes) -> str:
+    """Salted, keyed hash of a patient identifier: stable per data set, not reversible without the salt."""
+    return "P-" + hmac.new(salt, identifier.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def _scale(raw: np.ndarray) -> np.ndarray:
+    bits = 16 if raw.dtype == np.uint16 else 8
+    return raw.astype(np.float32) / float(2**bits - 1)
+
+
+def read_raster(path: Path) -> Image:
+    """PNG or JPEG via OpenCV, any bit depth; colour comes back RGB, alpha dropped."""
+    if path.stat().st_size == 0:
+        raise ImageError(path, "empty file (0 bytes)")
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.size == 0:
+        raise ImageError(path, "not a decodable image (corrupt, truncated or not an image file)")
+    if raw.dtype not in (np.uint8, np.uint16):
+        raise ImageError(path, f"unsupported pixel type {raw.dtype}")
+    bits = 16 if raw.dtype == np.uint16 else 8
+    if raw.ndim == 2:
+        return Image(_scale(raw), bits, 1)
+    channels = raw.shape[2]
+    code = {1: None, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}[channels]
+    rgb = raw[:, :, 0] if code is None else cv2.cvtColor(raw, code)
+    return Image(_scale(rgb), bits, channels)
+
+
+def _dicom_pixels(ds, path: Path) -> np.ndarray:
+    """Modality LUT (rescale slope/intercept), VOI windowing when present, MONOCHROME1 inverted."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    if "PixelData" not in ds:
+        raise ImageError(path, "DICOM has no pixel data")
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ImageError(path, f"multi-frame DICOM ({frames} frames) is not supported; export single frames")
+    try:
+        arr = ds.pixel_array
+    except Exception as err:  # pydicom raises many types for broken pixel data
+        raise ImageError(path, f"DICOM pixel data cannot be decoded ({err.__class__.__name__})") from None
+    arr = apply_modality_lut(arr, ds).astype(np.float64)
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        arr = apply_voi_lut(arr, ds).astype(np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+        arr = 1.0 - arr
+    return arr.astype(np.float32)
+
+
+def read_dicom(path: Path, salt: bytes) -> Image:
+    """A single-frame grayscale DICOM, with its PatientID turned into a pseudonymous key."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    if path.stat().st_size == 0:
+        raise ImageError(path, "empty file (0 bytes)")
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, EOFError, OSError, ValueError) as err:
+        raise ImageError(path, f"not a readable DICOM file ({err.__class__.__name__})") from None
+    pixels = _dicom_pixels(ds, path)
+    if pixels.ndim != 2:
+        raise ImageError(path, f"DICOM pixel array of shape {pixels.shape} is not a single grayscale image")
+    patient = str(getattr(ds, "PatientID", "") or "")
+    return Image(pixels, int(getattr(ds, "BitsStored", 16)), 1, pseudonym(patient, salt) if patient else None)
+
+
+def read_image(path: Path, salt: bytes = b"") -> Image:
+    """Read any supported image file by its suffix."""
+    if not path.is_file():
+        raise ImageError(path, "file not found")
+    if path.suffix.lower() == ".dcm":
+        return read_dicom(path, salt)
+    return read_raster(path)
+
+
+def to_gray(pixels: np.ndarray) -> np.ndarray:
+    """RGB in [0, 1] to luminance (ITU-R BT.601, as OpenCV); grayscale passes through."""
+    return pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)

@@ -1,0 +1,60 @@
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.imageio import ImageError, pseudonym, read_image, to_gray
+from tests.helpers import write_dicom
+
+
+def test_png_8_and_16_bit_gray_rgb_rgba(tmp_path):
+    gray16 = np.array([[0, 65535], [32768, 1000]], np.uint16)
+    cv2.imwrite(str(tmp_path / "g16.png"), gray16)
+    img = read_image(tmp_path / "g16.png")
+    assert img.bit_depth == 16 and img.channels == 1 and img.pixels[0, 1] == 1.0 and img.pixels[0, 0] == 0.0
+    bgra = np.zeros((3, 3, 4), np.uint8)
+    bgra[..., 2] = 255  # red in OpenCV's BGR(A) order
+    cv2.imwrite(str(tmp_path / "rgba.png"), bgra)
+    rgba = read_image(tmp_path / "rgba.png")
+    assert rgba.channels == 4 and rgba.pixels.shape == (3, 3, 3) and rgba.pixels[0, 0].tolist() == [1, 0, 0]
+    assert to_gray(rgba.pixels)[0, 0] == pytest.approx(0.299, abs=1e-3)
+
+
+def test_jpeg_colour(tmp_path):
+    cv2.imwrite(str(tmp_path / "c.jpg"), np.full((8, 8, 3), (255, 0, 0), np.uint8))  # blue
+    img = read_image(tmp_path / "c.jpg")
+    assert img.channels == 3 and img.pixels[4, 4, 2] > 0.9 and img.pixels[4, 4, 0] < 0.1
+
+
+@pytest.mark.parametrize("content, reason", [(b"", "empty file"), (b"hello", "not a decodable image")])
+def test_bad_raster_files(tmp_path, content, reason):
+    (tmp_path / "x.png").write_bytes(content)
+    with pytest.raises(ImageError, match=reason) as info:
+        read_image(tmp_path / "x.png")
+    assert info.value.file.endswith("x.png")
+
+
+def test_dicom_rescale_window_monochrome1_and_pseudonym(tmp_path):
+    ramp = np.arange(16, dtype=np.uint16).reshape(4, 4) * 1000
+    plain = read_image(write_dicom(tmp_path / "a.dcm", ramp, slope=2.0, intercept=-100), salt=b"s")
+    assert plain.pixels.min() == 0 and plain.pixels.max() == 1 and plain.pixels[0, 1] > plain.pixels[0, 0]
+    assert plain.bit_depth == 16 and plain.patient_key == pseudonym("MRN-99417-XQ", b"s") != "MRN-99417-XQ"
+    inverted = read_image(write_dicom(tmp_path / "b.dcm", ramp, photometric="MONOCHROME1"))
+    assert np.allclose(inverted.pixels, 1 - plain.pixels)
+    windowed = read_image(write_dicom(tmp_path / "c.dcm", ramp, window=(4000, 2000)))
+    assert windowed.pixels[0, 0] == 0 and windowed.pixels[3, 3] == 1  # clipped outside the window
+    assert 0 < windowed.pixels[1, 0] < 1
+
+
+def test_dicom_errors(tmp_path):
+    frame = np.zeros((4, 4), np.uint16)
+    with pytest.raises(ImageError, match="no pixel data"):
+        read_image(write_dicom(tmp_path / "n.dcm", frame, with_pixels=False))
+    with pytest.raises(ImageError, match="multi-frame DICOM \\(3 frames\\)"):
+        read_image(write_dicom(tmp_path / "m.dcm", frame, frames=3))
+    (tmp_path / "t.dcm").write_text("not dicom")
+    with pytest.raises(ImageError, match="not a readable DICOM"):
+        read_image(tmp_path / "t.dcm")
+
+
+def test_pseudonyms_depend_on_salt():
+    assert pseudonym("x", b"a") == pseudonym("x", b"a") != pseudonym("x", b"b")

@@ -1,0 +1,63 @@
+import os
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from pipeline.scan import COLUMNS, SALT_FILE, scan
+
+
+def _images(root, n):
+    rng = np.random.default_rng(0)
+    rels = []
+    for i in range(n):
+        rel = f"c{i % 2}/img{i}.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / rel), rng.integers(0, 256, (12 + i % 3, 10), dtype=np.uint8))
+        rels.append(rel)
+    return rels
+
+
+def test_facts_per_image(tmp_path):
+    rels = _images(tmp_path, 3)
+    cv2.imwrite(str(tmp_path / "black.png"), np.zeros((8, 8), np.uint8))
+    (tmp_path / "bad.png").write_bytes(b"")
+    table = scan(tmp_path, [*rels, "black.png", "bad.png", "../escape.png"])
+    assert list(table.columns) == COLUMNS and table["path"].tolist()[-3:] == ["black.png", "bad.png", "../escape.png"]
+    first = table.iloc[0]
+    assert (first.width, first.height, first.channels, first.bit_depth) == (10, 12, 1, 8)
+    assert len(first.sha256) == 64 and first["std"] > 50 and first.blur > 100 and first.readable
+    black = table.iloc[3]
+    assert black["std"] == 0 and black.blur == 0 and black.readable
+    assert table.iloc[4].error == "empty file (0 bytes)" and not table.iloc[4].readable
+    assert table.iloc[5].error == "path outside the data root"
+
+
+def test_incremental_rescan_reads_only_changed_files(tmp_path):
+    data, cache = tmp_path / "data", tmp_path / "cache" / "scan.csv"
+    rels = _images(data, 6)
+    first = scan(data, rels, cache=cache)
+    cached = pd.read_csv(cache)
+    cached.loc[1, "mean"] = -1.0  # a marker: kept if the row is reused, gone if re-read
+    cached.to_csv(cache, index=False)
+    cv2.imwrite(str(data / rels[0]), np.full((5, 5), 7, np.uint8))
+    os.utime(data / rels[0], ns=(1, 1))
+    second = scan(data, rels, cache=cache)
+    assert second.loc[1, "mean"] == -1.0  # unchanged file: not re-read
+    assert second.loc[0, "sha256"] != first.loc[0, "sha256"] and second.loc[0, "width"] == 5
+
+
+def test_parallel_and_serial_agree(tmp_path):
+    rels = _images(tmp_path, 500)
+    parallel = scan(tmp_path, rels, workers=2)
+    serial = scan(tmp_path, rels, workers=1)
+    pd.testing.assert_frame_equal(parallel, serial)
+
+
+def test_dicom_gets_a_salt_file_and_a_pseudonym(tmp_path):
+    from tests.helpers import write_dicom
+
+    write_dicom(tmp_path / "a/x.dcm", np.arange(16, dtype=np.uint16).reshape(4, 4))
+    table = scan(tmp_path, ["a/x.dcm"])
+    assert (tmp_path / SALT_FILE).is_file() and table.loc[0, "patient_key"].startswith("P-")
+    assert "MRN" not in table.to_csv()
