@@ -30,7 +30,8 @@ class ValidateParams(Section):
 
     labels: list[str] = ["normal", "nodule", "effusion"]
     min_per_class: int = Field(5, ge=1)
-    blank_std: float = Field(1.0, ge=0)       # warn: intensity std (0-255 scale) below this
+    blank_std: float = Field(1.0, ge=0)       # intensity std (0-255 scale) below this is blank ...
+    blank: Literal["error", "warning"] = "error"  # ... and stops the flow, or is only recorded
     blur_min: float = Field(1.0, ge=0)        # warn: variance of the Laplacian below this
     max_imbalance: float = Field(20.0, ge=1)  # warn: largest / smallest class above this
 

@@ -39,6 +39,8 @@ class ScanRow:
 
 
 COLUMNS = list(ScanRow.__dataclass_fields__)
+DTYPES = {name: {str: str, int: "int64", float: "float64", bool: bool}[f.type]
+          for name, f in ScanRow.__dataclass_fields__.items()}
 
 
 def data_salt(root: Path, create: bool) -> bytes:
@@ -134,7 +136,7 @@ def scan(root: Path, rels: list[str], cache: Path | None = None, workers: int | 
     todo = sorted(set(rels) - set(cached["path"]))
     fresh = pd.DataFrame([asdict(r) for r in _run(root, todo, salt, workers or os.cpu_count() or 1, progress)],
                          columns=COLUMNS)
-    table = pd.concat([cached, fresh] if len(cached) else [fresh], ignore_index=True)
+    table = pd.concat([cached, fresh] if len(cached) else [fresh], ignore_index=True).astype(DTYPES)
     table = table.set_index("path").loc[rels].reset_index() if len(table) else table
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)

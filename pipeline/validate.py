@@ -120,13 +120,14 @@ def _expectations(vp: ValidateParams) -> dict[str, tuple[str, str, list]]:
             in_set("inside_root", [True], "path inside the data root"),
             in_set("exists", [True], "file exists"),
             in_set("readable", [True], "image readable"),
-            in_set("split", list(SPLITS), "split is train, val or test")]),
+            in_set("split", list(SPLITS), "split is train, val or test")]
+            + ([in_set("not_blank", [True], "not blank")] if vp.blank == "error" else [])),
         "patients": ("patients", "patient_id", [in_set("n_splits", [1], "each patient in one split")]),
         "hashes": ("hashes", "path", [in_set("n_splits", [1], "each image (sha256) in one split")]),
         "classes": ("classes", "label", [gxe.ExpectColumnValuesToBeBetween(
             column="count", min_value=vp.min_per_class, description=f"at least {vp.min_per_class} images per class")]),
-        "image_warnings": ("images", "path", [in_set("not_blank", [True], "not blank (warning)"),
-                                              in_set("sharp", [True], "not blurry (warning)")]),
+        "image_warnings": ("images", "path", [in_set("sharp", [True], "not blurry (warning)")]
+                           + ([in_set("not_blank", [True], "not blank (warning)")] if vp.blank == "warning" else [])),
         "split_warnings": ("within", "paths", [gxe.ExpectColumnValuesToBeBetween(
             column="copies", max_value=1, description="no duplicate images within a split (warning)")]),
         "balance_warnings": ("balance", "what", [gxe.ExpectColumnValuesToBeBetween(

@@ -69,9 +69,49 @@ def test_bad_input_is_reported_by_file_and_reason(data, tmp_path, case, check):
 def test_too_few_images_in_a_class(data, tmp_path):
     report = _run(data, tmp_path, min_per_class=1000)
     assert [c.name for c in report.failed] == ["at least 1000 images per class"]
-    assert report.summary().startswith("1 of 10 checks failed")
+    assert report.summary().startswith("1 of 11 checks failed")
 
 
 def test_missing_manifest_is_a_failed_report_not_a_crash(tmp_path):
     report = _run(tmp_path / "nowhere", tmp_path)
     assert not report.success and "data folder not found" in report.failed[0].unexpected[0]
+
+
+def test_blank_image_is_an_error_or_a_warning(data, tmp_path):
+    import cv2
+    import numpy as np
+
+    rel = pd.read_csv(data / "manifest.csv")["path"][0]
+    cv2.imwrite(str(data / rel), np.zeros((32, 32), np.uint8))
+    report = _run(data, tmp_path)
+    assert not report.success and {c.name: c.unexpected for c in report.failed}["not blank"] == [rel]
+    relaxed = _run(data, tmp_path, blank="warning")
+    assert relaxed.success and {c.name for c in relaxed.warnings} == {"not blank (warning)", "not blurry (warning)"}
+
+
+def test_same_image_in_two_splits_and_patient_in_two_splits(data, tmp_path):
+    manifest = pd.read_csv(data / "manifest.csv", dtype=str)
+    manifest["split"] = "train"
+    manifest.loc[len(manifest) - 10:, "split"] = "test"
+    manifest.loc[len(manifest) - 20:len(manifest) - 11, "split"] = "val"
+    leaked = manifest.loc[len(manifest) - 1, "path"]
+    manifest.loc[len(manifest)] = [leaked.replace(".png", "_copy.png"), manifest.loc[len(manifest) - 1, "label"],
+                                   "someone-else", "train"]
+    shutil.copy(data / leaked, data / leaked.replace(".png", "_copy.png"))
+    manifest.to_csv(data / "manifest.csv", index=False)
+    failed = {c.name: c.unexpected for c in _run(data, tmp_path).failed}
+    assert any(leaked in e for e in failed["each image (sha256) in one split"])
+    assert "each patient in one split" in failed  # the predefined split cuts through patients
+
+
+def test_computed_split_keeps_copies_together(data, tmp_path):
+    manifest = pd.read_csv(data / "manifest.csv", dtype=str)
+    for i in range(5):  # the same image filed under five new patients
+        copy = f"images/normal/copy{i}.png"
+        shutil.copy(data / manifest.loc[0, "path"], data / copy)
+        manifest.loc[len(manifest)] = [copy, "normal", f"other{i}"]
+    manifest.to_csv(data / "manifest.csv", index=False)
+    report = _run(data, tmp_path)
+    assert report.success
+    splits = pd.read_csv(tmp_path / "outputs/validate/splits.csv")
+    assert splits[splits.path.str.contains("copy") | (splits.path == manifest.loc[0, "path"])]["split"].nunique() == 1
