@@ -43,15 +43,16 @@ DTYPES = {name: {str: str, int: "int64", float: "float64", bool: bool}[f.type]
           for name, f in ScanRow.__dataclass_fields__.items()}
 
 
-def data_salt(root: Path, create: bool) -> bytes:
-    """The data set's pseudonymisation salt: $MEDPIPE_PSEUDONYM_SALT, else `<root>/.medpipe-salt`.
+def data_salt(project: Path, create: bool) -> bytes:
+    """The pseudonymisation salt: $MEDPIPE_PSEUDONYM_SALT, else `<project>/.medpipe-salt` (made on first use).
 
-    The salt lives with the data (whoever holds the DICOMs holds the identifiers anyway) and keeps
-    the pseudonyms in outputs, logs and MLflow irreversible for everyone else.
+    It stays out of git and out of the data folder (which stays untouched); it makes the
+    pseudonyms in outputs, logs and MLflow irreversible for anyone without it. Teams that train
+    in several places share it through the environment variable.
     """
     if os.environ.get(SALT_ENV):
         return os.environ[SALT_ENV].encode()
-    path = root / SALT_FILE
+    path = project / SALT_FILE
     if not path.is_file() and create:
         path.write_text(secrets.token_hex(32) + "\n")
     return path.read_text().strip().encode() if path.is_file() else b""
@@ -126,9 +127,12 @@ def _run(root: Path, rels: list[str], salt: bytes, workers: int, progress: bool)
 
 
 def scan(root: Path, rels: list[str], cache: Path | None = None, workers: int | None = None,
-         progress: bool = False) -> pd.DataFrame:
-    """Scan the listed files (paths relative to root), re-reading only new or changed ones."""
-    salt = data_salt(root, create=any(r.lower().endswith(".dcm") for r in rels))
+         progress: bool = False, project: Path = Path(".")) -> pd.DataFrame:
+    """Scan the listed files (paths relative to root), re-reading only new or changed ones.
+
+    `project` is where the pseudonymisation salt lives (see data_salt).
+    """
+    salt = data_salt(project, create=any(r.lower().endswith(".dcm") for r in rels))
     salt_id = hashlib.sha256(salt).hexdigest()[:12]
     cached = pd.DataFrame(columns=COLUMNS)
     if cache is not None and cache.is_file() and cache.with_suffix(".salt").read_text() == salt_id:

@@ -64,9 +64,10 @@ def failure(report: "ValidationReport", data_root: Path) -> DataError:
     return DataError(data_root, f"data validation failed, {report.summary()}; report: {report.report_md}")
 
 
-def image_table(manifest: pd.DataFrame, root: Path, cache: Path | None, vp: ValidateParams) -> pd.DataFrame:
+def image_table(manifest: pd.DataFrame, root: Path, cache: Path | None, vp: ValidateParams,
+                project: Path = Path(".")) -> pd.DataFrame:
     """Manifest joined with the scan: per-image facts the expectations test."""
-    table = scan(root, manifest["path"].tolist(), cache=cache).drop(columns="path")
+    table = scan(root, manifest["path"].tolist(), cache=cache, project=project).drop(columns="path")
     df = pd.concat([manifest.reset_index(drop=True), table], axis=1)
     df["inside_root"] = [inside_root(root, p) for p in df["path"]]
     df["exists"] = [ok and (root / p).is_file() for ok, p in zip(df["inside_root"], df["path"])]
@@ -170,11 +171,11 @@ def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, tuple[str, str
     return checks
 
 
-def validate_data(root: Path, params: Params, out: Path) -> tuple[ValidationReport, pd.DataFrame]:
+def validate_data(root: Path, params: Params, out: Path, project: Path) -> tuple[ValidationReport, pd.DataFrame]:
     """Validate the data set under `root`; return the report and the image table with splits."""
     manifest, empty_folders = discover(root)
     vp = params.validate_
-    images = image_table(manifest, root, out.parent / "cache" / "scan.csv", vp)
+    images = image_table(manifest, root, out.parent / "cache" / "scan.csv", vp, project)
     images["split"] = assign_splits(images, params).fillna("")
     frames = {"images": images, **derived_tables(images, vp.labels, empty_folders)}
     checks = run_suites(frames, _expectations(vp))
@@ -220,7 +221,7 @@ def run_step(params: Params, ws: Workspace, out: Path | None = None) -> Validati
     out = out or ws.step_dir("validate")
     out.mkdir(parents=True, exist_ok=True)
     try:
-        report, images = validate_data(ws.data_root, params, out)
+        report, images = validate_data(ws.data_root, params, out, ws.base)
     except DataError as err:
         report, images = ValidationReport(False, [Check("data set readable", False, [str(err)])], 0, {}), None
     if images is not None:

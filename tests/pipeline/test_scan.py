@@ -57,7 +57,8 @@ def test_parallel_and_serial_agree(tmp_path):
 def test_dicom_gets_a_salt_file_and_a_pseudonym(tmp_path):
     from tests.helpers import write_dicom
 
-    write_dicom(tmp_path / "a/x.dcm", np.arange(16, dtype=np.uint16).reshape(4, 4))
-    table = scan(tmp_path, ["a/x.dcm"])
+    write_dicom(tmp_path / "data/a/x.dcm", np.arange(16, dtype=np.uint16).reshape(4, 4))
+    table = scan(tmp_path / "data", ["a/x.dcm"], project=tmp_path)
     assert (tmp_path / SALT_FILE).is_file() and table.loc[0, "patient_key"].startswith("P-")
+    assert not (tmp_path / "data" / SALT_FILE).exists()  # the data folder stays untouched
     assert "MRN" not in table.to_csv()
