@@ -161,14 +161,19 @@ def data_import_npz(source: Annotated[Path, typer.Argument(help="MedMNIST-style 
                     out: Annotated[Path, typer.Option(help="Folder for the PNGs and manifest.csv.")],
                     labels: Annotated[Optional[str], typer.Option(help="Class names in label order, "
                                                                   "comma-separated (default class_0, class_1, ...).")]
-                    = None) -> None:
+                    = None,
+                    drop_duplicates: Annotated[bool, typer.Option(help="Leave out val/test images whose pixels "
+                                                                  "already appear in an earlier split.")] = False
+                    ) -> None:
     """Import a MedMNIST-format npz (train/val/test images and labels) as PNGs + manifest with its splits."""
     from pipeline.data import import_npz
 
     names = [n.strip() for n in labels.split(",")] if labels else None
-    manifest = import_npz(source, out, names)
+    manifest = import_npz(source, out, names, drop_duplicates)
     counts = manifest.groupby(["split", "label"]).size().to_dict()
     console.print(f"wrote {len(manifest)} images to {out}: {counts}")
+    if manifest.attrs["dropped"]:
+        console.print(f"left out {manifest.attrs['dropped']} val/test image(s) already present in an earlier split")
     console.print(f"train on it: medpipe run --data {out} --set 'validate.labels={sorted(set(manifest.label))}'")
 
 

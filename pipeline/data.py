@@ -5,6 +5,7 @@ PCG64 streams, so the same seed gives byte-identical PNGs on any x86-64 machine 
 in `data.dvc` stays stable.
 """
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,8 +195,13 @@ def discover(root: Path) -> tuple[pd.DataFrame, list[str]]:
     return manifest, empty
 
 
-def import_npz(source: Path, out: Path, labels: list[str] | None = None) -> pd.DataFrame:
-    """Turn a MedMNIST-style npz (`{train,val,test}_{images,labels}`) into PNGs + a manifest with splits."""
+def import_npz(source: Path, out: Path, labels: list[str] | None = None,
+               drop_duplicates: bool = False) -> pd.DataFrame:
+    """Turn a MedMNIST-style npz (`{train,val,test}_{images,labels}`) into PNGs + a manifest with splits.
+
+    With `drop_duplicates`, a val or test image whose pixels already appear in an earlier split is
+    left out (validation would otherwise stop on it as leakage); `manifest.attrs["dropped"]` counts them.
+    """
     try:
         npz = np.load(source, allow_pickle=False)
     except (OSError, ValueError) as err:
@@ -204,22 +210,32 @@ def import_npz(source: Path, out: Path, labels: list[str] | None = None) -> pd.D
         missing = [f"{s}_{k}" for s in ("train", "val", "test") for k in ("images", "labels") if f"{s}_{k}" not in npz]
         if missing:
             raise DataError(source, f"missing array(s) {', '.join(missing)}")
-        rows = []
+        rows, seen, dropped = [], set(), 0
         for split in ("train", "val", "test"):
             images, ys = npz[f"{split}_images"], npz[f"{split}_labels"].reshape(len(npz[f"{split}_images"]), -1)[:, 0]
-            rows += _write_split(images, ys, split, out, labels)
+            if labels and int(ys.max(initial=0)) >= len(labels):
+                raise DataError(source, f"{split} has label {int(ys.max())} but only {len(labels)} names were given")
+            digests = [hashlib.sha256(img.tobytes()).hexdigest() for img in images]
+            keep = [not (drop_duplicates and d in seen) for d in digests]
+            dropped += keep.count(False)
+            rows += [r for r, k in zip(_write_split(images, ys, split, out, labels, keep), keep) if k]
+            seen.update(digests)
     manifest = pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "split"])
+    manifest.attrs["dropped"] = dropped
     manifest.to_csv(out / MANIFEST, index=False, lineterminator="\n")
     return manifest
 
 
-def _write_split(images: np.ndarray, ys: np.ndarray, split: str, out: Path, labels: list[str] | None) -> list[tuple]:
+def _write_split(images: np.ndarray, ys: np.ndarray, split: str, out: Path, labels: list[str] | None,
+                 keep: list[bool]) -> list[tuple]:
     rows = []
     for i, (img, y) in enumerate(zip(images, ys)):
         label = labels[int(y)] if labels else f"class_{int(y)}"
         rel = Path("images") / split / label / f"{split}_{i:06d}.png"
+        rows.append((rel.as_posix(), label, f"{split}_{i:06d}", split))
+        if not keep[i]:
+            continue
         (out / rel.parent).mkdir(parents=True, exist_ok=True)
         pixels = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 and img.shape[2] == 3 else img
         cv2.imwrite(str(out / rel), pixels)
-        rows.append((rel.as_posix(), label, f"{split}_{i:06d}", split))
     return rows

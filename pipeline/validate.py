@@ -142,7 +142,12 @@ def _offenders(result: dict, frame: pd.DataFrame, key: str) -> list[str]:
     column = result["expectation_config"]["kwargs"].get("column", key)
     rows = result["result"].get("partial_unexpected_index_list") or []
     show = column in ("label", "split", "count", "ratio", "n_splits", "copies")
-    return [f"{frame.loc[i, key]}" + (f" ({column}={frame.loc[i, column]!r})" if show else "") for i in rows[:5]]
+
+    def value(i: int) -> object:
+        v = frame.loc[i, column]
+        return v.item() if hasattr(v, "item") else v
+
+    return [f"{frame.loc[i, key]}" + (f" ({column}={value(i)!r})" if show else "") for i in rows[:5]]
 
 
 def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, tuple[str, str, list]]) -> list[Check]:
