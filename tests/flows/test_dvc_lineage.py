@@ -70,3 +70,29 @@ def test_flow_run_leaves_dvc_up_to_date_and_dvc_repro_runs_the_stages(prefect_ha
         assert f"Running stage '{stage}'" in out
     assert client.get_model_version("medpipe-classifier", "2").tags["medpipe.data_md5"] == tags["medpipe.data_md5"]
     assert "up to date" in sh(tmp_path, str(BIN / "dvc"), "status")
+
+
+def test_data_add_push_and_pull_through_the_default_local_remote(tmp_path, tiny_data):
+    init_repo(tmp_path)
+    assert "local" in sh(tmp_path, str(BIN / "dvc"), "remote", "list")
+    shutil.copytree(tiny_data, tmp_path / "data")
+    added = subprocess.run([str(BIN / "medpipe"), "data", "add", "data"], cwd=tmp_path, env=ENV,
+                           capture_output=True, text=True, timeout=300)
+    assert added.returncode == 0 and "data.dvc" in added.stdout, added.stderr
+    sh(tmp_path, "git", "add", "-A")
+    sh(tmp_path, "git", "commit", "-qm", "data v1")
+    sh(tmp_path, str(BIN / "dvc"), "push", "-q")
+    assert (tmp_path / ".dvc" / "storage").is_dir()
+
+    original = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file()}
+    shutil.rmtree(tmp_path / "data")
+    shutil.rmtree(tmp_path / ".dvc" / "cache")
+    sh(tmp_path, str(BIN / "dvc"), "pull", "-q")
+    restored = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file()}
+    assert restored == original and "up to date" in sh(tmp_path, str(BIN / "dvc"), "status")
+
+    (tmp_path / "data" / "manifest.csv").write_text("path,label\n")  # a new data version
+    assert subprocess.run([str(BIN / "medpipe"), "data", "add", "data"], cwd=tmp_path, env=ENV,
+                          capture_output=True, timeout=300).returncode == 0
+    new = yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"]
+    assert new != yaml.safe_load(sh(tmp_path, "git", "show", "HEAD:data.dvc"))["outs"][0]["md5"]
