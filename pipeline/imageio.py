@@ -42,11 +42,15 @@ def _scale(raw: np.ndarray) -> np.ndarray:
     return raw.astype(np.float32) / float(2**bits - 1)
 
 
-def read_raster(path: Path) -> Image:
-    """PNG or JPEG via OpenCV, any bit depth; colour comes back RGB, alpha dropped."""
-    if path.stat().st_size == 0:
+def read_raster(path: Path, data: bytes | None = None) -> Image:
+    """PNG or JPEG via OpenCV, any bit depth; colour comes back RGB, alpha dropped.
+
+    `data`, when given, is the file's content already read (the scan hashes it too).
+    """
+    data = path.read_bytes() if data is None else data
+    if not data:
         raise ImageError(path, "empty file (0 bytes)")
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if raw is None or raw.size == 0:
         raise ImageError(path, "not a decodable image (corrupt, truncated or not an image file)")
     if raw.dtype not in (np.uint8, np.uint16):
@@ -83,15 +87,18 @@ def _dicom_pixels(ds, path: Path) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def read_dicom(path: Path, salt: bytes) -> Image:
+def read_dicom(path: Path, salt: bytes, data: bytes | None = None) -> Image:
     """A single-frame grayscale DICOM, with its PatientID turned into a pseudonymous key."""
+    import io
+
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    if path.stat().st_size == 0:
+    data = path.read_bytes() if data is None else data
+    if not data:
         raise ImageError(path, "empty file (0 bytes)")
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(io.BytesIO(data))
     except (InvalidDicomError, EOFError, OSError, ValueError) as err:
         raise ImageError(path, f"not a readable DICOM file ({err.__class__.__name__})") from None
     pixels = _dicom_pixels(ds, path)
@@ -101,13 +108,13 @@ def read_dicom(path: Path, salt: bytes) -> Image:
     return Image(pixels, int(getattr(ds, "BitsStored", 16)), 1, pseudonym(patient, salt) if patient else None)
 
 
-def read_image(path: Path, salt: bytes = b"") -> Image:
-    """Read any supported image file by its suffix."""
-    if not path.is_file():
+def read_image(path: Path, salt: bytes = b"", data: bytes | None = None) -> Image:
+    """Read any supported image file by its suffix (from `data` when the bytes are already in hand)."""
+    if data is None and not path.is_file():
         raise ImageError(path, "file not found")
     if path.suffix.lower() == ".dcm":
-        return read_dicom(path, salt)
-    return read_raster(path)
+        return read_dicom(path, salt, data)
+    return read_raster(path, data)
 
 
 def to_gray(pixels: np.ndarray) -> np.ndarray:

@@ -2,24 +2,29 @@
 
 import hashlib
 import os
+from contextlib import contextmanager
+from functools import lru_cache
 import secrets
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import cv2
-import pandas as pd
 
 from pipeline.imageio import ImageError, read_image, to_gray
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 SALT_FILE = ".medpipe-salt"
 SALT_ENV = "MEDPIPE_PSEUDONYM_SALT"
-PARALLEL_FROM = 400  # below this many files, worker start-up costs more than it saves
+# Worker processes pay off only when decoding dominates: below this many bytes to read (e.g. 10,000
+# 64x64 PNGs, ~35 MB) one process is faster than starting workers (benchmarks/scan.py).
+PARALLEL_BYTES = 64 * 2**20
 
 
-@dataclass(frozen=True)
-class ScanRow:
+class ScanRow(NamedTuple):
     """What one file is: identity, geometry, intensity, sharpness, and whether it can be used."""
 
     path: str
@@ -38,9 +43,9 @@ class ScanRow:
     patient_key: str
 
 
-COLUMNS = list(ScanRow.__dataclass_fields__)
-DTYPES = {name: {str: str, int: "int64", float: "float64", bool: bool}[f.type]
-          for name, f in ScanRow.__dataclass_fields__.items()}
+COLUMNS = list(ScanRow._fields)
+DTYPES = {name: {str: str, int: "int64", float: "float64", bool: bool}[kind]
+          for name, kind in ScanRow.__annotations__.items()}
 
 
 def data_salt(project: Path, create: bool) -> bytes:
@@ -58,10 +63,15 @@ def data_salt(project: Path, create: bool) -> bytes:
     return path.read_text().strip().encode() if path.is_file() else b""
 
 
+@lru_cache(maxsize=64)
+def _resolved(root: Path) -> Path:
+    return root.resolve()
+
+
 def inside_root(root: Path, rel: str) -> bool:
-    """Whether `rel` stays inside `root` once resolved (no `../` escapes, no absolute paths)."""
+    """Whether `rel` stays inside `root` once resolved (no `../` escapes, absolute paths or symlinks out)."""
     try:
-        (root / rel).resolve().relative_to(root.resolve())
+        (root / rel).resolve().relative_to(_resolved(root))
         return True
     except ValueError:
         return False
@@ -72,18 +82,21 @@ def scan_file(root: Path, rel: str, salt: bytes) -> ScanRow:
     path = root / rel
     if not inside_root(root, rel):
         return ScanRow(rel, 0, 0, "", 0, 0, 0, 0, 0.0, 0.0, 0.0, False, "path outside the data root", "")
-    stat = path.stat() if path.is_file() else None
-    size, mtime = (stat.st_size, stat.st_mtime_ns) if stat else (0, 0)
-    sha = hashlib.sha256(path.read_bytes()).hexdigest() if stat else ""
     try:
-        image = read_image(path, salt)
+        stat, data = path.stat(), path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        return ScanRow(rel, 0, 0, "", 0, 0, 0, 0, 0.0, 0.0, 0.0, False, "file not found", "")
+    size, mtime, sha = stat.st_size, stat.st_mtime_ns, hashlib.sha256(data).hexdigest()
+    try:
+        image = read_image(path, salt, data)
     except ImageError as err:
         return ScanRow(rel, size, mtime, sha, 0, 0, 0, 0, 0.0, 0.0, 0.0, False, err.reason, "")
     gray = to_gray(image.pixels) * 255.0
-    blur = float(cv2.Laplacian(gray, cv2.CV_32F).var())
+    mean, std = (float(v[0, 0]) for v in cv2.meanStdDev(gray))
+    blur = float(cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_32F))[1][0, 0] ** 2)  # variance of the Laplacian
     h, w = image.pixels.shape[:2]
-    return ScanRow(rel, size, mtime, sha, w, h, image.channels, image.bit_depth, float(gray.mean()),
-                   float(gray.std()), blur, True, "", image.patient_key or "")
+    return ScanRow(rel, size, mtime, sha, w, h, image.channels, image.bit_depth, mean, std, blur, True, "",
+                   image.patient_key or "")
 
 
 def _scan_chunk(args: tuple[Path, list[str], bytes]) -> list[ScanRow]:
@@ -92,8 +105,10 @@ def _scan_chunk(args: tuple[Path, list[str], bytes]) -> list[ScanRow]:
     return [scan_file(root, rel, salt) for rel in rels]
 
 
-def _unchanged(cached: pd.DataFrame, root: Path, rels: list[str]) -> pd.DataFrame:
+def _unchanged(cached: "pd.DataFrame", root: Path, rels: list[str]) -> "pd.DataFrame":
     """Cached rows whose file still has the same size and modification time."""
+    import pandas as pd
+
     keep = []
     for row in cached.itertuples(index=False):
         path = root / row.path
@@ -104,22 +119,40 @@ def _unchanged(cached: pd.DataFrame, root: Path, rels: list[str]) -> pd.DataFram
     return pd.DataFrame(keep, columns=COLUMNS)
 
 
-def _run(root: Path, rels: list[str], salt: bytes, workers: int, progress: bool) -> list[ScanRow]:
+def _total_bytes(root: Path, rels: list[str]) -> int:
+    return sum(os.stat(root / r).st_size for r in rels if inside_root(root, r) and (root / r).is_file())
+
+
+class _NoBar:
+    def advance(self, task: int, n: int) -> None:
+        pass
+
+
+@contextmanager
+def _progress(show: bool, total: int):
+    """A rich progress bar when asked for (a terminal), else a no-op."""
+    if not show:
+        yield _NoBar(), 0
+        return
     from rich.progress import Progress
 
+    with Progress(transient=True) as bar:
+        yield bar, bar.add_task("scanning images", total=total)
+
+
+def _run(root: Path, rels: list[str], salt: bytes, workers: int, progress: bool) -> list[ScanRow]:
     chunks = [rels[i:i + 64] for i in range(0, len(rels), 64)]
     rows: list[ScanRow] = []
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("scanning images", total=len(rels))
-        if workers <= 1 or len(rels) < PARALLEL_FROM:
+    with _progress(progress, len(rels)) as (bar, task):
+        if workers <= 1 or _total_bytes(root, rels) < PARALLEL_BYTES:
             results = map(_scan_chunk, [(root, c, salt) for c in chunks])
             for chunk in results:
                 rows += chunk
                 bar.advance(task, len(chunk))
             return rows
-        # fork: workers need no re-import of the caller's __main__ (spawn would, and scripts without
-        # a main guard would break); they only run OpenCV/hashlib on files, single-threaded.
-        with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+        # spawn, not fork: a forked child can hang on a lock held by one of OpenCV's (or TF's)
+        # threads in the parent. Scripts that call this need the usual `if __name__ == "__main__"`.
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             for chunk in pool.map(_scan_chunk, [(root, c, salt) for c in chunks]):
                 rows += chunk
                 bar.advance(task, len(chunk))
@@ -127,19 +160,21 @@ def _run(root: Path, rels: list[str], salt: bytes, workers: int, progress: bool)
 
 
 def scan(root: Path, rels: list[str], cache: Path | None = None, workers: int | None = None,
-         progress: bool = False, project: Path = Path(".")) -> pd.DataFrame:
+         progress: bool = False, project: Path = Path(".")) -> "pd.DataFrame":
     """Scan the listed files (paths relative to root), re-reading only new or changed ones.
 
-    `project` is where the pseudonymisation salt lives (see data_salt).
+    `project` is where the pseudonymisation salt lives (see data_salt). Worker processes import
+    only this module's light top (OpenCV, NumPy), not pandas.
     """
+    import pandas as pd
+
     salt = data_salt(project, create=any(r.lower().endswith(".dcm") for r in rels))
     salt_id = hashlib.sha256(salt).hexdigest()[:12]
     cached = pd.DataFrame(columns=COLUMNS)
     if cache is not None and cache.is_file() and cache.with_suffix(".salt").read_text() == salt_id:
         cached = _unchanged(pd.read_csv(cache, keep_default_na=False), root, rels)
     todo = sorted(set(rels) - set(cached["path"]))
-    fresh = pd.DataFrame([asdict(r) for r in _run(root, todo, salt, workers or os.cpu_count() or 1, progress)],
-                         columns=COLUMNS)
+    fresh = pd.DataFrame(_run(root, todo, salt, workers or os.cpu_count() or 1, progress), columns=COLUMNS)
     table = pd.concat([cached, fresh] if len(cached) else [fresh], ignore_index=True).astype(DTYPES)
     table = table.set_index("path").loc[rels].reset_index() if len(table) else table
     if cache is not None:

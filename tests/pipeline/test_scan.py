@@ -47,8 +47,11 @@ def test_incremental_rescan_reads_only_changed_files(tmp_path):
     assert second.loc[0, "sha256"] != first.loc[0, "sha256"] and second.loc[0, "width"] == 5
 
 
-def test_parallel_and_serial_agree(tmp_path):
-    rels = _images(tmp_path, 500)
+def test_parallel_and_serial_agree(tmp_path, monkeypatch):
+    from pipeline import scan as module
+
+    monkeypatch.setattr(module, "PARALLEL_BYTES", 0)  # force worker processes for a small set
+    rels = _images(tmp_path, 300)
     parallel = scan(tmp_path, rels, workers=2)
     serial = scan(tmp_path, rels, workers=1)
     pd.testing.assert_frame_equal(parallel, serial)
