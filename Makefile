@@ -60,5 +60,9 @@ lock: $(STAMP)  ## re-resolve requirements.lock from pyproject.toml
 	$(UV) pip compile pyproject.toml --extra cpu --extra test --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 -o requirements.lock
 
+bench: $(STAMP)  ## run the benchmarks (JSON lines; figures in docs/benchmarks.md)
+	$(BIN)/python benchmarks/scan.py
+	$(BIN)/python benchmarks/validate.py
+
 clean:  ## remove pipeline outputs (keeps data/, mlflow/ and .venv)
 	rm -rf outputs
