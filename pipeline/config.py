@@ -182,10 +182,6 @@ class Workspace(BaseModel):
         root = data.resolve() if data is not None else (base / params.data.root).resolve()
         return cls(base=base, data_root=root, out=base / "outputs")
 
-    @property
-    def manifest(self) -> Path:
-        return self.data_root / "manifest.csv"
-
     def step_dir(self, step: str) -> Path:
         """Output folder of one step, created on demand."""
         path = self.out / step
