@@ -14,8 +14,8 @@ app = typer.Typer(help="medpipe: reproducible training of CNN classifiers for me
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Build and inspect data sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console()
-err_console = Console(stderr=True)
+console = Console(markup=False)  # user paths and labels may contain [brackets]
+err_console = Console(stderr=True, markup=False)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Parameter file.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one parameter: KEY=VALUE, "
@@ -75,7 +75,7 @@ def _print_summary(summary) -> None:
 
 @app.command()
 def validate(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv or a folder per class.")],
-             params: ParamsOpt = Path("params.yaml"),
+             params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
              report_dir: Annotated[Optional[Path], typer.Option(help="Where the reports go "
                                                                 "(default: outputs/reports/<DATA name>).")] = None
              ) -> None:
@@ -83,7 +83,7 @@ def validate(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv 
     from pipeline import validate as step
     from pipeline.config import Workspace, load_params
 
-    p = load_params(params)
+    p = load_params(params, _overrides(set_))
     ws = Workspace.create(p, params, data)
     report = step.run_step(p, ws, report_dir or ws.out / "reports" / ws.data_root.name)
     for check in report.warnings:
@@ -174,7 +174,9 @@ def data_import_npz(source: Annotated[Path, typer.Argument(help="MedMNIST-style 
     console.print(f"wrote {len(manifest)} images to {out}: {counts}")
     if manifest.attrs["dropped"]:
         console.print(f"left out {manifest.attrs['dropped']} val/test image(s) already present in an earlier split")
-    console.print(f"train on it: medpipe run --data {out} --set 'validate.labels={sorted(set(manifest.label))}'")
+    names = ", ".join(names or sorted(set(manifest["label"])))
+    console.print(f"train on it: medpipe run --data {out} --set 'validate.labels=[{names}]'", soft_wrap=True,
+                  markup=False)
 
 
 @data_app.command("add")

@@ -60,3 +60,20 @@ def test_synth_refuses_to_overwrite(tmp_path):
 @pytest.mark.parametrize("args", [("stage", "nonsense"), ("run", "--no-such-flag")])
 def test_usage_errors_exit_2(args):
     assert medpipe(*args).returncode == 2
+
+
+def test_import_npz_then_validate_with_a_label_override(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {f"{s}_images": rng.integers(0, 256, (n, 8, 8), dtype=np.uint8) for s, n in
+              (("train", 12), ("val", 6), ("test", 6))}
+    arrays.update({f"{s}_labels": np.arange(n) % 2 for s, n in (("train", 12), ("val", 6), ("test", 6))})
+    np.savez(tmp_path / "m.npz", **arrays)
+    done = medpipe("data", "import-npz", tmp_path / "m.npz", "--out", tmp_path / "d", "--labels", "neg,pos")
+    assert done.returncode == 0 and "--set 'validate.labels=[neg, pos]'" in done.stdout
+    shutil.copy(Path(__file__).resolve().parents[2] / "params.yaml", tmp_path / "params.yaml")
+    ok = medpipe("validate", tmp_path / "d", "--params", tmp_path / "params.yaml", "--set",
+                 "validate.labels=[neg, pos]", "--set", "validate.min_per_class=3")
+    assert ok.returncode == 0, ok.stderr
+    _one_error_line(medpipe("validate", tmp_path / "d", "--params", tmp_path / "params.yaml"), 1, "label known")
