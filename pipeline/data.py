@@ -139,7 +139,7 @@ def synthesize(out: Path, n_patients: int = 200, size: int = 64, seed: int = 0) 
     Each patient has 2-4 images sharing anatomy and finding; labels are imbalanced ~70/20/10.
     """
     rng = np.random.default_rng(seed)
-    rows = []
+    rows, findings = [], {}
     for p, label in enumerate(_patient_labels(n_patients, rng)):
         anatomy = sample_anatomy(rng)
         lesion = sample_lesion(rng, label, anatomy)
@@ -148,8 +148,10 @@ def synthesize(out: Path, n_patients: int = 200, size: int = 64, seed: int = 0) 
             (out / rel.parent).mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(out / rel), render(anatomy, lesion, size, rng))
             rows.append((rel.as_posix(), label, f"P{p:04d}"))
+            findings[rel.as_posix()] = (anatomy, lesion)
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     manifest.to_csv(out / MANIFEST, index=False, lineterminator="\n")
+    manifest.attrs["findings"] = findings  # ground truth (anatomy, lesion) per image, for lesion_mask()
     return manifest
 
 
