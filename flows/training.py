@@ -41,6 +41,8 @@ def training_flow(params_file: str = "params.yaml", data: str | None = None,
     balanced = balance_task(params, ws)
     trained = train_task(params, ws)
     evaluated = evaluate_task(params, ws)
+    create_markdown_artifact((ws.out / "evaluate" / "report.md").read_text(), key="medpipe-evaluation",
+                             description="test and validation metrics with 95% intervals (figures in MLflow)")
     registered = register_task(params, ws)
     print(record_dvc_task(ws, Path(params_file), overrides))
     summary = TrainingSummary.collect(params, ws, prepared, balanced, trained, evaluated, registered)

@@ -88,6 +88,10 @@ class EvaluateParams(Section):
     """Evaluation settings."""
 
     ece_bins: int = Field(10, ge=2)
+    bootstrap: int = Field(1000, ge=10)                 # resamples for the 95% intervals
+    seed: int = 42
+    target_sensitivity: float | None = Field(None, gt=0, le=1)  # binary threshold; None: Youden's J
+    cam_per_class: int = Field(2, ge=0)                 # Grad-CAM overlays per class, correct and wrong
 
 
 class RegisterParams(Section):

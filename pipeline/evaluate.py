@@ -62,55 +62,119 @@ def per_class_metrics(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> di
             for i, c in enumerate(classes)}
 
 
-def plot_confusion(y: np.ndarray, pred: np.ndarray, classes: list[str], path: Path) -> Path:
-    """Confusion matrix as counts and row-normalised rates, side by side, saved as PNG."""
-    import matplotlib
+def bootstrap_ci(y: np.ndarray, proba: np.ndarray, n: int, seed: int) -> dict[str, float]:
+    """95% percentile bootstrap intervals of ROC-AUC and balanced accuracy (resampling images, seeded)."""
+    from sklearn.metrics import balanced_accuracy_score
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import confusion_matrix
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n):
+        i = rng.integers(0, len(y), len(y))
+        stats.append((macro_roc_auc(y[i], proba[i]), balanced_accuracy_score(y[i], proba[i].argmax(axis=1))))
+    low, high = np.nanpercentile(np.array(stats), [2.5, 97.5], axis=0)
+    return {"roc_auc_ci_low": low[0], "roc_auc_ci_high": high[0],
+            "balanced_accuracy_ci_low": low[1], "balanced_accuracy_ci_high": high[1]}
 
-    cm = confusion_matrix(y, pred, labels=list(range(len(classes))))
-    rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    for ax, matrix, title, fmt in ((axes[0], cm, "counts", "d"), (axes[1], rates, "row-normalised", ".2f")):
-        ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-        for (i, j), v in np.ndenumerate(matrix):
-            ax.text(j, i, format(v, fmt), ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black")
-        ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
-               xlabel="predicted", ylabel="true", title=f"Test confusion matrix ({title})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    return path
+
+def operating_threshold(y: np.ndarray, p1: np.ndarray, target_sensitivity: float | None) -> float:
+    """Binary decision threshold on P(class 1): Youden's J, or the highest reaching a target sensitivity."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thresholds = roc_curve(y, p1)
+    if target_sensitivity is None:
+        return float(min(thresholds[np.argmax(tpr - fpr)], 1.0))
+    return float(min(thresholds[np.argmax(tpr >= target_sensitivity)], 1.0))
+
+
+def threshold_metrics(y_val: np.ndarray, p_val: np.ndarray, y: np.ndarray, p: np.ndarray,
+                      target: float | None) -> dict[str, float]:
+    """Choose the threshold on validation, report test sensitivity and specificity at it."""
+    t = operating_threshold(y_val, p_val[:, 1], target)
+    pred = (p[:, 1] >= t).astype(int)
+    return {"threshold": t, "sensitivity_at_threshold": float(np.mean(pred[y == 1] == 1)),
+            "specificity_at_threshold": float(np.mean(pred[y == 0] == 0))}
+
+
+def predict(model, x: np.ndarray) -> np.ndarray:
+    """Class probabilities as float64 rows summing to 1 (float32 softmax is off by ~1e-7)."""
+    proba = model.predict(x, verbose=0).astype(np.float64)
+    return proba / proba.sum(axis=1, keepdims=True)
 
 
 def run_step(params: Params, ws: Workspace) -> EvaluateResult:
-    """Evaluate the trained model on val and test; write metrics.json and plots; log to MLflow."""
+    """Evaluate the trained model on val and test; write metrics.json, plots and a report; log to MLflow."""
     import keras
     import mlflow
 
+    from pipeline import plots
     from pipeline.registry import setup_tracking
 
-    data = load_dataset(ws.out / "preprocess" / "dataset.npz")
+    ep, data = params.evaluate, load_dataset(ws.out / "preprocess" / "dataset.npz")
     classes = [str(c) for c in data["classes"]]
     model = keras.models.load_model(ws.out / "train" / "model.keras", compile=False)
-    metrics: dict[str, float] = {}
-    for split in ("val", "test"):
-        proba = model.predict(data[f"x_{split}"], verbose=0).astype(np.float64)
-        proba /= proba.sum(axis=1, keepdims=True)  # float32 softmax rows sum to 1 only within ~1e-7
-        metrics.update({f"{split}_{k}": v for k, v in classification_metrics(data[f"y_{split}"], proba,
-                                                                             params.evaluate.ece_bins).items()})
-    pred = proba.argmax(axis=1)
-    metrics.update({f"test_{k}": v for k, v in per_class_metrics(data["y_test"], pred, classes).items()})
+    proba = {s: predict(model, data[f"x_{s}"]) for s in ("val", "test")}
+    metrics = {f"{s}_{k}": v for s in ("val", "test")
+               for k, v in classification_metrics(data[f"y_{s}"], proba[s], ep.ece_bins).items()}
+    y, p = data["y_test"], proba["test"]
+    metrics.update({f"test_{k}": v for k, v in per_class_metrics(y, p.argmax(axis=1), classes).items()})
+    metrics.update({f"test_{k}": float(v) for k, v in bootstrap_ci(y, p, ep.bootstrap, ep.seed).items()})
+    if len(classes) == 2:
+        metrics.update({f"test_{k}" if k != "threshold" else k: v for k, v in
+                        threshold_metrics(data["y_val"], proba["val"], y, p, ep.target_sensitivity).items()})
     out = ws.step_dir("evaluate")
-    plots = [plot_confusion(data["y_test"], pred, classes, out / "confusion_matrix.png")]
+    history = json.loads((ws.out / "train" / "history.json").read_text())
+    plots_made = [plots.plot_confusion(y, p.argmax(axis=1), classes, out / "confusion_matrix.png"),
+                  plots.roc_pr_curves(y, p, classes, out / "roc_pr.png"),
+                  plots.reliability(y, p, ep.ece_bins, out / "reliability.png"),
+                  plots.training_curves(history, out / "training_curves.png"),
+                  *explain_examples(model, data["x_test"], y, p, classes, ep.cam_per_class, out / "gradcam")]
     (ws.out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_report(metrics, classes, plots_made, out)
     trained = json.loads((ws.out / "train" / "run.json").read_text())
     setup_tracking(params.register_, ws.base)
     with mlflow.start_run(run_id=trained["run_id"]):
         # after the per-epoch curves (val_roc_auc shares its name), so the final value is the latest
         mlflow.log_metrics(metrics, step=trained["epochs_run"])
-        for plot in plots:
-            mlflow.log_artifact(str(plot), "evaluation")
-    return EvaluateResult(metrics, ws.out / "metrics.json", plots)
+        mlflow.log_artifacts(str(out), "evaluation")
+    return EvaluateResult(metrics, ws.out / "metrics.json", plots_made)
+
+
+def explain_examples(model, x: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: list[str], per_class: int,
+                     out: Path) -> list[Path]:
+    """Grad-CAM overlays of up to `per_class` correct and misclassified test images per true class."""
+    import cv2
+
+    from pipeline.explain import grad_cam, overlay
+
+    out.mkdir(parents=True, exist_ok=True)
+    pred, paths = proba.argmax(axis=1), []
+    for c, name in enumerate(classes):
+        for kind, chosen in (("correct", (y == c) & (pred == c)), ("wrong", (y == c) & (pred != c))):
+            for i in np.flatnonzero(chosen)[:per_class]:
+                cam, _ = grad_cam(model, x[i], int(pred[i]))
+                path = out / f"{name}_{kind}_{i}_pred-{classes[pred[i]]}.png"
+                cv2.imwrite(str(path), overlay(x[i], cam))
+                paths.append(path)
+    return paths
+
+
+def write_report(metrics: dict[str, float], classes: list[str], figures: list[Path], out: Path) -> Path:
+    """report.md: headline metrics with 95% intervals, per-class table, and the figures."""
+    m = metrics
+    lines = ["# Evaluation", "", "| metric | validation | test |", "|---|---|---|"]
+    lines += [f"| {k} | {m[f'val_{k}']:.3f} | {m[f'test_{k}']:.3f} |" for k in
+              ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "sensitivity", "specificity", "log_loss",
+               "brier", "ece")]
+    lines += ["", f"Test ROC-AUC 95% CI: [{m['test_roc_auc_ci_low']:.3f}, {m['test_roc_auc_ci_high']:.3f}]; "
+              f"balanced accuracy 95% CI: [{m['test_balanced_accuracy_ci_low']:.3f}, "
+              f"{m['test_balanced_accuracy_ci_high']:.3f}] (bootstrap).", ""]
+    if "threshold" in m:
+        lines += [f"Operating threshold (chosen on validation): {m['threshold']:.3f} → test sensitivity "
+                  f"{m['test_sensitivity_at_threshold']:.3f}, specificity {m['test_specificity_at_threshold']:.3f}.", ""]
+    lines += ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    lines += [f"| {c} | {m[f'test_precision_{c}']:.3f} | {m[f'test_recall_{c}']:.3f} | {m[f'test_f1_{c}']:.3f} | "
+              f"{int(m[f'test_support_{c}'])} |" for c in classes]
+    lines += [""] + [f"![{f.stem}]({f.relative_to(out).as_posix()})" for f in figures]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

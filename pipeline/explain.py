@@ -13,6 +13,27 @@ def last_conv_layer(model):
     raise ValueError(f"model {model.name!r} has no convolutional layer to explain")
 
 
+def _forward(model, conv, batch: np.ndarray, tape):
+    """Run the model, returning (conv features, probabilities) with the features watched by the tape.
+
+    Sequential models run layer by layer (their saved graph need not expose inner outputs);
+    functional models through a probe model with both outputs.
+    """
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        x, features = batch, None
+        for layer in model.layers:
+            x = layer(x, training=False)
+            if layer is conv:
+                features = x
+                tape.watch(features)
+        return features, x
+    probe = keras.Model(model.inputs, [conv.output, model.outputs[0]])
+    features, proba = probe(batch, training=False)
+    return features, proba
+
+
 def grad_cam(model, image: np.ndarray, class_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM heat map in [0, 1] at the image's size, and the model's class probabilities.
 
@@ -25,9 +46,8 @@ def grad_cam(model, image: np.ndarray, class_index: int | None = None) -> tuple[
     import tensorflow as tf
 
     conv = last_conv_layer(model)
-    probe = keras.Model(model.inputs, [conv.output, model.outputs[0]])
     with tf.GradientTape() as tape:
-        features, proba = probe(image[None].astype(np.float32), training=False)
+        features, proba = _forward(model, conv, image[None].astype(np.float32), tape)
         index = int(np.argmax(proba[0])) if class_index is None else class_index
         # log-probability: the softmax output saturates for confident predictions, its log does not
         score = tf.math.log(proba[:, index] + 1e-12)

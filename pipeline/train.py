@@ -117,4 +117,5 @@ def run_step(params: Params, ws: Workspace) -> TrainResult:
     result = TrainResult(run.info.run_id, str((out / "model.keras").relative_to(ws.base)), len(history["loss"]),
                          int(np.argmax(history["val_roc_auc"])) + 1, sha)
     (out / "run.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    (out / "history.json").write_text(json.dumps({k: [float(v) for v in vs] for k, vs in history.items()}) + "\n")
     return result

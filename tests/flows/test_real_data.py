@@ -1,6 +1,8 @@
 """`medpipe run --data DIR` on real images: a JPEG folder tree (4 classes, mixed modes and sizes) and
 MedMNIST imported with import-npz. Both come from ../shared/datasets (skipped when it is absent)."""
 
+import json
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -61,3 +63,5 @@ def test_imported_medmnist_keeps_official_splits_and_catches_its_leak(prefect_ha
     assert summary.split_sizes == {"train": 546, "val": 78, "test": 155}
     splits = pd.read_csv(tmp_path / "outputs/validate/splits.csv")
     assert splits.groupby("split")["label"].value_counts().to_dict()[("val", "malignant")] == 21
+    metrics = json.loads((tmp_path / "outputs/metrics.json").read_text())
+    assert 0 < metrics["threshold"] <= 1 and 0 <= metrics["test_sensitivity_at_threshold"] <= 1

@@ -44,7 +44,11 @@ def test_flow_trains_registers_and_is_deterministic(prefect_harness, project):
     # two epochs of curve, then the final value (restored best weights) as the latest step
     assert [m.step for m in client.get_metric_history(first.run_id, "val_roc_auc")] == [0, 1, 2]
     artifacts = {a.path for a in client.list_artifacts(first.run_id, "evaluation")}
-    assert "evaluation/confusion_matrix.png" in artifacts
+    for name in ("confusion_matrix.png", "roc_pr.png", "reliability.png", "training_curves.png", "report.md"):
+        assert f"evaluation/{name}" in artifacts
+    overlays = [a.path for a in client.list_artifacts(first.run_id, "evaluation/gradcam")]
+    assert overlays and all(p.endswith(".png") for p in overlays)
+    assert metrics["test_roc_auc_ci_low"] <= metrics["test_roc_auc"] <= metrics["test_roc_auc_ci_high"]
     assert run.data.tags["medpipe.data_md5"] == v1.tags["medpipe.data_md5"]
 
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow/mlflow.db")

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from pipeline.evaluate import classification_metrics, expected_calibration_error, per_class_metrics, plot_confusion
+from pipeline.evaluate import classification_metrics, expected_calibration_error, per_class_metrics
+from pipeline.plots import plot_confusion
 
 
 @pytest.fixture
@@ -50,3 +51,42 @@ def test_per_class_and_confusion_plot(tmp_path, multiclass):
     assert per["support_c"] == (y == 2).sum()
     png = plot_confusion(y, pred, ["a", "b", "c"], tmp_path / "cm.png")
     assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 5000
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_is_seeded(multiclass):
+    from pipeline.evaluate import bootstrap_ci
+
+    y, proba = multiclass
+    ci = bootstrap_ci(y, proba, 200, seed=1)
+    point = classification_metrics(y, proba)
+    assert ci["roc_auc_ci_low"] < point["roc_auc"] < ci["roc_auc_ci_high"]
+    assert ci["balanced_accuracy_ci_low"] < point["balanced_accuracy"] < ci["balanced_accuracy_ci_high"]
+    assert ci == bootstrap_ci(y, proba, 200, seed=1) and ci != bootstrap_ci(y, proba, 200, seed=2)
+
+
+def test_operating_threshold_youden_and_target_sensitivity():
+    from pipeline.evaluate import operating_threshold, threshold_metrics
+
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    p1 = np.array([0.1, 0.2, 0.3, 0.65, 0.6, 0.7, 0.8, 0.9])
+    assert operating_threshold(y, p1, None) == pytest.approx(0.7)  # J = 0.75 - 0 at 0.7
+    assert operating_threshold(y, p1, 1.0) == pytest.approx(0.6)  # highest threshold with all positives found
+    m = threshold_metrics(y, np.stack([1 - p1, p1], 1), y, np.stack([1 - p1, p1], 1), 1.0)
+    assert m["sensitivity_at_threshold"] == 1.0 and m["specificity_at_threshold"] == 0.75
+
+
+def test_figures_and_report(tmp_path, multiclass):
+    from pipeline import plots
+    from pipeline.evaluate import bootstrap_ci, per_class_metrics, write_report
+
+    y, proba = multiclass
+    figures = [plots.roc_pr_curves(y, proba, ["a", "b", "c"], tmp_path / "roc.png"),
+               plots.reliability(y, proba, 10, tmp_path / "rel.png"),
+               plots.training_curves({"loss": [1, 0.5], "val_loss": [1.1, 0.7], "val_roc_auc": [0.6, 0.8]},
+                                     tmp_path / "curves.png")]
+    assert all(f.read_bytes()[:4] == b"\x89PNG" for f in figures)
+    m = {f"{s}_{k}": v for s in ("val", "test") for k, v in classification_metrics(y, proba).items()}
+    m.update({f"test_{k}": v for k, v in per_class_metrics(y, proba.argmax(1), ["a", "b", "c"]).items()})
+    m.update({f"test_{k}": v for k, v in bootstrap_ci(y, proba, 50, 0).items()})
+    text = write_report(m, ["a", "b", "c"], figures, tmp_path).read_text()
+    assert "95% CI" in text and "![roc](roc.png)" in text and "| b |" in text
