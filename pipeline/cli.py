@@ -112,6 +112,34 @@ def stage(step: Annotated[Step, typer.Argument(help="Which step to run.")],
     console.print(f"{step.value}: done")
 
 
+@app.command()
+def explain(image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG or DICOM).")],
+            model: Annotated[str, typer.Option(help="Registered model: models:/NAME/VERSION, models:/NAME@ALIAS "
+                                               "or models:/NAME/latest.")] = "models:/medpipe-classifier/latest",
+            out: Annotated[Path, typer.Option(help="Where to write the Grad-CAM picture.")] = Path("cam.png"),
+            params: ParamsOpt = Path("params.yaml")) -> None:
+    """Explain one prediction: the class probabilities, and a Grad-CAM overlay of where they came from."""
+    import json
+
+    import cv2
+
+    from pipeline.config import load_params
+    from pipeline.explain import grad_cam, overlay
+    from pipeline.preprocess import load_image
+    from pipeline.registry import load_registered
+
+    p = load_params(params)
+    net, classes, version = load_registered(model, p.register_, params.resolve().parent)
+    size = int(net.input_shape[1])
+    x = load_image(image, size)[..., None]
+    cam, proba = grad_cam(net, x)
+    cv2.imwrite(str(out), overlay(x, cam))
+    names = classes or [str(i) for i in range(len(proba))]
+    print(json.dumps({"image": str(image), "model_version": version, "label": names[int(proba.argmax())],
+                      "probabilities": {n: round(float(v), 4) for n, v in zip(names, proba)},
+                      "explanation": str(out)}))  # one JSON line, unwrapped, for scripts
+
+
 @data_app.command("synth")
 def data_synth(out: Annotated[Path, typer.Option(help="Folder to write images and manifest.csv to.")] = Path("data"),
                patients: Annotated[int, typer.Option(min=3, help="Number of patients (2-4 images each).")] = 200,

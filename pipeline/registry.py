@@ -81,13 +81,41 @@ def run_step(params: Params, ws: Workspace) -> RegisterResult:
     """Register the trained model with the lineage and metric tags of its run."""
     import mlflow
 
+    from pipeline.preprocess import load_dataset
+
     run_id = json.loads((ws.out / "train" / "run.json").read_text())["run_id"]
     setup_tracking(params.register_, ws.base)
     run = mlflow.get_run(run_id)
     tags = {k: v for k, v in run.data.tags.items() if k.startswith("medpipe.")}
     tags.update({f"medpipe.{k}": f"{v:.4f}" for k, v in run.data.metrics.items() if k.startswith("test_")
                  and k.removeprefix("test_") in ("accuracy", "balanced_accuracy", "roc_auc")})
+    classes = load_dataset(ws.out / "preprocess" / "dataset.npz")["classes"]
+    tags["medpipe.classes"] = json.dumps([str(c) for c in classes])
     result = register_model(params, ws, run_id, tags)
     out = ws.step_dir("register")
     (out / "model_version.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
+
+
+def load_registered(uri: str, reg: RegisterParams, base: Path):
+    """A registered Keras model and its class names from `models:/NAME/VERSION`, `models:/NAME@ALIAS`
+    or `models:/NAME/latest`."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.errors import MedpipeError
+
+    setup_tracking(reg, base)
+    client = mlflow.MlflowClient()
+    name, _, ref = uri.removeprefix("models:/").replace("@", "/@").partition("/")
+    try:
+        if ref.startswith("@"):
+            version = client.get_model_version_by_alias(name, ref[1:])
+        elif ref in ("", "latest"):
+            version = max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+        else:
+            version = client.get_model_version(name, ref)
+    except (MlflowException, ValueError):
+        raise MedpipeError(uri, "no such registered model version") from None
+    model = mlflow.keras.load_model(f"models:/{name}/{version.version}")
+    return model, json.loads(version.tags.get("medpipe.classes", "[]")), int(version.version)

@@ -2,6 +2,9 @@
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -50,6 +53,15 @@ def test_flow_trains_registers_and_is_deterministic(prefect_harness, project):
     assert overlays and all(p.endswith(".png") for p in overlays)
     assert metrics["test_roc_auc_ci_low"] <= metrics["test_roc_auc"] <= metrics["test_roc_auc_ci_high"]
     assert run.data.tags["medpipe.data_md5"] == v1.tags["medpipe.data_md5"]
+
+    done = subprocess.run([str(Path(sys.executable).with_name("medpipe")), "explain",
+                           str(project / "data" / pd.read_csv(project / "data/manifest.csv")["path"][0]),
+                           "--model", "models:/medpipe-classifier/1", "--out", str(project / "cam.png"),
+                           "--params", str(project / "params.yaml")], capture_output=True, text=True, timeout=300)
+    answer = json.loads(done.stdout)
+    assert answer["label"] in ("normal", "nodule", "effusion") and answer["model_version"] == 1
+    assert sum(answer["probabilities"].values()) == pytest.approx(1, abs=1e-3)
+    assert (project / "cam.png").read_bytes()[:4] == b"\x89PNG"
 
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow/mlflow.db")
     model = mlflow.pyfunc.load_model("models:/medpipe-classifier/1")
