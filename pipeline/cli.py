@@ -14,6 +14,8 @@ app = typer.Typer(help="medpipe: reproducible training of CNN classifiers for me
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Build and inspect data sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+label_app = typer.Typer(help="Help experts label images.", no_args_is_help=True)
+app.add_typer(label_app, name="label")
 console = Console(markup=False)  # user paths and labels may contain [brackets]
 err_console = Console(stderr=True, markup=False)
 
@@ -138,6 +140,30 @@ def explain(image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG or
     print(json.dumps({"image": str(image), "model_version": version, "label": names[int(proba.argmax())],
                       "probabilities": {n: round(float(v), 4) for n, v in zip(names, proba)},
                       "explanation": str(out)}))  # one JSON line, unwrapped, for scripts
+
+
+@label_app.command("suggest")
+def label_suggest(images: Annotated[Path, typer.Option(help="Folder of unlabelled images (searched recursively).")],
+                  model: Annotated[str, typer.Option(help="Registered model URI.")]
+                  = "models:/medpipe-classifier/latest",
+                  out: Annotated[Path, typer.Option(help="CSV to write; Grad-CAM thumbnails go beside it.")]
+                  = Path("outputs/label_suggestions.csv"),
+                  params: ParamsOpt = Path("params.yaml")) -> None:
+    """Suggest labels: predicted label, confidence and entropy per image, least certain first, with Grad-CAMs."""
+    from pipeline.config import load_params
+    from pipeline.label import image_files, suggest
+    from pipeline.registry import load_registered
+
+    files = image_files(images) if images.is_dir() else []
+    if not files:
+        raise MedpipeError(images, "no PNG, JPEG or DICOM images found")
+    p = load_params(params)
+    net, classes, version = load_registered(model, p.register_, params.resolve().parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table = suggest(net, classes or [str(i) for i in range(net.output_shape[-1])], files, images,
+                    out.with_name(out.stem + "_gradcam"))
+    table.to_csv(out, index=False)
+    console.print(f"{len(table)} images, model version {version}; review queue (least certain first): {out}")
 
 
 @data_app.command("synth")

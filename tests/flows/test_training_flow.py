@@ -62,6 +62,13 @@ def test_flow_trains_registers_and_is_deterministic(prefect_harness, project):
     assert answer["label"] in ("normal", "nodule", "effusion") and answer["model_version"] == 1
     assert sum(answer["probabilities"].values()) == pytest.approx(1, abs=1e-3)
     assert (project / "cam.png").read_bytes()[:4] == b"\x89PNG"
+    done = subprocess.run([str(Path(sys.executable).with_name("medpipe")), "label", "suggest", "--images",
+                           str(project / "data" / "images"), "--model", "models:/medpipe-classifier/2",
+                           "--out", str(project / "queue.csv"), "--params", str(project / "params.yaml")],
+                          capture_output=True, text=True, timeout=300)
+    queue = pd.read_csv(project / "queue.csv")
+    assert done.returncode == 0 and len(queue) == len(pd.read_csv(project / "data/manifest.csv"))
+    assert queue["entropy"].is_monotonic_decreasing and Path(queue["gradcam"][0]).is_file()
 
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow/mlflow.db")
     model = mlflow.pyfunc.load_model("models:/medpipe-classifier/1")
