@@ -66,11 +66,15 @@ def bootstrap_ci(y: np.ndarray, proba: np.ndarray, n: int, seed: int) -> dict[st
     """95% percentile bootstrap intervals of ROC-AUC and balanced accuracy (resampling images, seeded)."""
     from sklearn.metrics import balanced_accuracy_score
 
+    import warnings
+
     rng = np.random.default_rng(seed)
     stats = []
-    for _ in range(n):
-        i = rng.integers(0, len(y), len(y))
-        stats.append((macro_roc_auc(y[i], proba[i]), balanced_accuracy_score(y[i], proba[i].argmax(axis=1))))
+    with warnings.catch_warnings():  # a resample may miss a small class; the interval accounts for that
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(n):
+            i = rng.integers(0, len(y), len(y))
+            stats.append((macro_roc_auc(y[i], proba[i]), balanced_accuracy_score(y[i], proba[i].argmax(axis=1))))
     low, high = np.nanpercentile(np.array(stats), [2.5, 97.5], axis=0)
     return {"roc_auc_ci_low": low[0], "roc_auc_ci_high": high[0],
             "balanced_accuracy_ci_low": low[1], "balanced_accuracy_ci_high": high[1]}
