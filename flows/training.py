@@ -1,4 +1,4 @@
-"""The training flow: validate → preprocess → balance → train → evaluate → register."""
+"""The training flow: validate → preprocess → balance → train → evaluate → register → promote."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
-from pipeline import balance, evaluate, lineage, preprocess, registry, train, validate
+from pipeline import balance, evaluate, lineage, preprocess, promote, registry, train, validate
 from pipeline.config import Params, Workspace, load_params
 from pipeline.summary import TrainingSummary
 
@@ -23,6 +23,7 @@ balance_task = _step(balance, "balance")
 train_task = _step(train, "train")
 evaluate_task = _step(evaluate, "evaluate")
 register_task = _step(registry, "register")
+promote_task = _step(promote, "promote")
 record_dvc_task = task(lineage.record_dvc_outputs, name="record-dvc-outputs", cache_policy=NO_CACHE)
 
 
@@ -44,8 +45,12 @@ def training_flow(params_file: str = "params.yaml", data: str | None = None,
     create_markdown_artifact((ws.out / "evaluate" / "report.md").read_text(), key="medpipe-evaluation",
                              description="test and validation metrics with 95% intervals (figures in MLflow)")
     registered = register_task(params, ws)
+    decision = promote_task(params, ws)
+    create_markdown_artifact(f"# Promotion of version {decision.version}: "
+                             f"{'champion' if decision.promoted else 'challenger'}\n\n"
+                             + "\n".join(f"- {r}" for r in decision.reasons), key="medpipe-promotion")
     print(record_dvc_task(ws, Path(params_file), overrides))
-    summary = TrainingSummary.collect(params, ws, prepared, balanced, trained, evaluated, registered)
+    summary = TrainingSummary.collect(params, ws, prepared, balanced, trained, evaluated, registered, decision)
     create_markdown_artifact(summary.markdown(), key="medpipe-training-summary",
                              description="medpipe training run: model version, lineage and test metrics")
     return summary

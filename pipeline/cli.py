@@ -31,6 +31,7 @@ class Step(str, Enum):
     train = "train"
     evaluate = "evaluate"
     register = "register"
+    promote = "promote"
 
 
 def _overrides(pairs: list[str] | None) -> dict[str, str]:
@@ -68,6 +69,7 @@ def _print_summary(summary) -> None:
     table.add_row("data md5", summary.data_md5)
     table.add_row("images (train/val/test)", "/".join(str(v) for v in summary.split_sizes.values()))
     table.add_row("epochs", str(summary.epochs_run))
+    table.add_row("promotion", summary.promotion)
     for key, value in summary.test_metrics.items():
         table.add_row(f"test {key}", f"{value:.3f}")
     console.print(table)
@@ -164,6 +166,31 @@ def label_suggest(images: Annotated[Path, typer.Option(help="Folder of unlabelle
                     out.with_name(out.stem + "_gradcam"))
     table.to_csv(out, index=False)
     console.print(f"{len(table)} images, model version {version}; review queue (least certain first): {out}")
+
+
+@app.command()
+def promote(version: Annotated[int, typer.Option(help="Model version to gate.")],
+            force: Annotated[bool, typer.Option(help="Make it champion whatever the gate says.")] = False,
+            params: ParamsOpt = Path("params.yaml")) -> None:
+    """Gate one version against @champion on the current test split; move aliases by the result."""
+    from pipeline import promote as gate
+    from pipeline.config import Workspace, load_params
+
+    p = load_params(params)
+    decision = gate.promote(p, Workspace.create(p, params), version, force)
+    state = "champion" if decision.promoted else "challenger"
+    console.print(f"version {version}: {state}" + (" (forced)" if decision.forced and decision.promoted else "")
+                  + f" — {'; '.join(decision.reasons)}; aliases {decision.aliases}", soft_wrap=True)
+
+
+@app.command()
+def rollback(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Make @previous the champion again (the demoted one becomes @previous)."""
+    from pipeline import promote as gate
+    from pipeline.config import Workspace, load_params
+
+    p = load_params(params)
+    console.print(f"aliases now {gate.rollback(p, Workspace.create(p, params))}")
 
 
 @data_app.command("synth")

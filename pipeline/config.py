@@ -104,10 +104,12 @@ class RegisterParams(Section):
 
 
 class PromoteParams(Section):
-    """Promotion gate (used by the promotion flow)."""
+    """Promotion gate: beat the champion on `metric` by `margin`, guards within tolerance; floors for a first model."""
 
     metric: str = "roc_auc"
-    margin: float = 0.0
+    margin: float = Field(0.0, ge=0)
+    guards: dict[str, float] = {"sensitivity": 0.05}
+    floors: dict[str, float] = {"roc_auc": 0.6}
 
 
 class Params(Section):

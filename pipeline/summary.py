@@ -21,24 +21,26 @@ class TrainingSummary:
     epochs_run: int
     test_metrics: dict[str, float]
     data_md5: str
+    promotion: str = ""
 
     @classmethod
     def collect(cls, params: Params, ws: Workspace, prepared, balanced, trained, evaluated,
-                registered) -> "TrainingSummary":
+                registered, decision) -> "TrainingSummary":
         """Gather the step results into one summary."""
         from pipeline.lineage import data_lineage
 
         test = {k: evaluated.metrics[f"test_{k}"] for k in HEADLINE}
         return cls(trained.run_id, registered.model_name, registered.version,
                    tracking_uri(params.register_, ws.base), prepared.split_sizes, balanced.counts_before,
-                   trained.epochs_run, test, data_lineage(ws.data_root)["medpipe.data_md5"])
+                   trained.epochs_run, test, data_lineage(ws.data_root)["medpipe.data_md5"],
+                   ("@champion: " if decision.promoted else "@challenger: ") + "; ".join(decision.reasons))
 
     def markdown(self) -> str:
         """A Markdown table for the Prefect UI."""
         rows = "\n".join(f"| test {k} | {v:.3f} |" for k, v in self.test_metrics.items())
         return (f"# {self.model_name} version {self.version}\n\nMLflow run `{self.run_id}`, data md5 "
                 f"`{self.data_md5}`, {self.epochs_run} epochs, splits {self.split_sizes}, "
-                f"train classes {self.class_counts}.\n\n| metric | value |\n|---|---|\n{rows}\n")
+                f"train classes {self.class_counts}.\n\n{self.promotion}\n\n| metric | value |\n|---|---|\n{rows}\n")
 
     def ui_hint(self) -> str:
         """How to look at the run in the MLflow UI."""

@@ -66,7 +66,7 @@ def test_flow_run_leaves_dvc_up_to_date_and_dvc_repro_runs_the_stages(prefect_ha
     assert tags["medpipe.data_md5"] == yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"]
 
     out = sh(tmp_path, str(BIN / "dvc"), "repro", "--force")
-    for stage in ("validate", "preprocess", "balance", "train", "evaluate", "register"):
+    for stage in ("validate", "preprocess", "balance", "train", "evaluate", "register", "promote"):
         assert f"Running stage '{stage}'" in out
     assert client.get_model_version("medpipe-classifier", "2").tags["medpipe.data_md5"] == tags["medpipe.data_md5"]
     assert "up to date" in sh(tmp_path, str(BIN / "dvc"), "status")
