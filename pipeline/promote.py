@@ -44,7 +44,7 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, pp: P
     return ok, reasons
 
 
-def _version_metrics(client, name: str, version: int, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def _version_metrics(name: str, version: int, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     import mlflow
 
     from pipeline.evaluate import classification_metrics, predict
@@ -74,8 +74,8 @@ def promote(params: Params, ws: Workspace, version: int, force: bool = False) ->
     data = load_dataset(ws.out / "preprocess" / "dataset.npz")
     x, y = data["x_test"], data["y_test"]
     current = _champion(client, name)
-    candidate = _version_metrics(client, name, version, x, y)
-    champion = _version_metrics(client, name, current, x, y) if current not in (None, version) else None
+    candidate = _version_metrics(name, version, x, y)
+    champion = _version_metrics(name, current, x, y) if current not in (None, version) else None
     ok, reasons = decide(candidate, champion, params.promote) if current != version else (False, ["already champion"])
     decision = Decision(version, ok or (force and current != version), reasons, candidate, champion, current, force)
     if decision.promoted:
