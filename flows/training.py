@@ -46,10 +46,9 @@ def training_flow(params_file: str = "params.yaml", data: str | None = None,
                              description="test and validation metrics with 95% intervals (figures in MLflow)")
     registered = register_task(params, ws)
     decision = promote_task(params, ws)
-    create_markdown_artifact(f"# Promotion of version {decision.version}: "
-                             f"{'champion' if decision.promoted else 'challenger'}\n\n"
+    create_markdown_artifact(f"# Promotion of version {decision.version}: {decision.alias}\n\n"
                              + "\n".join(f"- {r}" for r in decision.reasons), key="medpipe-promotion")
-    print(record_dvc_task(ws, Path(params_file), overrides))
+    print(record_dvc_task(params, ws, Path(params_file), overrides))
     summary = TrainingSummary.collect(params, ws, prepared, balanced, trained, evaluated, registered, decision)
     create_markdown_artifact(summary.markdown(), key="medpipe-training-summary",
                              description="medpipe training run: model version, lineage and test metrics")

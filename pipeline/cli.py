@@ -178,8 +178,7 @@ def promote(version: Annotated[int, typer.Option(help="Model version to gate.")]
 
     p = load_params(params)
     decision = gate.promote(p, Workspace.create(p, params), version, force)
-    state = "champion" if decision.promoted else "challenger"
-    console.print(f"version {version}: {state}" + (" (forced)" if decision.forced and decision.promoted else "")
+    console.print(f"version {version}: {decision.alias}" + (" (forced)" if decision.forced and decision.promoted else "")
                   + f" — {'; '.join(decision.reasons)}; aliases {decision.aliases}", soft_wrap=True)
 
 

@@ -28,11 +28,16 @@ def _one_vs_rest(y: np.ndarray, pred: np.ndarray, n: int) -> tuple[float, float]
     return float(np.mean(sens)), float(np.mean(spec))
 
 
-def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int) -> float:
-    """ECE of the top-class confidence over equal-width bins."""
+def confidence_bins(y: np.ndarray, proba: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-class confidence, whether it was right, and its equal-width bin index (0 .. bins-1)."""
     conf, correct = proba.max(axis=1), proba.argmax(axis=1) == y
     edges = np.linspace(0.0, 1.0, bins + 1)
-    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    return conf, correct, np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+
+
+def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int) -> float:
+    """ECE of the top-class confidence over equal-width bins."""
+    conf, correct, idx = confidence_bins(y, proba, bins)
     return float(sum(abs(correct[idx == b].mean() - conf[idx == b].mean()) * (idx == b).mean()
                      for b in range(bins) if (idx == b).any()))
 

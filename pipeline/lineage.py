@@ -72,7 +72,7 @@ def weights_sha256(weights: list[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def record_dvc_outputs(ws: Workspace, params_file: Path, overrides: dict[str, str] | None) -> str:
+def record_dvc_outputs(params: Params, ws: Workspace, params_file: Path, overrides: dict[str, str] | None) -> str:
     """Record a flow run's outputs in dvc.lock (`dvc commit`), so `dvc status` agrees with them.
 
     Only when the run used exactly what the DVC stages use: the project's params.yaml without
@@ -81,9 +81,7 @@ def record_dvc_outputs(ws: Workspace, params_file: Path, overrides: dict[str, st
     import os
     import sys
 
-    from pipeline.config import load_params
-
-    default_root = (ws.base / load_params(params_file).data.root).resolve()
+    default_root = (ws.base / params.data.root).resolve()
     if overrides or params_file.resolve() != ws.base / "params.yaml" or ws.data_root != default_root:
         return "dvc.lock not updated: run used other data or parameters than dvc.yaml's stages"
     if not (ws.base / "dvc.yaml").is_file() or not (ws.base / ".dvc").is_dir():

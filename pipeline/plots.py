@@ -43,11 +43,11 @@ def roc_pr_curves(y: np.ndarray, proba: np.ndarray, classes: list[str], path: Pa
 
 def reliability(y: np.ndarray, proba: np.ndarray, bins: int, path: Path) -> Path:
     """Reliability diagram of the top-class confidence: accuracy per confidence bin vs the diagonal."""
+    from pipeline.evaluate import confidence_bins
+
     plt = _pyplot()
-    conf, correct = proba.max(axis=1), proba.argmax(axis=1) == y
-    edges = np.linspace(0, 1, bins + 1)
-    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
-    centres = [(edges[b] + edges[b + 1]) / 2 for b in range(bins) if (idx == b).any()]
+    _, correct, idx = confidence_bins(y, proba, bins)
+    centres = [(b + 0.5) / bins for b in range(bins) if (idx == b).any()]
     accuracy = [correct[idx == b].mean() for b in range(bins) if (idx == b).any()]
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     ax.bar(centres, accuracy, width=1 / bins, edgecolor="k", alpha=0.7, label="accuracy")

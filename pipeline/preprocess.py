@@ -22,9 +22,9 @@ class PreprocessResult:
     classes: list[str]
 
 
-def load_image(path: Path, size: int, salt: bytes = b"") -> np.ndarray:
+def load_image(path: Path, size: int) -> np.ndarray:
     """Decode one image (PNG/JPEG/DICOM, any depth) as grayscale float32 in [0, 1], resized to size x size."""
-    img = to_gray(read_image(path, salt).pixels)
+    img = to_gray(read_image(path).pixels)
     interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
     return cv2.resize(img, (size, size), interpolation=interp)
 

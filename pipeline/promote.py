@@ -26,6 +26,11 @@ class Decision:
     forced: bool = False
     aliases: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def alias(self) -> str:
+        """The alias the candidate ended with: champion or challenger."""
+        return CHAMPION if self.promoted else CHALLENGER
+
 
 def decide(candidate: dict[str, float], champion: dict[str, float] | None, pp: PromoteParams) -> tuple[bool, list[str]]:
     """Apply the gate: floors for a first model; else primary metric gain >= margin and guards within tolerance."""

@@ -27,13 +27,10 @@ class TrainingSummary:
     def collect(cls, params: Params, ws: Workspace, prepared, balanced, trained, evaluated,
                 registered, decision) -> "TrainingSummary":
         """Gather the step results into one summary."""
-        from pipeline.lineage import data_lineage
-
         test = {k: evaluated.metrics[f"test_{k}"] for k in HEADLINE}
         return cls(trained.run_id, registered.model_name, registered.version,
                    tracking_uri(params.register_, ws.base), prepared.split_sizes, balanced.counts_before,
-                   trained.epochs_run, test, data_lineage(ws.data_root)["medpipe.data_md5"],
-                   ("@champion: " if decision.promoted else "@challenger: ") + "; ".join(decision.reasons))
+                   trained.epochs_run, test, trained.data_md5, f"@{decision.alias}: " + "; ".join(decision.reasons))
 
     def markdown(self) -> str:
         """A Markdown table for the Prefect UI."""

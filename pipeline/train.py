@@ -22,6 +22,7 @@ class TrainResult:
     epochs_run: int
     best_epoch: int
     weights_sha256: str
+    data_md5: str
 
 
 def configure_determinism(seed: int, enabled: bool) -> None:
@@ -115,7 +116,7 @@ def run_step(params: Params, ws: Workspace) -> TrainResult:
         sha = weights_sha256(model.get_weights())
         mlflow.set_tag("medpipe.weights_sha256", sha)
     result = TrainResult(run.info.run_id, str((out / "model.keras").relative_to(ws.base)), len(history["loss"]),
-                         int(np.argmax(history["val_roc_auc"])) + 1, sha)
+                         int(np.argmax(history["val_roc_auc"])) + 1, sha, tags["medpipe.data_md5"])
     (out / "run.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
     (out / "history.json").write_text(json.dumps({k: [float(v) for v in vs] for k, vs in history.items()}) + "\n")
     return result
