@@ -18,7 +18,15 @@ def _step(module, name: str):
 
 
 validate_task = _step(validate, "validate")
-preprocess_task = _step(preprocess, "preprocess")
+def _preprocess_key(context, arguments: dict) -> str | None:
+    """Cache key of the preprocess task: its outputs' folder and the data + params hash, as long as
+    those outputs are still there (else None: run, and the step rebuilds them)."""
+    params, ws = arguments["params"], arguments["ws"]
+    key = preprocess.cache_key(params, ws)
+    return f"preprocess-{ws.out}-{key}" if preprocess.is_current(ws.out / "preprocess", key) else None
+
+
+preprocess_task = task(preprocess.run_step, name="preprocess", cache_key_fn=_preprocess_key, persist_result=True)
 balance_task = _step(balance, "balance")
 train_task = _step(train, "train")
 evaluate_task = _step(evaluate, "evaluate")
@@ -29,7 +37,7 @@ record_dvc_task = task(lineage.record_dvc_outputs, name="record-dvc-outputs", ca
 
 @flow(name="medpipe-training", log_prints=True)
 def training_flow(params_file: str = "params.yaml", data: str | None = None,
-                  overrides: dict[str, str] | None = None) -> TrainingSummary:
+                  overrides: dict[str, str] | None = None, resume: bool = False) -> TrainingSummary:
     """Train, evaluate and register a classifier; stop before preprocessing if the data are invalid."""
     params: Params = load_params(Path(params_file), overrides)
     ws = Workspace.create(params, Path(params_file), Path(data) if data else None)
@@ -40,7 +48,7 @@ def training_flow(params_file: str = "params.yaml", data: str | None = None,
         return Failed(message=str(validate.failure(report, ws.data_root)))
     prepared = preprocess_task(params, ws)
     balanced = balance_task(params, ws)
-    trained = train_task(params, ws)
+    trained = train_task(params, ws, resume=resume)
     evaluated = evaluate_task(params, ws)
     create_markdown_artifact((ws.out / "evaluate" / "report.md").read_text(), key="medpipe-evaluation",
                              description="test and validation metrics with 95% intervals (figures in MLflow)")

@@ -1,21 +1,26 @@
-"""Class balancing: class weights, or oversampling minority classes with augmented copies."""
+"""Class balancing: a sampling plan (which training images, which of them augmented) and class weights.
+
+The plan is small (two integer/bool arrays); the pixels stay in the preprocess shards. Augmented
+copies are made on the fly inside training's tf.data pipeline by `augment_batch`, with stateless,
+seeded randomness: the same plan and seed give the same images on every run and after a resume.
+"""
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from pipeline.config import Params, Workspace
-from pipeline.preprocess import load_dataset
+from pipeline.config import AugmentParams, BalanceParams, Params, Workspace
+from pipeline.preprocess import Shards
 
 
 @dataclass(frozen=True)
 class BalanceResult:
-    """Class counts before and after, and the class weights training should use (or None)."""
+    """Class counts before and after, where the plan is, and the class weights training uses (or None)."""
 
-    train: Path
+    plan: Path
     counts_before: dict[str, int]
     counts_after: dict[str, int]
     class_weight: dict[int, float] | None
@@ -27,25 +32,25 @@ def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
     return {c: float(len(y) / (n_classes * counts[c])) if counts[c] else 0.0 for c in range(n_classes)}
 
 
-def augment(img: np.ndarray, rng: np.random.Generator, max_rotation: float) -> np.ndarray:
-    """One augmented copy of an (H, W, 1) image: random horizontal flip and small rotation."""
-    out = img[:, ::-1] if rng.uniform() < 0.5 else img
-    h, w = out.shape[:2]
-    matrix = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-max_rotation, max_rotation), 1.0)
-    rotated = cv2.warpAffine(np.ascontiguousarray(out[:, :, 0]), matrix, (w, h), borderMode=cv2.BORDER_REFLECT)
-    return rotated[:, :, None]
-
-
-def oversample(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, max_rotation: float) -> tuple[np.ndarray, np.ndarray]:
-    """Add augmented copies of each minority class until it matches the largest class."""
+def oversample_plan(y: np.ndarray, target_ratio: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Every image once, plus randomly drawn copies of each smaller class until it has
+    `target_ratio` x the largest class's count. Returns (index into the split, is-a-copy flags)."""
     counts = np.bincount(y)
-    extra_x, extra_y = [x], [y]
-    for c, count in enumerate(counts):
-        if 0 < count < counts.max():
-            picks = rng.choice(np.flatnonzero(y == c), size=counts.max() - count)
-            extra_x.append(np.stack([augment(x[i], rng, max_rotation) for i in picks]))
-            extra_y.append(np.full(len(picks), c, dtype=y.dtype))
-    return np.concatenate(extra_x), np.concatenate(extra_y)
+    target = math.ceil(target_ratio * counts.max())
+    extra = [rng.choice(np.flatnonzero(y == c), size=target - n) for c, n in enumerate(counts) if 0 < n < target]
+    index = np.concatenate([np.arange(len(y)), *extra]).astype(np.int64)
+    return index, np.arange(len(index)) >= len(y)
+
+
+def make_plan(y: np.ndarray, bp: BalanceParams, n_classes: int) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """The sampling plan for a strategy: (index, augment flags, class weights or None)."""
+    if bp.strategy.startswith("oversample"):
+        index, copies = oversample_plan(y, bp.target_ratio, np.random.default_rng(bp.seed))
+    else:
+        index, copies = np.arange(len(y), dtype=np.int64), np.zeros(len(y), dtype=bool)
+    augment = copies | bp.augment_originals
+    weights = class_weights(y[index], n_classes) if bp.strategy.endswith("class_weight") else None
+    return index, augment, weights
 
 
 def _counts(y: np.ndarray, classes: list[str]) -> dict[str, int]:
@@ -53,18 +58,17 @@ def _counts(y: np.ndarray, classes: list[str]) -> dict[str, int]:
 
 
 def run_step(params: Params, ws: Workspace) -> BalanceResult:
-    """Balance the training split into outputs/balance/{train.npz,balance.json}."""
-    data = load_dataset(ws.out / "preprocess" / "dataset.npz")
-    x, y, classes = data["x_train"], data["y_train"], [str(c) for c in data["classes"]]
-    strategy, rng = params.balance.strategy, np.random.default_rng(params.balance.seed)
-    if strategy == "oversample":
-        x, y = oversample(x, y, rng, params.balance.max_rotation)
-    weights = class_weights(y, len(classes)) if strategy == "class_weight" else None
+    """Write the training plan to outputs/balance/{plan.npz,balance.json}."""
+    shards = Shards(ws.out / "preprocess", "train")
+    classes = json.loads((ws.out / "preprocess" / "meta.json").read_text())["classes"]
+    y = shards.labels
+    index, augment, weights = make_plan(y, params.balance, len(classes))
     out = ws.step_dir("balance")
-    np.savez(out / "train.npz", x=x, y=y)
-    result = BalanceResult(out / "train.npz", _counts(data["y_train"], classes), _counts(y, classes), weights)
-    summary = {k: v for k, v in asdict(result).items() if k != "train"}
-    (out / "balance.json").write_text(json.dumps({"strategy": strategy, **summary}, indent=2) + "\n")
+    np.savez(out / "plan.npz", index=index, augment=augment)
+    result = BalanceResult(out / "plan.npz", _counts(y, classes), _counts(y[index], classes), weights)
+    summary = {k: v for k, v in asdict(result).items() if k != "plan"}
+    (out / "balance.json").write_text(json.dumps({"strategy": params.balance.strategy, "augmented": int(augment.sum()),
+                                                  **summary}, indent=2) + "\n")
     return result
 
 
@@ -72,4 +76,56 @@ def load_balance(ws: Workspace) -> BalanceResult:
     """Read back what run_step wrote (for the train step run on its own, e.g. by DVC)."""
     raw = json.loads((ws.out / "balance" / "balance.json").read_text())
     weights = {int(k): v for k, v in raw["class_weight"].items()} if raw["class_weight"] else None
-    return BalanceResult(ws.out / "balance" / "train.npz", raw["counts_before"], raw["counts_after"], weights)
+    return BalanceResult(ws.out / "balance" / "plan.npz", raw["counts_before"], raw["counts_after"], weights)
+
+
+def load_plan(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(index, augment flags) from plan.npz (no pickles)."""
+    with np.load(path, allow_pickle=False) as f:
+        return f["index"], f["augment"]
+
+
+def augments(ap: AugmentParams) -> bool:
+    """Whether any augmentation op is switched on."""
+    return ap.flip or any((ap.rotation, ap.shift, ap.zoom, ap.brightness, ap.contrast, ap.noise))
+
+
+def _affine(b, h, w, u, ap: AugmentParams):
+    """Per-image inverse affine transforms (rotation, zoom, shift about the centre), shape (b, 8)."""
+    import tensorflow as tf
+
+    angle = u(1, ap.rotation) * (math.pi / 180.0)
+    zoom, dx, dy = 1.0 + u(2, ap.zoom), u(3, ap.shift) * w, u(4, ap.shift) * h
+    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+    cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+    ox, oy = cx + dx, cy + dy  # the output pixel (ox, oy) samples the input centre
+    zeros = tf.zeros([b])
+    return tf.stack([cos, sin, cx - cos * ox - sin * oy, -sin, cos, cy + sin * ox - cos * oy, zeros, zeros], axis=1)
+
+
+def augment_batch(x, flags, seed, ap: AugmentParams):
+    """Augment the flagged images of a float [0, 1] batch (b, h, w, c); `seed` is a shape-(2,) int tensor.
+
+    Ops: horizontal flip, rotation, zoom and shift (one bilinear warp, reflected borders), brightness,
+    contrast, Gaussian noise. Stateless random ops: the output depends only on the inputs and seed.
+    """
+    import tensorflow as tf
+
+    b, h, w = tf.shape(x)[0], tf.cast(tf.shape(x)[1], tf.float32), tf.cast(tf.shape(x)[2], tf.float32)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 8)
+    u = lambda i, r: tf.random.stateless_uniform([b], seeds[i], -r, r)  # noqa: E731
+    y = x
+    if ap.flip:
+        y = tf.where((u(0, 1.0) < 0)[:, None, None, None], tf.reverse(y, axis=[2]), y)
+    if ap.rotation or ap.zoom or ap.shift:
+        y = tf.raw_ops.ImageProjectiveTransformV3(
+            images=y, transforms=_affine(b, h, w, u, ap), output_shape=tf.shape(x)[1:3], fill_value=0.0,
+            interpolation="BILINEAR", fill_mode="REFLECT")
+    if ap.brightness:
+        y = y + u(5, ap.brightness)[:, None, None, None]
+    if ap.contrast:
+        mean = tf.reduce_mean(y, axis=[1, 2, 3], keepdims=True)
+        y = (y - mean) * (1.0 + u(6, ap.contrast))[:, None, None, None] + mean
+    if ap.noise:
+        y = y + ap.noise * tf.random.stateless_normal(tf.shape(y), seeds[7])
+    return tf.where(tf.reshape(flags, [-1, 1, 1, 1]), tf.clip_by_value(y, 0.0, 1.0), x)

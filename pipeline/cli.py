@@ -47,8 +47,11 @@ def _overrides(pairs: list[str] | None) -> dict[str, str]:
 @app.command()
 def run(data: Annotated[Optional[Path], typer.Option(help="Data root holding manifest.csv "
                                                      "(default: params data.root).")] = None,
-        params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Run the whole training flow (Prefect): validate, preprocess, balance, train, evaluate, register."""
+        params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+        resume: Annotated[bool, typer.Option(help="Continue an interrupted training run from its last "
+                                             "checkpoint (same data and params give the same result).")] = False
+        ) -> None:
+    """Run the whole training flow (Prefect): validate, preprocess, balance, train, evaluate, register, promote."""
     from pipeline.config import load_params
 
     overrides = _overrides(set_)
@@ -56,7 +59,7 @@ def run(data: Annotated[Optional[Path], typer.Option(help="Data root holding man
     from flows.training import training_flow
 
     state = training_flow(params_file=str(params), data=str(data) if data else None, overrides=overrides,
-                          return_state=True)
+                          resume=resume, return_state=True)
     if state.is_failed():
         err_console.print(f"error: {state.message}", markup=False, soft_wrap=True)
         raise typer.Exit(1)
@@ -99,7 +102,8 @@ def validate(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv 
 
 @app.command()
 def stage(step: Annotated[Step, typer.Argument(help="Which step to run.")],
-          params: ParamsOpt = Path("params.yaml")) -> None:
+          params: ParamsOpt = Path("params.yaml"),
+          resume: Annotated[bool, typer.Option(help="train: continue from the last checkpoint.")] = False) -> None:
     """Run one step on its own, as the DVC stages of dvc.yaml do."""
     import importlib
 
@@ -108,7 +112,7 @@ def stage(step: Annotated[Step, typer.Argument(help="Which step to run.")],
     p = load_params(params)
     ws = Workspace.create(p, params)
     module = importlib.import_module("pipeline.registry" if step is Step.register else f"pipeline.{step.value}")
-    result = module.run_step(p, ws)
+    result = module.run_step(p, ws, resume=True) if resume and step is Step.train else module.run_step(p, ws)
     if step is Step.validate and not result.success:
         from pipeline.validate import failure
 
@@ -129,13 +133,13 @@ def explain(image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG or
 
     from pipeline.config import load_params
     from pipeline.explain import grad_cam, overlay
+    from pipeline.model import input_params
     from pipeline.preprocess import load_image
     from pipeline.registry import load_registered
 
     p = load_params(params)
     net, classes, version = load_registered(model, p.register_, params.resolve().parent)
-    size = int(net.input_shape[1])
-    x = load_image(image, size)[..., None]
+    x = load_image(image, input_params(net, p.preprocess))
     cam, proba = grad_cam(net, x)
     cv2.imwrite(str(out), overlay(x, cam))
     names = classes or [str(i) for i in range(len(proba))]
@@ -163,7 +167,7 @@ def label_suggest(images: Annotated[Path, typer.Option(help="Folder of unlabelle
     net, classes, version = load_registered(model, p.register_, params.resolve().parent)
     out.parent.mkdir(parents=True, exist_ok=True)
     table = suggest(net, classes or [str(i) for i in range(net.output_shape[-1])], files, images,
-                    out.with_name(out.stem + "_gradcam"))
+                    out.with_name(out.stem + "_gradcam"), p.preprocess)
     table.to_csv(out, index=False)
     console.print(f"{len(table)} images, model version {version}; review queue (least certain first): {out}")
 

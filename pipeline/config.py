@@ -50,38 +50,81 @@ class SplitRatios(Section):
         return self
 
 
+class ClaheParams(Section):
+    """Contrast-limited adaptive histogram equalisation, for low-contrast images."""
+
+    enabled: bool = False
+    clip_limit: float = Field(2.0, gt=0)
+    tile_grid: int = Field(8, ge=1, le=64)
+
+
 class PreprocessParams(Section):
-    """Image size and the patient-grouped split."""
+    """Image geometry, colour, quality fixes, normalisation; the patient-grouped split; the shard cache."""
 
     size: int = Field(64, ge=8, le=1024)
+    color: Literal["gray", "rgb"] = "gray"
+    fit: Literal["pad", "crop", "stretch"] = "pad"   # keep aspect and pad, keep aspect and centre-crop, or squash
+    clahe: ClaheParams = ClaheParams()
+    denoise: Literal["none", "median", "bilateral", "nlmeans"] = "none"
+    normalize: Literal["unit", "zscore", "dataset"] = "unit"  # [0,1]; per image; train mean/std
+    shard_size: int = Field(4096, ge=1)               # images per shard file
+    workers: int = Field(0, ge=0)                     # decoding threads; 0 = one per core
     split: SplitRatios = SplitRatios()
     seed: int = 42
 
+    @property
+    def channels(self) -> int:
+        """Channels of the model input: 1 (gray) or 3 (RGB)."""
+        return 1 if self.color == "gray" else 3
+
+
+class AugmentParams(Section):
+    """Random augmentation inside the tf.data pipeline (seeded, stateless: identical on a rerun)."""
+
+    flip: bool = True                                 # horizontal flips
+    rotation: float = Field(10.0, ge=0, le=180)       # degrees, +-
+    shift: float = Field(0.05, ge=0, le=0.5)          # fraction of the side, +-
+    zoom: float = Field(0.1, ge=0, lt=1)              # relative, +-
+    brightness: float = Field(0.1, ge=0, le=1)        # added, +-
+    contrast: float = Field(0.1, ge=0, lt=1)          # relative, +-
+    noise: float = Field(0.0, ge=0, le=1)             # Gaussian sigma on the [0,1] scale
+
 
 class BalanceParams(Section):
-    """How class imbalance is countered."""
+    """How class imbalance is countered, and how training images are augmented."""
 
-    strategy: Literal["none", "class_weight", "oversample"] = "oversample"
-    max_rotation: float = Field(10.0, ge=0, le=45)
+    strategy: Literal["none", "class_weight", "oversample", "oversample+class_weight"] = "oversample"
+    target_ratio: float = Field(1.0, gt=0, le=1)      # oversample minority classes to this share of the largest
+    augment: AugmentParams = AugmentParams()
+    augment_originals: bool = False                   # augment every training image, not only the added copies
     seed: int = 42
 
 
 class ModelParams(Section):
     """Which network to build."""
 
-    name: Literal["seed_cnn"] = "seed_cnn"
+    name: Literal["seed_cnn", "resnet_small", "efficientnet_b0", "resnet50", "mobilenet_v3_small"] = "seed_cnn"
+    weights: Path | None = None                       # keras.applications only: a local weights file, never downloaded
+    dropout: float = Field(0.3, ge=0, lt=1)           # before the classifier (not in seed_cnn, kept exact)
 
 
 class TrainParams(Section):
-    """Optimiser and schedule."""
+    """Optimiser, schedule, early stopping, checkpoints and accelerator settings."""
 
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
+    schedule: Literal["constant", "cosine", "step"] = "constant"
+    step_epochs: int = Field(10, ge=1)                # step schedule: multiply the rate by step_gamma every this many epochs
+    step_gamma: float = Field(0.1, gt=0, le=1)
     patience: int = Field(5, ge=1)
     min_epochs: int = Field(5, ge=0)
     seed: int = 42
     determinism: bool = True
+    mixed_precision: Literal["auto", "on", "off"] = "auto"  # auto: mixed_float16 on GPUs that support it
+    xla: bool = False                                 # jit-compile the train step
+    memory_growth: bool = True                        # GPUs: allocate memory as needed, not all at once
+    in_memory_mb: int = Field(1024, ge=0)             # train split above this streams from its shards
 
 
 class EvaluateParams(Section):

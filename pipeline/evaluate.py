@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Params, Workspace
-from pipeline.preprocess import load_dataset
+from pipeline.preprocess import load_split, read_meta
 from pipeline.train import macro_roc_auc
 
 
@@ -112,15 +112,16 @@ def predict(model, x: np.ndarray) -> np.ndarray:
 
 def run_step(params: Params, ws: Workspace) -> EvaluateResult:
     """Evaluate the trained model on val and test; write metrics.json, plots and a report; log to MLflow."""
-    import keras
     import mlflow
 
     from pipeline import plots
+    from pipeline.model import load_model
     from pipeline.registry import setup_tracking
 
-    ep, data = params.evaluate, load_dataset(ws.out / "preprocess" / "dataset.npz")
-    classes = [str(c) for c in data["classes"]]
-    model = keras.models.load_model(ws.out / "train" / "model.keras", compile=False)
+    ep, folder = params.evaluate, ws.out / "preprocess"
+    classes = read_meta(folder)["classes"]
+    data = {f"{k}_{s}": v for s in ("val", "test") for k, v in zip("xy", load_split(folder, s))}
+    model = load_model(ws.out / "train" / "model.keras")
     proba = {s: predict(model, data[f"x_{s}"]) for s in ("val", "test")}
     metrics = {f"{s}_{k}": v for s in ("val", "test")
                for k, v in classification_metrics(data[f"y_{s}"], proba[s], ep.ece_bins).items()}

@@ -29,7 +29,7 @@ def _forward(model, conv, batch: np.ndarray, tape):
                 features = x
                 tape.watch(features)
         return features, x
-    probe = keras.Model(model.inputs, [conv.output, model.outputs[0]])
+    probe = keras.Model(model.inputs[0], [conv.output, model.outputs[0]])
     features, proba = probe(batch, training=False)
     return features, proba
 

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from pipeline.config import PreprocessParams
 from pipeline.imageio import IMAGE_SUFFIXES, ImageError
 
 
@@ -20,16 +21,18 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def suggest(model, classes: list[str], files: list[Path], root: Path, thumbs: Path | None) -> pd.DataFrame:
+def suggest(model, classes: list[str], files: list[Path], root: Path, thumbs: Path | None,
+            pp: PreprocessParams) -> pd.DataFrame:
     """Predicted label, confidence and entropy per image (unreadable ones get their error), most uncertain first."""
     from pipeline.explain import grad_cam, overlay
+    from pipeline.model import input_params
     from pipeline.preprocess import load_image
 
-    size, rows = int(model.input_shape[1]), []
+    pp, rows = input_params(model, pp), []
     for path in files:
         rel = path.relative_to(root).as_posix()
         try:
-            x = load_image(path, size)[..., None]
+            x = load_image(path, pp)
         except ImageError as err:
             rows.append((rel, "", np.nan, np.nan, "", err.reason))
             continue

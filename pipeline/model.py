@@ -1,28 +1,113 @@
-"""Model architectures, built by name from params.model."""
+"""Model architectures, built by name from params.model; every model starts with its normalisation.
+
+Inputs are images scaled to [0, 1]. The first layer, `Standardize`, applies the normalisation chosen
+in params.preprocess (`unit`, per-image `zscore`, or the train split's `dataset` mean/std), so a saved
+model carries it: serving and evaluation cannot drift from training.
+"""
+
+from pathlib import Path
 
 import keras
+from keras import layers
+
+from pipeline.config import ModelParams
+from pipeline.errors import ConfigError
+
+APPLICATIONS = {  # params name -> keras.applications constructor, extra keyword arguments
+    "efficientnet_b0": ("EfficientNetB0", {}),
+    "resnet50": ("ResNet50", {}),
+    "mobilenet_v3_small": ("MobileNetV3Small", {"include_preprocessing": False, "minimalistic": False}),
+}
 
 
-def seed_cnn(input_shape: tuple[int, int, int], n_classes: int) -> keras.Model:
-    """The seed CNN: Conv32-Pool-Conv64-Pool-Dense128-softmax."""
-    return keras.Sequential(
-        [
-            keras.Input(shape=input_shape),
-            keras.layers.Conv2D(32, 3, activation="relu"),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Conv2D(64, 3, activation="relu"),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Flatten(),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(n_classes, activation="softmax"),
-        ],
-        name="seed_cnn",
-    )
+@keras.saving.register_keras_serializable(package="medpipe")
+class Standardize(layers.Layer):
+    """Normalise [0, 1] images: `unit` (as is), `zscore` (per image) or `dataset` ((x - mean) / std)."""
+
+    def __init__(self, mode: str = "unit", mean: float = 0.0, std: float = 1.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.mode, self.mean, self.std = mode, float(mean), float(std)
+
+    def call(self, x):
+        ops = keras.ops
+        if self.mode == "zscore":
+            mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+            return (x - mean) / ops.maximum(ops.std(x, axis=(1, 2, 3), keepdims=True), 1e-3)
+        if self.mode == "dataset":
+            return (x - self.mean) / max(self.std, 1e-3)
+        return x
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mode": self.mode, "mean": self.mean, "std": self.std}
 
 
-ARCHITECTURES = {"seed_cnn": seed_cnn}
+def seed_cnn(inputs, n_classes: int, mp: ModelParams, base: Path):
+    """The seed CNN, exactly: Conv32-Pool-Conv64-Pool-Dense128-softmax."""
+    x = layers.Conv2D(32, 3, activation="relu")(inputs)
+    x = layers.MaxPooling2D(2)(x)
+    x = layers.Conv2D(64, 3, activation="relu")(x)
+    x = layers.MaxPooling2D(2)(x)
+    x = layers.Dense(128, activation="relu")(layers.Flatten()(x))
+    return x
 
 
-def build_model(name: str, input_shape: tuple[int, int, int], n_classes: int) -> keras.Model:
-    """Build an (uncompiled) architecture by its params name."""
-    return ARCHITECTURES[name](input_shape, n_classes)
+def _residual(x, filters: int, stride: int):
+    """Two 3x3 conv + batch-norm layers with an identity (or 1x1 projection) shortcut."""
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = layers.BatchNormalization()(layers.Conv2D(filters, 1, strides=stride, use_bias=False)(x))
+    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
+    y = layers.Activation("relu")(layers.BatchNormalization()(y))
+    y = layers.BatchNormalization()(layers.Conv2D(filters, 3, padding="same", use_bias=False)(y))
+    return layers.Activation("relu")(layers.Add()([y, shortcut]))
+
+
+def resnet_small(inputs, n_classes: int, mp: ModelParams, base: Path):
+    """A small ResNet: a 3x3 stem, residual stages of 32, 64 and 128 filters, global pooling, dropout."""
+    x = layers.Conv2D(32, 3, padding="same", use_bias=False)(inputs)
+    x = layers.Activation("relu")(layers.BatchNormalization()(x))
+    for filters, stride in ((32, 1), (64, 2), (128, 2)):
+        x = _residual(x, filters, stride)
+    return layers.Dropout(mp.dropout)(layers.GlobalAveragePooling2D()(x))
+
+
+def application(inputs, n_classes: int, mp: ModelParams, base: Path):
+    """A keras.applications backbone: random weights, or a local weights file (never downloaded)."""
+    name, extra = APPLICATIONS[mp.name]
+    weights = None
+    if mp.weights is not None:
+        weights = str(mp.weights if mp.weights.is_absolute() else base / mp.weights)
+        if not Path(weights).is_file():
+            raise ConfigError(weights, "model.weights file not found (weights are never downloaded)")
+    x = inputs
+    if weights is not None and inputs.shape[-1] == 1:
+        x = layers.Concatenate()([x, x, x])  # pretrained backbones expect three channels
+    if mp.name == "efficientnet_b0":
+        x = layers.Rescaling(255.0)(x)  # EfficientNet rescales 0-255 inputs itself
+    # built on our tensor, so its layers join this model's graph (Grad-CAM can reach its last conv layer)
+    backbone = getattr(keras.applications, name)(include_top=False, weights=weights, input_tensor=x, **extra)
+    return layers.Dropout(mp.dropout)(layers.GlobalAveragePooling2D()(backbone.output))
+
+
+def load_model(path: Path) -> keras.Model:
+    """Load a saved .keras model (Standardize is registered by importing this module)."""
+    return keras.models.load_model(path, compile=False)
+
+
+def input_params(model: keras.Model, pp):
+    """PreprocessParams adjusted to what a trained model takes (its input size and channels)."""
+    _, size, _, channels = model.input_shape
+    return pp.model_copy(update={"size": int(size), "color": "gray" if channels == 1 else "rgb"})
+
+
+ARCHITECTURES = {"seed_cnn": seed_cnn, "resnet_small": resnet_small, **{name: application for name in APPLICATIONS}}
+
+
+def build_model(mp: ModelParams, input_shape: tuple[int, int, int], n_classes: int,
+                norm: tuple[str, float, float] = ("unit", 0.0, 1.0), base: Path = Path(".")) -> keras.Model:
+    """Build an (uncompiled) model by its params name: Standardize, the body, a float32 softmax head."""
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = Standardize(*norm, name="standardize")(inputs)
+    features = ARCHITECTURES[mp.name](x, n_classes, mp, base)
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(features)
+    return keras.Model(inputs, outputs, name=mp.name)

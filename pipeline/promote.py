@@ -52,6 +52,7 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, pp: P
 def _version_metrics(name: str, version: int, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     import mlflow
 
+    import pipeline.model  # noqa: F401  (registers the custom layers the model uses)
     from pipeline.evaluate import classification_metrics, predict
 
     model = mlflow.keras.load_model(f"models:/{name}/{version}")
@@ -71,13 +72,12 @@ def promote(params: Params, ws: Workspace, version: int, force: bool = False) ->
     """Evaluate `version` and the champion on the workspace's test split; move aliases by the gate."""
     import mlflow
 
-    from pipeline.preprocess import load_dataset
+    from pipeline.preprocess import load_split
     from pipeline.registry import setup_tracking
 
     setup_tracking(params.register_, ws.base)
     client, name = mlflow.MlflowClient(), params.register_.model_name
-    data = load_dataset(ws.out / "preprocess" / "dataset.npz")
-    x, y = data["x_test"], data["y_test"]
+    x, y = load_split(ws.out / "preprocess", "test")
     current = _champion(client, name)
     candidate = _version_metrics(name, version, x, y)
     champion = _version_metrics(name, current, x, y) if current not in (None, version) else None

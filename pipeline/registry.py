@@ -56,16 +56,16 @@ def pip_requirements() -> list[str]:
 
 def register_model(params: Params, ws: Workspace, run_id: str, tags: dict[str, str]) -> RegisterResult:
     """Log outputs/train/model.keras to the run and register it as a new model version."""
-    import keras
     import mlflow
     from mlflow.models import infer_signature
 
-    from pipeline.preprocess import load_dataset
+    from pipeline.model import load_model
+    from pipeline.preprocess import load_split
 
     reg = params.register_
     setup_tracking(reg, ws.base)
-    model = keras.models.load_model(ws.out / "train" / "model.keras", compile=False)
-    x = load_dataset(ws.out / "preprocess" / "dataset.npz")["x_test"][:2]
+    model = load_model(ws.out / "train" / "model.keras")
+    x = load_split(ws.out / "preprocess", "test")[0][:2]
     signature = infer_signature(x, model.predict(x, verbose=0))
     with mlflow.start_run(run_id=run_id):
         info = mlflow.keras.log_model(model, name="model", signature=signature,
@@ -81,7 +81,7 @@ def run_step(params: Params, ws: Workspace) -> RegisterResult:
     """Register the trained model with the lineage and metric tags of its run."""
     import mlflow
 
-    from pipeline.preprocess import load_dataset
+    from pipeline.preprocess import read_meta
 
     run_id = json.loads((ws.out / "train" / "run.json").read_text())["run_id"]
     setup_tracking(params.register_, ws.base)
@@ -89,8 +89,7 @@ def run_step(params: Params, ws: Workspace) -> RegisterResult:
     tags = {k: v for k, v in run.data.tags.items() if k.startswith("medpipe.")}
     tags.update({f"medpipe.{k}": f"{v:.4f}" for k, v in run.data.metrics.items() if k.startswith("test_")
                  and k.removeprefix("test_") in ("accuracy", "balanced_accuracy", "roc_auc")})
-    classes = load_dataset(ws.out / "preprocess" / "dataset.npz")["classes"]
-    tags["medpipe.classes"] = json.dumps([str(c) for c in classes])
+    tags["medpipe.classes"] = json.dumps(read_meta(ws.out / "preprocess")["classes"])
     result = register_model(params, ws, run_id, tags)
     out = ws.step_dir("register")
     (out / "model_version.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
@@ -117,5 +116,7 @@ def load_registered(uri: str, reg: RegisterParams, base: Path):
             version = client.get_model_version(name, ref)
     except (MlflowException, ValueError):
         raise MedpipeError(uri, "no such registered model version") from None
+    import pipeline.model  # noqa: F401  (registers the custom layers the model uses)
+
     model = mlflow.keras.load_model(f"models:/{name}/{version.version}")
     return model, json.loads(version.tags.get("medpipe.classes", "[]")), int(version.version)

@@ -1,16 +1,26 @@
-"""Training: seeded, deterministic Keras fit over tf.data, per-epoch metrics to MLflow."""
+"""Training: a seeded tf.data input pipeline, Adam with a schedule, early stopping on validation ROC-AUC,
+a checkpoint each epoch (`resume` continues to the very same result), GPUs when present.
 
+Each epoch's order and augmentations are functions of (seed, epoch) only, so a run resumed at epoch k
+sees exactly the batches the uninterrupted run saw.
+"""
+
+import hashlib
 import json
+import math
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.balance import load_balance
-from pipeline.config import Params, TrainParams, Workspace
+from pipeline.balance import augment_batch, augments, load_balance, load_plan
+from pipeline.config import AugmentParams, Params, TrainParams, Workspace
 from pipeline.lineage import lineage_tags, weights_sha256
-from pipeline.preprocess import load_dataset
+from pipeline.preprocess import Shards, read_meta
 from pipeline.registry import setup_tracking
+
+CURVES = ("loss", "accuracy", "val_loss", "val_accuracy", "val_roc_auc", "lr")
 
 
 @dataclass(frozen=True)
@@ -23,6 +33,7 @@ class TrainResult:
     best_epoch: int
     weights_sha256: str
     data_md5: str
+    resumed_from: int = 0
 
 
 def configure_determinism(seed: int, enabled: bool) -> None:
@@ -35,14 +46,80 @@ def configure_determinism(seed: int, enabled: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, n_classes: int, batch: int, shuffle_seed: int | None):
-    """tf.data pipeline of (image, one-hot) batches, shuffled with a seed when asked."""
+def configure_devices(tp: TrainParams):
+    """GPU memory growth (before any GPU is touched), the precision policy, and the distribution strategy
+    (MirroredStrategy over every visible GPU when there are several). Returns (strategy, mixed)."""
+    import keras
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, np.eye(n_classes, dtype=np.float32)[y]))
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus if tp.memory_growth else []:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised in this process: the setting stays as it was
+            pass
+    capable = bool(gpus) and all(tf.config.experimental.get_device_details(g).get("compute_capability", (0, 0))
+                                 >= (7, 0) for g in gpus)
+    mixed = tp.mixed_precision == "on" or (tp.mixed_precision == "auto" and capable)
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    return strategy, mixed
+
+
+def learning_rate(tp: TrainParams, steps_per_epoch: int):
+    """A constant rate, cosine decay over the whole run, or a step decay every `step_epochs` epochs."""
+    import keras
+
+    if tp.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(tp.learning_rate, decay_steps=tp.epochs * steps_per_epoch)
+    if tp.schedule == "step":
+        return keras.optimizers.schedules.ExponentialDecay(tp.learning_rate, tp.step_epochs * steps_per_epoch,
+                                                           tp.step_gamma, staircase=True)
+    return tp.learning_rate
+
+
+def _pixels(shards: Shards, in_memory: bool):
+    """A function from a batch of split positions to uint8 images: a gather from one in-memory tensor,
+    or memory-mapped shard reads for splits too big to hold."""
+    import tensorflow as tf
+
+    if in_memory:
+        table = tf.constant(shards.read())
+        return lambda idx: tf.gather(table, idx)
+
+    def read(idx):
+        images = tf.numpy_function(shards.take, [idx], tf.uint8, stateful=False)
+        return tf.ensure_shape(images, [None, *shards.shape])
+    return read
+
+
+def train_dataset(shards: Shards, plan: tuple[np.ndarray, np.ndarray], n_classes: int, tp: TrainParams,
+                  ap: AugmentParams, start_epoch: int = 0):
+    """Batches of (image in [0, 1], one-hot label) for epochs start_epoch..tp.epochs-1, as one dataset.
+
+    Per epoch: a permutation of the plan drawn from (seed, epoch); images gathered, scaled, and the
+    plan's flagged ones augmented with a seed drawn from (seed, epoch, batch). Returns (dataset, steps).
+    """
+    import tensorflow as tf
+
+    index, flags = (tf.constant(a) for a in plan)
+    labels, n, steps = tf.constant(shards.labels), len(plan[0]), math.ceil(len(plan[0]) / tp.batch_size)
+    pixels = _pixels(shards, shards.nbytes <= tp.in_memory_mb * 2**20)
+    augment = augments(ap) and bool(plan[1].any())
+
+    def load(epoch, batch, positions):
+        idx = tf.gather(index, positions)
+        x = tf.cast(pixels(idx), tf.float32) / 255.0
+        if augment:
+            x = augment_batch(x, tf.gather(flags, positions), tf.stack([epoch, batch]) + tp.seed * 1_000_003, ap)
+        return x, tf.one_hot(tf.gather(labels, idx), n_classes)
+
+    def epoch_batches(epoch):
+        order = tf.argsort(tf.random.stateless_uniform([n], tf.stack([tf.constant(tp.seed, tf.int64), epoch])))
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(tp.batch_size).enumerate()
+        return batches.map(lambda b, pos: load(epoch, b, pos), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    return tf.data.Dataset.range(start_epoch, tp.epochs).flat_map(epoch_batches).prefetch(tf.data.AUTOTUNE), steps
 
 
 def macro_roc_auc(y: np.ndarray, proba: np.ndarray) -> float:
@@ -54,36 +131,122 @@ def macro_roc_auc(y: np.ndarray, proba: np.ndarray) -> float:
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
-def epoch_callbacks(x_val: np.ndarray, y_val: np.ndarray, tp: TrainParams) -> list:
-    """Validation ROC-AUC into the epoch logs, MLflow curves, early stopping on that AUC."""
+def predict_uint8(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Class probabilities for uint8 images, batch by batch (memory stays small), float64."""
+    parts = [np.asarray(model(x[i:i + batch].astype(np.float32) / 255.0, training=False), dtype=np.float64)
+             for i in range(0, len(x), batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]))
+
+
+def validation_logs(model, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, float]:
+    """Validation loss, accuracy and macro ROC-AUC in one pass over the split."""
+    proba = predict_uint8(model, x_val)
+    picked = np.clip(proba[np.arange(len(y_val)), y_val], 1e-7, 1.0)
+    return {"val_loss": float(-np.log(picked).mean()), "val_accuracy": float((proba.argmax(1) == y_val).mean()),
+            "val_roc_auc": macro_roc_auc(y_val, proba)}
+
+
+@dataclass
+class Progress:
+    """Where a run stands after its last finished epoch: what a checkpoint records besides the weights."""
+
+    key: str
+    run_id: str = ""
+    epoch: int = 0              # epochs finished
+    best: float = float("nan")  # best monitored validation ROC-AUC, at best_epoch (-1: none yet)
+    best_epoch: int = -1
+    wait: int = 0
+    stopped: bool = False
+    history: dict[str, list[float]] | None = None
+    rng: list[list[int]] | None = None  # dropout & co. random states: Keras does not save them with the model
+
+    def record(self, epoch: int, logs: dict[str, float], tp: TrainParams) -> bool:
+        """Add one epoch's curves and apply early stopping; True when this epoch is the new best."""
+        self.history = self.history or {k: [] for k in CURVES}
+        for k in CURVES:
+            self.history[k].append(float(logs[k]))
+        self.epoch, auc = epoch + 1, logs["val_roc_auc"]
+        if epoch < tp.min_epochs:
+            return False
+        improved = self.best_epoch < 0 or auc > self.best or (math.isnan(self.best) and not math.isnan(auc))
+        self.best, self.best_epoch, self.wait = (auc, epoch, 0) if improved else (self.best, self.best_epoch,
+                                                                                   self.wait + 1)
+        self.stopped = self.wait >= tp.patience
+        return improved
+
+
+def _seed_states(model) -> list:
+    return [v for v in model.variables if "seed_generator_state" in v.path]
+
+
+def save_checkpoint(model, progress: Progress, folder: Path, improved: bool) -> None:
+    """Model with optimizer state, best weights, random states and progress, into `folder` (swapped in whole)."""
+    progress.rng = [np.asarray(v).tolist() for v in _seed_states(model)]
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save(tmp / "model.keras")
+    if improved:
+        model.save_weights(tmp / "best.weights.h5")
+    elif (folder / "best.weights.h5").is_file():
+        shutil.copy2(folder / "best.weights.h5", tmp / "best.weights.h5")
+    (tmp / "progress.json").write_text(json.dumps(asdict(progress)) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def load_checkpoint(folder: Path, key: str):
+    """(model, progress) from a checkpoint made for the same inputs (`key`), else None."""
+    import keras
+
+    try:
+        progress = Progress(**json.loads((folder / "progress.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    if progress.key != key:
+        return None
+    model = keras.models.load_model(folder / "model.keras")
+    for variable, value in zip(_seed_states(model), progress.rng or []):
+        variable.assign(np.asarray(value, dtype=variable.dtype))
+    return model, progress
+
+
+def epoch_monitor(val: tuple[np.ndarray, np.ndarray], tp: TrainParams, progress: Progress, folder: Path):
+    """Keras callback: validation metrics, early stopping, a checkpoint, MLflow curves, after each epoch;
+    the best epoch's weights restored at the end."""
     import keras
     import mlflow
 
-    class ValRocAuc(keras.callbacks.Callback):
+    class EpochMonitor(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs if logs is not None else {}
-            logs["val_roc_auc"] = macro_roc_auc(y_val, np.asarray(self.model(x_val, training=False)))
-            mlflow.log_metrics({"train_loss": logs["loss"], "train_accuracy": logs["accuracy"],
-                                "val_loss": logs["val_loss"], "val_accuracy": logs["val_accuracy"],
-                                "val_roc_auc": logs["val_roc_auc"]}, step=epoch)
+            logs.update(validation_logs(self.model, *val))
+            logs["lr"] = float(np.asarray(self.model.optimizer.learning_rate))
+            improved = progress.record(epoch, logs, tp)
+            self.model.stop_training = progress.stopped
+            save_checkpoint(self.model, progress, folder, improved)
+            mlflow.log_metrics({f"train_{k}" if k in ("loss", "accuracy") else k: float(logs[k]) for k in CURVES},
+                               step=epoch)
 
-    stop = keras.callbacks.EarlyStopping(monitor="val_roc_auc", mode="max", patience=tp.patience,
-                                         start_from_epoch=tp.min_epochs, restore_best_weights=True)
-    return [ValRocAuc(), stop]
+        def on_train_end(self, logs: dict | None = None) -> None:
+            if progress.best_epoch >= 0:
+                self.model.load_weights(folder / "best.weights.h5")
+
+    return EpochMonitor()
 
 
-def fit(model, train_xy: tuple, val_xy: tuple, n_classes: int, tp: TrainParams,
-        class_weight: dict[int, float] | None) -> dict[str, list[float]]:
-    """Compile with Adam + categorical cross-entropy and fit; return the Keras history."""
-    import keras
-
-    model.compile(optimizer=keras.optimizers.Adam(tp.learning_rate), loss="categorical_crossentropy",
-                  metrics=["accuracy"])
-    history = model.fit(make_dataset(*train_xy, n_classes, tp.batch_size, tp.seed),
-                        validation_data=make_dataset(*val_xy, n_classes, tp.batch_size, None),
-                        epochs=tp.epochs, class_weight=class_weight, verbose=2, shuffle=False,
-                        callbacks=epoch_callbacks(*val_xy, tp))
-    return history.history
+def fit(model, shards: Shards, plan: tuple, val: tuple, params: Params, progress: Progress, folder: Path,
+        class_weight: dict[int, float] | None, callbacks: tuple = ()) -> Progress:
+    """Train from progress.epoch to the end (or early stop), checkpointing each epoch."""
+    tp, n_classes = params.train, int(model.output_shape[-1])
+    if progress.epoch < tp.epochs and not progress.stopped:
+        data, steps = train_dataset(shards, plan, n_classes, tp, params.balance.augment, progress.epoch)
+        model.fit(data, epochs=tp.epochs, initial_epoch=progress.epoch, steps_per_epoch=steps,
+                  class_weight=class_weight, verbose="auto", shuffle=False,
+                  callbacks=[epoch_monitor(val, tp, progress, folder), *callbacks])
+    elif progress.best_epoch >= 0:
+        model.load_weights(folder / "best.weights.h5")
+    return progress
 
 
 def _flat(prefix: str, value: object) -> dict[str, object]:
@@ -92,31 +255,66 @@ def _flat(prefix: str, value: object) -> dict[str, object]:
     return {prefix: value}
 
 
-def run_step(params: Params, ws: Workspace) -> TrainResult:
-    """Train params.model on the balanced train split inside a new MLflow run."""
-    import mlflow
+def new_model(params: Params, meta: dict, base: Path, steps_per_epoch: int):
+    """Build and compile params.model with its normalisation (train mean/std from the preprocess meta)."""
+    import keras
 
     from pipeline.model import build_model
 
-    data, balance = load_dataset(ws.out / "preprocess" / "dataset.npz"), load_balance(ws)
-    train = load_dataset(balance.train)
-    n_classes, tp = len(data["classes"]), params.train
-    configure_determinism(tp.seed, tp.determinism)
-    model = build_model(params.model.name, data["x_train"].shape[1:], n_classes)
+    tp = params.train
+    shape = (meta["size"], meta["size"], meta["channels"])
+    model = build_model(params.model, shape, len(meta["classes"]),
+                        (params.preprocess.normalize, meta["mean"], meta["std"]), base)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate(tp, steps_per_epoch)),
+                  loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=tp.xla)
+    return model
+
+
+def start_run(params: Params, ws: Workspace, progress: Progress):
+    """Open a new MLflow run with lineage tags and params, or reopen the resumed one (an ActiveRun)."""
+    import mlflow
+
+    experiment = setup_tracking(params.register_, ws.base)
+    if progress.run_id:
+        return mlflow.start_run(run_id=progress.run_id)
     report = json.loads((ws.out / "validate" / "report.json").read_text())
     tags = {**lineage_tags(params, ws), "medpipe.validation": "passed" if report["success"] else "failed"}
-    with mlflow.start_run(experiment_id=setup_tracking(params.register_, ws.base), tags=tags) as run:
-        mlflow.log_params(_flat("params", params.model_dump(mode="json", by_alias=True)))
+    run = mlflow.start_run(experiment_id=experiment, tags=tags)
+    mlflow.log_params(_flat("params", params.model_dump(mode="json", by_alias=True)))
+    mlflow.log_artifacts(str(ws.out / "validate"), "validation")  # reports + the exact split
+    return run
+
+
+def run_step(params: Params, ws: Workspace, resume: bool = False, callbacks: tuple = ()) -> TrainResult:
+    """Train params.model on the balanced train split inside an MLflow run; with `resume`, continue from
+    the last checkpoint of an interrupted run with the same inputs (else start afresh)."""
+    import mlflow
+
+    meta, balance, tp = read_meta(ws.out / "preprocess"), load_balance(ws), params.train
+    shards, plan = Shards(ws.out / "preprocess", "train"), load_plan(balance.plan)
+    val = Shards(ws.out / "preprocess", "val")
+    plan_md5 = hashlib.md5(plan[0].tobytes() + plan[1].tobytes()).hexdigest()
+    folder, key = ws.out / "checkpoint", f"{params.md5()}:{meta['key']}:{plan_md5}"
+    strategy, _ = configure_devices(tp)  # first: GPU settings only apply before a GPU is touched
+    configure_determinism(tp.seed, tp.determinism)
+    with strategy.scope():
+        restored = load_checkpoint(folder, key) if resume else None
+        model, progress = restored or (new_model(params, meta, ws.base, math.ceil(len(plan[0]) / tp.batch_size)),
+                                       Progress(key))
+    resumed_from = progress.epoch
+    with start_run(params, ws, progress) as run:  # an exception marks the run FAILED; resume reopens it
+        progress.run_id = run.info.run_id
         mlflow.log_dict({"before": balance.counts_before, "after": balance.counts_after}, "balance/class_counts.json")
-        mlflow.log_artifacts(str(ws.out / "validate"), "validation")  # reports + the exact split
-        history = fit(model, (train["x"], train["y"]), (data["x_val"], data["y_val"]), n_classes, tp,
-                      balance.class_weight)
+        fit(model, shards, plan, (val.read(), val.labels), params, progress, folder, balance.class_weight, callbacks)
         out = ws.step_dir("train")
         model.save(out / "model.keras")
         sha = weights_sha256(model.get_weights())
         mlflow.set_tag("medpipe.weights_sha256", sha)
-    result = TrainResult(run.info.run_id, str((out / "model.keras").relative_to(ws.base)), len(history["loss"]),
-                         int(np.argmax(history["val_roc_auc"])) + 1, sha, tags["medpipe.data_md5"])
+        data_md5 = mlflow.get_run(progress.run_id).data.tags.get("medpipe.data_md5", "")
+    result = TrainResult(progress.run_id, str((out / "model.keras").relative_to(ws.base)), progress.epoch,
+                         progress.best_epoch + 1 if progress.best_epoch >= 0 else progress.epoch, sha, data_md5,
+                         resumed_from)
     (out / "run.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
-    (out / "history.json").write_text(json.dumps({k: [float(v) for v in vs] for k, vs in history.items()}) + "\n")
+    (out / "history.json").write_text(json.dumps(progress.history or {k: [] for k in CURVES}) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)  # finished: nothing left to resume
     return result

@@ -25,7 +25,7 @@ def test_flow_trains_registers_and_is_deterministic(prefect_harness, project):
 
     from flows.training import training_flow
     from pipeline.lineage import content_hash
-    from pipeline.preprocess import load_dataset
+    from pipeline.preprocess import load_split
 
     first = training_flow(params_file=str(project / "params.yaml"))
     metrics = json.loads((project / "outputs/metrics.json").read_text())
@@ -72,7 +72,7 @@ def test_flow_trains_registers_and_is_deterministic(prefect_harness, project):
 
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow/mlflow.db")
     model = mlflow.pyfunc.load_model("models:/medpipe-classifier/1")
-    x = load_dataset(project / "outputs/preprocess/dataset.npz")["x_test"]
+    x = load_split(project / "outputs/preprocess", "test")[0]
     proba = np.asarray(model.predict(x))
     assert proba.shape == (len(x), 3) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
 
@@ -81,7 +81,7 @@ def test_invalid_data_stops_before_preprocessing_and_keeps_the_registry(prefect_
     from flows.training import training_flow
 
     training_flow(params_file=str(project / "params.yaml"))
-    dataset = project / "outputs/preprocess/dataset.npz"
+    dataset = project / "outputs/preprocess/meta.json"
     stamp, n_runs = os.stat(dataset).st_mtime_ns, len(_client(project).search_runs(["1"]))
     bad = pd.read_csv(project / "data/manifest.csv")["path"][3]
     (project / "data" / bad).write_text("not an image")

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from pipeline.config import ModelParams, PreprocessParams
 from pipeline.data import lesion_mask, synthesize
 from pipeline.explain import grad_cam, last_conv_layer, mass_in, overlay
 from pipeline.model import build_model
@@ -11,8 +12,8 @@ from pipeline.model import build_model
 def test_last_conv_layer_is_found_and_required():
     import keras
 
-    model = build_model("seed_cnn", (16, 16, 1), 2)
-    assert last_conv_layer(model).name == model.layers[2].name
+    model = build_model(ModelParams(), (16, 16, 1), 2)
+    assert last_conv_layer(model).name == model.layers[4].name  # standardize, conv, pool, conv
     dense = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="no convolutional layer"):
         last_conv_layer(dense)
@@ -26,12 +27,12 @@ def test_grad_cam_mass_sits_on_the_nodule(tmp_path):
     from pipeline.train import configure_determinism
 
     manifest = synthesize(tmp_path, n_patients=200, size=48, seed=11)
-    x = np.stack([load_image(tmp_path / p, 48) for p in manifest["path"]])[..., None]
+    x = np.stack([load_image(tmp_path / p, PreprocessParams(size=48)) for p in manifest["path"]])
     classes = ["normal", "nodule", "effusion"]
     y = manifest["label"].map(classes.index).to_numpy()
     test = manifest["patient_id"].str[1:].astype(int) % 5 == 0  # a fifth of the patients held out
     configure_determinism(0, True)
-    model = build_model("seed_cnn", (48, 48, 1), 3)
+    model = build_model(ModelParams(), (48, 48, 1), 3)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     weights = {c: len(y) / (3 * (y == c).sum()) for c in range(3)}
     model.fit(x[~test], y[~test], epochs=25, batch_size=32, class_weight=weights, verbose=0)

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from pipeline.config import ModelParams, PreprocessParams
 from pipeline.label import entropy, image_files, suggest
 from pipeline.model import build_model
 
@@ -13,9 +14,9 @@ def test_entropy():
 def test_suggestions_are_a_review_queue(tmp_path, tiny_data):
     files = image_files(tiny_data)[:6]
     (tmp_path / "broken.png").write_text("x")
-    model = build_model("seed_cnn", (32, 32, 1), 3)
+    model = build_model(ModelParams(), (32, 32, 1), 3)
     table = suggest(model, ["normal", "nodule", "effusion"], [*files, tmp_path / "broken.png"], tmp_path.parent,
-                    tmp_path / "cams")
+                    tmp_path / "cams", PreprocessParams(size=64))
     assert table["error"].iloc[0] == "not a decodable image (corrupt, truncated or not an image file)"
     readable = table.iloc[1:]
     assert readable["entropy"].is_monotonic_decreasing and set(readable["suggested_label"]) <= {

@@ -2,21 +2,54 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import Params, SplitRatios, Workspace
+import cv2
+
+from pipeline.config import ClaheParams, Params, PreprocessParams, SplitRatios, Workspace
 from pipeline.errors import DataError
-from pipeline.preprocess import leakage_groups, load_dataset, load_image, run_step, split_patients
+from pipeline.preprocess import (Shards, decode_uint8, enhance, fit_to_size, leakage_groups, load_image, load_split,
+                                 read_meta, run_step, split_patients)
 
 
 def test_load_image_resizes_and_scales(tiny_data):
-    img = load_image(next((tiny_data / "images/normal").glob("*.png")), 20)
-    assert img.shape == (20, 20) and img.dtype == np.float32 and 0.0 <= img.min() < img.max() <= 1.0
+    path = next((tiny_data / "images/normal").glob("*.png"))
+    img = load_image(path, PreprocessParams(size=20))
+    assert img.shape == (20, 20, 1) and img.dtype == np.float32 and 0.0 <= img.min() < img.max() <= 1.0
+    rgb = load_image(path, PreprocessParams(size=20, color="rgb"))
+    assert rgb.shape == (20, 20, 3) and np.allclose(rgb[..., 0], rgb[..., 2])
 
 
 def test_undecodable_image_names_the_file(tmp_path):
     bad = tmp_path / "x.png"
     bad.write_text("nope")
     with pytest.raises(DataError, match="x.png: not a decodable image"):
-        load_image(bad, 8)
+        load_image(bad, PreprocessParams(size=8))
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(DataError, match="empty.png: empty file"):
+        load_image(tmp_path / "empty.png", PreprocessParams(size=8))
+
+
+def test_sixteen_bit_png_is_scaled_not_truncated(tmp_path):
+    cv2.imwrite(str(tmp_path / "deep.png"), np.full((10, 10), 65535, np.uint16))
+    assert decode_uint8(tmp_path / "deep.png", "gray").max() == 255
+
+
+def test_fit_pads_crops_or_stretches():
+    img = np.full((20, 40), 200, np.uint8)  # wide: 20 rows, 40 columns
+    padded = fit_to_size(img, 20, "pad")
+    assert padded.shape == (20, 20) and padded[0].max() == 0 and padded[10].min() == 200  # black bars top/bottom
+    img[:, :10] = 0  # a dark band at the left edge is cut away by the centre crop
+    assert fit_to_size(img, 20, "crop").min() == 200
+    assert fit_to_size(img, 20, "stretch")[:, 0].max() == 0
+
+
+def test_clahe_lifts_contrast_and_denoising_smooths():
+    rng = np.random.default_rng(0)
+    flat = (120 + 10 * np.sin(np.linspace(0, 12, 64))[None, :] * np.ones((64, 1))).astype(np.uint8)
+    clahe = enhance(flat, PreprocessParams(clahe={"enabled": True, "clip_limit": 4.0}))
+    assert clahe.std() > 1.5 * flat.std()
+    noisy = np.clip(128 + rng.normal(0, 10, (64, 64)), 0, 255).astype(np.uint8)
+    for method in ("median", "bilateral", "nlmeans"):
+        assert enhance(noisy, PreprocessParams(denoise=method)).std() < 0.8 * noisy.std(), method
 
 
 def test_split_is_patient_grouped_stratified_and_seeded():
@@ -33,17 +66,41 @@ def test_split_is_patient_grouped_stratified_and_seeded():
     assert not split.equals(split_patients(manifest, SplitRatios(), seed=8))
 
 
-def test_run_step_writes_arrays_without_pickles(tmp_path, tiny_data):
+def _validated(tmp_path, tiny_data, **preprocess) -> tuple[Params, Workspace]:
     from pipeline import validate
 
-    params = Params.model_validate({"preprocess": {"size": 16}})
+    params = Params.model_validate({"preprocess": {"size": 16, **preprocess}})
     ws = Workspace(base=tmp_path, data_root=tiny_data, out=tmp_path / "out")
     assert validate.run_step(params, ws).success  # validation decides the split
+    return params, ws
+
+
+def test_run_step_writes_uint8_shards_and_train_statistics(tmp_path, tiny_data):
+    params, ws = _validated(tmp_path, tiny_data, shard_size=16)
     result = run_step(params, ws)
-    data = load_dataset(result.dataset)
-    assert data["x_train"].shape[1:] == (16, 16, 1) and data["classes"].dtype.kind == "U"
-    assert sum(result.split_sizes.values()) == len(pd.read_csv(tiny_data / "manifest.csv"))
-    assert len(data["y_test"]) == result.split_sizes["test"]
+    assert not result.cached and sum(result.split_sizes.values()) == len(pd.read_csv(tiny_data / "manifest.csv"))
+    train = Shards(result.folder, "train")
+    assert len(train.parts) == -(-len(train) // 16) > 1 and train.parts[0].dtype == np.uint8
+    x, y = load_split(result.folder, "train")
+    assert x.shape[1:] == (16, 16, 1) and x.dtype == np.float32 and len(y) == result.split_sizes["train"]
+    assert result.mean == pytest.approx(x.mean(), abs=1e-6) and result.std == pytest.approx(x.std(), abs=1e-5)
+    index = np.array([len(train) - 1, 0, 17, 3])
+    assert np.array_equal(train.take(index), train.read()[index])  # random access across shards
+    assert result.classes == ["normal", "nodule", "effusion"] and read_meta(result.folder)["classes"] == result.classes
+
+
+def test_unchanged_inputs_come_from_the_cache(tmp_path, tiny_data):
+    params, ws = _validated(tmp_path, tiny_data)
+    first = run_step(params, ws)
+    stamp = (first.folder / "meta.json").stat().st_mtime_ns
+    again = run_step(params, ws)
+    assert again.cached and again.key == first.key and (first.folder / "meta.json").stat().st_mtime_ns == stamp
+    changed = params.model_copy(update={"preprocess": params.preprocess.model_copy(
+        update={"clahe": ClaheParams(enabled=True)})})
+    redone = run_step(changed, ws)
+    assert not redone.cached and redone.key != first.key
+    (first.folder / "y_val.npy").unlink()  # a damaged cache is rebuilt, not trusted
+    assert not run_step(changed, ws).cached
 
 
 def test_images_shared_across_patients_are_grouped():

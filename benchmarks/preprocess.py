@@ -1,0 +1,81 @@
+"""Preprocess throughput: medpipe's preprocessing vs the seed's naive per-image loop, same 5,000 PNGs.
+
+The naive side is the seed's code, one image at a time: `cv2.imread` grayscale -> `cv2.resize` -> `/255`.
+medpipe's side does more per image: decode, aspect-preserving resize (area interpolation), CLAHE, uint8
+shards written to disk, and the unit normalisation applied to every shard. Both run in this process on
+the same files, alternating, best of `--repeats`.
+
+Prints one JSON object per line (see docs/benchmarks.md).
+Usage: python benchmarks/preprocess.py [--images 5000] [--source 256] [--size 64]
+"""
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.config import PreprocessParams
+from pipeline.data import synthesize
+from pipeline.preprocess import Shards, _decoder_pool, write_split
+
+
+def naive(paths: list[Path], size: int) -> np.ndarray:
+    """The seed's preprocessing, as written: one image at a time."""
+    images = []
+    for path in paths:
+        img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        img = cv2.resize(img, (size, size))
+        images.append(img / 255)
+    return np.array(images)
+
+
+def medpipe(paths: list[Path], out: Path, pp: PreprocessParams) -> np.ndarray:
+    """medpipe's preprocess of one split, then the unit normalisation of what it wrote."""
+    with _decoder_pool(pp.workers) as pool:
+        write_split(paths, np.zeros(len(paths), np.int64), "train", out, pp, pool)
+    return Shards(out, "train").read().astype(np.float32) / 255.0
+
+
+def best_of(repeats: int, fn) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--source", type=int, default=256, help="side of the generated chest PNGs")
+    parser.add_argument("--size", type=int, default=64, help="side after preprocessing")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = synthesize(Path(tmp) / "data", n_patients=args.images // 3 + 50, size=args.source, seed=3)
+        paths = [Path(tmp) / "data" / p for p in manifest["path"][: args.images]]
+        naive(paths, args.size)  # warm the page cache for both sides
+        t_naive = best_of(args.repeats, lambda: naive(paths, args.size))
+        figures = {}
+        for workers in (1, 0):
+            pp = PreprocessParams(size=args.size, clahe={"enabled": True}, workers=workers)
+            out = Path(tmp) / f"out{workers}"
+            out.mkdir()
+            figures[workers] = best_of(args.repeats, lambda: medpipe(paths, out, pp))
+    n = len(paths)
+    print(json.dumps({"bench": "preprocess", "images": n, "source_px": args.source, "size_px": args.size,
+                      "cpus": os.cpu_count(), "machine": platform.machine(),
+                      "medpipe_img_per_s": round(n / figures[0]), "medpipe_1_thread_img_per_s": round(n / figures[1]),
+                      "naive_img_per_s": round(n / t_naive), "throughput_ratio": round(t_naive / figures[0], 2),
+                      "one_thread_ratio": round(t_naive / figures[1], 2)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Training: the input pipeline, schedules, devices, and a resumed run ending where an uninterrupted one does."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import balance, preprocess, validate
+from pipeline.config import Params, TrainParams, Workspace
+from pipeline.train import configure_devices, learning_rate, run_step, train_dataset
+
+TRAIN = {"epochs": 4, "batch_size": 16, "min_epochs": 0, "patience": 10, "schedule": "cosine"}
+
+
+def _workspace(tmp_path, tiny_data, **sections) -> tuple[Params, Workspace]:
+    """A workspace with validate, preprocess and balance done on the tiny data; MLflow in tmp_path."""
+    raw = {"preprocess": {"size": 24}, "train": TRAIN,
+           "register": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifact_root": str(tmp_path / "art")},
+           **sections}
+    params = Params.model_validate(raw)
+    ws = Workspace(base=tmp_path, data_root=tiny_data, out=tmp_path / "out")
+    assert validate.run_step(params, ws).success
+    preprocess.run_step(params, ws)
+    balance.run_step(params, ws)
+    return params, ws
+
+
+def _batches(dataset, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(np.asarray(x), np.asarray(y)) for x, y in dataset.take(n)]
+
+
+def test_each_epoch_is_a_function_of_seed_and_epoch(tmp_path, tiny_data):
+    params, ws = _workspace(tmp_path, tiny_data)
+    shards = preprocess.Shards(ws.out / "preprocess", "train")
+    plan = balance.load_plan(ws.out / "balance" / "plan.npz")
+    tp, ap = params.train, params.balance.augment
+    full, steps = train_dataset(shards, plan, 3, tp, ap)
+    batches = _batches(full, 3 * steps)
+    assert sum(len(x) for x, _ in batches[:steps]) == len(plan[0])
+    first, second = (np.concatenate([y.argmax(1) for _, y in batches[e * steps:(e + 1) * steps]]) for e in (0, 1))
+    assert not np.array_equal(first, second) and np.array_equal(np.sort(first), np.sort(second))  # reshuffled
+    resumed, _ = train_dataset(shards, plan, 3, tp, ap, start_epoch=1)  # as after a restart at epoch 1
+    for (xa, ya), (xb, yb) in zip(batches[steps:], _batches(resumed, 2 * steps)):
+        assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+    streamed, _ = train_dataset(shards, plan, 3, tp.model_copy(update={"in_memory_mb": 0}), ap)
+    for (xa, _), (xb, _) in zip(batches, _batches(streamed, 3 * steps)):
+        assert np.array_equal(xa, xb)  # memory-mapped shards give the very same batches
+
+
+def test_schedules():
+    cosine = learning_rate(TrainParams(schedule="cosine", epochs=10, learning_rate=0.1), steps_per_epoch=5)
+    assert float(cosine(0)) == pytest.approx(0.1) and float(cosine(50)) == pytest.approx(0.0, abs=1e-6)
+    step = learning_rate(TrainParams(schedule="step", step_epochs=2, step_gamma=0.5, learning_rate=0.1), 5)
+    assert [round(float(step(s)), 6) for s in (0, 9, 10, 19, 20)] == [0.1, 0.1, 0.05, 0.05, 0.025]
+    assert learning_rate(TrainParams(), 5) == 1e-3
+
+
+def test_cpu_gets_the_default_strategy_and_float32():
+    import keras
+    import tensorflow as tf
+
+    strategy, mixed = configure_devices(TrainParams())
+    assert not mixed and keras.mixed_precision.global_policy().name == "float32"
+    assert not isinstance(strategy, tf.distribute.MirroredStrategy)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_after(epochs: int):
+    import keras
+
+    class Kill(keras.callbacks.Callback):  # stands in for Ctrl-C or a lost machine after a checkpoint
+        def on_epoch_end(self, epoch: int, logs=None) -> None:
+            if epoch + 1 == epochs:
+                raise _Interrupt(f"interrupted after epoch {epochs}")
+
+    return Kill()
+
+
+@pytest.mark.slow
+def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, tiny_data):
+    import mlflow
+
+    model = {"name": "resnet_small", "dropout": 0.3}  # batch norm, dropout, augmentation, cosine schedule
+    params, ws = _workspace(tmp_path / "a", tiny_data, model=model)
+    whole = run_step(params, ws)
+    history = json.loads((ws.out / "train" / "history.json").read_text())
+
+    params, ws = _workspace(tmp_path / "b", tiny_data, model=model)
+    with pytest.raises(_Interrupt):
+        run_step(params, ws, callbacks=(_interrupt_after(2),))
+    assert json.loads((ws.out / "checkpoint" / "progress.json").read_text())["epoch"] == 2
+    resumed = run_step(params, ws, resume=True)
+    assert resumed.resumed_from == 2 and resumed.epochs_run == whole.epochs_run == 4
+    assert resumed.weights_sha256 == whole.weights_sha256
+    assert json.loads((ws.out / "train" / "history.json").read_text()) == history
+    assert not (ws.out / "checkpoint").exists()
+    client = mlflow.MlflowClient(tracking_uri=params.register_.tracking_uri)
+    run = client.get_run(resumed.run_id)  # one MLflow run, continued, with the whole curve
+    assert run.info.status == "FINISHED" and len(client.search_runs([run.info.experiment_id])) == 1
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_roc_auc")] == [0, 1, 2, 3]
