@@ -72,11 +72,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--workdir", type=Path, help="keep the project here (and reuse its generated data)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        project = Path(tmp)
+        project = args.workdir.resolve() if args.workdir else Path(tmp)
         start = time.perf_counter()
-        make_data(project / "data", args.images, args.size)
+        if not (project / "data" / "manifest.csv").is_file():
+            make_data(project / "data", args.images, args.size)
         generated = round(time.perf_counter() - start, 1)
         params = write_params(project, args.size)
         steps = {step: run_stage(step, params) for step in ("validate", "preprocess", "balance", "train")}

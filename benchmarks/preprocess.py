@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.config import PreprocessParams
 from pipeline.data import synthesize
-from pipeline.preprocess import Shards, _decoder_pool, write_split
+from pipeline.preprocess import _decoder_pool, write_split
 
 
 def naive(paths: list[Path], size: int) -> np.ndarray:
@@ -38,8 +38,8 @@ def naive(paths: list[Path], size: int) -> np.ndarray:
 def medpipe(paths: list[Path], out: Path, pp: PreprocessParams) -> np.ndarray:
     """medpipe's preprocess of one split, then the unit normalisation of what it wrote."""
     with _decoder_pool(pp.workers) as pool:
-        write_split(paths, np.zeros(len(paths), np.int64), "train", out, pp, pool)
-    return Shards(out, "train").read().astype(np.float32) / 255.0
+        entry = write_split(paths, np.zeros(len(paths), np.int64), "train", out, pp, pool)
+    return np.concatenate([np.load(out / f) for f in entry["shards"]]).astype(np.float32) / 255.0
 
 
 def best_of(repeats: int, fn) -> float:

@@ -148,6 +148,30 @@ def explain(image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG or
                       "explanation": str(out)}))  # one JSON line, unwrapped, for scripts
 
 
+@app.command()
+def predict(images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG or DICOM).")],
+            model: Annotated[str, typer.Option(help="Registered model: models:/NAME/VERSION, models:/NAME@ALIAS "
+                                               "or models:/NAME/latest.")] = "models:/medpipe-classifier@champion",
+            params: ParamsOpt = Path("params.yaml")) -> None:
+    """Classify images with a registered model; print JSON: label and class probabilities per image."""
+    import json
+
+    import numpy as np
+
+    from pipeline.config import load_params
+    from pipeline.preprocess import prepare_image
+    from pipeline.registry import load_classifier
+
+    p = load_params(params)
+    classifier, version = load_classifier(model, p.register_, params.resolve().parent)
+    x = np.stack([prepare_image(path, classifier.pp) for path in images]).astype(np.float32) / 255.0
+    proba = np.asarray(classifier.model.predict(x, verbose=0), dtype=np.float64)
+    rows = [{"image": str(path), "label": classifier.classes[int(pr.argmax())],
+             "probabilities": {c: round(float(v), 4) for c, v in zip(classifier.classes, pr)}}
+            for path, pr in zip(images, proba)]
+    print(json.dumps({"model": model, "version": version, "predictions": rows}, indent=2))
+
+
 @label_app.command("suggest")
 def label_suggest(images: Annotated[Path, typer.Option(help="Folder of unlabelled images (searched recursively).")],
                   model: Annotated[str, typer.Option(help="Registered model URI.")]

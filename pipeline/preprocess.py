@@ -8,6 +8,7 @@ serving apply the very same one; this step only measures the train statistics it
 
 import hashlib
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Params, PreprocessParams, SplitRatios, Workspace
-from pipeline.imageio import read_image
+from pipeline.imageio import read_dicom, read_image
 
 SPLITS = ("train", "val", "test")
 CODE_VERSION = "2"  # part of the cache key: bump whenever the pixel transform changes
@@ -39,25 +40,38 @@ class PreprocessResult:
     std: float
 
 
-def decode_uint8(path: Path, color: str) -> np.ndarray:
+def decode_uint8(path: Path, color: str, data: bytes | None = None) -> np.ndarray:
     """Decode PNG/JPEG (8 or 16 bit) or DICOM into uint8, (H, W) gray or (H, W, 3) RGB.
 
+    `data`: the file's bytes when already in hand (e.g. a served request; `path` then only names it).
     OpenCV decodes rasters straight to the wanted colour; DICOM (and any file OpenCV refuses, to get
     the precise one-line error) goes through pipeline.imageio.
     """
-    if path.suffix.lower() != ".dcm" and path.is_file():
-        data = np.fromfile(path, np.uint8)
+    dicom = path.suffix.lower() == ".dcm" or (data is not None and data[128:132] == b"DICM")
+    if not dicom and (data is not None or path.is_file()):
+        buf = np.frombuffer(data, np.uint8) if data is not None else np.fromfile(path, np.uint8)
         flags = cv2.IMREAD_ANYDEPTH | (cv2.IMREAD_GRAYSCALE if color == "gray" else cv2.IMREAD_COLOR)
-        raw = cv2.imdecode(data, flags) if data.size else None
+        raw = cv2.imdecode(buf, flags) if buf.size else None
         if raw is not None and raw.size and raw.dtype in (np.uint8, np.uint16):
             raw = raw if raw.dtype == np.uint8 else np.round(raw / 257.0).astype(np.uint8)
             return raw if color == "gray" else cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
-    pixels = read_image(path).pixels
+    pixels = (read_dicom(path, b"", data) if dicom and data is not None else read_image(path, data=data)).pixels
+    return pixels_to_uint8(pixels, color)
+
+
+def pixels_to_uint8(pixels: np.ndarray, color: str) -> np.ndarray:
+    """Pixels in [0, 1] (float) or uint8/uint16, (H, W) or (H, W, 1|3|4), to uint8 in the wanted colour."""
+    if pixels.dtype == np.uint16:
+        pixels = pixels / 65535.0
+    if pixels.dtype != np.uint8:
+        pixels = np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if pixels.ndim == 3 and pixels.shape[2] in (1, 4):
+        pixels = pixels[:, :, 0] if pixels.shape[2] == 1 else cv2.cvtColor(pixels, cv2.COLOR_RGBA2RGB)
     if color == "gray" and pixels.ndim == 3:
-        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
-    elif color == "rgb" and pixels.ndim == 2:
-        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
-    return np.round(pixels * 255.0).astype(np.uint8)
+        return cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
+    if color == "rgb" and pixels.ndim == 2:
+        return np.repeat(pixels[:, :, None], 3, axis=2)
+    return pixels
 
 
 def fit_to_size(img: np.ndarray, size: int, fit: str) -> np.ndarray:
@@ -95,9 +109,14 @@ def enhance(img: np.ndarray, pp: PreprocessParams) -> np.ndarray:
     return img
 
 
-def prepare_image(path: Path, pp: PreprocessParams) -> np.ndarray:
-    """One image as the model's input pixels: uint8 (size, size, channels)."""
-    img = enhance(fit_to_size(decode_uint8(path, pp.color), pp.size, pp.fit), pp)
+def prepare_image(path: Path, pp: PreprocessParams, data: bytes | None = None) -> np.ndarray:
+    """One image file (or its bytes) as the model's input pixels: uint8 (size, size, channels)."""
+    return prepare_pixels(decode_uint8(path, pp.color, data), pp)
+
+
+def prepare_pixels(img: np.ndarray, pp: PreprocessParams) -> np.ndarray:
+    """Decoded uint8 pixels in the wanted colour to the model's input pixels: fit, denoise, CLAHE."""
+    img = enhance(fit_to_size(img, pp.size, pp.fit), pp)
     return img[:, :, None] if img.ndim == 2 else img
 
 
@@ -172,8 +191,6 @@ def is_current(folder: Path, key: str) -> bool:
 @contextmanager
 def _decoder_pool(workers: int):
     """Threads for decoding (OpenCV releases the GIL); OpenCV's own threads off meanwhile."""
-    import os
-
     before = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
@@ -183,13 +200,26 @@ def _decoder_pool(workers: int):
         cv2.setNumThreads(before)
 
 
+def prepare_many(paths: list[Path], pp: PreprocessParams, pool: ThreadPoolExecutor) -> np.ndarray:
+    """Prepare images into one uint8 array, each thread filling a contiguous run of rows."""
+    x = np.empty((len(paths), pp.size, pp.size, pp.channels), dtype=np.uint8)
+
+    def fill(rows: range) -> None:
+        for i in rows:
+            x[i] = prepare_image(paths[i], pp)
+
+    runs = max(1, min(len(paths), 64))  # a few per thread: balanced, with little hand-over cost
+    list(pool.map(fill, (range(len(paths))[k::runs] for k in range(runs))))
+    return x
+
+
 def write_split(paths: list[Path], labels: np.ndarray, name: str, folder: Path, pp: PreprocessParams,
                 pool: ThreadPoolExecutor) -> dict:
     """Prepare one split shard by shard (memory stays bounded by one shard); return its meta entry
     with the pixel sum and sum of squares on the [0, 1] scale (for the data-set statistics)."""
     shards, total, squares = [], 0.0, 0.0
     for i, start in enumerate(range(0, len(paths), pp.shard_size)):
-        x = np.stack(list(pool.map(lambda p: prepare_image(p, pp), paths[start:start + pp.shard_size])))
+        x = prepare_many(paths[start:start + pp.shard_size], pp, pool)
         np.save(folder / f"x_{name}_{i:05d}.npy", x)
         shards.append(f"x_{name}_{i:05d}.npy")
         counts = np.bincount(x.ravel(), minlength=256)  # exact sums without a float copy of the shard
@@ -229,19 +259,38 @@ def _result(folder: Path, cached: bool) -> PreprocessResult:
     return PreprocessResult(folder, sizes, meta["classes"], meta["key"], cached, meta["mean"], meta["std"])
 
 
+def _npy_layout(path: Path) -> tuple[tuple[int, ...], int]:
+    """Shape and data offset of a C-ordered uint8 .npy file, from its header."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        if fortran or dtype != np.uint8:
+            raise ValueError(f"{path}: not a C-ordered uint8 shard")
+        return shape, f.tell()
+
+
 class Shards:
-    """One split's uint8 shards, memory-mapped: random access to any images without loading them all."""
+    """One split's uint8 shards: any images by positioned file reads (no memory map, so a split of any
+    size never counts toward the process's memory), or the whole split at once."""
 
     def __init__(self, folder: Path, split: str) -> None:
         meta = read_meta(folder)
         entry = meta["splits"][split]
-        self.parts = [np.load(folder / f, mmap_mode="r", allow_pickle=False) for f in entry["shards"]]
+        self.files = [folder / f for f in entry["shards"]]
         self.shape = (meta["size"], meta["size"], meta["channels"])
-        self.ends = np.cumsum([len(p) for p in self.parts], dtype=np.int64)
+        layouts = [_npy_layout(f) for f in self.files]
+        self.offsets = [offset for _, offset in layouts]
+        self.ends = np.cumsum([shape[0] for shape, _ in layouts], dtype=np.int64)
         self.labels = np.load(folder / entry["labels"], allow_pickle=False)
+        self._fds: dict[int, int] = {}
 
     def __len__(self) -> int:
         return int(self.ends[-1]) if len(self.ends) else 0
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_fds", {}).values():
+            os.close(fd)
 
     @property
     def nbytes(self) -> int:
@@ -251,17 +300,20 @@ class Shards:
     def take(self, index: np.ndarray) -> np.ndarray:
         """The images at these positions, uint8 (len(index), size, size, channels)."""
         index = np.asarray(index, dtype=np.int64)
-        out = np.empty((len(index), *self.shape), dtype=np.uint8)
+        row = int(np.prod(self.shape))
         part = np.searchsorted(self.ends, index, side="right")
-        for p in np.unique(part):
-            rows = part == p
-            start = self.ends[p - 1] if p else 0
-            out[rows] = self.parts[p][index[rows] - start]
-        return out
+        starts = np.concatenate([[0], self.ends[:-1]])
+        chunks = []
+        for p, i in zip(part.tolist(), (index - starts[part]).tolist()):
+            if p not in self._fds:
+                self._fds[p] = os.open(self.files[p], os.O_RDONLY)
+            chunks.append(os.pread(self._fds[p], row, self.offsets[p] + i * row))
+        return np.frombuffer(b"".join(chunks), dtype=np.uint8).reshape(len(index), *self.shape)
 
     def read(self) -> np.ndarray:
         """The whole split in memory, uint8."""
-        return np.concatenate(self.parts) if self.parts else np.zeros((0, *self.shape), dtype=np.uint8)
+        parts = [np.load(f, allow_pickle=False) for f in self.files]
+        return np.concatenate(parts) if parts else np.zeros((0, *self.shape), dtype=np.uint8)
 
 
 def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -50,12 +50,10 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, pp: P
 
 
 def _version_metrics(name: str, version: int, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    import mlflow
-
-    import pipeline.model  # noqa: F401  (registers the custom layers the model uses)
     from pipeline.evaluate import classification_metrics, predict
+    from pipeline.registry import load_keras
 
-    model = mlflow.keras.load_model(f"models:/{name}/{version}")
+    model = load_keras(f"models:/{name}/{version}")
     return classification_metrics(y, predict(model, x))
 
 

@@ -50,30 +50,43 @@ def pip_requirements() -> list[str]:
 
     import tensorflow as tf
 
-    return [f"mlflow=={version('mlflow')}", f"keras=={version('keras')}",
-            f"tensorflow=={tf.__version__}", f"numpy=={version('numpy')}"]
+    packages = ("mlflow", "keras", "numpy", "pandas", "opencv-python-headless", "pydicom", "pydantic", "pyyaml")
+    return [f"tensorflow=={tf.__version__}", *(f"{p}=={version(p)}" for p in packages)]
+
+
+def describe(params: Params, meta: dict, tags: dict[str, str]) -> str:
+    """The model version's description: what it takes, what it says, where it came from."""
+    pp = params.preprocess
+    metrics = ", ".join(f"{k.removeprefix('medpipe.')} {v}" for k, v in tags.items()
+                        if k.removeprefix("medpipe.") in ("accuracy", "balanced_accuracy", "roc_auc"))
+    return (f"{params.model.name} classifying {', '.join(meta['classes'])}. Input: raw PNG/JPEG/DICOM images (bytes or "
+            f"base64 in column 'image') or pixel arrays; preprocessed as trained ({pp.color}, {pp.size}x{pp.size}, "
+            f"fit {pp.fit}, CLAHE {'on' if pp.clahe.enabled else 'off'}, denoise {pp.denoise}, normalise "
+            f"{pp.normalize}). Output: label and class probabilities. Test: {metrics or 'n/a'}. "
+            f"Data md5 {tags.get('medpipe.data_md5', '?')}, git {tags.get('medpipe.git_commit', '?')[:12]}.")
 
 
 def register_model(params: Params, ws: Workspace, run_id: str, tags: dict[str, str]) -> RegisterResult:
-    """Log outputs/train/model.keras to the run and register it as a new model version."""
+    """Log outputs/train/model.keras with its preprocessing as a raw-image pyfunc and register a new version."""
+    import cv2
     import mlflow
-    from mlflow.models import infer_signature
 
-    from pipeline.model import load_model
-    from pipeline.preprocess import load_split
+    from pipeline.preprocess import Shards, read_meta
+    from pipeline.serving import log_pyfunc
 
-    reg = params.register_
+    reg, meta = params.register_, read_meta(ws.out / "preprocess")
     setup_tracking(reg, ws.base)
-    model = load_model(ws.out / "train" / "model.keras")
-    x = load_split(ws.out / "preprocess", "test")[0][:2]
-    signature = infer_signature(x, model.predict(x, verbose=0))
+    test = Shards(ws.out / "preprocess", "test")
+    example = cv2.imencode(".png", test.take([0])[0])[1].tobytes()  # preprocessed pixels: no DICOM header
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.keras.log_model(model, name="model", signature=signature,
-                                      pip_requirements=pip_requirements(), registered_model_name=reg.model_name)
+        info = log_pyfunc(ws.out / "train" / "model.keras", meta["classes"], params.preprocess, example,
+                          ws.step_dir("register"), pip_requirements=pip_requirements(),
+                          registered_model_name=reg.model_name)
     version = int(info.registered_model_version)
     client = mlflow.MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(reg.model_name, str(version), key, value)
+    client.update_model_version(reg.model_name, str(version), description=describe(params, meta, tags))
     return RegisterResult(reg.model_name, version, run_id, f"models:/{reg.model_name}/{version}")
 
 
@@ -96,9 +109,8 @@ def run_step(params: Params, ws: Workspace) -> RegisterResult:
     return result
 
 
-def load_registered(uri: str, reg: RegisterParams, base: Path):
-    """A registered Keras model and its class names from `models:/NAME/VERSION`, `models:/NAME@ALIAS`
-    or `models:/NAME/latest`."""
+def find_version(uri: str, reg: RegisterParams, base: Path):
+    """The registry's ModelVersion for `models:/NAME/VERSION`, `models:/NAME@ALIAS` or `models:/NAME/latest`."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -109,14 +121,32 @@ def load_registered(uri: str, reg: RegisterParams, base: Path):
     name, _, ref = uri.removeprefix("models:/").replace("@", "/@").partition("/")
     try:
         if ref.startswith("@"):
-            version = client.get_model_version_by_alias(name, ref[1:])
-        elif ref in ("", "latest"):
-            version = max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
-        else:
-            version = client.get_model_version(name, ref)
+            return client.get_model_version_by_alias(name, ref[1:])
+        if ref in ("", "latest"):
+            return max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+        return client.get_model_version(name, ref)
     except (MlflowException, ValueError):
         raise MedpipeError(uri, "no such registered model version") from None
-    import pipeline.model  # noqa: F401  (registers the custom layers the model uses)
 
-    model = mlflow.keras.load_model(f"models:/{name}/{version.version}")
-    return model, json.loads(version.tags.get("medpipe.classes", "[]")), int(version.version)
+
+def load_classifier(uri: str, reg: RegisterParams, base: Path):
+    """The raw-image classifier behind a registered version (its Keras `.model`, `.classes`, `.pp`),
+    and the version number."""
+    import mlflow
+
+    version = find_version(uri, reg, base)
+    model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}").unwrap_python_model()
+    return model, int(version.version)
+
+
+def load_registered(uri: str, reg: RegisterParams, base: Path):
+    """A registered version's Keras model, class names and version number."""
+    classifier, version = load_classifier(uri, reg, base)
+    return classifier.model, classifier.classes, version
+
+
+def load_keras(uri: str):
+    """The Keras model inside a registered raw-image pyfunc (for Grad-CAM and the promotion gate)."""
+    import mlflow
+
+    return mlflow.pyfunc.load_model(uri).unwrap_python_model().model

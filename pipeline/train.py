@@ -131,7 +131,7 @@ def macro_roc_auc(y: np.ndarray, proba: np.ndarray) -> float:
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
-def predict_uint8(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
+def predict_uint8(model, x: np.ndarray, batch: int = 128) -> np.ndarray:
     """Class probabilities for uint8 images, batch by batch (memory stays small), float64."""
     parts = [np.asarray(model(x[i:i + batch].astype(np.float32) / 255.0, training=False), dtype=np.float64)
              for i in range(0, len(x), batch)]

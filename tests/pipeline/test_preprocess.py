@@ -80,7 +80,7 @@ def test_run_step_writes_uint8_shards_and_train_statistics(tmp_path, tiny_data):
     result = run_step(params, ws)
     assert not result.cached and sum(result.split_sizes.values()) == len(pd.read_csv(tiny_data / "manifest.csv"))
     train = Shards(result.folder, "train")
-    assert len(train.parts) == -(-len(train) // 16) > 1 and train.parts[0].dtype == np.uint8
+    assert len(train.files) == -(-len(train) // 16) > 1 and train.take([0]).dtype == np.uint8
     x, y = load_split(result.folder, "train")
     assert x.shape[1:] == (16, 16, 1) and x.dtype == np.float32 and len(y) == result.split_sizes["train"]
     assert result.mean == pytest.approx(x.mean(), abs=1e-6) and result.std == pytest.approx(x.std(), abs=1e-5)

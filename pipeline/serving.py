@@ -1,0 +1,112 @@
+"""Serving: the registered model as an MLflow pyfunc that takes raw images and returns labels.
+
+Input: a DataFrame with an `image` column whose cells are encoded PNG/JPEG/DICOM bytes, base64
+strings of them, or pixel arrays ((H, W) or (H, W, C); uint8, uint16, or floats in [0, 1]); a bare
+list or array of such cells works too. Each image goes through the very preprocessing the model was
+trained with (stored beside it), then the model (whose first layer normalises). Output: one row per
+image, `label` and the probability of each class. A bad image is a 400 naming the row and the reason.
+"""
+
+import base64
+import binascii
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import PreprocessParams
+from pipeline.errors import MedpipeError
+
+INPUT_COLUMN = "image"
+
+
+def _pixels_or_bytes(cell, row: int) -> bytes | np.ndarray:
+    """A cell as encoded bytes (base64 decoded when a string) or as a pixel array."""
+    if isinstance(cell, (bytes, bytearray, memoryview)):
+        return bytes(cell)
+    if isinstance(cell, str):
+        try:
+            return base64.b64decode(cell, validate=True)
+        except (binascii.Error, ValueError):
+            raise MedpipeError(f"image[{row}]", "a string must be a base64-encoded PNG, JPEG or DICOM file") from None
+    pixels = np.asarray(cell)
+    if pixels.dtype == object or pixels.ndim not in (2, 3) or pixels.dtype.kind not in "uif":
+        raise MedpipeError(f"image[{row}]", f"expected image bytes, base64 or an (H, W[, C]) pixel array, "
+                                            f"got {type(cell).__name__} of shape {pixels.shape}")
+    return pixels
+
+
+def model_input(cell, row: int, pp: PreprocessParams) -> np.ndarray:
+    """One cell as a model input: float32 (size, size, channels) in [0, 1]."""
+    from pipeline.preprocess import pixels_to_uint8, prepare_image, prepare_pixels
+
+    value = _pixels_or_bytes(cell, row)
+    if isinstance(value, bytes):
+        return prepare_image(Path(f"image[{row}]"), pp, data=value).astype(np.float32) / 255.0
+    if value.dtype.kind in "iu" and value.dtype != np.uint8:
+        value = value.astype(np.uint16)
+    elif value.dtype.kind == "f":
+        value = value.astype(np.float32)
+    return prepare_pixels(pixels_to_uint8(value, pp.color), pp).astype(np.float32) / 255.0
+
+
+def cells(data) -> list:
+    """The image cells of a pyfunc input: the `image` column of a DataFrame, or a list/array of images."""
+    if isinstance(data, pd.DataFrame):
+        if INPUT_COLUMN not in data.columns:
+            raise MedpipeError("input", f"expected a column named '{INPUT_COLUMN}', got {list(data.columns)}")
+        return list(data[INPUT_COLUMN])
+    if isinstance(data, dict) and INPUT_COLUMN in data:
+        return list(data[INPUT_COLUMN])
+    return list(data)
+
+
+def predict_table(model, classes: list[str], images: list, pp: PreprocessParams) -> pd.DataFrame:
+    """Labels and class probabilities of raw images."""
+    x = np.stack([model_input(cell, i, pp) for i, cell in enumerate(images)]) if images else np.zeros((0,))
+    proba = np.asarray(model.predict(x, verbose=0), dtype=np.float64) if len(x) else np.zeros((0, len(classes)))
+    return pd.DataFrame({"label": [classes[i] for i in proba.argmax(axis=1)],
+                         **{c: proba[:, i] for i, c in enumerate(classes)}})
+
+
+def _pyfunc_class():
+    import mlflow
+
+    class RawImageClassifier(mlflow.pyfunc.PythonModel):
+        """medpipe's Keras model with its preprocessing: raw images in, labels and probabilities out."""
+
+        def load_context(self, context) -> None:
+            from pipeline.model import load_model
+
+            self.model = load_model(Path(context.artifacts["keras_model"]))
+            config = json.loads(Path(context.artifacts["config"]).read_text())
+            self.classes, self.pp = config["classes"], PreprocessParams.model_validate(config["preprocess"])
+
+        def predict(self, context, model_input, params=None) -> pd.DataFrame:
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+            try:
+                return predict_table(self.model, self.classes, cells(model_input), self.pp)
+            except MedpipeError as err:  # a bad image is the caller's error: HTTP 400 with the reason
+                raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+
+    return RawImageClassifier
+
+
+def log_pyfunc(keras_path: Path, classes: list[str], pp: PreprocessParams, example: bytes, workdir: Path, **kwargs):
+    """Log the model as a raw-image pyfunc (keras file, preprocessing, code) to the active run."""
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+
+    config = workdir / "serving.json"
+    config.write_text(json.dumps({"classes": classes, "preprocess": pp.model_dump(mode="json")}, indent=2))
+    signature = ModelSignature(Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
+                               Schema([ColSpec(DataType.string, "label"),
+                                       *[ColSpec(DataType.double, c) for c in classes]]))
+    return mlflow.pyfunc.log_model(name="model", python_model=_pyfunc_class()(),
+                                   artifacts={"keras_model": str(keras_path), "config": str(config)},
+                                   code_paths=[str(Path(__file__).parent)], signature=signature,
+                                   input_example=pd.DataFrame({INPUT_COLUMN: [example]}), **kwargs)

@@ -1,0 +1,79 @@
+"""The registered model served by a real `mlflow models serve` on 127.0.0.1: raw images in, labels out."""
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_served_champion_takes_raw_images(prefect_harness, project):
+    from flows.training import training_flow
+
+    summary = training_flow(params_file=str(project / "params.yaml"))
+    port, bin_dir = _free_port(), Path(sys.executable).parent
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project}/mlflow/mlflow.db",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/medpipe-classifier@champion",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=project,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(180):
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                time.sleep(1)
+        path = project / "data" / pd.read_csv(project / "data/manifest.csv")["path"][0]
+        png = base64.b64encode(path.read_bytes()).decode()
+        status, answer = _post(f"{url}/invocations",
+                               json.dumps({"dataframe_split": {"columns": ["image"], "data": [[png], [png]]}}).encode())
+        assert status == 200, answer
+        rows = answer["predictions"]
+        assert len(rows) == 2 and rows[0]["label"] in ("normal", "nodule", "effusion")
+        assert sum(rows[0][c] for c in ("normal", "nodule", "effusion")) == pytest.approx(1, abs=1e-5)
+        done = subprocess.run([str(bin_dir / "medpipe"), "predict", str(path), "--params", str(project / "params.yaml")],
+                              capture_output=True, text=True, timeout=300)  # the CLI says the same as the server
+        local = json.loads(done.stdout)
+        assert local["version"] == summary.version and local["predictions"][0]["label"] == rows[0]["label"]
+        assert np.allclose(list(local["predictions"][0]["probabilities"].values()),
+                           [rows[0][c] for c in ("normal", "nodule", "effusion")], atol=1e-4)
+
+        bad = base64.b64encode(b"not an image").decode()
+        status, answer = _post(f"{url}/invocations",
+                               json.dumps({"dataframe_split": {"columns": ["image"], "data": [[bad]]}}).encode())
+        assert status == 400 and "image[0]: not a decodable image" in answer["message"]
+        status, answer = _post(f"{url}/invocations", b"this is not json")
+        assert status == 400 and "valid JSON" in answer["message"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
