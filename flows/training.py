@@ -7,9 +7,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
-from pipeline import balance, evaluate, lineage, preprocess, promote, registry, train, validate
+from flows.promotion import promotion_flow
+from pipeline import balance, evaluate, lineage, preprocess, registry, train, validate
 from pipeline.config import Params, Workspace, load_params
-from pipeline.summary import TrainingSummary
+from pipeline.lock import project_lock
+from pipeline.summary import TrainingSummary, UpToDate
 
 
 def _step(module, name: str):
@@ -31,16 +33,31 @@ balance_task = _step(balance, "balance")
 train_task = _step(train, "train")
 evaluate_task = _step(evaluate, "evaluate")
 register_task = _step(registry, "register")
-promote_task = _step(promote, "promote")
 record_dvc_task = task(lineage.record_dvc_outputs, name="record-dvc-outputs", cache_policy=NO_CACHE)
+up_to_date_task = task(lineage.up_to_date, name="up-to-date", cache_policy=NO_CACHE)
 
 
 @flow(name="medpipe-training", log_prints=True)
 def training_flow(params_file: str = "params.yaml", data: str | None = None,
-                  overrides: dict[str, str] | None = None, resume: bool = False) -> TrainingSummary:
-    """Train, evaluate and register a classifier; stop before preprocessing if the data are invalid."""
+                  overrides: dict[str, str] | None = None, resume: bool = False,
+                  force: bool = False) -> TrainingSummary | UpToDate:
+    """Train, evaluate, register and gate a classifier; stop before preprocessing if the data are invalid,
+    and train nothing if the newest model already came from this data, params and code (unless `force`).
+    One run at a time per project: a second one waits for the first."""
     params: Params = load_params(Path(params_file), overrides)
     ws = Workspace.create(params, Path(params_file), Path(data) if data else None)
+    with project_lock(ws.base):
+        version = None if force else up_to_date_task(params, ws)
+        if version is not None:
+            done = UpToDate(params.register_.model_name, version)
+            create_markdown_artifact(done.message(), key="medpipe-training-summary", description="nothing to retrain")
+            print(done.message())
+            return done
+        return _train_and_promote(params, ws, params_file, overrides, resume)
+
+
+def _train_and_promote(params: Params, ws: Workspace, params_file: str, overrides: dict[str, str] | None,
+                       resume: bool) -> TrainingSummary:
     report = validate_task(params, ws)
     create_markdown_artifact(Path(report.report_md).read_text(), key="medpipe-data-validation",
                              description=f"data validation of {ws.data_root.name}: {report.summary()}")
@@ -53,9 +70,7 @@ def training_flow(params_file: str = "params.yaml", data: str | None = None,
     create_markdown_artifact((ws.out / "evaluate" / "report.md").read_text(), key="medpipe-evaluation",
                              description="test and validation metrics with 95% intervals (figures in MLflow)")
     registered = register_task(params, ws)
-    decision = promote_task(params, ws)
-    create_markdown_artifact(f"# Promotion of version {decision.version}: {decision.alias}\n\n"
-                             + "\n".join(f"- {r}" for r in decision.reasons), key="medpipe-promotion")
+    decision = promotion_flow(params, ws, registered.version)
     print(record_dvc_task(params, ws, Path(params_file), overrides))
     summary = TrainingSummary.collect(params, ws, prepared, balanced, trained, evaluated, registered, decision)
     create_markdown_artifact(summary.markdown(), key="medpipe-training-summary",

@@ -49,8 +49,9 @@ def run(data: Annotated[Optional[Path], typer.Option(help="Data root holding man
                                                      "(default: params data.root).")] = None,
         params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
         resume: Annotated[bool, typer.Option(help="Continue an interrupted training run from its last "
-                                             "checkpoint (same data and params give the same result).")] = False
-        ) -> None:
+                                             "checkpoint (same data and params give the same result).")] = False,
+        force: Annotated[bool, typer.Option(help="Train even if the newest model already came from this data, "
+                                            "params and code.")] = False) -> None:
     """Run the whole training flow (Prefect): validate, preprocess, balance, train, evaluate, register, promote."""
     from pipeline.config import load_params
 
@@ -59,7 +60,7 @@ def run(data: Annotated[Optional[Path], typer.Option(help="Data root holding man
     from flows.training import training_flow
 
     state = training_flow(params_file=str(params), data=str(data) if data else None, overrides=overrides,
-                          resume=resume, return_state=True)
+                          resume=resume, force=force, return_state=True)
     if state.is_failed():
         err_console.print(f"error: {state.message}", markup=False, soft_wrap=True)
         raise typer.Exit(1)
@@ -67,6 +68,9 @@ def run(data: Annotated[Optional[Path], typer.Option(help="Data root holding man
 
 
 def _print_summary(summary) -> None:
+    if not hasattr(summary, "run_id"):  # UpToDate: nothing was trained
+        console.print(summary.message(), soft_wrap=True)
+        return
     table = Table(title=f"{summary.model_name} version {summary.version}", show_header=False)
     table.add_row("MLflow run", summary.run_id)
     table.add_row("data md5", summary.data_md5)
@@ -208,6 +212,32 @@ def promote(version: Annotated[int, typer.Option(help="Model version to gate.")]
     decision = gate.promote(p, Workspace.create(p, params), version, force)
     console.print(f"version {version}: {decision.alias}" + (" (forced)" if decision.forced and decision.promoted else "")
                   + f" — {'; '.join(decision.reasons)}; aliases {decision.aliases}", soft_wrap=True)
+
+
+@app.command()
+def reproduce(version: Annotated[int, typer.Option(help="Registered model version to rebuild.")],
+              params: ParamsOpt = Path("params.yaml"),
+              keep: Annotated[Optional[Path], typer.Option(help="Rebuild in this (empty) folder and keep it, "
+                                                           "instead of a temporary one.")] = None) -> None:
+    """Rebuild a model version from its lineage (git commit, DVC data version, params) and check that
+    weights and metrics are identical; exit 0 if they are, 1 with the differences if not."""
+    from pipeline.config import Workspace, load_params
+    from pipeline.reproduce import reproduce as rebuild
+
+    p = load_params(params)
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+    result = rebuild(p, Workspace.create(p, params), version, keep.resolve() if keep else None)
+    for note in result.notes:
+        console.print(f"note: {note}", soft_wrap=True)
+    console.print(f"version {version} rebuilt from commit {result.commit[:12]}: weights "
+                  f"{'identical' if result.same_weights else 'DIFFERENT'}, "
+                  f"{'all metrics identical' if not result.differences else f'{len(result.differences)} metrics differ'}",
+                  soft_wrap=True)
+    for name, (was, now) in result.differences.items():
+        console.print(f"  {name}: original {was!r}, rebuilt {now!r}")
+    if not result.identical:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -63,6 +63,29 @@ def lineage_tags(params: Params, ws: Workspace) -> dict[str, str]:
     return {**data_lineage(ws.data_root), **git_lineage(ws.base), "medpipe.params_md5": params.md5()}
 
 
+LINEAGE_KEYS = ("medpipe.data_md5", "medpipe.params_md5", "medpipe.git_commit", "medpipe.git_dirty")
+
+
+def up_to_date(params: Params, ws: Workspace) -> int | None:
+    """The newest registered version made from exactly this data, these params and this committed
+    code (clean tree), if there is one: retraining it would only make the same model again."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.registry import setup_tracking
+
+    tags = lineage_tags(params, ws)
+    if tags["medpipe.git_dirty"] != "false":
+        return None  # uncommitted (or unknown) code: cannot tell it is unchanged
+    setup_tracking(params.register_, ws.base)
+    try:
+        versions = mlflow.MlflowClient().search_model_versions(f"name='{params.register_.model_name}'")
+    except MlflowException:
+        return None
+    same = [int(v.version) for v in versions if all(v.tags.get(k) == tags[k] for k in LINEAGE_KEYS)]
+    return max(same) if same else None
+
+
 def weights_sha256(weights: list[np.ndarray]) -> str:
     """sha256 over a model's weight arrays (shape, dtype and bytes), independent of file format."""
     digest = hashlib.sha256()

@@ -31,6 +31,11 @@ class Decision:
         """The alias the candidate ended with: champion or challenger."""
         return CHAMPION if self.promoted else CHALLENGER
 
+    def markdown(self) -> str:
+        """The decision for people (a Prefect artifact)."""
+        return (f"# Promotion of version {self.version}: @{self.alias}\n\n"
+                + "\n".join(f"- {r}" for r in self.reasons) + "\n")
+
 
 def decide(candidate: dict[str, float], champion: dict[str, float] | None, pp: PromoteParams) -> tuple[bool, list[str]]:
     """Apply the gate: floors for a first model; else primary metric gain >= margin and guards within tolerance."""
@@ -119,5 +124,10 @@ def run_step(params: Params, ws: Workspace) -> Decision:
     """Gate the version the register step just made; the decision goes to outputs/promote/decision.json."""
     version = json.loads((ws.out / "register" / "model_version.json").read_text())["version"]
     decision = promote(params, ws, version)
-    (ws.step_dir("promote") / "decision.json").write_text(json.dumps(asdict(decision), indent=2) + "\n")
+    write_decision(decision, ws)
     return decision
+
+
+def write_decision(decision: Decision, ws: Workspace) -> None:
+    """outputs/promote/decision.json: the decision, its reasons and both sides' metrics."""
+    (ws.step_dir("promote") / "decision.json").write_text(json.dumps(asdict(decision), indent=2) + "\n")

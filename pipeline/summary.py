@@ -9,6 +9,19 @@ HEADLINE = ("accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specific
 
 
 @dataclass(frozen=True)
+class UpToDate:
+    """A retraining that found nothing new: data, params and code are those of an existing version."""
+
+    model_name: str
+    version: int
+
+    def message(self) -> str:
+        """One line for people and logs."""
+        return (f"up to date: {self.model_name} version {self.version} was trained on this data, params and code; "
+                f"nothing to retrain (--force retrains anyway)")
+
+
+@dataclass(frozen=True)
 class TrainingSummary:
     """The facts printed by `medpipe run` and published as a Prefect artifact."""
 

@@ -281,6 +281,7 @@ def start_run(params: Params, ws: Workspace, progress: Progress):
     tags = {**lineage_tags(params, ws), "medpipe.validation": "passed" if report["success"] else "failed"}
     run = mlflow.start_run(experiment_id=experiment, tags=tags)
     mlflow.log_params(_flat("params", params.model_dump(mode="json", by_alias=True)))
+    mlflow.log_dict(params.model_dump(mode="json", by_alias=True), "params.yaml")  # the exact params, for reproduce
     mlflow.log_artifacts(str(ws.out / "validate"), "validation")  # reports + the exact split
     return run
 

@@ -47,3 +47,35 @@ def test_weights_hash_depends_on_values_and_shapes():
     assert weights_sha256(w) == weights_sha256([a.copy() for a in w])
     assert weights_sha256(w) != weights_sha256([w[0].reshape(3, 2), w[1]])
     assert weights_sha256(w) != weights_sha256([w[0] + 1e-7, w[1]])
+
+
+def test_up_to_date_only_for_the_same_data_params_and_committed_code(tmp_path):
+    import mlflow
+
+    from pipeline.config import Params, Workspace
+    from pipeline.lineage import LINEAGE_KEYS, lineage_tags, up_to_date
+
+    run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.png").write_bytes(b"x")
+    (tmp_path / "code.py").write_text("a = 1\n")
+    params = Params.model_validate({"register": {"tracking_uri": f"sqlite:///{tmp_path}/m.db"}})
+    ws = Workspace(base=tmp_path, data_root=tmp_path / "data", out=tmp_path / "outputs")
+    assert up_to_date(params, ws) is None  # no git: code unknown
+    run("init", "-q")
+    run("add", "code.py")
+    run("commit", "-qm", "x")
+    assert up_to_date(params, ws) is None  # no registered model yet
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/m.db", registry_uri=f"sqlite:///{tmp_path}/m.db")
+    client.create_registered_model("medpipe-classifier")
+    tags = {k: v for k, v in lineage_tags(params, ws).items() if k in LINEAGE_KEYS}
+    client.create_model_version("medpipe-classifier", "file:///nowhere", tags=tags)
+    client.create_model_version("medpipe-classifier", "file:///nowhere", tags={**tags, "medpipe.params_md5": "0"})
+    assert up_to_date(params, ws) == 1
+    other = Params.model_validate({**params.model_dump(by_alias=True), "train": {"epochs": 3}})
+    assert up_to_date(other, ws) is None  # other params
+    (tmp_path / "data" / "b.png").write_bytes(b"y")
+    assert up_to_date(params, ws) is None  # other data
+    (tmp_path / "data" / "b.png").unlink()
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert up_to_date(params, ws) is None  # uncommitted code

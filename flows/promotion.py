@@ -1,0 +1,30 @@
+"""The promotion gate as a flow: run after every training run, or on its own for any version."""
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from pipeline import promote
+from pipeline.config import Params, Workspace, load_params
+
+gate_task = task(promote.promote, name="promotion-gate", cache_policy=NO_CACHE)
+
+
+@flow(name="medpipe-promotion", log_prints=True)
+def promotion_flow(params: Params, ws: Workspace, version: int, force: bool = False) -> promote.Decision:
+    """Evaluate `version` and the current @champion on the same test split; move the aliases by the gate."""
+    decision = gate_task(params, ws, version, force)
+    promote.write_decision(decision, ws)
+    create_markdown_artifact(decision.markdown(), key="medpipe-promotion",
+                             description=f"version {decision.version}: {decision.alias}")
+    print(f"version {decision.version}: @{decision.alias} ({'; '.join(decision.reasons)})")
+    return decision
+
+
+@flow(name="medpipe-promote-version", log_prints=True)
+def promote_version(version: int, params_file: str = "params.yaml", force: bool = False) -> promote.Decision:
+    """The gate for one registered version, e.g. from a deployment or `prefect deployment run`."""
+    params = load_params(Path(params_file))
+    return promotion_flow(params, Workspace.create(params, Path(params_file)), version, force)
