@@ -18,7 +18,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site-cache
 
-.PHONY: help install install-gpu data run test dvc-repro mlflow-ui prefect-ui lock bench clean
+.PHONY: help install install-gpu data run test dvc-repro mlflow-ui mlflow-server prefect-ui prefect-server lock bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,6 +56,12 @@ mlflow-ui: $(STAMP)  ## browse runs and models at http://127.0.0.1:5000
 prefect-ui: $(STAMP)  ## browse flow runs at http://127.0.0.1:4200
 	$(BIN)/prefect server start --host 127.0.0.1
 
+prefect-server: prefect-ui  ## a Prefect server for schedules: then export PREFECT_API_URL=http://127.0.0.1:4200/api
+
+mlflow-server: $(STAMP)  ## a shared MLflow tracking server on http://127.0.0.1:5000 (SQLite + artifact store in mlflow/)
+	$(BIN)/mlflow server --backend-store-uri sqlite:///mlflow/mlflow.db --artifacts-destination mlflow/artifacts \
+		--host 127.0.0.1 --port 5000
+
 lock: $(STAMP)  ## re-resolve requirements.lock from pyproject.toml
 	$(UV) pip compile pyproject.toml --extra cpu --extra test --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 -o requirements.lock
@@ -63,6 +69,9 @@ lock: $(STAMP)  ## re-resolve requirements.lock from pyproject.toml
 bench: $(STAMP)  ## run the benchmarks (JSON lines; figures in docs/benchmarks.md)
 	$(BIN)/python benchmarks/scan.py
 	$(BIN)/python benchmarks/validate.py
+	$(BIN)/python benchmarks/preprocess.py
+	$(BIN)/python benchmarks/training.py
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/memory.py
 
 clean:  ## remove pipeline outputs (keeps data/, mlflow/ and .venv)
 	rm -rf outputs

@@ -215,6 +215,38 @@ def promote(version: Annotated[int, typer.Option(help="Model version to gate.")]
 
 
 @app.command()
+def schedule(cron: Annotated[str, typer.Option(help='When to retrain, cron syntax in UTC, e.g. "0 2 * * 1" '
+                                               '(Mondays 02:00).')],
+             params: ParamsOpt = Path("params.yaml"),
+             name: Annotated[str, typer.Option(help="Deployment name.")] = "medpipe-retraining",
+             timezone: Annotated[str, typer.Option(help="Time zone of the cron expression.")] = "UTC") -> None:
+    """Serve the training-and-promotion flow on a cron schedule (a Prefect deployment; runs until stopped).
+
+    Each scheduled run trains only when data, params or code changed since the newest registered
+    version, and one run at a time. Needs a Prefect server: `make prefect-server`, then
+    PREFECT_API_URL=http://127.0.0.1:4200/api.
+    """
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.settings import get_current_settings
+
+    from pipeline.config import load_params
+
+    load_params(params)  # fail fast on a bad params file
+    if not get_current_settings().api.url:
+        raise ConfigError("PREFECT_API_URL", "scheduled runs need a Prefect server (the temporary one cannot "
+                          "schedule): run `make prefect-server` and export PREFECT_API_URL=http://127.0.0.1:4200/api")
+    from flows.training import training_flow
+
+    try:
+        when = CronSchedule(cron=cron, timezone=timezone)
+    except ValueError as err:
+        raise ConfigError("--cron", f"not a valid cron schedule: {cron!r} ({err.__class__.__name__})") from None
+    training_flow.serve(name=name, schedules=[when],
+                        parameters={"params_file": str(params.resolve())}, global_limit=1,
+                        description="medpipe scheduled retraining: skips when nothing changed, one run at a time")
+
+
+@app.command()
 def reproduce(version: Annotated[int, typer.Option(help="Registered model version to rebuild.")],
               params: ParamsOpt = Path("params.yaml"),
               keep: Annotated[Optional[Path], typer.Option(help="Rebuild in this (empty) folder and keep it, "
@@ -328,6 +360,43 @@ def data_add(data: Annotated[Path, typer.Argument(help="Data folder to version."
         reason = (done.stderr.strip().splitlines() or ["dvc add failed"])[-1].removeprefix("ERROR: ")
         raise MedpipeError(data, reason)
     console.print(f"updated {data}.dvc; record it: git add {data}.dvc && git commit -m 'data: ...'")
+
+
+remote_app = typer.Typer(help="DVC remotes where data versions are pushed and pulled.", no_args_is_help=True)
+data_app.add_typer(remote_app, name="remote")
+
+
+def _dvc(*args: str) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or [f"dvc {args[0]} failed"])[-1].removeprefix("ERROR: ")
+        raise MedpipeError(f"dvc {' '.join(args[:2])}", reason)
+    return done.stdout
+
+
+@remote_app.command("add")
+def remote_add(name: Annotated[str, typer.Argument(help="Remote name, e.g. team.")],
+               url: Annotated[str, typer.Argument(help="s3://bucket/path, gs://bucket/path, ssh://host/path, "
+                                                  "azure://container/path or a local/NFS folder.")],
+               default: Annotated[bool, typer.Option(help="Make it the default remote (dvc push/pull).")] = True
+               ) -> None:
+    """Add a DVC remote to the project (.dvc/config); commit that file so the team shares it.
+
+    Cloud remotes need their DVC extra (pip install 'dvc[s3]', 'dvc[gs]', 'dvc[ssh]', ...) and the usual
+    credentials; `dvc push` then uploads the data versions. The offline default remote (`local`, in
+    .dvc/storage) keeps working.
+    """
+    _dvc("remote", "add", *(["--default"] if default else []), "--force", name, url)
+    console.print(f"remote {name} -> {url}{' (default)' if default else ''}; push the data: dvc push", soft_wrap=True)
+
+
+@remote_app.command("list")
+def remote_list() -> None:
+    """The project's DVC remotes."""
+    console.print(_dvc("remote", "list").rstrip() or "no remotes", soft_wrap=True)
 
 
 def main() -> None:

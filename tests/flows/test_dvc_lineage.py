@@ -96,3 +96,20 @@ def test_data_add_push_and_pull_through_the_default_local_remote(tmp_path, tiny_
                           capture_output=True, timeout=300).returncode == 0
     new = yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"]
     assert new != yaml.safe_load(sh(tmp_path, "git", "show", "HEAD:data.dvc"))["outs"][0]["md5"]
+
+
+def test_data_remote_add_push_and_pull(tmp_path, tiny_data):
+    """`medpipe data remote add` makes a team remote; data versions go there and come back."""
+    init_repo(tmp_path)
+    shutil.copytree(tiny_data, tmp_path / "data")
+    sh(tmp_path, str(BIN / "dvc"), "add", "-q", "data")
+    store = tmp_path.parent / f"{tmp_path.name}-team-store"
+    out = sh(tmp_path, str(BIN / "medpipe"), "data", "remote", "add", "team", str(store))
+    assert "(default)" in out and "team" in sh(tmp_path, str(BIN / "medpipe"), "data", "remote", "list")
+    sh(tmp_path, str(BIN / "dvc"), "push", "-q")
+    assert any(store.rglob("*"))
+    shutil.rmtree(tmp_path / "data")
+    shutil.rmtree(tmp_path / ".dvc" / "cache")
+    sh(tmp_path, str(BIN / "dvc"), "pull", "-q")
+    assert sorted(p.relative_to(tmp_path / "data") for p in (tmp_path / "data").rglob("*.png")) == sorted(
+        p.relative_to(tiny_data) for p in tiny_data.rglob("*.png"))

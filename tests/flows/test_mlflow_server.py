@@ -1,0 +1,62 @@
+"""The whole flow against a real `mlflow server` on 127.0.0.1 (a shared tracking server, as teams run)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import write_params
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_flow_tracks_registers_and_promotes_on_a_tracking_server(prefect_harness, project, tmp_path_factory):
+    import mlflow
+
+    from flows.training import training_flow
+
+    store = tmp_path_factory.mktemp("server")
+    port = _free_port()
+    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
+                               f"sqlite:///{store}/mlflow.db", "--artifacts-destination", str(store / "artifacts"),
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-3000:]
+                time.sleep(1)
+        write_params(project, register={"tracking_uri": url})
+        first = training_flow(params_file=str(project / "params.yaml"))
+        second = training_flow(params_file=str(project / "params.yaml"))
+        assert (first.version, second.version) == (1, 2)
+        assert "@challenger" in second.promotion  # same model again: no gain, no promotion
+
+        client = mlflow.MlflowClient(tracking_uri=url, registry_uri=url)
+        assert {a: int(v) for a, v in client.get_registered_model("medpipe-classifier").aliases.items()} == {
+            "champion": 1, "challenger": 2}
+        version = client.get_model_version("medpipe-classifier", "2")
+        assert version.tags["medpipe.promotion"] == "challenger" and version.description.startswith("seed_cnn")
+        artifacts = {a.path for a in client.list_artifacts(first.run_id, "evaluation")}
+        assert "evaluation/report.md" in artifacts  # artifacts went through the server
+        assert (store / "artifacts").is_dir() and not (project / "mlflow").exists()  # nothing local
+        assert client.get_run(first.run_id).data.metrics["test_roc_auc"] == pytest.approx(first.test_metrics["roc_auc"])
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
