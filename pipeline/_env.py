@@ -18,6 +18,21 @@ OFFLINE_DEFAULTS: dict[str, str] = {
 # The user's own choice of tracking server, read once: mlflow.set_tracking_uri() writes this
 # variable too, so reading it later would return whatever store medpipe itself last used.
 USER_TRACKING_URI: str | None = os.environ.get("MLFLOW_TRACKING_URI")
+USER_REGISTRY_URI: str | None = os.environ.get("MLFLOW_REGISTRY_URI")
+
+
+def restore_user_uris() -> None:
+    """Put the user's MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI back (or remove them).
+
+    mlflow.set_tracking_uri/set_registry_uri export the store to os.environ for child processes;
+    without this, every program medpipe starts afterwards (a reproduce step, a served model, DVC)
+    would inherit whichever workspace's store this process used last.
+    """
+    for key, value in (("MLFLOW_TRACKING_URI", USER_TRACKING_URI), ("MLFLOW_REGISTRY_URI", USER_REGISTRY_URI)):
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def configure_offline() -> None:

@@ -42,7 +42,6 @@ def grad_cam(model, image: np.ndarray, class_index: int | None = None) -> tuple[
         image: one preprocessed image, (H, W, C) float32.
         class_index: the class to explain; the predicted one when None.
     """
-    import keras
     import tensorflow as tf
 
     conv = last_conv_layer(model)

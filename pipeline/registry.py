@@ -36,6 +36,7 @@ def setup_tracking(reg: RegisterParams, base: Path) -> str:
     uri = tracking_uri(reg, base)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # else the registry keeps the first store this process used
+    _env.restore_user_uris()  # MLflow exported the URIs to os.environ; child processes must not inherit them
     experiment = mlflow.get_experiment_by_name(reg.experiment)
     if experiment is not None:
         return experiment.experiment_id

@@ -62,7 +62,12 @@ def original(params: Params, ws: Workspace, version: int) -> tuple[dict, dict, d
     except MlflowException:
         raise MedpipeError(f"version {version}", "no such registered model version") from None
     run = client.get_run(mv.run_id)
-    logged = yaml.safe_load(Path(mlflow.artifacts.download_artifacts(f"{run.info.artifact_uri}/params.yaml")).read_text())
+    try:
+        logged = yaml.safe_load(Path(mlflow.artifacts.download_artifacts(f"{run.info.artifact_uri}/params.yaml"))
+                                .read_text())
+    except (MlflowException, OSError):
+        raise MedpipeError(f"version {version}", "its run has no params.yaml artifact (trained before medpipe "
+                                                 "logged it): it cannot be rebuilt") from None
     metrics = {k: v for k, v in run.data.metrics.items() if k.startswith(("test_", "val_"))}
     return mv.tags, metrics, logged
 

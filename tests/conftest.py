@@ -24,12 +24,20 @@ os.environ["GIT_CONFIG_GLOBAL"] = str(_SANDBOX / "home" / ".gitconfig")
 os.environ.update(GIT_AUTHOR_NAME="medpipe tests", GIT_AUTHOR_EMAIL="tests@medpipe.invalid",
                   GIT_COMMITTER_NAME="medpipe tests", GIT_COMMITTER_EMAIL="tests@medpipe.invalid")
 
-import pipeline  # noqa: E402  (sets the offline defaults)
+import pipeline  # noqa: E402, F401  (sets the offline defaults)
 
 from tests.helpers import TINY_PATIENTS, TINY_SIZE, write_params  # noqa: E402
 
 # Registered before Prefect's own exit hooks, so it runs after them (atexit is last-in, first-out).
 atexit.register(shutil.rmtree, _SANDBOX, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_mlflow_store(monkeypatch):
+    """A test that called mlflow.set_tracking_uri itself leaves the URI in os.environ (MLflow puts it
+    there for child processes); no later test's subprocess may inherit another test's store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,8 @@
 """Shared test constants and helpers (no side effects: conftest.py does the isolation)."""
 
+import socket
+import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -58,3 +61,22 @@ def write_dicom(path: Path, pixels, *, photometric: str = "MONOCHROME2", slope: 
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, process, seconds: int = 180) -> None:
+    """Poll `url` until it answers; fail with the server's stderr if `process` dies first."""
+    for _ in range(seconds):
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            assert process.poll() is None, process.stderr.read()[-3000:]
+            time.sleep(1)
+    raise AssertionError(f"{url} not up within {seconds} s")

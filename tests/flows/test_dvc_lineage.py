@@ -29,6 +29,19 @@ def init_repo(root: Path) -> None:
     shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
 
 
+def tiny_project(root: Path, tiny_data: Path) -> None:
+    """A committed git + DVC project: the pipeline code, dvc.yaml, the tiny data (dvc add) and params."""
+    init_repo(root)
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(tiny_data, root / "data")
+    write_params(root)
+    sh(root, str(BIN / "dvc"), "add", "-q", "data")
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-qm", "tiny project")
+
+
 def test_committed_data_dvc_matches_the_built_in_data_set(tmp_path):
     from pipeline.data import synthesize
 
@@ -46,15 +59,7 @@ def test_flow_run_leaves_dvc_up_to_date_and_dvc_repro_runs_the_stages(prefect_ha
 
     from flows.training import training_flow
 
-    init_repo(tmp_path)
-    for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy(REPO / name, tmp_path / name)
-    shutil.copytree(REPO / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(tiny_data, tmp_path / "data")
-    write_params(tmp_path)
-    sh(tmp_path, str(BIN / "dvc"), "add", "-q", "data")
-    sh(tmp_path, "git", "add", "-A")
-    sh(tmp_path, "git", "commit", "-qm", "tiny project")
+    tiny_project(tmp_path, tiny_data)
 
     first = training_flow(params_file=str(tmp_path / "params.yaml"))
     assert "up to date" in sh(tmp_path, str(BIN / "dvc"), "status")

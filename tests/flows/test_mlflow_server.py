@@ -2,24 +2,15 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import write_params
+from tests.helpers import free_port, wait_until_up, write_params
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_flow_tracks_registers_and_promotes_on_a_tracking_server(prefect_harness, project, tmp_path_factory):
@@ -28,20 +19,14 @@ def test_flow_tracks_registers_and_promotes_on_a_tracking_server(prefect_harness
     from flows.training import training_flow
 
     store = tmp_path_factory.mktemp("server")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
                                f"sqlite:///{store}/mlflow.db", "--artifacts-destination", str(store / "artifacts"),
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-3000:]
-                time.sleep(1)
+        wait_until_up(f"{url}/health", server)
         write_params(project, register={"tracking_uri": url})
         first = training_flow(params_file=str(project / "params.yaml"))
         second = training_flow(params_file=str(project / "params.yaml"))

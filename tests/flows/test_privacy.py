@@ -1,6 +1,5 @@
 """DICOM identifiers never reach anything medpipe writes: outputs, MLflow, Prefect logs/artifacts, console."""
 
-import shutil
 from pathlib import Path
 
 import cv2

@@ -2,15 +2,12 @@
 skip, and a version rebuilt from its lineage (`medpipe reproduce`)."""
 
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.flows.test_dvc_lineage import BIN, init_repo, sh
-from tests.helpers import REPO, write_params
+from tests.flows.test_dvc_lineage import BIN, tiny_project
 
 pytestmark = pytest.mark.slow
 
@@ -24,15 +21,7 @@ def test_concurrent_runs_skip_and_reproduce(prefect_harness, tmp_path, tiny_data
     import mlflow
     from prefect.settings import get_current_settings
 
-    init_repo(tmp_path)
-    for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy(REPO / name, tmp_path / name)
-    shutil.copytree(REPO / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(tiny_data, tmp_path / "data")
-    write_params(tmp_path)
-    sh(tmp_path, str(BIN / "dvc"), "add", "-q", "data")
-    sh(tmp_path, "git", "add", "-A")
-    sh(tmp_path, "git", "commit", "-qm", "tiny project")
+    tiny_project(tmp_path, tiny_data)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
            "PREFECT_API_URL": str(get_current_settings().api.url)}  # both runs report to the test server
 

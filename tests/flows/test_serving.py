@@ -4,10 +4,8 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,13 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.helpers import free_port, wait_until_up
+
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(url: str, body: bytes) -> tuple[int, dict]:
@@ -38,21 +32,15 @@ def test_served_champion_takes_raw_images(prefect_harness, project):
     from flows.training import training_flow
 
     summary = training_flow(params_file=str(project / "params.yaml"))
-    port, bin_dir = _free_port(), Path(sys.executable).parent
+    port, bin_dir = free_port(), Path(sys.executable).parent
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project}/mlflow/mlflow.db",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     server = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/medpipe-classifier@champion",
                                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=project,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(180):
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-2000:]
-                time.sleep(1)
+        wait_until_up(f"{url}/ping", server)
         path = project / "data" / pd.read_csv(project / "data/manifest.csv")["path"][0]
         png = base64.b64encode(path.read_bytes()).decode()
         status, answer = _post(f"{url}/invocations",

@@ -20,6 +20,12 @@ def _client(project):
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def trained_model(project):
+    from pipeline.model import load_model
+
+    return load_model(project / "outputs/train/model.keras")
+
+
 def test_flow_trains_registers_and_is_deterministic(prefect_harness, project):
     import mlflow
 
@@ -71,10 +77,15 @@ def test_flow_trains_registers_and_is_deterministic(prefect_harness, project):
     assert queue["entropy"].is_monotonic_decreasing and Path(queue["gradcam"][0]).is_file()
 
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow/mlflow.db")
-    model = mlflow.pyfunc.load_model("models:/medpipe-classifier/1")
-    x = load_split(project / "outputs/preprocess", "test")[0]
-    proba = np.asarray(model.predict(x))
-    assert proba.shape == (len(x), 3) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
+    model = mlflow.pyfunc.load_model("models:/medpipe-classifier/1")  # raw images in, labels out
+    assert model.metadata.signature.inputs.input_names() == ["image"] and model.metadata.get_input_schema()
+    files = [project / "data" / p for p in pd.read_csv(project / "outputs/validate/splits.csv").query(
+        "split == 'test'")["path"]]
+    table = model.predict(pd.DataFrame({"image": [f.read_bytes() for f in files]}))
+    proba = table[["normal", "nodule", "effusion"]].to_numpy()
+    assert len(table) == len(files) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
+    x = load_split(project / "outputs/preprocess", "test")[0]  # the very inputs evaluation used
+    assert np.allclose(proba, trained_model(project).predict(x, verbose=0), atol=1e-5)
 
 
 def test_invalid_data_stops_before_preprocessing_and_keeps_the_registry(prefect_harness, project):
