@@ -167,7 +167,7 @@ def predict(images: Annotated[list[Path], typer.Argument(help="Image files (PNG,
     from pipeline.registry import load_classifier
 
     p = load_params(params)
-    classifier, version = load_classifier(model, p.register_, params.resolve().parent)
+    classifier, version = load_classifier(model, p.register_, params.resolve().parent, p.preprocess)
     x = np.stack([prepare_image(path, classifier.pp) for path in images]).astype(np.float32) / 255.0
     proba = np.asarray(classifier.model.predict(x, verbose=0), dtype=np.float64)
     rows = [{"image": str(path), "label": classifier.classes[int(pr.argmax())],

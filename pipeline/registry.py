@@ -3,9 +3,10 @@
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from pipeline import _env
-from pipeline.config import Params, RegisterParams, Workspace
+from pipeline.config import Params, PreprocessParams, RegisterParams, Workspace
 
 
 @dataclass(frozen=True)
@@ -130,24 +131,37 @@ def find_version(uri: str, reg: RegisterParams, base: Path):
         raise MedpipeError(uri, "no such registered model version") from None
 
 
-def load_classifier(uri: str, reg: RegisterParams, base: Path):
+def load_classifier(uri: str, reg: RegisterParams, base: Path, pp: PreprocessParams):
     """The raw-image classifier behind a registered version (its Keras `.model`, `.classes`, `.pp`),
-    and the version number."""
+    and the version number. Versions logged before the raw-image pyfunc (Keras flavour) get their
+    class names from their tags and `pp` fitted to their input."""
     import mlflow
 
+    from pipeline.model import input_params
+
     version = find_version(uri, reg, base)
-    model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}").unwrap_python_model()
-    return model, int(version.version)
+    model_uri = f"models:/{version.name}/{version.version}"
+    if "keras" in mlflow.models.get_model_info(model_uri).flavors:
+        model = load_keras(model_uri)
+        classes = json.loads(version.tags.get("medpipe.classes", "[]")) or [str(i) for i in range(model.output_shape[-1])]
+        return SimpleNamespace(model=model, classes=classes, pp=input_params(model, pp)), int(version.version)
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model(), int(version.version)
 
 
 def load_registered(uri: str, reg: RegisterParams, base: Path):
     """A registered version's Keras model, class names and version number."""
-    classifier, version = load_classifier(uri, reg, base)
-    return classifier.model, classifier.classes, version
+    version = find_version(uri, reg, base)
+    model = load_keras(f"models:/{version.name}/{version.version}")
+    return model, json.loads(version.tags.get("medpipe.classes", "[]")), int(version.version)
 
 
 def load_keras(uri: str):
-    """The Keras model inside a registered raw-image pyfunc (for Grad-CAM and the promotion gate)."""
+    """The Keras model of a registered version: inside the raw-image pyfunc, or (versions logged before
+    it) the Keras flavour itself."""
     import mlflow
 
+    import pipeline.model  # noqa: F401  (registers medpipe's layers with Keras)
+
+    if "keras" in mlflow.models.get_model_info(uri).flavors:
+        return mlflow.keras.load_model(uri)
     return mlflow.pyfunc.load_model(uri).unwrap_python_model().model
