@@ -72,6 +72,7 @@ bench: $(STAMP)  ## run the benchmarks (JSON lines; figures in docs/benchmarks.m
 	$(BIN)/python benchmarks/preprocess.py
 	$(BIN)/python benchmarks/training.py
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/memory.py
+	-$(BIN)/python benchmarks/medmnist.py   # needs ../shared/datasets/medmnist
 
 clean:  ## remove pipeline outputs (keeps data/, mlflow/ and .venv)
 	rm -rf outputs
