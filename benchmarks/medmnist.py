@@ -32,7 +32,7 @@ SETTINGS = {  # what this benchmark trains with (on top of params.yaml): the bes
     "preprocess.size": "28", "model.name": "seed_cnn", "balance.strategy": "oversample",
     "balance.augment_originals": "true",
     "balance.augment": "{flip: true, rotation: 10, shift: 0.08, zoom: 0.1, brightness: 0.1, contrast: 0.1, noise: 0.0}",
-    "train.epochs": "40", "train.batch_size": "32", "train.schedule": "cosine", "train.learning_rate": "0.001",
+    "train.epochs": "60", "train.batch_size": "32", "train.schedule": "cosine", "train.learning_rate": "0.001",
     "train.patience": "40", "train.min_epochs": "0", "evaluate.bootstrap": "200", "evaluate.cam_per_class": "0",
 }
 
