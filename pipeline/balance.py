@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import AugmentParams, BalanceParams, Params, Workspace
-from pipeline.preprocess import Shards
+from pipeline.preprocess import Shards, read_meta
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def _counts(y: np.ndarray, classes: list[str]) -> dict[str, int]:
 def run_step(params: Params, ws: Workspace) -> BalanceResult:
     """Write the training plan to outputs/balance/{plan.npz,balance.json}."""
     shards = Shards(ws.out / "preprocess", "train")
-    classes = json.loads((ws.out / "preprocess" / "meta.json").read_text())["classes"]
+    classes = read_meta(ws.out / "preprocess")["classes"]
     y = shards.labels
     index, augment, weights = make_plan(y, params.balance, len(classes))
     out = ws.step_dir("balance")

@@ -349,16 +349,22 @@ def data_import_npz(source: Annotated[Path, typer.Argument(help="MedMNIST-style 
                   markup=False)
 
 
-@data_app.command("add")
-def data_add(data: Annotated[Path, typer.Argument(help="Data folder to version.")] = Path("data")) -> None:
-    """Version the data folder with DVC (`dvc add`), updating its .dvc pointer; then commit it with git."""
+def _dvc(*args: str, file: Path | str | None = None) -> str:
+    """Run a DVC command; its last error line becomes `error: <file>: <reason>` (file: the command)."""
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "dvc", "add", str(data)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
     if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or ["dvc add failed"])[-1].removeprefix("ERROR: ")
-        raise MedpipeError(data, reason)
+        reason = (done.stderr.strip().splitlines() or [f"dvc {args[0]} failed"])[-1].removeprefix("ERROR: ")
+        raise MedpipeError(file or f"dvc {' '.join(args[:2])}", reason)
+    return done.stdout
+
+
+@data_app.command("add")
+def data_add(data: Annotated[Path, typer.Argument(help="Data folder to version.")] = Path("data")) -> None:
+    """Version the data folder with DVC (`dvc add`), updating its .dvc pointer; then commit it with git."""
+    _dvc("add", str(data), file=data)
     console.print(f"updated {data}.dvc; record it: git add {data}.dvc && git commit -m 'data: ...'")
 
 
@@ -366,15 +372,6 @@ remote_app = typer.Typer(help="DVC remotes where data versions are pushed and pu
 data_app.add_typer(remote_app, name="remote")
 
 
-def _dvc(*args: str) -> str:
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or [f"dvc {args[0]} failed"])[-1].removeprefix("ERROR: ")
-        raise MedpipeError(f"dvc {' '.join(args[:2])}", reason)
-    return done.stdout
 
 
 @remote_app.command("add")
