@@ -7,6 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
+from flows.data import run_on_dask
 from flows.promotion import promotion_flow
 from pipeline import balance, evaluate, lineage, preprocess, registry, train, validate
 from pipeline.config import Params, Workspace, load_params
@@ -56,14 +57,22 @@ def training_flow(params_file: str = "params.yaml", data: str | None = None,
         return _train_and_promote(params, ws, params_file, overrides, resume)
 
 
+def _data_steps(params: Params, ws: Workspace) -> tuple[validate.ValidationReport, preprocess.PreprocessResult | None]:
+    """Validate, then preprocess if the data pass: on Dask when params ask for it, else as two tasks here."""
+    on_dask = run_on_dask(params, ws)
+    if on_dask is not None:
+        return on_dask
+    report = validate_task(params, ws)
+    return report, preprocess_task(params, ws) if report.success else None
+
+
 def _train_and_promote(params: Params, ws: Workspace, params_file: str, overrides: dict[str, str] | None,
                        resume: bool) -> TrainingSummary:
-    report = validate_task(params, ws)
+    report, prepared = _data_steps(params, ws)
     create_markdown_artifact(Path(report.report_md).read_text(), key="medpipe-data-validation",
                              description=f"data validation of {ws.data_root.name}: {report.summary()}")
     if not report.success:
         return Failed(message=str(validate.failure(report, ws.data_root)))
-    prepared = preprocess_task(params, ws)
     balanced = balance_task(params, ws)
     trained = train_task(params, ws, resume=resume)
     evaluated = evaluate_task(params, ws)

@@ -155,6 +155,15 @@ class PromoteParams(Section):
     floors: dict[str, float] = {"roc_auc": 0.6}
 
 
+class DaskParams(Section):
+    """Where the data steps (scan, preprocess) run: in this process (default), on a local Dask cluster,
+    or on a running Dask scheduler. Execution only: the outputs are the same, so it is not lineage."""
+
+    address: str | None = None             # tcp://host:8786 of a scheduler ($MEDPIPE_DASK_ADDRESS wins)
+    workers: int = Field(0, ge=0)          # else a LocalCluster of this many processes on 127.0.0.1; 0 = no Dask
+    chunk_size: int = Field(256, ge=1)     # images per scan task (preprocess: one task per shard)
+
+
 class Params(Section):
     """The whole params.yaml."""
 
@@ -167,12 +176,14 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
     promote: PromoteParams = PromoteParams()
+    dask: DaskParams = DaskParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     def md5(self) -> str:
-        """Stable hash of the effective parameters (lineage tag `medpipe.params_md5`)."""
-        text = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        """Stable hash of the effective parameters (lineage tag `medpipe.params_md5`); where the data
+        steps ran (`dask`) changes no output, so it is left out."""
+        text = json.dumps(self.model_dump(mode="json", by_alias=True, exclude={"dask"}), sort_keys=True)
         return hashlib.md5(text.encode()).hexdigest()
 
 

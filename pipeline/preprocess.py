@@ -20,6 +20,7 @@ import pandas as pd
 
 from pipeline.config import Params, PreprocessParams, SplitRatios, Workspace
 from pipeline.imageio import read_dicom, read_image
+from pipeline.scan import Mapper
 
 SPLITS = ("train", "val", "test")
 CODE_VERSION = "2"  # part of the cache key: bump whenever the pixel transform changes
@@ -213,36 +214,44 @@ def prepare_many(paths: list[Path], pp: PreprocessParams, pool: ThreadPoolExecut
     return x
 
 
+def write_shard(job: tuple[list[Path], Path, PreprocessParams]) -> tuple[float, float]:
+    """Prepare one shard's images, (paths, .npy file, params), and save them; return their pixel sum and
+    sum of squares on the [0, 1] scale. One unit of parallel work; memory is one shard."""
+    paths, file, pp = job
+    with _decoder_pool(pp.workers) as pool:
+        x = prepare_many(paths, pp, pool)
+    np.save(file, x)
+    counts = np.bincount(x.ravel(), minlength=256)  # exact sums without a float copy of the shard
+    return float(counts @ _LEVELS), float(counts @ np.square(_LEVELS))
+
+
 def write_split(paths: list[Path], labels: np.ndarray, name: str, folder: Path, pp: PreprocessParams,
-                pool: ThreadPoolExecutor) -> dict:
-    """Prepare one split shard by shard (memory stays bounded by one shard); return its meta entry
-    with the pixel sum and sum of squares on the [0, 1] scale (for the data-set statistics)."""
-    shards, total, squares = [], 0.0, 0.0
-    for i, start in enumerate(range(0, len(paths), pp.shard_size)):
-        x = prepare_many(paths[start:start + pp.shard_size], pp, pool)
-        np.save(folder / f"x_{name}_{i:05d}.npy", x)
-        shards.append(f"x_{name}_{i:05d}.npy")
-        counts = np.bincount(x.ravel(), minlength=256)  # exact sums without a float copy of the shard
-        total += float(counts @ _LEVELS)
-        squares += float(counts @ np.square(_LEVELS))
+                mapper: Mapper = map) -> dict:
+    """Prepare one split shard by shard, the shards through `mapper` (by default one after the other, each
+    on all cores); return its meta entry with the pixel sum and sum of squares (data-set statistics)."""
+    starts = range(0, len(paths), pp.shard_size)
+    shards = [f"x_{name}_{i:05d}.npy" for i in range(len(starts))]
+    jobs = [(paths[start:start + pp.shard_size], folder / shard, pp) for start, shard in zip(starts, shards)]
+    sums = list(mapper(write_shard, jobs))
     np.save(folder / f"y_{name}.npy", labels.astype(np.int64))
-    return {"n": len(paths), "shards": shards, "labels": f"y_{name}.npy", "sum": total, "sumsq": squares}
+    return {"n": len(paths), "shards": shards, "labels": f"y_{name}.npy",
+            "sum": sum(s for s, _ in sums), "sumsq": sum(q for _, q in sums)}
 
 
-def run_step(params: Params, ws: Workspace) -> PreprocessResult:
+def run_step(params: Params, ws: Workspace, mapper: Mapper = map) -> PreprocessResult:
     """Preprocess the validated images, split as validation decided, into uint8 shards in outputs/preprocess
-    (nothing recomputed when the cache key matches what is there)."""
+    (nothing recomputed when the cache key matches what is there). Shards go through `mapper` when one is
+    given (a Dask cluster: flows/data.py)."""
     folder, pp, key = ws.step_dir("preprocess"), params.preprocess, cache_key(params, ws)
     if not is_current(folder, key):
         manifest = pd.read_csv(ws.out / "validate" / "splits.csv", dtype=str, keep_default_na=False)
         classes = list(params.validate_.labels)
         for old in [*folder.glob("*.npy"), *folder.glob("*.npz"), folder / "meta.json"]:
             old.unlink(missing_ok=True)
-        with _decoder_pool(pp.workers) as pool:
-            splits = {s: write_split([ws.data_root / p for p in part["path"]],
-                                     part["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(), s,
-                                     folder, pp, pool)
-                      for s in SPLITS for part in [manifest[manifest["split"] == s]]}
+        splits = {s: write_split([ws.data_root / p for p in part["path"]],
+                                 part["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(), s,
+                                 folder, pp, mapper)
+                  for s in SPLITS for part in [manifest[manifest["split"] == s]]}
         pixels = max(splits["train"]["n"] * pp.size * pp.size * pp.channels, 1)
         mean = splits["train"]["sum"] / pixels
         std = float(np.sqrt(max(splits["train"]["sumsq"] / pixels - mean**2, 0.0)))

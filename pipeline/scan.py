@@ -8,7 +8,7 @@ import secrets
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple
 
 import cv2
 
@@ -22,6 +22,9 @@ SALT_ENV = "MEDPIPE_PSEUDONYM_SALT"
 # Worker processes pay off only when decoding dominates: below this many bytes to read (e.g. 10,000
 # 64x64 PNGs, ~35 MB) one process is faster than starting workers (benchmarks/scan.py).
 PARALLEL_BYTES = 64 * 2**20
+# An order-keeping map over units of work, e.g. Prefect tasks on a Dask cluster (flows/data.py). Steps
+# that take one run their units through it instead of their own process or thread pool.
+Mapper = Callable[[Callable[[Any], Any], list], Iterable]
 
 
 class ScanRow(NamedTuple):
@@ -99,7 +102,8 @@ def scan_file(root: Path, rel: str, salt: bytes) -> ScanRow:
                    image.patient_key or "")
 
 
-def _scan_chunk(args: tuple[Path, list[str], bytes]) -> list[ScanRow]:
+def scan_chunk(args: tuple[Path, list[str], bytes]) -> list[ScanRow]:
+    """Scan a run of files, (root, relative paths, salt): one unit of parallel work."""
     root, rels, salt = args
     cv2.setNumThreads(1)  # one process per core already
     return [scan_file(root, rel, salt) for rel in rels]
@@ -140,31 +144,33 @@ def _progress(show: bool, total: int):
         yield bar, bar.add_task("scanning images", total=total)
 
 
-def _run(root: Path, rels: list[str], salt: bytes, workers: int, progress: bool) -> list[ScanRow]:
-    chunks = [rels[i:i + 64] for i in range(0, len(rels), 64)]
+def _run(root: Path, rels: list[str], salt: bytes, workers: int, progress: bool,
+         mapper: Mapper | None = None, chunk_size: int = 64) -> list[ScanRow]:
+    chunks = [(root, rels[i:i + chunk_size], salt) for i in range(0, len(rels), chunk_size)]
     rows: list[ScanRow] = []
     with _progress(progress, len(rels)) as (bar, task):
-        if workers <= 1 or _total_bytes(root, rels) < PARALLEL_BYTES:
-            results = map(_scan_chunk, [(root, c, salt) for c in chunks])
-            for chunk in results:
+        if mapper is not None or workers <= 1 or _total_bytes(root, rels) < PARALLEL_BYTES:
+            for chunk in (mapper or map)(scan_chunk, chunks):
                 rows += chunk
                 bar.advance(task, len(chunk))
             return rows
         # spawn, not fork: a forked child can hang on a lock held by one of OpenCV's (or TF's)
         # threads in the parent. Scripts that call this need the usual `if __name__ == "__main__"`.
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            for chunk in pool.map(_scan_chunk, [(root, c, salt) for c in chunks]):
+            for chunk in pool.map(scan_chunk, chunks):
                 rows += chunk
                 bar.advance(task, len(chunk))
     return rows
 
 
 def scan(root: Path, rels: list[str], cache: Path | None = None, workers: int | None = None,
-         progress: bool = False, project: Path = Path(".")) -> "pd.DataFrame":
+         progress: bool = False, project: Path = Path("."), mapper: Mapper | None = None,
+         chunk_size: int = 64) -> "pd.DataFrame":
     """Scan the listed files (paths relative to root), re-reading only new or changed ones.
 
     `project` is where the pseudonymisation salt lives (see data_salt). Worker processes import
-    only this module's light top (OpenCV, NumPy), not pandas.
+    only this module's light top (OpenCV, NumPy), not pandas. With a `mapper`, runs of `chunk_size`
+    files go through it instead of this machine's worker processes.
     """
     import pandas as pd
 
@@ -174,7 +180,8 @@ def scan(root: Path, rels: list[str], cache: Path | None = None, workers: int | 
     if cache is not None and cache.is_file() and cache.with_suffix(".salt").read_text() == salt_id:
         cached = _unchanged(pd.read_csv(cache, keep_default_na=False), root, rels)
     todo = sorted(set(rels) - set(cached["path"]))
-    fresh = pd.DataFrame(_run(root, todo, salt, workers or os.cpu_count() or 1, progress), columns=COLUMNS)
+    rows = _run(root, todo, salt, workers or os.cpu_count() or 1, progress, mapper, chunk_size)
+    fresh = pd.DataFrame(rows, columns=COLUMNS)
     table = pd.concat([cached, fresh] if len(cached) else [fresh], ignore_index=True).astype(DTYPES)
     table = table.set_index("path").loc[rels].reset_index() if len(table) else table
     if cache is not None:

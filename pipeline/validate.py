@@ -17,7 +17,7 @@ from pipeline.config import Params, ValidateParams, Workspace
 from pipeline.data import discover
 from pipeline.errors import DataError
 from pipeline.preprocess import SPLITS, leakage_groups, split_patients
-from pipeline.scan import inside_root, scan
+from pipeline.scan import Mapper, inside_root, scan
 
 
 @dataclass
@@ -65,9 +65,10 @@ def failure(report: "ValidationReport", data_root: Path) -> DataError:
 
 
 def image_table(manifest: pd.DataFrame, root: Path, cache: Path | None, vp: ValidateParams,
-                project: Path = Path(".")) -> pd.DataFrame:
+                project: Path = Path("."), mapper: Mapper | None = None, chunk_size: int = 64) -> pd.DataFrame:
     """Manifest joined with the scan: per-image facts the expectations test."""
-    table = scan(root, manifest["path"].tolist(), cache=cache, project=project).drop(columns="path")
+    table = scan(root, manifest["path"].tolist(), cache=cache, project=project, mapper=mapper,
+                 chunk_size=chunk_size).drop(columns="path")
     df = pd.concat([manifest.reset_index(drop=True), table], axis=1)
     df["inside_root"] = [inside_root(root, p) for p in df["path"]]
     df["exists"] = [ok and (root / p).is_file() for ok, p in zip(df["inside_root"], df["path"])]
@@ -176,11 +177,14 @@ def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, tuple[str, str
     return checks
 
 
-def validate_data(root: Path, params: Params, out: Path, project: Path) -> tuple[ValidationReport, pd.DataFrame]:
-    """Validate the data set under `root`; return the report and the image table with splits."""
+def validate_data(root: Path, params: Params, out: Path, project: Path,
+                  mapper: Mapper | None = None) -> tuple[ValidationReport, pd.DataFrame]:
+    """Validate the data set under `root` (the scan through `mapper` if given); return the report and the
+    image table with splits."""
     manifest, empty_folders = discover(root)
     vp = params.validate_
-    images = image_table(manifest, root, out.parent / "cache" / "scan.csv", vp, project)
+    chunk = params.dask.chunk_size if mapper is not None else 64
+    images = image_table(manifest, root, out.parent / "cache" / "scan.csv", vp, project, mapper, chunk)
     images["split"] = assign_splits(images, params).fillna("")
     frames = {"images": images, **derived_tables(images, vp.labels, empty_folders)}
     checks = run_suites(frames, _expectations(vp))
@@ -221,12 +225,13 @@ def write_report(report: ValidationReport, out: Path) -> Path:
     return md
 
 
-def run_step(params: Params, ws: Workspace, out: Path | None = None) -> ValidationReport:
-    """Validate the workspace's data; write reports and the split table under outputs/validate/."""
+def run_step(params: Params, ws: Workspace, out: Path | None = None, mapper: Mapper | None = None) -> ValidationReport:
+    """Validate the workspace's data; write reports and the split table under outputs/validate/.
+    The image scan runs through `mapper` when one is given (a Dask cluster: flows/data.py)."""
     out = out or ws.step_dir("validate")
     out.mkdir(parents=True, exist_ok=True)
     try:
-        report, images = validate_data(ws.data_root, params, out, ws.base)
+        report, images = validate_data(ws.data_root, params, out, ws.base, mapper)
     except DataError as err:
         report, images = ValidationReport(False, [Check("data set readable", False, [str(err)])], 0, {}), None
     if images is not None:

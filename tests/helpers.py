@@ -1,6 +1,11 @@
 """Shared test constants and helpers (no side effects: conftest.py does the isolation)."""
 
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -80,3 +85,72 @@ def wait_until_up(url: str, process, seconds: int = 180) -> None:
             assert process.poll() is None, process.stderr.read()[-3000:]
             time.sleep(1)
     raise AssertionError(f"{url} not up within {seconds} s")
+
+
+BIN = Path(sys.executable).parent  # the venv's bin/: medpipe, prefect, mlflow
+
+
+def api_call(url: str, body: dict | None = None):
+    """GET (or POST `body` as JSON to) a Prefect API URL; the decoded JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def wait_for(check, seconds: int, what: str, *processes: subprocess.Popen):
+    """Poll `check` once a second until it returns something truthy; fail if a process dies first."""
+    for _ in range(seconds):
+        for process in processes:
+            assert process.poll() is None, f"{what}: process exited:\n{process.stderr.read()[-3000:]}"
+        try:
+            value = check()
+            if value:
+                return value
+        except OSError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"{what}: not within {seconds} s")
+
+
+def start_process(args: list[str], env: dict, cwd: Path) -> subprocess.Popen:
+    """A background process in its own session (stop it with os.killpg), stderr kept for failures."""
+    return subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def stop(*processes: subprocess.Popen | None) -> None:
+    """Stop background processes started by start_process (their whole sessions)."""
+    for process in processes:
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=60)
+
+
+def prefect_server_env(tmp_path: Path) -> tuple[str, dict]:
+    """API URL and environment for a real `prefect server start` on a free 127.0.0.1 port, its DB in
+    tmp_path, with the services no test here needs switched off (a 2-core box)."""
+    api = f"http://127.0.0.1:{free_port()}/api"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PREFECT_API_URL": api,
+           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path}/prefect.db",
+           "PREFECT_UI_ENABLED": "false",
+           **{f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in (
+               "CANCELLATION_CLEANUP", "FOREMAN", "LATE_RUNS", "PAUSE_EXPIRATIONS", "REPOSSESSOR", "TRIGGERS",
+               "CLEANUP_RECONCILER")}}
+    return api, env
+
+
+def start_prefect_server(api: str, env: dict, cwd: Path) -> subprocess.Popen:
+    """`prefect server start` for `api` (see prefect_server_env), once it answers."""
+    port = api.rsplit(":", 1)[1].split("/")[0]
+    server = start_process([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port], env, cwd)
+    wait_for(lambda: api_call(f"{api}/health") is True, 180, "prefect server", server)
+    return server
+
+
+def wait_for_run(api: str, run_id: str, *processes: subprocess.Popen, seconds: int = 600) -> str:
+    """The final state type of a flow run (COMPLETED, FAILED or CRASHED), once it has one."""
+    def final():
+        state = api_call(f"{api}/flow_runs/{run_id}")["state"]
+        return state["type"] if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED") else None
+    return wait_for(final, seconds, "flow run", *processes)

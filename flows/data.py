@@ -1,0 +1,59 @@
+"""The data steps on Dask: validate (its image scan in chunks) and preprocess (shard by shard) as Prefect
+tasks on a `DaskTaskRunner`, when params.yaml's `dask` section (or $MEDPIPE_DASK_ADDRESS) asks for it."""
+
+import logging
+import os
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect_dask import DaskTaskRunner
+
+from pipeline import preprocess, validate
+from pipeline.config import DaskParams, Params, Workspace
+from pipeline.preprocess import PreprocessResult
+from pipeline.validate import ValidationReport
+
+ADDRESS_ENV = "MEDPIPE_DASK_ADDRESS"
+
+
+def dask_runner(dp: DaskParams) -> DaskTaskRunner | None:
+    """The task runner `dp` asks for: a running scheduler ($MEDPIPE_DASK_ADDRESS, else `address`), a
+    LocalCluster of `workers` single-threaded processes on 127.0.0.1, or None (no Dask)."""
+    address = os.environ.get(ADDRESS_ENV) or dp.address
+    if address:
+        return DaskTaskRunner(address=address)
+    if not dp.workers:
+        return None
+    # Without PREFECT_API_URL every worker would start a temporary Prefect server of its own.
+    with get_client(sync_client=True) as client:
+        env = {"PREFECT_API_URL": str(client.api_url).rstrip("/")}
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # Dask's start/stop chatter, not the tasks' logs
+    return DaskTaskRunner(cluster_kwargs={"n_workers": dp.workers, "threads_per_worker": 1, "processes": True,
+                                          "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", "env": env})
+
+
+def on_task_runner(fn, items: list) -> list:
+    """Map `fn` over `items` as Prefect tasks on the running flow's task runner; results in order."""
+    futures = task(fn, name=fn.__name__.replace("_", "-"), cache_policy=NO_CACHE).map(items)
+    return [future.result() for future in futures]
+
+
+@flow(name="medpipe-data", log_prints=True, validate_parameters=False)
+def data_flow(params: Params, ws: Workspace) -> tuple[ValidationReport, PreprocessResult | None]:
+    """Validate and, if the data pass, preprocess, with the scan chunks and the shards as tasks on this
+    flow's task runner (each decoding on one thread: the cluster's workers are the parallelism)."""
+    report = validate.run_step(params, ws, mapper=on_task_runner)
+    if not report.success:
+        return report, None
+    one_thread = params.model_copy(update={"preprocess": params.preprocess.model_copy(update={"workers": 1})})
+    return report, preprocess.run_step(one_thread, ws, mapper=on_task_runner)
+
+
+def run_on_dask(params: Params, ws: Workspace) -> tuple[ValidationReport, PreprocessResult | None] | None:
+    """The data steps on the Dask cluster params ask for, as a subflow; None when they ask for none."""
+    runner = dask_runner(params.dask)
+    if runner is None:
+        return None
+    print(f"data steps on Dask: {os.environ.get(ADDRESS_ENV) or params.dask.address or f'{params.dask.workers} local workers'}")
+    return data_flow.with_options(task_runner=runner)(params, ws)
