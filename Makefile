@@ -70,6 +70,7 @@ bench: $(STAMP)  ## run the benchmarks (JSON lines; figures in docs/benchmarks.m
 	$(BIN)/python benchmarks/scan.py
 	$(BIN)/python benchmarks/validate.py
 	$(BIN)/python benchmarks/preprocess.py
+	$(BIN)/python benchmarks/dask_steps.py
 	$(BIN)/python benchmarks/training.py
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/memory.py
 	-$(BIN)/python benchmarks/medmnist.py   # needs ../shared/datasets/medmnist

@@ -63,8 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--source", type=int, default=256, help="side of the generated chest PNGs")
-    parser.add_argument("--chunk", type=int, default=256, help="images per scan task (params dask.chunk_size)")
-    parser.add_argument("--shard", type=int, default=256, help="images per shard (params preprocess.shard_size)")
+    parser.add_argument("--chunk", type=int, default=1024, help="images per scan task (params dask.chunk_size)")
+    parser.add_argument("--shard", type=int, default=1024, help="images per shard (params preprocess.shard_size)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         manifest = synthesize(Path(tmp) / "data", n_patients=args.images // 3 + 50, size=args.source, seed=3)

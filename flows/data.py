@@ -3,6 +3,7 @@ tasks on a `DaskTaskRunner`, when params.yaml's `dask` section (or $MEDPIPE_DASK
 
 import logging
 import os
+import socket
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -11,16 +12,36 @@ from prefect_dask import DaskTaskRunner
 
 from pipeline import preprocess, validate
 from pipeline.config import DaskParams, Params, Workspace
+from pipeline.errors import ConfigError
 from pipeline.preprocess import PreprocessResult
 from pipeline.validate import ValidationReport
 
 ADDRESS_ENV = "MEDPIPE_DASK_ADDRESS"
+PRELOAD = ["prefect", "pipeline.scan", "pipeline.preprocess"]  # imported as workers start, not in the first task
+
+
+def scheduler_address(dp: DaskParams) -> str | None:
+    """The running Dask scheduler asked for: $MEDPIPE_DASK_ADDRESS, else params dask.address."""
+    return os.environ.get(ADDRESS_ENV) or dp.address
+
+
+def check_scheduler(dp: DaskParams, seconds: float = 5.0) -> None:
+    """Fail fast, with a one-line ConfigError, when the scheduler asked for does not answer."""
+    address = scheduler_address(dp)
+    if not address:
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
+    except (OSError, ValueError) as err:
+        source = ADDRESS_ENV if os.environ.get(ADDRESS_ENV) else "dask.address"
+        raise ConfigError(source, f"no Dask scheduler answers at {address} ({err.__class__.__name__})") from None
 
 
 def dask_runner(dp: DaskParams) -> DaskTaskRunner | None:
     """The task runner `dp` asks for: a running scheduler ($MEDPIPE_DASK_ADDRESS, else `address`), a
     LocalCluster of `workers` single-threaded processes on 127.0.0.1, or None (no Dask)."""
-    address = os.environ.get(ADDRESS_ENV) or dp.address
+    address = scheduler_address(dp)
     if address:
         return DaskTaskRunner(address=address)
     if not dp.workers:
@@ -30,7 +51,8 @@ def dask_runner(dp: DaskParams) -> DaskTaskRunner | None:
         env = {"PREFECT_API_URL": str(client.api_url).rstrip("/")}
     logging.getLogger("distributed").setLevel(logging.WARNING)  # Dask's start/stop chatter, not the tasks' logs
     return DaskTaskRunner(cluster_kwargs={"n_workers": dp.workers, "threads_per_worker": 1, "processes": True,
-                                          "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", "env": env})
+                                          "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", "env": env,
+                                          "preload": PRELOAD})
 
 
 def on_task_runner(fn, items: list) -> list:
@@ -55,5 +77,5 @@ def run_on_dask(params: Params, ws: Workspace) -> tuple[ValidationReport, Prepro
     runner = dask_runner(params.dask)
     if runner is None:
         return None
-    print(f"data steps on Dask: {os.environ.get(ADDRESS_ENV) or params.dask.address or f'{params.dask.workers} local workers'}")
+    print(f"data steps on Dask: {scheduler_address(params.dask) or f'{params.dask.workers} local workers'}")
     return data_flow.with_options(task_runner=runner)(params, ws)

@@ -56,8 +56,11 @@ def run(data: Annotated[Optional[Path], typer.Option(help="Data root holding man
     from pipeline.config import load_params
 
     overrides = _overrides(set_)
-    load_params(params, overrides)  # fail fast on a bad params file, before Prefect starts
+    config = load_params(params, overrides)  # fail fast on a bad params file, before Prefect starts
+    from flows.data import check_scheduler
     from flows.training import training_flow
+
+    check_scheduler(config.dask)  # and on a Dask scheduler that does not answer
 
     state = training_flow(params_file=str(params), data=str(data) if data else None, overrides=overrides,
                           resume=resume, force=force, return_state=True)

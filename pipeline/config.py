@@ -161,7 +161,7 @@ class DaskParams(Section):
 
     address: str | None = None             # tcp://host:8786 of a scheduler ($MEDPIPE_DASK_ADDRESS wins)
     workers: int = Field(0, ge=0)          # else a LocalCluster of this many processes on 127.0.0.1; 0 = no Dask
-    chunk_size: int = Field(256, ge=1)     # images per scan task (preprocess: one task per shard)
+    chunk_size: int = Field(1024, ge=1)    # images per scan task (preprocess: one task per shard)
 
 
 class Params(Section):

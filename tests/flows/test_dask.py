@@ -3,6 +3,7 @@ DaskTaskRunner give the same scan, split table and shards as the default runner.
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 from flows.data import ADDRESS_ENV, dask_runner, run_on_dask
 from pipeline import preprocess, validate
 from pipeline.config import DaskParams, Workspace, load_params
-from tests.helpers import write_params
+from tests.helpers import BIN, free_port, write_params
 
 pytestmark = pytest.mark.slow
 SMALL_UNITS = {"preprocess": {"size": 32, "shard_size": 16}, "dask": {"workers": 2, "chunk_size": 8}}
@@ -31,6 +32,16 @@ def test_runner_choice(monkeypatch):
     assert dask_runner(DaskParams(address="tcp://127.0.0.1:8786")).address == "tcp://127.0.0.1:8786"
     monkeypatch.setenv(ADDRESS_ENV, "tcp://127.0.0.1:9999")
     assert dask_runner(DaskParams(workers=2)).address == "tcp://127.0.0.1:9999"
+
+
+def test_a_scheduler_that_does_not_answer_is_a_one_line_error(project):
+    port = free_port()
+    done = subprocess.run([str(BIN / "medpipe"), "run", "--params", str(project / "params.yaml"), "--set",
+                           f"dask.address=tcp://127.0.0.1:{port}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr + done.stdout
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: dask.address: no Dask scheduler answers at tcp://127.0.0.1:{port} (ConnectionRefusedError)")
+    assert not (project / "outputs").exists()  # nothing ran
 
 
 def test_local_cluster_gives_the_default_runners_outputs(tmp_path, tiny_data, prefect_harness):
