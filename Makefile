@@ -58,9 +58,14 @@ prefect-ui: $(STAMP)  ## browse flow runs at http://127.0.0.1:4200
 
 prefect-server: prefect-ui  ## a Prefect server for schedules: then export PREFECT_API_URL=http://127.0.0.1:4200/api
 
-mlflow-server: $(STAMP)  ## a shared MLflow tracking server on http://127.0.0.1:5000 (SQLite + artifact store in mlflow/)
-	$(BIN)/mlflow server --backend-store-uri sqlite:///mlflow/mlflow.db --artifacts-destination mlflow/artifacts \
-		--host 127.0.0.1 --port 5000
+# A PostgreSQL backend: make mlflow-server MLFLOW_BACKEND=postgresql://user@host/mlflow (needs psycopg2-binary).
+MLFLOW_BACKEND ?= sqlite:///mlflow/mlflow.db
+MLFLOW_ARTIFACTS ?= mlflow/artifacts
+MLFLOW_PORT ?= 5000
+MLFLOW_HOST ?= 127.0.0.1
+mlflow-server: $(STAMP)  ## a shared MLflow tracking server on http://127.0.0.1:5000 (MLFLOW_BACKEND, MLFLOW_ARTIFACTS)
+	$(BIN)/mlflow server --backend-store-uri $(MLFLOW_BACKEND) --artifacts-destination $(MLFLOW_ARTIFACTS) \
+		--host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
 
 lock: $(STAMP)  ## re-resolve requirements.lock from pyproject.toml
 	$(UV) pip compile pyproject.toml --extra cpu --extra test --python-version 3.11 \
