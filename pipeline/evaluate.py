@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Params, Workspace
-from pipeline.preprocess import load_split, read_meta
-from pipeline.train import macro_roc_auc
+from pipeline.preprocess import Shards, read_meta
+from pipeline.train import macro_roc_auc, predict_uint8
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,9 @@ def threshold_metrics(y_val: np.ndarray, p_val: np.ndarray, y: np.ndarray, p: np
 
 
 def predict(model, x: np.ndarray) -> np.ndarray:
-    """Class probabilities as float64 rows summing to 1 (float32 softmax is off by ~1e-7)."""
-    proba = model.predict(x, verbose=0).astype(np.float64)
+    """Class probabilities of uint8 images, batch by batch (a float copy of one batch at a time), as float64
+    rows summing to 1 (float32 softmax is off by ~1e-7)."""
+    proba = predict_uint8(model, x)
     return proba / proba.sum(axis=1, keepdims=True)
 
 
@@ -120,7 +121,8 @@ def run_step(params: Params, ws: Workspace) -> EvaluateResult:
 
     ep, folder = params.evaluate, ws.out / "preprocess"
     classes = read_meta(folder)["classes"]
-    data = {f"{k}_{s}": v for s in ("val", "test") for k, v in zip("xy", load_split(folder, s))}
+    shards = {s: Shards(folder, s) for s in ("val", "test")}  # uint8: a quarter of float32's memory
+    data = {f"{k}_{s}": v for s, sh in shards.items() for k, v in (("x", sh.read()), ("y", sh.labels))}
     model = load_model(ws.out / "train" / "model.keras")
     proba = {s: predict(model, data[f"x_{s}"]) for s in ("val", "test")}
     metrics = {f"{s}_{k}": v for s in ("val", "test")
@@ -151,7 +153,7 @@ def run_step(params: Params, ws: Workspace) -> EvaluateResult:
 
 def explain_examples(model, x: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: list[str], per_class: int,
                      out: Path) -> list[Path]:
-    """Grad-CAM overlays of up to `per_class` correct and misclassified test images per true class."""
+    """Grad-CAM overlays of up to `per_class` correct and misclassified test images (uint8) per true class."""
     import cv2
 
     from pipeline.explain import grad_cam, overlay
@@ -161,9 +163,10 @@ def explain_examples(model, x: np.ndarray, y: np.ndarray, proba: np.ndarray, cla
     for c, name in enumerate(classes):
         for kind, chosen in (("correct", (y == c) & (pred == c)), ("wrong", (y == c) & (pred != c))):
             for i in np.flatnonzero(chosen)[:per_class]:
-                cam, _ = grad_cam(model, x[i], int(pred[i]))
+                image = x[i].astype(np.float32) / 255.0
+                cam, _ = grad_cam(model, image, int(pred[i]))
                 path = out / f"{name}_{kind}_{i}_pred-{classes[pred[i]]}.png"
-                cv2.imwrite(str(path), overlay(x[i], cam))
+                cv2.imwrite(str(path), overlay(image, cam))
                 paths.append(path)
     return paths
 

@@ -75,12 +75,13 @@ def promote(params: Params, ws: Workspace, version: int, force: bool = False) ->
     """Evaluate `version` and the champion on the workspace's test split; move aliases by the gate."""
     import mlflow
 
-    from pipeline.preprocess import load_split
+    from pipeline.preprocess import Shards
     from pipeline.registry import setup_tracking
 
     setup_tracking(params.register_, ws.base)
     client, name = mlflow.MlflowClient(), params.register_.model_name
-    x, y = load_split(ws.out / "preprocess", "test")
+    test = Shards(ws.out / "preprocess", "test")
+    x, y = test.read(), test.labels  # uint8
     current = _champion(client, name)
     candidate = _version_metrics(name, version, x, y)
     champion = _version_metrics(name, current, x, y) if current not in (None, version) else None
