@@ -52,7 +52,11 @@ def run(data: Annotated[Optional[Path], typer.Option(help="Data root holding man
                                              "checkpoint (same data and params give the same result).")] = False,
         force: Annotated[bool, typer.Option(help="Train even if the newest model already came from this data, "
                                             "params and code.")] = False) -> None:
-    """Run the whole training flow (Prefect): validate, preprocess, balance, train, evaluate, register, promote."""
+    """Run the whole training flow (Prefect): validate, preprocess, balance, train, evaluate, register, promote.
+
+    The data steps run on Dask when params ask for it (dask.workers, dask.address or
+    $MEDPIPE_DASK_ADDRESS); see docs/scaling.md.
+    """
     from pipeline.config import load_params
 
     overrides = _overrides(set_)
