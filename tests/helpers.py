@@ -120,11 +120,17 @@ def start_process(args: list[str], env: dict, cwd: Path) -> subprocess.Popen:
 
 
 def stop(*processes: subprocess.Popen | None) -> None:
-    """Stop background processes started by start_process (their whole sessions)."""
+    """Stop background processes started by start_process (their whole sessions), in order: SIGTERM, then
+    SIGKILL if one has not exited 30 s later (a Prefect worker sometimes ignores SIGTERM)."""
     for process in processes:
-        if process is not None and process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=60)
+        if process is None or process.poll() is not None:
+            continue
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
 
 
 def prefect_server_env(tmp_path: Path) -> tuple[str, dict]:
