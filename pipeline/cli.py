@@ -379,8 +379,6 @@ remote_app = typer.Typer(help="DVC remotes where data versions are pushed and pu
 data_app.add_typer(remote_app, name="remote")
 
 
-
-
 @remote_app.command("add")
 def remote_add(name: Annotated[str, typer.Argument(help="Remote name, e.g. team.")],
                url: Annotated[str, typer.Argument(help="s3://bucket/path, gs://bucket/path, ssh://host/path, "

@@ -143,7 +143,7 @@ def load_classifier(uri: str, reg: RegisterParams, base: Path, pp: PreprocessPar
     model_uri = f"models:/{version.name}/{version.version}"
     if "keras" in mlflow.models.get_model_info(model_uri).flavors:
         model = load_keras(model_uri)
-        classes = json.loads(version.tags.get("medpipe.classes", "[]")) or [str(i) for i in range(model.output_shape[-1])]
+        classes = _classes(version) or [str(i) for i in range(model.output_shape[-1])]
         return SimpleNamespace(model=model, classes=classes, pp=input_params(model, pp)), int(version.version)
     return mlflow.pyfunc.load_model(model_uri).unwrap_python_model(), int(version.version)
 
@@ -152,7 +152,12 @@ def load_registered(uri: str, reg: RegisterParams, base: Path):
     """A registered version's Keras model, class names and version number."""
     version = find_version(uri, reg, base)
     model = load_keras(f"models:/{version.name}/{version.version}")
-    return model, json.loads(version.tags.get("medpipe.classes", "[]")), int(version.version)
+    return model, _classes(version), int(version.version)
+
+
+def _classes(version) -> list[str]:
+    """A registered version's class names, from its `medpipe.classes` tag ([] when it has none)."""
+    return json.loads(version.tags.get("medpipe.classes", "[]"))
 
 
 def load_keras(uri: str):

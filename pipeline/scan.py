@@ -22,6 +22,7 @@ SALT_ENV = "MEDPIPE_PSEUDONYM_SALT"
 # Worker processes pay off only when decoding dominates: below this many bytes to read (e.g. 10,000
 # 64x64 PNGs, ~35 MB) one process is faster than starting workers (benchmarks/scan.py).
 PARALLEL_BYTES = 64 * 2**20
+LOCAL_CHUNK = 64  # files per unit of work for this machine's worker processes (a mapper's units: chunk_size)
 # An order-keeping map over units of work, e.g. Prefect tasks on a Dask cluster (flows/data.py). Steps
 # that take one run their units through it instead of their own process or thread pool.
 Mapper = Callable[[Callable[[Any], Any], list], Iterable]
@@ -145,8 +146,9 @@ def _progress(show: bool, total: int):
 
 
 def _run(root: Path, rels: list[str], salt: bytes, workers: int, progress: bool,
-         mapper: Mapper | None = None, chunk_size: int = 64) -> list[ScanRow]:
-    chunks = [(root, rels[i:i + chunk_size], salt) for i in range(0, len(rels), chunk_size)]
+         mapper: Mapper | None = None, chunk_size: int = 1024) -> list[ScanRow]:
+    size = chunk_size if mapper is not None else LOCAL_CHUNK
+    chunks = [(root, rels[i:i + size], salt) for i in range(0, len(rels), size)]
     rows: list[ScanRow] = []
     with _progress(progress, len(rels)) as (bar, task):
         if mapper is not None or workers <= 1 or _total_bytes(root, rels) < PARALLEL_BYTES:
@@ -165,7 +167,7 @@ def _run(root: Path, rels: list[str], salt: bytes, workers: int, progress: bool,
 
 def scan(root: Path, rels: list[str], cache: Path | None = None, workers: int | None = None,
          progress: bool = False, project: Path = Path("."), mapper: Mapper | None = None,
-         chunk_size: int = 64) -> "pd.DataFrame":
+         chunk_size: int = 1024) -> "pd.DataFrame":
     """Scan the listed files (paths relative to root), re-reading only new or changed ones.
 
     `project` is where the pseudonymisation salt lives (see data_salt). Worker processes import

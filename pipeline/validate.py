@@ -65,7 +65,7 @@ def failure(report: "ValidationReport", data_root: Path) -> DataError:
 
 
 def image_table(manifest: pd.DataFrame, root: Path, cache: Path | None, vp: ValidateParams,
-                project: Path = Path("."), mapper: Mapper | None = None, chunk_size: int = 64) -> pd.DataFrame:
+                project: Path = Path("."), mapper: Mapper | None = None, chunk_size: int = 1024) -> pd.DataFrame:
     """Manifest joined with the scan: per-image facts the expectations test."""
     table = scan(root, manifest["path"].tolist(), cache=cache, project=project, mapper=mapper,
                  chunk_size=chunk_size).drop(columns="path")
@@ -183,8 +183,8 @@ def validate_data(root: Path, params: Params, out: Path, project: Path,
     image table with splits."""
     manifest, empty_folders = discover(root)
     vp = params.validate_
-    chunk = params.dask.chunk_size if mapper is not None else 64
-    images = image_table(manifest, root, out.parent / "cache" / "scan.csv", vp, project, mapper, chunk)
+    images = image_table(manifest, root, out.parent / "cache" / "scan.csv", vp, project, mapper,
+                         params.dask.chunk_size)
     images["split"] = assign_splits(images, params).fillna("")
     frames = {"images": images, **derived_tables(images, vp.labels, empty_folders)}
     checks = run_suites(frames, _expectations(vp))

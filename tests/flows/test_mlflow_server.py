@@ -1,14 +1,10 @@
 """The whole flow against a real `mlflow server` on 127.0.0.1 (a shared tracking server, as teams run)."""
 
 import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, wait_until_up, write_params
+from tests.helpers import BIN, free_port, start_process, stop, wait_until_up, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -20,10 +16,9 @@ def test_flow_tracks_registers_and_promotes_on_a_tracking_server(prefect_harness
 
     store = tmp_path_factory.mktemp("server")
     port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
-                               f"sqlite:///{store}/mlflow.db", "--artifacts-destination", str(store / "artifacts"),
-                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    server = start_process([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
+                            "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port",
+                            str(port), "--workers", "1"], dict(os.environ), store)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(f"{url}/health", server)
@@ -43,5 +38,4 @@ def test_flow_tracks_registers_and_promotes_on_a_tracking_server(prefect_harness
         assert (store / "artifacts").is_dir() and not (project / "mlflow").exists()  # nothing local
         assert client.get_run(first.run_id).data.metrics["test_roc_auc"] == pytest.approx(first.test_metrics["roc_auc"])
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop(server)

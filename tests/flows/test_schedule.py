@@ -2,8 +2,6 @@
 serving the deployment, and a run of it that trains and registers a model."""
 
 import json
-import os
-import signal
 import subprocess
 
 import pytest
@@ -32,7 +30,7 @@ def test_schedule_serves_a_cron_deployment_that_retrains(project, tmp_path):
                        "create a run", server, served)  # what the schedule does on Mondays
         state = wait_for_run(api, run["id"], server, served)
         if state != "COMPLETED":
-            os.killpg(served.pid, signal.SIGTERM)
+            stop(served)  # then its stderr can be read to the end
             message = api_call(f"{api}/flow_runs/{run['id']}")["state"]["message"]
             pytest.fail(f"{message}\n{served.stderr.read()[-5000:]}")
         assert json.loads((project / "outputs" / "register" / "model_version.json").read_text())["version"] == 1

@@ -3,18 +3,15 @@
 import base64
 import json
 import os
-import signal
 import subprocess
-import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import free_port, wait_until_up
+from tests.helpers import BIN, free_port, start_process, stop, wait_until_up
 
 pytestmark = pytest.mark.slow
 
@@ -32,12 +29,11 @@ def test_served_champion_takes_raw_images(prefect_harness, project):
     from flows.training import training_flow
 
     summary = training_flow(params_file=str(project / "params.yaml"))
-    port, bin_dir = free_port(), Path(sys.executable).parent
+    port, bin_dir = free_port(), BIN
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project}/mlflow/mlflow.db",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    server = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/medpipe-classifier@champion",
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=project,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    server = start_process([str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/medpipe-classifier@champion",
+                            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], env, project)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(f"{url}/ping", server)
@@ -63,5 +59,4 @@ def test_served_champion_takes_raw_images(prefect_harness, project):
         status, answer = _post(f"{url}/invocations", b"this is not json")
         assert status == 400 and "valid JSON" in answer["message"]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop(server)
