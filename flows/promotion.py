@@ -8,6 +8,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline import promote
 from pipeline.config import Params, Workspace, load_params
+from pipeline.lock import project_lock
 
 gate_task = task(promote.promote, name="promotion-gate", cache_policy=NO_CACHE)
 
@@ -27,4 +28,6 @@ def promotion_flow(params: Params, ws: Workspace, version: int, force: bool = Fa
 def promote_version(version: int, params_file: str = "params.yaml", force: bool = False) -> promote.Decision:
     """The gate for one registered version, e.g. from a deployment or `prefect deployment run`."""
     params = load_params(Path(params_file))
-    return promotion_flow(params, Workspace.create(params, Path(params_file)), version, force)
+    ws = Workspace.create(params, Path(params_file))
+    with project_lock(ws.base):  # never beside a training run's gate or a `medpipe promote` of this project
+        return promotion_flow(params, ws, version, force)

@@ -9,7 +9,8 @@ from prefect.states import Failed
 
 from flows.data import run_on_dask
 from flows.promotion import promotion_flow
-from pipeline import balance, evaluate, lineage, preprocess, registry, train, validate
+from pipeline import balance, evaluate, lineage, preprocess, promote, registry, train, validate
+from pipeline.errors import MedpipeError
 from pipeline.config import Params, Workspace, load_params
 from pipeline.lock import project_lock
 from pipeline.summary import TrainingSummary, UpToDate
@@ -21,6 +22,8 @@ def _step(module, name: str):
 
 
 validate_task = _step(validate, "validate")
+
+
 def _preprocess_key(context, arguments: dict) -> str | None:
     """Cache key of the preprocess task: its outputs' folder and the data + params hash, as long as
     those outputs are still there (else None: run, and the step rebuilds them)."""
@@ -43,18 +46,50 @@ def training_flow(params_file: str = "params.yaml", data: str | None = None,
                   overrides: dict[str, str] | None = None, resume: bool = False,
                   force: bool = False) -> TrainingSummary | UpToDate:
     """Train, evaluate, register and gate a classifier; stop before preprocessing if the data are invalid,
-    and train nothing if the newest model already came from this data, params and code (unless `force`).
-    One run at a time per project: a second one waits for the first."""
+    and train nothing if the newest model already came from this data, params and code (unless `force`;
+    a version a crash left ungated is gated instead). With `resume`, continue the interrupted training
+    run from its checkpoint. One run at a time per project: a second one waits for the first."""
     params: Params = load_params(Path(params_file), overrides)
     ws = Workspace.create(params, Path(params_file), Path(data) if data else None)
     with project_lock(ws.base):
-        version = None if force else up_to_date_task(params, ws)
-        if version is not None:
-            done = UpToDate(params.register_.model_name, version)
-            create_markdown_artifact(done.message(), key="medpipe-training-summary", description="nothing to retrain")
-            print(done.message())
-            return done
-        return _train_and_promote(params, ws, params_file, overrides, resume)
+        try:
+            recover_task(params, ws)
+            registry.check_task(params, ws)
+            resuming = resume and train.has_checkpoint(params, ws)
+            if resume and not resuming:
+                print("nothing to resume (no checkpoint of an interrupted run): training afresh")
+            match = None if force or resuming else up_to_date_task(params, ws)
+            if match is not None:
+                return _finish(params, ws, match)
+            return _train_and_promote(params, ws, params_file, overrides, resuming)
+        except MedpipeError as err:
+            return Failed(message=str(err))
+
+
+def _recover(params: Params, ws: Workspace) -> None:
+    """Clean up after a killed run: close its RUNNING MLflow runs, finish an interrupted alias change."""
+    import mlflow
+
+    registry.close_orphaned_runs(params.register_, ws.base)
+    promote.recover(mlflow.MlflowClient(), params.register_.model_name)
+
+
+recover_task = task(_recover, name="recover", cache_policy=NO_CACHE)
+
+
+def _finish(params: Params, ws: Workspace, match) -> UpToDate:
+    """Nothing to train: gate the matching version first if a crash left it ungated."""
+    finished = ""
+    if not match.gated:
+        report, _ = _data_steps(params, ws)
+        if not report.success:
+            raise validate.failure(report, ws.data_root)
+        decision = promotion_flow(params, ws, match.version)
+        finished = f"the gate it had missed made it @{decision.alias}"
+    done = UpToDate(params.register_.model_name, match.version, finished)
+    create_markdown_artifact(done.message(), key="medpipe-training-summary", description="nothing to retrain")
+    print(done.message())
+    return done
 
 
 def _data_steps(params: Params, ws: Workspace) -> tuple[validate.ValidationReport, preprocess.PreprocessResult | None]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import AugmentParams, BalanceParams, Params, Workspace
+from pipeline.outputs import replace_dir
 from pipeline.preprocess import Shards, read_meta
 
 
@@ -63,12 +64,13 @@ def run_step(params: Params, ws: Workspace) -> BalanceResult:
     classes = read_meta(ws.out / "preprocess")["classes"]
     y = shards.labels
     index, augment, weights = make_plan(y, params.balance, len(classes))
-    out = ws.step_dir("balance")
-    np.savez(out / "plan.npz", index=index, augment=augment)
-    result = BalanceResult(out / "plan.npz", _counts(y, classes), _counts(y[index], classes), weights)
+    final = ws.out / "balance"
+    result = BalanceResult(final / "plan.npz", _counts(y, classes), _counts(y[index], classes), weights)
     summary = {k: v for k, v in asdict(result).items() if k != "plan"}
-    (out / "balance.json").write_text(json.dumps({"strategy": params.balance.strategy, "augmented": int(augment.sum()),
-                                                  **summary}, indent=2) + "\n")
+    with replace_dir(final) as out:
+        np.savez(out / "plan.npz", index=index, augment=augment)
+        (out / "balance.json").write_text(json.dumps({"strategy": params.balance.strategy,
+                                                      "augmented": int(augment.sum()), **summary}, indent=2) + "\n")
     return result
 
 

@@ -120,10 +120,13 @@ def stage(step: Annotated[Step, typer.Argument(help="Which step to run.")],
 
     from pipeline.config import Workspace, load_params
 
+    from pipeline.lock import project_lock
+
     p = load_params(params)
     ws = Workspace.create(p, params)
     module = importlib.import_module("pipeline.registry" if step is Step.register else f"pipeline.{step.value}")
-    result = module.run_step(p, ws, resume=True) if resume and step is Step.train else module.run_step(p, ws)
+    with project_lock(ws.base, say=_say):  # never under a running flow's feet
+        result = module.run_step(p, ws, resume=True) if resume and step is Step.train else module.run_step(p, ws)
     if step is Step.validate and not result.success:
         from pipeline.validate import failure
 
@@ -133,8 +136,9 @@ def stage(step: Annotated[Step, typer.Argument(help="Which step to run.")],
 
 @app.command()
 def explain(image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG or DICOM).")],
-            model: Annotated[str, typer.Option(help="Registered model: models:/NAME/VERSION, models:/NAME@ALIAS "
-                                               "or models:/NAME/latest.")] = "models:/medpipe-classifier/latest",
+            model: Annotated[Optional[str], typer.Option(help="Registered model: models:/NAME/VERSION, "
+                                                         "models:/NAME@ALIAS or models:/NAME/latest (default: "
+                                                         "register.model_name@champion).")] = None,
             out: Annotated[Path, typer.Option(help="Where to write the Grad-CAM picture.")] = Path("cam.png"),
             params: ParamsOpt = Path("params.yaml")) -> None:
     """Explain one prediction: the class probabilities, and a Grad-CAM overlay of where they came from."""
@@ -146,10 +150,10 @@ def explain(image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG or
     from pipeline.explain import grad_cam, overlay
     from pipeline.model import input_params
     from pipeline.preprocess import load_image
-    from pipeline.registry import load_registered
+    from pipeline.registry import load_registered, model_uri
 
     p = load_params(params)
-    net, classes, version = load_registered(model, p.register_, params.resolve().parent)
+    net, classes, version = load_registered(model or model_uri(p.register_), p.register_, params.resolve().parent)
     x = load_image(image, input_params(net, p.preprocess))
     cam, proba = grad_cam(net, x)
     cv2.imwrite(str(out), overlay(x, cam))
@@ -161,8 +165,9 @@ def explain(image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG or
 
 @app.command()
 def predict(images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG or DICOM).")],
-            model: Annotated[str, typer.Option(help="Registered model: models:/NAME/VERSION, models:/NAME@ALIAS "
-                                               "or models:/NAME/latest.")] = "models:/medpipe-classifier@champion",
+            model: Annotated[Optional[str], typer.Option(help="Registered model: models:/NAME/VERSION, "
+                                                         "models:/NAME@ALIAS or models:/NAME/latest (default: "
+                                                         "register.model_name@champion).")] = None,
             params: ParamsOpt = Path("params.yaml")) -> None:
     """Classify images with a registered model; print JSON: label and class probabilities per image."""
     import json
@@ -171,9 +176,10 @@ def predict(images: Annotated[list[Path], typer.Argument(help="Image files (PNG,
 
     from pipeline.config import load_params
     from pipeline.preprocess import prepare_image
-    from pipeline.registry import load_classifier
+    from pipeline.registry import load_classifier, model_uri
 
     p = load_params(params)
+    model = model or model_uri(p.register_)
     classifier, version = load_classifier(model, p.register_, params.resolve().parent, p.preprocess)
     x = np.stack([prepare_image(path, classifier.pp) for path in images]).astype(np.float32) / 255.0
     proba = np.asarray(classifier.model.predict(x, verbose=0), dtype=np.float64)
@@ -185,21 +191,21 @@ def predict(images: Annotated[list[Path], typer.Argument(help="Image files (PNG,
 
 @label_app.command("suggest")
 def label_suggest(images: Annotated[Path, typer.Option(help="Folder of unlabelled images (searched recursively).")],
-                  model: Annotated[str, typer.Option(help="Registered model URI.")]
-                  = "models:/medpipe-classifier/latest",
+                  model: Annotated[Optional[str], typer.Option(help="Registered model URI (default: "
+                                                               "register.model_name@champion).")] = None,
                   out: Annotated[Path, typer.Option(help="CSV to write; Grad-CAM thumbnails go beside it.")]
                   = Path("outputs/label_suggestions.csv"),
                   params: ParamsOpt = Path("params.yaml")) -> None:
     """Suggest labels: predicted label, confidence and entropy per image, least certain first, with Grad-CAMs."""
     from pipeline.config import load_params
     from pipeline.label import image_files, suggest
-    from pipeline.registry import load_registered
+    from pipeline.registry import load_registered, model_uri
 
     files = image_files(images) if images.is_dir() else []
     if not files:
         raise MedpipeError(images, "no PNG, JPEG or DICOM images found")
     p = load_params(params)
-    net, classes, version = load_registered(model, p.register_, params.resolve().parent)
+    net, classes, version = load_registered(model or model_uri(p.register_), p.register_, params.resolve().parent)
     out.parent.mkdir(parents=True, exist_ok=True)
     table = suggest(net, classes or [str(i) for i in range(net.output_shape[-1])], files, images,
                     out.with_name(out.stem + "_gradcam"), p.preprocess)
@@ -211,14 +217,33 @@ def label_suggest(images: Annotated[Path, typer.Option(help="Folder of unlabelle
 def promote(version: Annotated[int, typer.Option(help="Model version to gate.")],
             force: Annotated[bool, typer.Option(help="Make it champion whatever the gate says.")] = False,
             params: ParamsOpt = Path("params.yaml")) -> None:
-    """Gate one version against @champion on the current test split; move aliases by the result."""
+    """Gate one version against @champion on the current test split; move aliases by the result.
+
+    Waits for a running medpipe run of this project; prepares the test split first if the data changed.
+    """
+    from pipeline import preprocess as prep
     from pipeline import promote as gate
+    from pipeline import validate as check
     from pipeline.config import Workspace, load_params
+    from pipeline.lock import project_lock
+    from pipeline.registry import close_orphaned_runs
 
     p = load_params(params)
-    decision = gate.promote(p, Workspace.create(p, params), version, force)
-    console.print(f"version {version}: {decision.alias}" + (" (forced)" if decision.forced and decision.promoted else "")
+    ws = Workspace.create(p, params)
+    with project_lock(ws.base, say=_say):
+        close_orphaned_runs(p.register_, ws.base, say=_say)
+        report = check.run_step(p, ws)  # the current data's test split (both steps are cached)
+        if not report.success:
+            raise check.failure(report, ws.data_root)
+        prep.run_step(p, ws)
+        decision = gate.promote(p, ws, version, force)
+        gate.write_decision(decision, ws)
+    console.print(f"version {version}: {decision.alias}" + (" (forced)" if decision.forced else "")
                   + f" — {'; '.join(decision.reasons)}; aliases {decision.aliases}", soft_wrap=True)
+
+
+def _say(message: str) -> None:
+    err_console.print(message, soft_wrap=True)
 
 
 @app.command()
@@ -285,8 +310,12 @@ def rollback(params: ParamsOpt = Path("params.yaml")) -> None:
     from pipeline import promote as gate
     from pipeline.config import Workspace, load_params
 
+    from pipeline.lock import project_lock
+
     p = load_params(params)
-    console.print(f"aliases now {gate.rollback(p, Workspace.create(p, params))}")
+    ws = Workspace.create(p, params)
+    with project_lock(ws.base, say=_say):
+        console.print(f"aliases now {gate.rollback(p, ws)}")
 
 
 @data_app.command("synth")

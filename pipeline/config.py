@@ -146,6 +146,11 @@ class RegisterParams(Section):
     model_name: str = "medpipe-classifier"
 
 
+GATE_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "sensitivity", "specificity", "log_loss",
+                "brier", "ece")  # pipeline.evaluate.classification_metrics
+LOWER_IS_BETTER = frozenset({"log_loss", "brier", "ece"})
+
+
 class PromoteParams(Section):
     """Promotion gate: beat the champion on `metric` by `margin`, guards within tolerance; floors for a first model."""
 
@@ -153,6 +158,13 @@ class PromoteParams(Section):
     margin: float = Field(0.0, ge=0)
     guards: dict[str, float] = {"sensitivity": 0.05}
     floors: dict[str, float] = {"roc_auc": 0.6}
+
+    @model_validator(mode="after")
+    def _known_metrics(self) -> "PromoteParams":
+        for key in [self.metric, *self.guards, *self.floors]:
+            if key not in GATE_METRICS:
+                raise ValueError(f"unknown metric {key!r}; the gate knows {', '.join(GATE_METRICS)}")
+        return self
 
 
 class DaskParams(Section):

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Params, Workspace
+from pipeline.outputs import replace_dir, write_text
 from pipeline.preprocess import Shards, read_meta
 from pipeline.train import macro_roc_auc, predict_uint8
 
@@ -115,9 +116,8 @@ def run_step(params: Params, ws: Workspace) -> EvaluateResult:
     """Evaluate the trained model on val and test; write metrics.json, plots and a report; log to MLflow."""
     import mlflow
 
-    from pipeline import plots
     from pipeline.model import load_model
-    from pipeline.registry import setup_tracking
+    from pipeline.registry import owner_tags, setup_tracking
 
     ep, folder = params.evaluate, ws.out / "preprocess"
     classes = read_meta(folder)["classes"]
@@ -133,22 +133,34 @@ def run_step(params: Params, ws: Workspace) -> EvaluateResult:
     if len(classes) == 2:
         metrics.update({f"test_{k}" if k != "threshold" else k: v for k, v in
                         threshold_metrics(data["y_val"], proba["val"], y, p, ep.target_sensitivity).items()})
-    out = ws.step_dir("evaluate")
+    out = ws.out / "evaluate"
+    with replace_dir(out) as tmp:  # nothing of an earlier run (e.g. its Grad-CAMs) survives
+        made = _figures(model, data, p, classes, ep, tmp, ws)
+        write_report(metrics, classes, made, tmp)
+        plots_made = [out / f.relative_to(tmp) for f in made]
+    write_text(ws.out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    trained = json.loads((ws.out / "train" / "run.json").read_text())
+    setup_tracking(params.register_, ws.base)
+    with mlflow.start_run(run_id=trained["run_id"]):
+        # after the per-epoch curves (val_roc_auc shares its name), so the final value is the latest
+        mlflow.set_tags(owner_tags())
+        mlflow.log_metrics(metrics, step=trained["epochs_run"])
+        mlflow.log_artifacts(str(out), "evaluation")
+    return EvaluateResult(metrics, ws.out / "metrics.json", plots_made)
+
+
+def _figures(model, data: dict, p: np.ndarray, classes: list[str], ep, out: Path, ws: Workspace) -> list[Path]:
+    """The evaluation plots and Grad-CAM overlays, written into `out`."""
+    from pipeline import plots
+
+    y = data["y_test"]
     history = json.loads((ws.out / "train" / "history.json").read_text())
     plots_made = [plots.plot_confusion(y, p.argmax(axis=1), classes, out / "confusion_matrix.png"),
                   plots.roc_pr_curves(y, p, classes, out / "roc_pr.png"),
                   plots.reliability(y, p, ep.ece_bins, out / "reliability.png"),
                   plots.training_curves(history, out / "training_curves.png"),
                   *explain_examples(model, data["x_test"], y, p, classes, ep.cam_per_class, out / "gradcam")]
-    (ws.out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    write_report(metrics, classes, plots_made, out)
-    trained = json.loads((ws.out / "train" / "run.json").read_text())
-    setup_tracking(params.register_, ws.base)
-    with mlflow.start_run(run_id=trained["run_id"]):
-        # after the per-epoch curves (val_roc_auc shares its name), so the final value is the latest
-        mlflow.log_metrics(metrics, step=trained["epochs_run"])
-        mlflow.log_artifacts(str(out), "evaluation")
-    return EvaluateResult(metrics, ws.out / "metrics.json", plots_made)
+    return plots_made
 
 
 def explain_examples(model, x: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: list[str], per_class: int,

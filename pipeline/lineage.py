@@ -2,6 +2,7 @@
 
 import hashlib
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,13 +67,29 @@ def lineage_tags(params: Params, ws: Workspace) -> dict[str, str]:
 LINEAGE_KEYS = ("medpipe.data_md5", "medpipe.params_md5", "medpipe.git_commit", "medpipe.git_dirty")
 
 
-def up_to_date(params: Params, ws: Workspace) -> int | None:
-    """The newest registered version made from exactly this data, these params and this committed
-    code (clean tree), if there is one: retraining it would only make the same model again."""
+@dataclass(frozen=True)
+class SameLineage:
+    """A registered version made from exactly this data, these params and this code."""
+
+    version: int
+    gated: bool  # False: the gate never decided on it (a run died after registering): finish it
+
+
+def up_to_date(params: Params, ws: Workspace) -> SameLineage | None:
+    """The newest complete registered version made from exactly this data, these params and this committed
+    code (clean tree), if there is one: retraining it would only make the same model again.
+
+    Args:
+        params: The run's params.
+        ws: The run's workspace (its data root and code).
+
+    Returns:
+        The version and whether the gate has decided on it, or None when there is none.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from pipeline.registry import setup_tracking
+    from pipeline.registry import PENDING, is_complete, setup_tracking
 
     tags = lineage_tags(params, ws)
     if tags["medpipe.git_dirty"] != "false":
@@ -82,8 +99,11 @@ def up_to_date(params: Params, ws: Workspace) -> int | None:
         versions = mlflow.MlflowClient().search_model_versions(f"name='{params.register_.model_name}'")
     except MlflowException:
         return None
-    same = [int(v.version) for v in versions if all(v.tags.get(k) == tags[k] for k in LINEAGE_KEYS)]
-    return max(same) if same else None
+    same = [v for v in versions if is_complete(v) and all(v.tags.get(k) == tags[k] for k in LINEAGE_KEYS)]
+    if not same:
+        return None
+    newest = max(same, key=lambda v: int(v.version))
+    return SameLineage(int(newest.version), newest.tags.get("medpipe.promotion") != PENDING)
 
 
 def weights_sha256(weights: list[np.ndarray]) -> str:

@@ -18,8 +18,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from pipeline import faults
 from pipeline.config import Params, PreprocessParams, SplitRatios, Workspace
 from pipeline.imageio import read_dicom, read_image
+from pipeline.outputs import replace_dir
 from pipeline.scan import Mapper
 
 SPLITS = ("train", "val", "test")
@@ -234,6 +236,7 @@ def write_split(paths: list[Path], labels: np.ndarray, name: str, folder: Path, 
     jobs = [(paths[start:start + pp.shard_size], folder / shard, pp) for start, shard in zip(starts, shards)]
     sums = list(mapper(write_shard, jobs))
     np.save(folder / f"y_{name}.npy", labels.astype(np.int64))
+    faults.point("preprocess.split")
     return {"n": len(paths), "shards": shards, "labels": f"y_{name}.npy",
             "sum": sum(s for s, _ in sums), "sumsq": sum(q for _, q in sums)}
 
@@ -242,24 +245,23 @@ def run_step(params: Params, ws: Workspace, mapper: Mapper = map) -> PreprocessR
     """Preprocess the validated images, split as validation decided, into uint8 shards in outputs/preprocess
     (nothing recomputed when the cache key matches what is there). Shards go through `mapper` when one is
     given (a Dask cluster: flows/data.py)."""
-    folder, pp, key = ws.step_dir("preprocess"), params.preprocess, cache_key(params, ws)
-    if not is_current(folder, key):
-        manifest = pd.read_csv(ws.out / "validate" / "splits.csv", dtype=str, keep_default_na=False)
-        classes = list(params.validate_.labels)
-        for old in [*folder.glob("*.npy"), *folder.glob("*.npz"), folder / "meta.json"]:
-            old.unlink(missing_ok=True)
+    folder, pp, key = ws.out / "preprocess", params.preprocess, cache_key(params, ws)
+    if is_current(folder, key):
+        return _result(folder, cached=True)
+    manifest = pd.read_csv(ws.out / "validate" / "splits.csv", dtype=str, keep_default_na=False)
+    classes = list(params.validate_.labels)
+    with replace_dir(folder) as tmp:  # a crash leaves the old shards (or none), never a half-written set
         splits = {s: write_split([ws.data_root / p for p in part["path"]],
                                  part["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(), s,
-                                 folder, pp, mapper)
+                                 tmp, pp, mapper)
                   for s in SPLITS for part in [manifest[manifest["split"] == s]]}
         pixels = max(splits["train"]["n"] * pp.size * pp.size * pp.channels, 1)
         mean = splits["train"]["sum"] / pixels
         std = float(np.sqrt(max(splits["train"]["sumsq"] / pixels - mean**2, 0.0)))
         meta = {"key": key, "classes": classes, "size": pp.size, "channels": pp.channels,
                 "mean": mean, "std": std, "splits": splits}
-        (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        return _result(folder, cached=False)
-    return _result(folder, cached=True)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return _result(folder, cached=False)
 
 
 def _result(folder: Path, cached: bool) -> PreprocessResult:

@@ -1,6 +1,10 @@
 """Promotion gate: a model version becomes `champion` only when it beats the current one.
 
-Candidate and champion are evaluated on the same test split; aliases move only after that.
+Candidate and champion are scored on the same test images, each through its own preprocessing;
+versions of different tasks (other classes) are never compared. Alias changes are planned first and
+journaled on the registered model (`medpipe.alias_journal`), so a crash between two alias writes is
+finished by the next medpipe command; at every moment the champion is a complete version and the
+rollback target (@previous) exists. Callers hold the project lock (pipeline.lock) around them.
 """
 
 import json
@@ -8,9 +12,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from pipeline.config import Params, PromoteParams, Workspace
+from pipeline.config import LOWER_IS_BETTER, Params, PromoteParams, Workspace
+from pipeline.errors import MedpipeError
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+JOURNAL = "medpipe.alias_journal"
+PIXEL_FIELDS = ("size", "color", "fit", "clahe", "denoise")
 
 
 @dataclass
@@ -37,88 +44,256 @@ class Decision:
                 + "\n".join(f"- {r}" for r in self.reasons) + "\n")
 
 
+def _better(metric: str, a: float, b: float) -> float:
+    """How much better `a` is than `b` on `metric` (positive: better; lower-is-better metrics flipped)."""
+    return b - a if metric in LOWER_IS_BETTER else a - b
+
+
 def decide(candidate: dict[str, float], champion: dict[str, float] | None, pp: PromoteParams) -> tuple[bool, list[str]]:
-    """Apply the gate: floors for a first model; else primary metric gain >= margin and guards within tolerance."""
+    """Apply the gate: floors for a first model; else primary metric gain >= margin and guards within tolerance.
+
+    Args:
+        candidate: The candidate's test metrics.
+        champion: The champion's on the same images, or None when there is no champion.
+        pp: The gate's params.
+
+    Returns:
+        Whether the candidate wins, and the reasons.
+    """
     if champion is None:
-        misses = [f"{m} {candidate[m]:.3f} < floor {f}" for m, f in pp.floors.items() if candidate[m] < f]
+        misses = [f"{m} {candidate[m]:.3f} misses the floor {f}" for m, f in pp.floors.items()
+                  if _better(m, candidate[m], f) < 0]
         return not misses, misses or [f"first model: clears the floors {pp.floors}"]
-    gain = candidate[pp.metric] - champion[pp.metric]
+    gain = _better(pp.metric, candidate[pp.metric], champion[pp.metric])
     reasons = [f"{pp.metric} {candidate[pp.metric]:.4f} vs champion {champion[pp.metric]:.4f} "
-               f"({gain:+.4f}, margin {pp.margin})"]
+               f"({gain:+.4f} better, margin {pp.margin})"]
     ok = gain > 0 and gain >= pp.margin
     for metric, tolerance in pp.guards.items():
-        drop = champion[metric] - candidate[metric]
+        drop = -_better(metric, candidate[metric], champion[metric])
         if drop > tolerance:
             ok = False
-            reasons.append(f"guard {metric} drops {drop:.4f} > tolerance {tolerance}")
+            reasons.append(f"guard {metric} worse by {drop:.4f} > tolerance {tolerance}")
     return ok, reasons
 
 
-def _version_metrics(name: str, version: int, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    from pipeline.evaluate import classification_metrics, predict
-    from pipeline.registry import load_keras
+@dataclass(frozen=True)
+class TestSplit:
+    """The workspace's test images: uint8 pixels as prepared, labels, source files, and the classes."""
 
-    model = load_keras(f"models:/{name}/{version}")
-    return classification_metrics(y, predict(model, x))
+    x: np.ndarray
+    y: np.ndarray
+    files: list
+    classes: list[str]
+    pixel_params: dict
+
+
+def test_split(params: Params, ws: Workspace) -> TestSplit:
+    """The prepared test split of the workspace (one-line error when it has not been prepared)."""
+    import pandas as pd
+
+    from pipeline.preprocess import Shards, read_meta
+
+    folder = ws.out / "preprocess"
+    try:
+        meta, test = read_meta(folder), Shards(folder, "test")
+        x = test.read()
+    except (OSError, KeyError, ValueError):
+        raise MedpipeError(folder, "no prepared test split: run `medpipe run`, or `medpipe stage validate` and "
+                                   "`medpipe stage preprocess`") from None
+    table = pd.read_csv(ws.out / "validate" / "splits.csv", dtype=str, keep_default_na=False)
+    files = [ws.data_root / p for p in table.loc[table["split"] == "test", "path"]]
+    pixels = params.preprocess.model_dump(mode="json", include=set(PIXEL_FIELDS))
+    return TestSplit(x, test.labels, files, list(meta["classes"]), pixels)
+
+
+def score(classifier, split: TestSplit) -> dict[str, float]:
+    """A registered classifier's test metrics: on the prepared pixels when it was trained with the same
+    preprocessing, else on the same source images through its own preprocessing."""
+    from pipeline.evaluate import classification_metrics, predict
+    from pipeline.preprocess import prepare_image
+
+    if classifier.pp.model_dump(mode="json", include=set(PIXEL_FIELDS)) == split.pixel_params:
+        x = split.x
+    else:
+        x = np.stack([prepare_image(f, classifier.pp) for f in split.files])
+    return classification_metrics(split.y, predict(classifier.model, x))
 
 
 def _champion(client, name: str) -> int | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return int(client.get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
+        return int(client.get_registered_model(name).aliases[CHAMPION])
+    except (MlflowException, KeyError):
         return None
 
 
+def aliases_of(client, name: str) -> dict[str, int]:
+    """The registered model's aliases, alias -> version ({} when the model does not exist)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return {a: int(v) for a, v in client.get_registered_model(name).aliases.items()}
+    except MlflowException:
+        return {}
+
+
+def apply_plan(client, name: str, plan: dict) -> None:
+    """Journal an alias change on the registered model, carry it out, then clear the journal.
+
+    Args:
+        client: An MlflowClient.
+        name: The registered model.
+        plan: `{"set": {alias: version} in write order, "delete": [alias], "tags": {version: {key: value}}}`.
+    """
+    client.set_registered_model_tag(name, JOURNAL, json.dumps(plan))
+    _execute(client, name, plan)
+    client.delete_registered_model_tag(name, JOURNAL)
+
+
+def _execute(client, name: str, plan: dict) -> None:
+    """Carry out an alias plan (idempotent: a journaled plan is simply run again) and sync the tags."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline import faults
+
+    before = aliases_of(client, name)
+    for i, (alias, version) in enumerate(plan["set"].items()):
+        if i:
+            faults.point("promote.aliases")
+        client.set_registered_model_alias(name, alias, str(version))
+    for alias in plan["delete"]:
+        try:
+            client.delete_registered_model_alias(name, alias)
+        except MlflowException:
+            pass  # already gone
+    for version, tags in plan["tags"].items():
+        for key, value in tags.items():
+            client.set_model_version_tag(name, str(version), key, value)
+    after = aliases_of(client, name)
+    for version in {*before.values(), *after.values(), *map(int, plan["tags"])}:
+        mine = sorted(a for a, v in after.items() if v == version)
+        client.set_model_version_tag(name, str(version), "medpipe.aliases", ",".join(mine) or "none")
+
+
+def recover(client, name: str, say=print) -> bool:
+    """Finish an alias change a crash interrupted (the journal on the registered model); True if one was."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        journal = client.get_registered_model(name).tags.get(JOURNAL)
+    except MlflowException:
+        return False
+    if not journal:
+        return False
+    plan = json.loads(journal)
+    _execute(client, name, plan)
+    client.delete_registered_model_tag(name, JOURNAL)
+    say(f"finished an interrupted alias change of {name}: {plan['set']}")
+    return True
+
+
+def _version(client, name: str, version: int):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException:
+        raise MedpipeError(f"{name} version {version}", "no such registered model version") from None
+
+
+def _load(params: Params, ws: Workspace, version: int):
+    from pipeline.registry import load_classifier, model_uri
+
+    return load_classifier(model_uri(params.register_, version), params.register_, ws.base, params.preprocess)[0]
+
+
 def promote(params: Params, ws: Workspace, version: int, force: bool = False) -> Decision:
-    """Evaluate `version` and the champion on the workspace's test split; move aliases by the gate."""
+    """Score `version` and the champion on the workspace's test split; move aliases by the gate.
+
+    Args:
+        params: The project's params (gate settings in `promote`).
+        ws: The workspace whose prepared test split both are scored on.
+        version: The candidate version.
+        force: Make it champion whatever the gate says (never across tasks).
+
+    Returns:
+        The decision, with the aliases after it.
+    """
     import mlflow
 
-    from pipeline.preprocess import Shards
-    from pipeline.registry import setup_tracking
+    from pipeline import faults
+    from pipeline.registry import (PENDING, is_complete, setup_tracking, signature_conflict,
+                                   version_signature)
 
     setup_tracking(params.register_, ws.base)
     client, name = mlflow.MlflowClient(), params.register_.model_name
-    test = Shards(ws.out / "preprocess", "test")
-    x, y = test.read(), test.labels  # uint8
-    current = _champion(client, name)
-    candidate = _version_metrics(name, version, x, y)
-    champion = _version_metrics(name, current, x, y) if current not in (None, version) else None
+    recover(client, name)
+    candidate_mv = _version(client, name, version)
+    if not is_complete(candidate_mv):
+        raise MedpipeError(f"{name} version {version}", "its registration is incomplete (tags missing): it cannot "
+                                                        "be gated; train it again")
+    faults.point("promote.start")
+    split = test_split(params, ws)
+    candidate = score(_load(params, ws, version), split)
+    for _ in range(3):  # re-score if the champion changed meanwhile (another machine on a shared registry)
+        current = _champion(client, name)
+        champion = None
+        if current not in (None, version):
+            conflict = signature_conflict(version_signature(candidate_mv), version_signature(
+                _version(client, name, current)), current, name)
+            if conflict:
+                if candidate_mv.tags.get("medpipe.promotion") == PENDING:
+                    client.set_model_version_tag(name, str(version), "medpipe.promotion", "refused: another task")
+                raise MedpipeError(f"{name} version {version}", f"not compared with the champion: {conflict}")
+            champion = score(_load(params, ws, current), split)
+        if _champion(client, name) == current:
+            break
     ok, reasons = decide(candidate, champion, params.promote) if current != version else (False, ["already champion"])
-    decision = Decision(version, ok or (force and current != version), reasons, candidate, champion, current, force)
-    if decision.promoted:
+    decision = Decision(version, ok or (force and current != version) or current == version, reasons, candidate,
+                        champion, current, force and not ok and current != version)
+    outcome = ("promoted (forced)" if decision.forced else "promoted") if decision.promoted else "challenger"
+    if current == version:
+        outcome = candidate_mv.tags.get("medpipe.promotion", "promoted")
+        outcome = "promoted" if outcome == PENDING else outcome
+    plan: dict = {"set": {}, "delete": [], "tags": {str(version): {"medpipe.promotion": outcome,
+                                                                   "medpipe.promotion_reasons": "; ".join(reasons)[:4000]}}}
+    if decision.promoted and current != version:
         if current is not None:
-            client.set_registered_model_alias(name, PREVIOUS, str(current))
-        client.set_registered_model_alias(name, CHAMPION, str(version))
+            plan["set"][PREVIOUS] = current  # first: a rollback target exists at every moment
+        plan["set"][CHAMPION] = version
+        if aliases_of(client, name).get(CHALLENGER) == version:
+            plan["delete"].append(CHALLENGER)
     elif current != version:
-        client.set_registered_model_alias(name, CHALLENGER, str(version))
-    outcome = "promoted" + (" (forced)" if force and not ok else "") if decision.promoted else "challenger"
-    client.set_model_version_tag(name, str(version), "medpipe.promotion", outcome)
-    client.set_model_version_tag(name, str(version), "medpipe.promotion_reasons", "; ".join(reasons)[:4000])
-    decision.aliases = {a: int(v) for a, v in client.get_registered_model(name).aliases.items()}
+        plan["set"][CHALLENGER] = version
+    apply_plan(client, name, plan)
+    decision.aliases = aliases_of(client, name)
     return decision
 
 
 def rollback(params: Params, ws: Workspace) -> dict[str, int]:
     """champion <- previous (and previous <- the demoted champion, so a second rollback undoes it)."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    from pipeline.errors import MedpipeError
     from pipeline.registry import setup_tracking
 
     setup_tracking(params.register_, ws.base)
     client, name = mlflow.MlflowClient(), params.register_.model_name
-    try:
-        previous = client.get_model_version_by_alias(name, PREVIOUS).version
-    except MlflowException:
-        raise MedpipeError(name, "no @previous version to roll back to") from None
-    current = _champion(client, name)
-    client.set_registered_model_alias(name, CHAMPION, previous)
-    if current is not None:
-        client.set_registered_model_alias(name, PREVIOUS, str(current))
-    return {CHAMPION: int(previous), PREVIOUS: current}
+    recover(client, name)
+    aliases = aliases_of(client, name)
+    if PREVIOUS not in aliases:
+        raise MedpipeError(name, "no @previous version to roll back to")
+    previous, current = aliases[PREVIOUS], aliases.get(CHAMPION)
+    plan: dict = {"set": {CHAMPION: previous}, "delete": [], "tags": {str(previous): {"medpipe.promotion":
+                                                                                     "champion again (rollback)"}}}
+    if current is not None and current != previous:
+        plan["set"][PREVIOUS] = current
+        plan["tags"][str(current)] = {"medpipe.promotion": "rolled back"}
+    if aliases.get(CHALLENGER) == previous:
+        plan["delete"].append(CHALLENGER)
+    apply_plan(client, name, plan)
+    after = aliases_of(client, name)
+    return {CHAMPION: after[CHAMPION], PREVIOUS: after.get(PREVIOUS)}
 
 
 def run_step(params: Params, ws: Workspace) -> Decision:
@@ -131,4 +306,6 @@ def run_step(params: Params, ws: Workspace) -> Decision:
 
 def write_decision(decision: Decision, ws: Workspace) -> None:
     """outputs/promote/decision.json: the decision, its reasons and both sides' metrics."""
-    (ws.step_dir("promote") / "decision.json").write_text(json.dumps(asdict(decision), indent=2) + "\n")
+    from pipeline.outputs import write_text
+
+    write_text(ws.step_dir("promote") / "decision.json", json.dumps(asdict(decision), indent=2) + "\n")

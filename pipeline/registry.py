@@ -56,11 +56,57 @@ def pip_requirements() -> list[str]:
     return [f"tensorflow=={tf.__version__}", *(f"{p}=={version(p)}" for p in packages)]
 
 
+# Every complete version has these (versions made since the signature also medpipe.task_signature and
+# medpipe.model_sha256, written in the same registry call); a version missing one was cut short.
+COMPLETE_TAGS = ("medpipe.weights_sha256", "medpipe.data_md5", "medpipe.params_md5", "medpipe.classes",
+                 "medpipe.promotion")
+PENDING = "pending"  # medpipe.promotion of a version the gate has not decided on yet
+
+
+def task_signature(classes: list[str], pp: PreprocessParams) -> dict:
+    """What a model version is a model *of*: its classes in order and the input it takes.
+
+    Args:
+        classes: Class names in output order.
+        pp: The preprocessing it was trained with.
+
+    Returns:
+        `{"classes", "size", "color", "normalize"}`, stored as the tag `medpipe.task_signature`.
+    """
+    return {"classes": list(classes), "size": pp.size, "color": pp.color, "normalize": pp.normalize}
+
+
+def version_signature(version) -> dict:
+    """A registered version's task signature (versions from before the tag: their classes only)."""
+    if "medpipe.task_signature" in version.tags:
+        return json.loads(version.tags["medpipe.task_signature"])
+    return {"classes": _classes(version)}
+
+
+def signature_conflict(candidate: dict, champion: dict, champion_version: int, model_name: str) -> str | None:
+    """Why two versions cannot be compared by the gate (different classes), else None.
+
+    Input size, colour and normalisation may differ: the gate scores each version through its own
+    preprocessing on the same test images.
+    """
+    if candidate.get("classes") == champion.get("classes") or not champion.get("classes"):
+        return None
+    return (f"it classifies {', '.join(candidate['classes'])} but @champion version {champion_version} of "
+            f"'{model_name}' classifies {', '.join(champion['classes'])}: a different task. Register it under its "
+            f"own name (--set register.model_name={model_name}-{'-'.join(candidate['classes'])[:40]}) or train "
+            f"on data with the champion's classes")
+
+
+def is_complete(version) -> bool:
+    """Whether a version carries every tag medpipe writes at registration (older partial ones do not)."""
+    return all(k in version.tags for k in COMPLETE_TAGS)
+
+
 def describe(params: Params, meta: dict, tags: dict[str, str]) -> str:
     """The model version's description: what it takes, what it says, where it came from."""
     pp = params.preprocess
-    metrics = ", ".join(f"{k.removeprefix('medpipe.')} {v}" for k, v in tags.items()
-                        if k.removeprefix("medpipe.") in ("accuracy", "balanced_accuracy", "roc_auc"))
+    metrics = ", ".join(f"{k.removeprefix('medpipe.test_')} {v}" for k, v in tags.items()
+                        if k.removeprefix("medpipe.test_") in ("accuracy", "balanced_accuracy", "roc_auc"))
     return (f"{params.model.name} classifying {', '.join(meta['classes'])}. Input: raw PNG/JPEG/DICOM images (bytes or "
             f"base64 in column 'image') or pixel arrays; preprocessed as trained ({pp.color}, {pp.size}x{pp.size}, "
             f"fit {pp.fit}, CLAHE {'on' if pp.clahe.enabled else 'off'}, denoise {pp.denoise}, normalise "
@@ -68,11 +114,28 @@ def describe(params: Params, meta: dict, tags: dict[str, str]) -> str:
             f"Data md5 {tags.get('medpipe.data_md5', '?')}, git {tags.get('medpipe.git_commit', '?')[:12]}.")
 
 
+def file_sha256(*paths: Path) -> str:
+    """sha256 over files' bytes, in order: what a model version's artifact must still hold to be trusted."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def register_model(params: Params, ws: Workspace, run_id: str, tags: dict[str, str]) -> RegisterResult:
-    """Log outputs/train/model.keras with its preprocessing as a raw-image pyfunc and register a new version."""
+    """Log outputs/train/model.keras with its preprocessing as a raw-image pyfunc and register a new version.
+
+    The version is created with all its tags and its description in one registry call, marked
+    `medpipe.promotion=pending` until the gate decides: a crash can leave an ungated version, never a
+    half-tagged one, and an ungated version is finished (gated) by the next run.
+    """
     import cv2
     import mlflow
+    from mlflow.exceptions import MlflowException
 
+    from pipeline import faults
     from pipeline.preprocess import Shards, read_meta
     from pipeline.serving import log_pyfunc
 
@@ -80,15 +143,23 @@ def register_model(params: Params, ws: Workspace, run_id: str, tags: dict[str, s
     setup_tracking(reg, ws.base)
     test = Shards(ws.out / "preprocess", "test")
     example = cv2.imencode(".png", test.take([0])[0])[1].tobytes()  # preprocessed pixels: no DICOM header
+    workdir = ws.step_dir("register")
     with mlflow.start_run(run_id=run_id):
         info = log_pyfunc(ws.out / "train" / "model.keras", meta["classes"], params.preprocess, example,
-                          ws.step_dir("register"), pip_requirements=pip_requirements(),
-                          registered_model_name=reg.model_name)
-    version = int(info.registered_model_version)
+                          workdir, pip_requirements=pip_requirements())
     client = mlflow.MlflowClient()
-    for key, value in tags.items():
-        client.set_model_version_tag(reg.model_name, str(version), key, value)
-    client.update_model_version(reg.model_name, str(version), description=describe(params, meta, tags))
+    try:
+        client.create_registered_model(reg.model_name)
+    except MlflowException:
+        pass  # it exists
+    tags = {**tags, "medpipe.model_sha256": file_sha256(ws.out / "train" / "model.keras", workdir / "serving.json"),
+            "medpipe.task_signature": json.dumps(task_signature(meta["classes"], params.preprocess)),
+            "medpipe.promotion": PENDING}
+    mv = client.create_model_version(reg.model_name, source=info.model_uri, run_id=run_id, tags=tags,
+                                     description=describe(params, meta, tags), model_id=info.model_id)
+    version = int(mv.version)
+    print(f"Created version {version} of {reg.model_name} (pending the promotion gate)")
+    faults.point("register.created")
     return RegisterResult(reg.model_name, version, run_id, f"models:/{reg.model_name}/{version}")
 
 
@@ -96,23 +167,25 @@ def run_step(params: Params, ws: Workspace) -> RegisterResult:
     """Register the trained model with the lineage and metric tags of its run."""
     import mlflow
 
+    from pipeline.outputs import write_text
     from pipeline.preprocess import read_meta
 
     run_id = json.loads((ws.out / "train" / "run.json").read_text())["run_id"]
     setup_tracking(params.register_, ws.base)
     run = mlflow.get_run(run_id)
-    tags = {k: v for k, v in run.data.tags.items() if k.startswith("medpipe.")}
+    owner = owner_tags()
+    tags = {k: v for k, v in run.data.tags.items() if k.startswith("medpipe.") and k not in owner}
     tags.update({f"medpipe.{k}": f"{v:.4f}" for k, v in run.data.metrics.items() if k.startswith("test_")
                  and k.removeprefix("test_") in ("accuracy", "balanced_accuracy", "roc_auc")})
     tags["medpipe.classes"] = json.dumps(read_meta(ws.out / "preprocess")["classes"])
     result = register_model(params, ws, run_id, tags)
-    out = ws.step_dir("register")
-    (out / "model_version.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    write_text(ws.step_dir("register") / "model_version.json", json.dumps(asdict(result), indent=2) + "\n")
     return result
 
 
 def find_version(uri: str, reg: RegisterParams, base: Path):
-    """The registry's ModelVersion for `models:/NAME/VERSION`, `models:/NAME@ALIAS` or `models:/NAME/latest`."""
+    """The registry's ModelVersion for `models:/NAME/VERSION`, `models:/NAME@ALIAS` or `models:/NAME/latest`
+    (the newest complete version)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -125,34 +198,63 @@ def find_version(uri: str, reg: RegisterParams, base: Path):
         if ref.startswith("@"):
             return client.get_model_version_by_alias(name, ref[1:])
         if ref in ("", "latest"):
-            return max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+            complete = [v for v in client.search_model_versions(f"name='{name}'") if is_complete(v)]
+            if not complete:
+                raise MedpipeError(uri, "no complete registered version")
+            return max(complete, key=lambda v: int(v.version))
         return client.get_model_version(name, ref)
     except (MlflowException, ValueError):
         raise MedpipeError(uri, "no such registered model version") from None
 
 
-def load_classifier(uri: str, reg: RegisterParams, base: Path, pp: PreprocessParams):
-    """The raw-image classifier behind a registered version (its Keras `.model`, `.classes`, `.pp`),
-    and the version number. Versions logged before the raw-image pyfunc (Keras flavour) get their
-    class names from their tags and `pp` fitted to their input."""
-    import mlflow
+def model_uri(reg: RegisterParams, ref: str | int = "@champion") -> str:
+    """`models:/<register.model_name>@alias` or `/<version>`: the default model of every command."""
+    ref = str(ref)
+    return f"models:/{reg.model_name}{ref if ref.startswith('@') else '/' + ref}"
 
-    from pipeline.model import input_params
+
+def load_classifier(uri: str, reg: RegisterParams, base: Path, pp: PreprocessParams):
+    """The raw-image classifier behind a registered version (`.model`, `.classes`, `.pp`) and its number.
+
+    Nothing from the artifact store is unpickled or executed: the version's Keras file is loaded in
+    safe mode and its serving.json read as JSON, by this installed medpipe's code; their sha256 must
+    match the version's `medpipe.model_sha256` tag. Versions logged before the raw-image pyfunc
+    (Keras flavour) get their class names from their tags and `pp` fitted to their input.
+    """
+    import mlflow
+    import yaml
+
+    from pipeline.errors import MedpipeError
+    from pipeline.model import input_params, load_model
+    from pipeline.serving import RawImageClassifier
 
     version = find_version(uri, reg, base)
-    model_uri = f"models:/{version.name}/{version.version}"
-    if "keras" in mlflow.models.get_model_info(model_uri).flavors:
-        model = load_keras(model_uri)
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}"))
+    flavors = (yaml.safe_load((folder / "MLmodel").read_text()) or {}).get("flavors", {})
+    where = f"{version.name} version {version.version}"
+    if "keras" in flavors:  # legacy: the Keras flavour's own .keras file
+        files = sorted(folder.rglob("*.keras"))
+        if not files:
+            raise MedpipeError(where, "no .keras file in its artifacts")
+        model = load_model(files[0])
         classes = _classes(version) or [str(i) for i in range(model.output_shape[-1])]
         return SimpleNamespace(model=model, classes=classes, pp=input_params(model, pp)), int(version.version)
-    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model(), int(version.version)
+    artifacts = flavors.get("python_function", {}).get("artifacts", {})
+    try:
+        keras_file, config = (folder / artifacts[k]["path"] for k in ("keras_model", "config"))
+    except (KeyError, TypeError):
+        raise MedpipeError(where, "not a medpipe raw-image model (no keras_model/config artifacts)") from None
+    expected = version.tags.get("medpipe.model_sha256")
+    if expected and file_sha256(keras_file, config) != expected:
+        raise MedpipeError(where, "its artifacts changed since registration (sha256 differs from "
+                                  "medpipe.model_sha256): refusing to load them")
+    return RawImageClassifier().load(keras_file, config), int(version.version)
 
 
 def load_registered(uri: str, reg: RegisterParams, base: Path):
-    """A registered version's Keras model, class names and version number."""
-    version = find_version(uri, reg, base)
-    model = load_keras(f"models:/{version.name}/{version.version}")
-    return model, _classes(version), int(version.version)
+    """A registered version's Keras model, class names and version number (loaded as load_classifier does)."""
+    classifier, number = load_classifier(uri, reg, base, PreprocessParams())
+    return classifier.model, classifier.classes, number
 
 
 def _classes(version) -> list[str]:
@@ -160,13 +262,69 @@ def _classes(version) -> list[str]:
     return json.loads(version.tags.get("medpipe.classes", "[]"))
 
 
-def load_keras(uri: str):
-    """The Keras model of a registered version: inside the raw-image pyfunc, or (versions logged before
-    it) the Keras flavour itself."""
+def _start_time(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot, /proc/<pid>/stat field 22), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    return stat.rpartition(")")[2].split()[19]
+
+
+def owner_tags() -> dict[str, str]:
+    """Which process holds an MLflow run open (`medpipe.host`, `medpipe.pid`, `medpipe.pid_start`)."""
+    import os
+    import socket
+
+    return {"medpipe.host": socket.gethostname(), "medpipe.pid": str(os.getpid()),
+            "medpipe.pid_start": _start_time(os.getpid()) or ""}
+
+
+def close_orphaned_runs(reg: RegisterParams, base: Path, say=print) -> list[str]:
+    """Mark as KILLED the RUNNING runs of this experiment whose process (on this host) is gone.
+
+    A run killed with SIGKILL cannot end itself; the next medpipe command on the same host does.
+    `--resume` reopens such a run and carries on in it. Runs owned by other hosts are left alone.
+
+    Returns:
+        The ids of the runs closed.
+    """
+    import socket
+
     import mlflow
 
-    import pipeline.model  # noqa: F401  (registers medpipe's layers with Keras)
+    experiment = setup_tracking(reg, base)
+    client, host, closed = mlflow.MlflowClient(), socket.gethostname(), []
+    for run in client.search_runs([experiment], "attributes.status = 'RUNNING'", max_results=200):
+        tags = run.data.tags
+        if tags.get("medpipe.host") != host or "medpipe.pid" not in tags:
+            continue
+        if _start_time(int(tags["medpipe.pid"])) != tags.get("medpipe.pid_start"):
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+    if closed:
+        say(f"closed {len(closed)} MLflow run(s) left RUNNING by a killed medpipe process as KILLED: {closed}")
+    return closed
 
-    if "keras" in mlflow.models.get_model_info(uri).flavors:
-        return mlflow.keras.load_model(uri)
-    return mlflow.pyfunc.load_model(uri).unwrap_python_model().model
+
+def check_task(params: Params, ws: Workspace) -> None:
+    """Refuse, before any work, a run whose classes differ from the champion's of the same registered model.
+
+    Raises:
+        ConfigError: naming `register.model_name`, both class lists and what to do.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.errors import ConfigError
+
+    setup_tracking(params.register_, ws.base)
+    client, name = mlflow.MlflowClient(), params.register_.model_name
+    try:
+        champion = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return
+    mine = {"classes": list(params.validate_.labels)}
+    conflict = signature_conflict(mine, version_signature(champion), int(champion.version), name)
+    if conflict:
+        raise ConfigError("register.model_name", f"this run {conflict}")

@@ -70,33 +70,40 @@ def predict_table(model, classes: list[str], images: list, pp: PreprocessParams)
                          **{c: proba[:, i] for i, c in enumerate(classes)}})
 
 
-def _pyfunc_class():
+def _python_model_base():
     import mlflow
 
-    class RawImageClassifier(mlflow.pyfunc.PythonModel):
-        """medpipe's Keras model with its preprocessing: raw images in, labels and probabilities out."""
+    return mlflow.pyfunc.PythonModel
 
-        def load_context(self, context) -> None:
-            from pipeline.model import load_model
 
-            self.model = load_model(Path(context.artifacts["keras_model"]))
-            config = json.loads(Path(context.artifacts["config"]).read_text())
-            self.classes, self.pp = config["classes"], PreprocessParams.model_validate(config["preprocess"])
+class RawImageClassifier(_python_model_base()):
+    """medpipe's Keras model with its preprocessing: raw images in, labels and probabilities out."""
 
-        def predict(self, context, model_input, params=None) -> pd.DataFrame:
-            from mlflow.exceptions import MlflowException
-            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+    def load_context(self, context) -> None:
+        self.load(Path(context.artifacts["keras_model"]), Path(context.artifacts["config"]))
 
-            try:
-                return predict_table(self.model, self.classes, cells(model_input), self.pp)
-            except MedpipeError as err:  # a bad image is the caller's error: HTTP 400 with the reason
-                raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+    def load(self, keras_file: Path, config_file: Path) -> "RawImageClassifier":
+        """Load the Keras file (safe mode: no code in it runs) and the preprocessing it was trained with."""
+        from pipeline.model import load_model
 
-    return RawImageClassifier
+        self.model = load_model(keras_file)
+        config = json.loads(config_file.read_text())
+        self.classes, self.pp = config["classes"], PreprocessParams.model_validate(config["preprocess"])
+        return self
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        try:
+            return predict_table(self.model, self.classes, cells(model_input), self.pp)
+        except MedpipeError as err:  # a bad image is the caller's error: HTTP 400 with the reason
+            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
 
 
 def log_pyfunc(keras_path: Path, classes: list[str], pp: PreprocessParams, example: bytes, workdir: Path, **kwargs):
-    """Log the model as a raw-image pyfunc (keras file, preprocessing, code) to the active run."""
+    """Log the model as a raw-image pyfunc to the active run: the Keras file, its preprocessing
+    (serving.json) and medpipe's code, as models from code (pipeline/served_model.py), so no pickle."""
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, Schema
@@ -106,7 +113,7 @@ def log_pyfunc(keras_path: Path, classes: list[str], pp: PreprocessParams, examp
     signature = ModelSignature(Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
                                Schema([ColSpec(DataType.string, "label"),
                                        *[ColSpec(DataType.double, c) for c in classes]]))
-    return mlflow.pyfunc.log_model(name="model", python_model=_pyfunc_class()(),
+    return mlflow.pyfunc.log_model(name="model", python_model=str(Path(__file__).with_name("served_model.py")),
                                    artifacts={"keras_model": str(keras_path), "config": str(config)},
                                    code_paths=[str(Path(__file__).parent)], signature=signature,
                                    input_example=pd.DataFrame({INPUT_COLUMN: [example]}), **kwargs)

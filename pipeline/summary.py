@@ -14,11 +14,13 @@ class UpToDate:
 
     model_name: str
     version: int
+    finished: str = ""  # what this run finished for it (e.g. the gate's decision after a crash)
 
     def message(self) -> str:
         """One line for people and logs."""
+        done = f"; {self.finished}" if self.finished else ""
         return (f"up to date: {self.model_name} version {self.version} was trained on this data, params and code; "
-                f"nothing to retrain (--force retrains anyway)")
+                f"nothing to retrain (--force retrains anyway){done}")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,9 @@ from pipeline.balance import augment_batch, augments, load_balance, load_plan
 from pipeline.config import AugmentParams, Params, TrainParams, Workspace
 from pipeline.lineage import lineage_tags, weights_sha256
 from pipeline.preprocess import Shards, read_meta
-from pipeline.registry import setup_tracking
+from pipeline import faults
+from pipeline.outputs import replace_dir, swap_in
+from pipeline.registry import owner_tags, setup_tracking
 
 CURVES = ("loss", "accuracy", "val_loss", "val_accuracy", "val_roc_auc", "lr")
 
@@ -191,8 +193,7 @@ def save_checkpoint(model, progress: Progress, folder: Path, improved: bool) -> 
     elif (folder / "best.weights.h5").is_file():
         shutil.copy2(folder / "best.weights.h5", tmp / "best.weights.h5")
     (tmp / "progress.json").write_text(json.dumps(asdict(progress)) + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    swap_in(tmp, folder)
 
 
 def load_checkpoint(folder: Path, key: str):
@@ -205,6 +206,8 @@ def load_checkpoint(folder: Path, key: str):
         return None
     if progress.key != key:
         return None
+    import pipeline.model  # noqa: F401  (registers Standardize with Keras: a fresh process has not imported it)
+
     model = keras.models.load_model(folder / "model.keras")
     for variable, value in zip(_seed_states(model), progress.rng or []):
         variable.assign(np.asarray(value, dtype=variable.dtype))
@@ -225,6 +228,7 @@ def epoch_monitor(val: tuple[np.ndarray, np.ndarray], tp: TrainParams, progress:
             improved = progress.record(epoch, logs, tp)
             self.model.stop_training = progress.stopped
             save_checkpoint(self.model, progress, folder, improved)
+            faults.point("train.epoch")
             mlflow.log_metrics({f"train_{k}" if k in ("loss", "accuracy") else k: float(logs[k]) for k in CURVES},
                                step=epoch)
 
@@ -286,6 +290,30 @@ def start_run(params: Params, ws: Workspace, progress: Progress):
     return run
 
 
+def checkpoint_key(params: Params, ws: Workspace) -> str:
+    """What a checkpoint must have been made for to be resumed: these params, shards and sampling plan."""
+    plan = load_plan(load_balance(ws).plan)
+    plan_md5 = hashlib.md5(plan[0].tobytes() + plan[1].tobytes()).hexdigest()
+    return f"{params.md5()}:{read_meta(ws.out / 'preprocess')['key']}:{plan_md5}"
+
+
+def has_checkpoint(params: Params, ws: Workspace) -> bool:
+    """Whether an interrupted training run left a checkpoint (`--resume` continues it).
+
+    Args:
+        params: The run's params.
+        ws: The workspace.
+
+    Returns:
+        True when outputs/checkpoint holds progress of an unfinished run.
+    """
+    try:
+        progress = json.loads((ws.out / "checkpoint" / "progress.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(progress.get("run_id")) and not progress.get("finished", False)
+
+
 def run_step(params: Params, ws: Workspace, resume: bool = False, callbacks: tuple = ()) -> TrainResult:
     """Train params.model on the balanced train split inside an MLflow run; with `resume`, continue from
     the last checkpoint of an interrupted run with the same inputs (else start afresh)."""
@@ -294,8 +322,7 @@ def run_step(params: Params, ws: Workspace, resume: bool = False, callbacks: tup
     meta, balance, tp = read_meta(ws.out / "preprocess"), load_balance(ws), params.train
     shards, plan = Shards(ws.out / "preprocess", "train"), load_plan(balance.plan)
     val = Shards(ws.out / "preprocess", "val")
-    plan_md5 = hashlib.md5(plan[0].tobytes() + plan[1].tobytes()).hexdigest()
-    folder, key = ws.out / "checkpoint", f"{params.md5()}:{meta['key']}:{plan_md5}"
+    folder, key = ws.out / "checkpoint", checkpoint_key(params, ws)
     strategy, _ = configure_devices(tp)  # first: GPU settings only apply before a GPU is touched
     configure_determinism(tp.seed, tp.determinism)
     with strategy.scope():
@@ -303,19 +330,20 @@ def run_step(params: Params, ws: Workspace, resume: bool = False, callbacks: tup
         model, progress = restored or (new_model(params, meta, ws.base, math.ceil(len(plan[0]) / tp.batch_size)),
                                        Progress(key))
     resumed_from = progress.epoch
-    with start_run(params, ws, progress) as run:  # an exception marks the run FAILED; resume reopens it
+    final = ws.out / "train"
+    with start_run(params, ws, progress) as run, replace_dir(final) as out:  # an exception marks the run FAILED
         progress.run_id = run.info.run_id
+        mlflow.set_tags(owner_tags())  # a killed process's run is closed as KILLED by the next command
         mlflow.log_dict({"before": balance.counts_before, "after": balance.counts_after}, "balance/class_counts.json")
         fit(model, shards, plan, (val.read(), val.labels), params, progress, folder, balance.class_weight, callbacks)
-        out = ws.step_dir("train")
         model.save(out / "model.keras")
         sha = weights_sha256(model.get_weights())
         mlflow.set_tag("medpipe.weights_sha256", sha)
         data_md5 = mlflow.get_run(progress.run_id).data.tags.get("medpipe.data_md5", "")
-    result = TrainResult(progress.run_id, str((out / "model.keras").relative_to(ws.base)), progress.epoch,
-                         progress.best_epoch + 1 if progress.best_epoch >= 0 else progress.epoch, sha, data_md5,
-                         resumed_from)
-    (out / "run.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
-    (out / "history.json").write_text(json.dumps(progress.history or {k: [] for k in CURVES}) + "\n")
+        result = TrainResult(progress.run_id, str((final / "model.keras").relative_to(ws.base)), progress.epoch,
+                             progress.best_epoch + 1 if progress.best_epoch >= 0 else progress.epoch, sha, data_md5,
+                             resumed_from)
+        (out / "run.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+        (out / "history.json").write_text(json.dumps(progress.history or {k: [] for k in CURVES}) + "\n")
     shutil.rmtree(folder, ignore_errors=True)  # finished: nothing left to resume
     return result

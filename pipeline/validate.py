@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline import faults
 from pipeline.config import Params, ValidateParams, Workspace
 from pipeline.data import discover
 from pipeline.errors import DataError
+from pipeline.outputs import replace_dir
 from pipeline.preprocess import SPLITS, leakage_groups, split_patients
 from pipeline.scan import Mapper, inside_root, scan
 
@@ -203,12 +205,13 @@ def _status(check: Check) -> str:
     return "ok" if check.success else check.severity
 
 
-def write_report(report: ValidationReport, out: Path) -> Path:
-    """Write report.json, report.md and a self-contained report.html; return the Markdown path."""
+def write_report(report: ValidationReport, out: Path, final: Path | None = None) -> Path:
+    """Write report.json, report.md and a self-contained report.html into `out` (a temporary folder that
+    becomes `final`, when given); return the Markdown path."""
     from html import escape
 
     md = out / "report.md"
-    report.report_md = str(md)
+    report.report_md = str((final or out) / "report.md")
     (out / "report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     title = f"Data validation: {'PASSED' if report.success else 'FAILED'}"
     lines = [f"# {title}", "", report.summary(), "", f"Class counts: {report.class_counts}", "",
@@ -228,14 +231,15 @@ def write_report(report: ValidationReport, out: Path) -> Path:
 def run_step(params: Params, ws: Workspace, out: Path | None = None, mapper: Mapper | None = None) -> ValidationReport:
     """Validate the workspace's data; write reports and the split table under outputs/validate/.
     The image scan runs through `mapper` when one is given (a Dask cluster: flows/data.py)."""
-    out = out or ws.step_dir("validate")
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        report, images = validate_data(ws.data_root, params, out, ws.base, mapper)
-    except DataError as err:
-        report, images = ValidationReport(False, [Check("data set readable", False, [str(err)])], 0, {}), None
-    if images is not None:
-        columns = ["path", "label", "patient_id", "split", "sha256"]
-        images[columns].to_csv(out / "splits.csv", index=False, lineterminator="\n")
-    write_report(report, out)
+    final = out or ws.out / "validate"
+    with replace_dir(final) as tmp:  # a crash leaves the previous reports and split, never half of them
+        try:
+            report, images = validate_data(ws.data_root, params, final, ws.base, mapper)
+        except DataError as err:
+            report, images = ValidationReport(False, [Check("data set readable", False, [str(err)])], 0, {}), None
+        faults.point("validate.scan")
+        if images is not None:
+            columns = ["path", "label", "patient_id", "split", "sha256"]
+            images[columns].to_csv(tmp / "splits.csv", index=False, lineterminator="\n")
+        write_report(report, tmp, final)
     return report

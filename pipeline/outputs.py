@@ -1,0 +1,75 @@
+"""Crash-safe step outputs: a step writes into a fresh temporary folder that replaces its output
+folder only once complete, so a crash at any moment leaves either the old outputs or the new ones,
+never a mixture, and no file of an earlier run leaks into a later one."""
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def replace_dir(final: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `final`; on success it becomes `final`.
+
+    Args:
+        final: The step's output folder (e.g. outputs/evaluate).
+
+    Returns:
+        A context manager yielding the folder to write into. On an exception the temporary folder is
+        removed and `final` is left as it was.
+    """
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    swap_in(tmp, final)
+
+
+def swap_in(tmp: Path, final: Path) -> None:
+    """Make the complete folder `tmp` the folder `final` (the old one is moved aside, then removed).
+
+    Args:
+        tmp: A complete folder on the same file system.
+        final: Where it goes.
+    """
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    for stale in final.parent.glob(f".{final.name}.*"):  # leftovers of killed runs
+        if not _alive(stale.name.rpartition("-")[2]):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write a file atomically (a temporary file renamed over it): readers see old or new, never half.
+
+    Args:
+        path: The file.
+        text: Its new content.
+
+    Returns:
+        The path.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return int(pid) != os.getpid() or False
