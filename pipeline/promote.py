@@ -245,7 +245,7 @@ def promote(params: Params, ws: Workspace, version: int, force: bool = False) ->
             if conflict:
                 if candidate_mv.tags.get("medpipe.promotion") == PENDING:
                     client.set_model_version_tag(name, str(version), "medpipe.promotion", "refused: another task")
-                raise MedpipeError(f"{name} version {version}", f"not compared with the champion: {conflict}")
+                raise MedpipeError(f"{name} version {version}", f"not compared with the champion: it {conflict}")
             champion = score(_load(params, ws, current), split)
         if _champion(client, name) == current:
             break

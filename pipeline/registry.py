@@ -91,7 +91,7 @@ def signature_conflict(candidate: dict, champion: dict, champion_version: int, m
     """
     if candidate.get("classes") == champion.get("classes") or not champion.get("classes"):
         return None
-    return (f"it classifies {', '.join(candidate['classes'])} but @champion version {champion_version} of "
+    return (f"classifies {', '.join(candidate['classes'])} but @champion version {champion_version} of "
             f"'{model_name}' classifies {', '.join(champion['classes'])}: a different task. Register it under its "
             f"own name (--set register.model_name={model_name}-{'-'.join(candidate['classes'])[:40]}) or train "
             f"on data with the champion's classes")

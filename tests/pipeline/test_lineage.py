@@ -53,7 +53,7 @@ def test_up_to_date_only_for_the_same_data_params_and_committed_code(tmp_path):
     import mlflow
 
     from pipeline.config import Params, Workspace
-    from pipeline.lineage import LINEAGE_KEYS, lineage_tags, up_to_date
+    from pipeline.lineage import LINEAGE_KEYS, SameLineage, lineage_tags, up_to_date
 
     run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
     (tmp_path / "data").mkdir()
@@ -68,10 +68,16 @@ def test_up_to_date_only_for_the_same_data_params_and_committed_code(tmp_path):
     assert up_to_date(params, ws) is None  # no registered model yet
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/m.db", registry_uri=f"sqlite:///{tmp_path}/m.db")
     client.create_registered_model("medpipe-classifier")
-    tags = {k: v for k, v in lineage_tags(params, ws).items() if k in LINEAGE_KEYS}
+    tags = {**{k: v for k, v in lineage_tags(params, ws).items() if k in LINEAGE_KEYS},
+            "medpipe.weights_sha256": "w", "medpipe.classes": "[]", "medpipe.promotion": "challenger"}
     client.create_model_version("medpipe-classifier", "file:///nowhere", tags=tags)
     client.create_model_version("medpipe-classifier", "file:///nowhere", tags={**tags, "medpipe.params_md5": "0"})
-    assert up_to_date(params, ws) == 1
+    assert up_to_date(params, ws) == SameLineage(1, gated=True)
+    client.create_model_version("medpipe-classifier", "file:///nowhere", tags={**tags, "medpipe.promotion": "pending"})
+    assert up_to_date(params, ws) == SameLineage(3, gated=False)  # a crash left it ungated: gate it
+    partial = {k: v for k, v in tags.items() if k != "medpipe.weights_sha256"}
+    client.create_model_version("medpipe-classifier", "file:///nowhere", tags=partial)
+    assert up_to_date(params, ws) == SameLineage(3, gated=False)  # an incomplete version is ignored
     other = Params.model_validate({**params.model_dump(by_alias=True), "train": {"epochs": 3}})
     assert up_to_date(other, ws) is None  # other params
     (tmp_path / "data" / "b.png").write_bytes(b"y")
