@@ -65,6 +65,9 @@ def run(data: Annotated[Optional[Path], typer.Option(help="Data root holding man
     from flows.training import training_flow
 
     check_scheduler(config.dask)  # and on a Dask scheduler that does not answer
+    from pipeline.watchdog import guard_descendants
+
+    guard_descendants()  # a killed run takes Prefect's temporary server (and any Dask cluster) with it
 
     state = training_flow(params_file=str(params), data=str(data) if data else None, overrides=overrides,
                           resume=resume, force=force, return_state=True)

@@ -199,24 +199,48 @@ class Params(Section):
         return hashlib.md5(text.encode()).hexdigest()
 
 
+def _error_key(err: ValidationError) -> str:
+    """The dotted key (aliases, no trailing underscore) of the first validation error."""
+    return ".".join(str(p).rstrip("_") for p in err.errors()[0]["loc"])
+
+
 def _describe(err: ValidationError) -> str:
     first = err.errors()[0]
-    key = ".".join(str(p).rstrip("_") for p in first["loc"])
+    key = _error_key(err)
     if first["type"] == "extra_forbidden":
         return f"unknown key '{key}'"
     return f"invalid value for '{key}': {first['msg']}"
 
 
-def parse_params(raw: dict, source: str | Path = DEFAULT_PARAMS) -> Params:
-    """Build Params from a dict, raising ConfigError that names the offending key."""
+def _blame(key: str, source: str | Path, overrides: list[str]) -> str | Path:
+    """`--set KEY` when an override set `key` (or a section above or below it), else `source`."""
+    for name in reversed(overrides):
+        if name == key or name.startswith(f"{key}.") or key.startswith(f"{name}."):
+            return f"--set {name}"
+    return source
+
+
+def parse_params(raw: dict, source: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None) -> Params:
+    """Build Params from a dict, raising ConfigError that names the offending key.
+
+    Args:
+        raw: the parsed params.yaml, overrides already applied.
+        source: the file blamed for an error.
+        overrides: dotted keys set with --set; an error on one of them blames `--set KEY` instead.
+    """
     try:
         return Params.model_validate(raw or {})
     except ValidationError as err:
-        raise ConfigError(source, _describe(err)) from None
+        raise ConfigError(_blame(_error_key(err), source, overrides or []), _describe(err)) from None
 
 
 def load_params(path: Path = DEFAULT_PARAMS, overrides: dict[str, str] | None = None) -> Params:
-    """Read params.yaml and apply dotted-key overrides such as {"train.epochs": "3"}."""
+    """Read params.yaml and apply dotted-key overrides such as {"train.epochs": "3"}.
+
+    Raises:
+        ConfigError: the file is missing or invalid (blamed on the file), or an override is (blamed on
+            `--set KEY`: an empty key part, a value that is not YAML, a key below a plain value).
+    """
     if not path.is_file():
         raise ConfigError(path, "parameter file not found")
     try:
@@ -226,16 +250,32 @@ def load_params(path: Path = DEFAULT_PARAMS, overrides: dict[str, str] | None = 
     if not isinstance(raw, dict):
         raise ConfigError(path, "top level must be a mapping of step sections")
     for key, value in (overrides or {}).items():
-        _set_dotted(raw, key, yaml.safe_load(value))
-    return parse_params(raw, path)
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {key}", f"value {value!r} is not valid YAML ({err.__class__.__name__})") from None
+        _set_dotted(raw, key, parsed)
+    return parse_params(raw, path, list(overrides or {}))
 
 
 def _set_dotted(raw: dict, key: str, value: object) -> None:
-    *parents, leaf = key.split(".")
+    """Set raw["a"]["b"]["c"] = value for key "a.b.c", creating missing sections.
+
+    Raises:
+        ConfigError: a part of the key is empty, or a part above the leaf already holds a plain value.
+    """
+    parts = key.split(".")
+    if not all(part.strip() for part in parts):
+        raise ConfigError(f"--set {key}", "empty part in the dotted key")
     node = raw
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
+    for depth, part in enumerate(parts[:-1]):
+        if node.get(part) is None:  # missing, or an empty section in params.yaml
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            above = ".".join(parts[:depth + 1])
+            raise ConfigError(f"--set {key}", f"'{above}' is a value ({node!r}), not a section with keys")
+    node[parts[-1]] = value
 
 
 class Workspace(BaseModel):

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 
 CLASSES = ("normal", "nodule", "effusion")
 CLASS_SHARES = (0.7, 0.2, 0.1)
@@ -203,7 +203,13 @@ def import_npz(source: Path, out: Path, labels: list[str] | None = None,
 
     With `drop_duplicates`, a val or test image whose pixels already appear in an earlier split is
     left out (validation would otherwise stop on it as leakage); `manifest.attrs["dropped"]` counts them.
+
+    Raises:
+        ConfigError: a class name cannot be a folder name inside `out` (see `check_label_names`).
+        DataError: the npz is unreadable, lacks an array, or has more classes than names.
     """
+    if labels:
+        check_label_names(labels, out)
     try:
         npz = np.load(source, allow_pickle=False)
     except (OSError, ValueError) as err:
@@ -228,6 +234,26 @@ def import_npz(source: Path, out: Path, labels: list[str] | None = None,
     return manifest
 
 
+def check_label_names(labels: list[str], out: Path) -> None:
+    """Refuse class names that are not one plain folder name inside `out` (they become folder names).
+
+    Raises:
+        ConfigError: (file `--labels`) a name is empty, `.` or `..`, holds a path separator or NUL, or
+            would resolve outside `out`.
+    """
+    root = out.resolve()
+    for name in labels:
+        if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+            raise ConfigError("--labels", f"class name {name!r} is not a plain folder name")
+        if not _inside(root / "images" / "train" / name, root):
+            raise ConfigError("--labels", f"class name {name!r} would write outside {out}")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether `path`, symlinks resolved, lies inside the (resolved) folder `root`."""
+    return path.resolve().is_relative_to(root)
+
+
 def _write_split(images: np.ndarray, ys: np.ndarray, split: str, out: Path, labels: list[str] | None,
                  keep: list[bool]) -> list[tuple]:
     rows = []
@@ -237,6 +263,8 @@ def _write_split(images: np.ndarray, ys: np.ndarray, split: str, out: Path, labe
         rows.append((rel.as_posix(), label, f"{split}_{i:06d}", split))
         if not keep[i]:
             continue
+        if not _inside(out / rel, out.resolve()):  # e.g. a folder under out that is a symlink elsewhere
+            raise ConfigError("--labels", f"{rel.as_posix()} would be written outside {out}")
         (out / rel.parent).mkdir(parents=True, exist_ok=True)
         pixels = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 and img.shape[2] == 3 else img
         cv2.imwrite(str(out / rel), pixels)

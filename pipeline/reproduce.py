@@ -9,6 +9,7 @@ and metrics are compared with the original's.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import yaml
 from pipeline.config import Params, Workspace
 from pipeline.errors import MedpipeError
 
+COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a full SHA-1 or SHA-256 object name, nothing else
 STEPS = ("validate", "preprocess", "balance", "train", "evaluate")
 
 
@@ -77,7 +79,10 @@ def checkout(base: Path, commit: str, data_md5: str, into: Path, data_root: str)
     notes = []
     if commit in ("", "unknown"):
         raise MedpipeError("lineage", "the version has no git commit recorded: it cannot be rebuilt")
-    archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=base, capture_output=True, timeout=600)
+    if not COMMIT_ID.fullmatch(commit):  # a tag is data: never let it reach git as an option or a revision expression
+        raise MedpipeError("lineage", f"the recorded git commit {commit[:80]!r} is not a full commit id")
+    archive = subprocess.run(["git", "archive", "--format=tar", commit, "--"], cwd=base, capture_output=True,
+                             timeout=600)
     if archive.returncode != 0:
         raise MedpipeError(f"commit {commit[:12]}", "not in this repository (fetch it first)")
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True, timeout=600)

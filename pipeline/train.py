@@ -278,14 +278,17 @@ def start_run(params: Params, ws: Workspace, progress: Progress):
     """Open a new MLflow run with lineage tags and params, or reopen the resumed one (an ActiveRun)."""
     import mlflow
 
+    from pipeline.redact import redact_params
+
     experiment = setup_tracking(params.register_, ws.base)
     if progress.run_id:
         return mlflow.start_run(run_id=progress.run_id)
     report = json.loads((ws.out / "validate" / "report.json").read_text())
     tags = {**lineage_tags(params, ws), "medpipe.validation": "passed" if report["success"] else "failed"}
     run = mlflow.start_run(experiment_id=experiment, tags=tags)
-    mlflow.log_params(_flat("params", params.model_dump(mode="json", by_alias=True)))
-    mlflow.log_dict(params.model_dump(mode="json", by_alias=True), "params.yaml")  # the exact params, for reproduce
+    logged = redact_params(params.model_dump(mode="json", by_alias=True))  # no credentials of a tracking URI
+    mlflow.log_params(_flat("params", logged))
+    mlflow.log_dict(logged, "params.yaml")  # the exact params (reproduce sets its own tracking_uri)
     mlflow.log_artifacts(str(ws.out / "validate"), "validation")  # reports + the exact split
     return run
 

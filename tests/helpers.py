@@ -160,3 +160,19 @@ def wait_for_run(api: str, run_id: str, *processes: subprocess.Popen, seconds: i
         state = api_call(f"{api}/flow_runs/{run_id}")["state"]
         return state["type"] if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED") else None
     return wait_for(final, seconds, "flow run", *processes)
+
+
+NETGUARD = Path(__file__).resolve().parent / "netguard"  # its sitecustomize.py refuses and logs non-loopback traffic
+
+
+def guarded_env(env: dict, log_path: Path) -> dict:
+    """`env` for child processes with the network guard on: every Python child (and its children, as long as
+    they keep PYTHONPATH) refuses non-loopback connections and lookups and logs each one to `log_path`."""
+    path = os.pathsep.join(p for p in (str(NETGUARD), env.get("PYTHONPATH", "")) if p)
+    return {**env, "PYTHONPATH": path, "MEDPIPE_NETGUARD_LOG": str(log_path)}
+
+
+def assert_offline(log_path: Path) -> None:
+    """No child process guarded by `guarded_env(..., log_path)` tried to reach the network."""
+    attempts = log_path.read_text() if log_path.exists() else ""
+    assert attempts == "", f"child processes tried to reach the network:\n{attempts}"

@@ -4,16 +4,24 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import REPO, write_params
+from tests.helpers import REPO, assert_offline, guarded_env, write_params
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+NETGUARD_LOG = Path(tempfile.mkdtemp()) / "netguard.log"  # every child: DVC, git hooks aside, medpipe
+ENV = guarded_env({**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}, NETGUARD_LOG)
+
+
+@pytest.fixture(autouse=True)
+def _children_offline():
+    yield
+    assert_offline(NETGUARD_LOG)
 
 
 def sh(cwd: Path, *args: str) -> str:

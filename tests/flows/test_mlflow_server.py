@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tests.helpers import BIN, free_port, start_process, stop, wait_until_up, write_params
+from tests.helpers import BIN, assert_offline, free_port, guarded_env, start_process, stop, wait_until_up, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +18,7 @@ def test_flow_tracks_registers_and_promotes_on_a_tracking_server(prefect_harness
     port = free_port()
     server = start_process([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
                             "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port",
-                            str(port), "--workers", "1"], dict(os.environ), store)
+                            str(port), "--workers", "1"], guarded_env(dict(os.environ), store / "netguard.log"), store)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(f"{url}/health", server)
@@ -39,3 +39,4 @@ def test_flow_tracks_registers_and_promotes_on_a_tracking_server(prefect_harness
         assert client.get_run(first.run_id).data.metrics["test_roc_auc"] == pytest.approx(first.test_metrics["roc_auc"])
     finally:
         stop(server)
+    assert_offline(store / "netguard.log")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows.test_dvc_lineage import BIN, tiny_project
+from tests.flows.test_dvc_lineage import BIN, NETGUARD_LOG, tiny_project
+from tests.helpers import assert_offline, guarded_env
 
 pytestmark = pytest.mark.slow
 
@@ -22,8 +23,9 @@ def test_concurrent_runs_skip_and_reproduce(prefect_harness, tmp_path, tiny_data
     from prefect.settings import get_current_settings
 
     tiny_project(tmp_path, tiny_data)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-           "PREFECT_API_URL": str(get_current_settings().api.url)}  # both runs report to the test server
+    env = guarded_env({**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+                       "PREFECT_API_URL": str(get_current_settings().api.url)},  # both runs report to the test server
+                      tmp_path / "netguard.log")
 
     runs = [_medpipe(tmp_path, "run", "--force", env=env) for _ in range(2)]  # two retrainings at once
     outputs = [run.communicate(timeout=900) for run in runs]
@@ -48,3 +50,5 @@ def test_concurrent_runs_skip_and_reproduce(prefect_harness, tmp_path, tiny_data
     out, err = rebuilt.communicate(timeout=900)
     assert rebuilt.returncode == 0, out + err
     assert "weights identical, all metrics identical" in out
+    assert_offline(tmp_path / "netguard.log")
+    assert_offline(NETGUARD_LOG)

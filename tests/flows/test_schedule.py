@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.helpers import (BIN, api_call, prefect_server_env, start_process, start_prefect_server, stop, wait_for,
+from tests.helpers import (BIN, api_call, assert_offline, guarded_env, prefect_server_env, start_process, start_prefect_server, stop, wait_for,
                            wait_for_run)
 
 pytestmark = pytest.mark.slow
@@ -14,6 +14,7 @@ pytestmark = pytest.mark.slow
 
 def test_schedule_serves_a_cron_deployment_that_retrains(project, tmp_path):
     api, env = prefect_server_env(tmp_path)
+    env = guarded_env(env, tmp_path / "netguard.log")
     bad = subprocess.run([str(BIN / "medpipe"), "schedule", "--cron", "every monday", "--params",
                           str(project / "params.yaml")], env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "error: --cron: not a valid cron schedule" in bad.stderr
@@ -36,3 +37,4 @@ def test_schedule_serves_a_cron_deployment_that_retrains(project, tmp_path):
         assert json.loads((project / "outputs" / "register" / "model_version.json").read_text())["version"] == 1
     finally:
         stop(served, server)
+    assert_offline(tmp_path / "netguard.log")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import BIN, free_port, start_process, stop, wait_until_up
+from tests.helpers import BIN, assert_offline, free_port, guarded_env, start_process, stop, wait_until_up
 
 pytestmark = pytest.mark.slow
 
@@ -30,8 +30,8 @@ def test_served_champion_takes_raw_images(prefect_harness, project):
 
     summary = training_flow(params_file=str(project / "params.yaml"))
     port, bin_dir = free_port(), BIN
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project}/mlflow/mlflow.db",
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env = guarded_env({**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project}/mlflow/mlflow.db",
+                       "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}, project / "netguard.log")
     server = start_process([str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/medpipe-classifier@champion",
                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], env, project)
     url = f"http://127.0.0.1:{port}"
@@ -46,7 +46,8 @@ def test_served_champion_takes_raw_images(prefect_harness, project):
         assert len(rows) == 2 and rows[0]["label"] in ("normal", "nodule", "effusion")
         assert sum(rows[0][c] for c in ("normal", "nodule", "effusion")) == pytest.approx(1, abs=1e-5)
         done = subprocess.run([str(bin_dir / "medpipe"), "predict", str(path), "--params", str(project / "params.yaml")],
-                              capture_output=True, text=True, timeout=300)  # the CLI says the same as the server
+                              capture_output=True, text=True, timeout=300,
+                              env=guarded_env(dict(os.environ), project / "netguard.log"))  # as the server says
         local = json.loads(done.stdout)
         assert local["version"] == summary.version and local["predictions"][0]["label"] == rows[0]["label"]
         assert np.allclose(list(local["predictions"][0]["probabilities"].values()),
@@ -60,3 +61,4 @@ def test_served_champion_takes_raw_images(prefect_harness, project):
         assert status == 400 and "valid JSON" in answer["message"]
     finally:
         stop(server)
+    assert_offline(project / "netguard.log")

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.helpers import (BIN, REPO, api_call, prefect_server_env, start_prefect_server, start_process, stop,
+from tests.helpers import (BIN, REPO, api_call, assert_offline, guarded_env, prefect_server_env, start_prefect_server, start_process, stop,
                            wait_for, wait_for_run)
 
 pytestmark = pytest.mark.slow
@@ -25,6 +25,7 @@ def test_process_work_pool_runs_the_training_deployment(project, tmp_path):
         copy = shutil.copytree if (REPO / part).is_dir() else shutil.copy
         copy(REPO / part, project / part)
     api, env = prefect_server_env(tmp_path)
+    env = guarded_env(env, tmp_path / "netguard.log")
     env["MEDPIPE_HOME"] = str(project)  # the deployment's pull step: where the worker runs the flow
     server = start_prefect_server(api, env, tmp_path)
     worker = None
@@ -43,3 +44,4 @@ def test_process_work_pool_runs_the_training_deployment(project, tmp_path):
         assert wait_for(lambda: api_call(f"{api}/flow_runs/{run['id']}")["work_pool_name"], 10, "pool name")
     finally:
         stop(worker, server)
+    assert_offline(tmp_path / "netguard.log")

@@ -77,3 +77,11 @@ def test_import_npz_then_validate_with_a_label_override(tmp_path):
                  "validate.labels=[neg, pos]", "--set", "validate.min_per_class=3")
     assert ok.returncode == 0, ok.stderr
     _one_error_line(medpipe("validate", tmp_path / "d", "--params", tmp_path / "params.yaml"), 1, "label known")
+
+
+def test_bad_set_value_blames_the_flag_not_params_yaml(project):
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--set", "train.epochs=abc"], cwd=project,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    _one_error_line(done, 2, "--set train.epochs", "invalid value for 'train.epochs'")
+    assert "params.yaml" not in done.stderr

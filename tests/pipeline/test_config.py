@@ -47,3 +47,35 @@ def test_workspace_resolves_against_params_folder(tmp_path):
     ws = Workspace.create(Params(), tmp_path / "params.yaml")
     assert ws.data_root == (tmp_path / "data").resolve() and ws.out == tmp_path.resolve() / "outputs"
     assert Workspace.create(Params(), tmp_path / "params.yaml", tmp_path / "x").data_root == (tmp_path / "x")
+
+
+@pytest.mark.parametrize(("overrides", "blamed", "reason"), [
+    ({"train.epochs": "abc"}, "--set train.epochs", "invalid value for 'train.epochs'"),
+    ({"train.epochz": "3"}, "--set train.epochz", "unknown key 'train.epochz'"),
+    ({"train": "3", "train.epochs": "2"}, "--set train.epochs", "'train' is a value"),
+    ({"train.epochs.x": "1"}, "--set train.epochs.x", "'train.epochs' is a value"),
+    ({"train.epochs": "[1"}, "--set train.epochs", "not valid YAML"),
+    ({".x": "1"}, "--set .x", "empty part"),
+    ({"train..epochs": "1"}, "--set train..epochs", "empty part"),
+    ({"preprocess.split.train": "0.9"}, "--set preprocess.split.train", "sum to 1"),
+])
+def test_bad_overrides_blame_the_set_flag(tmp_path, overrides, blamed, reason):
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    with pytest.raises(ConfigError, match=reason) as caught:
+        load_params(path, overrides)
+    assert caught.value.file == blamed and "\n" not in str(caught.value)
+
+
+def test_errors_outside_the_overrides_still_blame_the_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  epochs: abc\n")
+    with pytest.raises(ConfigError, match="invalid value for 'train.epochs'") as caught:
+        load_params(path, {"train.batch_size": "8", "evaluate": "{}"})
+    assert caught.value.file == str(path)
+
+
+def test_override_into_an_empty_section(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n")
+    assert load_params(path, {"train.epochs": "4"}).train.epochs == 4

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline.data import CLASSES, discover, import_npz, read_manifest, synthesize
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 
 
 def _digest(root):
@@ -95,3 +95,38 @@ def test_import_npz_errors(tmp_path):
     (tmp_path / "bad.npz").write_text("no")
     with pytest.raises(DataError, match="not a readable npz"):
         import_npz(tmp_path / "bad.npz", tmp_path / "out")
+
+
+def _two_class_npz(path):
+    arrays = {f"{s}_images": np.full((2, 4, 4), 7, np.uint8) for s in ("train", "val", "test")}
+    arrays.update({f"{s}_labels": np.arange(2) for s in ("train", "val", "test")})
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "../x", "a/b", "a\\b", "nul\0l", "/abs"])
+def test_import_npz_refuses_class_names_that_are_not_plain_folder_names(tmp_path, bad):
+    source = _two_class_npz(tmp_path / "m.npz")
+    (tmp_path / "work").mkdir()
+    with pytest.raises(ConfigError, match="class name") as caught:
+        import_npz(source, tmp_path / "work" / "out", labels=["ok", bad])
+    assert caught.value.file == "--labels" and "\n" not in caught.value.reason
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["m.npz", "work"]  # nothing written anywhere
+
+
+@pytest.mark.parametrize("labels", [["neg", "pos"], None])
+def test_import_npz_refuses_to_write_through_a_symlink_out_of_out(tmp_path, labels):
+    source, outside, out = _two_class_npz(tmp_path / "m.npz"), tmp_path / "outside", tmp_path / "out"
+    outside.mkdir()
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "train").symlink_to(outside)
+    with pytest.raises(ConfigError, match="outside"):
+        import_npz(source, out, labels=labels)
+    assert not any(outside.iterdir())
+
+
+def test_import_npz_writes_only_inside_out(tmp_path):
+    out = tmp_path / "out"
+    manifest = import_npz(_two_class_npz(tmp_path / "m.npz"), out, labels=["neg", "pos"])
+    assert all((out / rel).resolve().is_relative_to(out.resolve()) for rel in manifest["path"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "out"]

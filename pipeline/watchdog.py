@@ -1,0 +1,67 @@
+"""When a process dies, even by SIGKILL, its descendants die with it (Linux; elsewhere a no-op).
+
+`guard_descendants()` starts `python -m pipeline.watchdog <pid>` in its own session (a signal to the
+caller's process group does not reach it). Every INTERVAL s it records the caller's descendants from
+/proc, each with its start time (so a reused pid is never killed); once the caller is gone it SIGKILLs
+those still alive and exits. A child started less than INTERVAL s before the caller died can escape.
+"""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+INTERVAL = 0.5
+_watcher: subprocess.Popen | None = None
+
+
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, start time) of a live process, None if it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()  # comm may hold ") "
+    except OSError:
+        return None
+    return None if fields[0] in "ZX" else (int(fields[1]), fields[19])  # fields 3 (state), 4, 22
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """Every live descendant of `pid` (not this process) with its start time."""
+    stats = {int(p): s for p in os.listdir("/proc") if p.isdigit() and (s := _stat(int(p)))}
+    found, todo = {}, [pid]
+    while todo:
+        parent = todo.pop()
+        kids = [p for p, (ppid, _) in stats.items() if ppid == parent and p != os.getpid() and p not in found]
+        found.update({p: stats[p][1] for p in kids})
+        todo += kids
+    return found
+
+
+def watch(pid: int, started: str) -> None:
+    """Record `pid`'s descendants until it is gone (or its pid was reused), then SIGKILL the survivors."""
+    seen: dict[int, str] = {}
+    while (stat := _stat(pid)) and stat[1] == started:
+        seen.update(_descendants(pid))
+        time.sleep(INTERVAL)
+    for child, child_started in seen.items():
+        if (now := _stat(child)) and now[1] == child_started:
+            with contextlib.suppress(OSError):  # it exited just now
+                os.kill(child, signal.SIGKILL)
+
+
+def guard_descendants() -> None:
+    """Start the watcher for this process (once); Linux only, elsewhere nothing happens."""
+    global _watcher
+    if _watcher is not None or not sys.platform.startswith("linux") or not (stat := _stat(os.getpid())):
+        return
+    here = str(Path(__file__).resolve().parents[1])  # this very pipeline package, whatever the cwd
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    _watcher = subprocess.Popen([sys.executable, "-m", "pipeline.watchdog", str(os.getpid()), stat[1]], env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+
+
+if __name__ == "__main__":
+    watch(int(sys.argv[1]), sys.argv[2])
