@@ -310,32 +310,34 @@ def check_pixels(name: str | Path, dims: Dimensions, max_pixels: int) -> None:
                            f"{max_pixels / 1e6:,.1f} Mpx (preprocess.max_pixels)")
 
 
-def check_image(name: str | Path, source: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
-                max_bytes: int = DEFAULT_MAX_FILE_MB * MB) -> Dimensions | None:
+def check_image(name: str | Path, source: bytes | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                max_bytes: int | None = DEFAULT_MAX_FILE_MB * MB) -> Dimensions | None:
     """Refuse an image file (or its bytes) that is too large, or declares too many pixels, before it decodes.
 
-    A path is sized by stat first and its header read from the file (nothing else); bytes in hand
-    are sized by their length. Unknown formats pass, to be judged by their decoder.
+    A path is sized by stat first and only its header is read from the file; bytes in hand are sized
+    by their length. Unknown formats pass, to be judged by their decoder.
 
     Args:
         name: What to call the file in an error (e.g. its relative path, or `image[3]`).
         source: The file's path or its content.
-        max_pixels: Cap on width x height x frames x samples (preprocess.max_pixels).
-        max_bytes: Cap on the file's size in bytes (preprocess.max_file_mb, in bytes).
+        max_pixels: Cap on width x height x frames x samples (preprocess.max_pixels); None: no cap.
+        max_bytes: Cap on the file's size in bytes (preprocess.max_file_mb, in bytes); None: no cap.
 
     Returns:
-        The dimensions its header declares, or None when they could not be read from it.
+        The dimensions its header declares, or None when they were not read (no pixel cap, unknown format).
 
     Raises:
         ImageError: one line `name: reason` for a file over either cap (FileNotFoundError and other
             OSErrors of a path pass through).
     """
+    if max_bytes is not None:
+        check_size(name, source.stat().st_size if isinstance(source, Path) else len(source), max_bytes)
+    if max_pixels is None:
+        return None
     if isinstance(source, Path):
-        check_size(name, source.stat().st_size, max_bytes)
         with source.open("rb") as fp:
             dims = header_dimensions(name, fp, max_pixels)
     else:
-        check_size(name, len(source), max_bytes)
         dims = header_dimensions(name, io.BytesIO(source), max_pixels)
     if dims is not None:
         check_pixels(name, dims, max_pixels)
