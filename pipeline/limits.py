@@ -55,6 +55,11 @@ class Dimensions:
         return f"{self.width}x{self.height}{extra}"
 
 
+def pixel_count(n: int) -> str:
+    """A pixel count as people read it: `400.0 Mpx`, or `2,000 px` below a tenth of a megapixel."""
+    return f"{n / 1e6:,.1f} Mpx" if n >= 100_000 else f"{n:,} px"
+
+
 def _error(name: str | Path, reason: str) -> Exception:
     from pipeline.imageio import ImageError  # imageio imports this module
 
@@ -214,7 +219,7 @@ def _deflated_dimensions(name: str | Path, fp: BinaryIO, max_pixels: int) -> Dim
                     check_pixels(name, dims, max_pixels)
             if total > bound:
                 raise _error(name, f"deflated DICOM inflates beyond {bound / MB:,.0f} MB, more than an image "
-                                   f"within the cap of {max_pixels / 1e6:,.1f} Mpx can need (preprocess.max_pixels)")
+                                   f"within the cap of {pixel_count(max_pixels)} can need (preprocess.max_pixels)")
     except zlib.error:
         raise _error(name, "deflated DICOM data cannot be inflated (corrupt)") from None
     return dims if parsed else _read_header(bytes(kept))
@@ -306,8 +311,8 @@ def check_pixels(name: str | Path, dims: Dimensions, max_pixels: int) -> None:
         ImageError: the image is over the cap.
     """
     if dims.pixels > max_pixels:
-        raise _error(name, f"image of {dims} = {dims.pixels / 1e6:,.1f} Mpx exceeds the cap of "
-                           f"{max_pixels / 1e6:,.1f} Mpx (preprocess.max_pixels)")
+        raise _error(name, f"image of {dims} = {pixel_count(dims.pixels)} exceeds the cap of "
+                           f"{pixel_count(max_pixels)} (preprocess.max_pixels)")
 
 
 def check_image(name: str | Path, source: bytes | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,

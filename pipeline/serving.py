@@ -20,7 +20,7 @@ import pandas as pd
 
 from pipeline.config import PreprocessParams
 from pipeline.errors import MedpipeError
-from pipeline.limits import kind
+from pipeline.limits import kind, pixel_count
 
 INPUT_COLUMN = "image"
 
@@ -58,8 +58,8 @@ def model_input(cell, row: int, pp: PreprocessParams) -> np.ndarray:
         if isinstance(value, bytes):
             return prepare_image(Path(name), pp, data=value).astype(np.float32) / 255.0
         if value.size > pp.max_pixels:
-            raise MedpipeError(name, f"pixel array of shape {value.shape} = {value.size / 1e6:,.1f} Mpx exceeds the "
-                                     f"cap of {pp.max_pixels / 1e6:,.1f} Mpx (preprocess.max_pixels)")
+            raise MedpipeError(name, f"pixel array of shape {value.shape} = {pixel_count(value.size)} exceeds the "
+                                     f"cap of {pixel_count(pp.max_pixels)} (preprocess.max_pixels)")
         if value.dtype.kind in "iu" and value.dtype != np.uint8:
             value = value.astype(np.uint16)
         elif value.dtype.kind == "f":
