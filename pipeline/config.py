@@ -69,6 +69,10 @@ class PreprocessParams(Section):
     normalize: Literal["unit", "zscore", "dataset"] = "unit"  # [0,1]; per image; train mean/std
     shard_size: int = Field(4096, ge=1)               # images per shard file
     workers: int = Field(0, ge=0)                     # decoding threads; 0 = one per core
+    # Bounded inputs, sized for medical images (mammograms are ~4k x 5k = 20 Mpx): larger images are
+    # refused from their header before decoding (pipeline.limits). Not pixel-affecting: not in the cache key.
+    max_pixels: int = Field(50_000_000, ge=1)        # width x height x frames x samples
+    max_file_mb: int = Field(512, ge=1)              # file size, MB (2**20 bytes)
     split: SplitRatios = SplitRatios()
     seed: int = 42
 

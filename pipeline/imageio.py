@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from pipeline.errors import DataError
+from pipeline.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, MB, check_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 
@@ -42,15 +43,51 @@ def _scale(raw: np.ndarray) -> np.ndarray:
     return raw.astype(np.float32) / float(2**bits - 1)
 
 
-def read_raster(path: Path, data: bytes | None = None) -> Image:
+def bounded_bytes(path: Path, data: bytes | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                  max_bytes: int | None = DEFAULT_MAX_FILE_MB * MB) -> bytes:
+    """A file's content (`data` when already in hand), refused when over a cap before it decodes.
+
+    Args:
+        path: The file (names it in errors when `data` is given).
+        data: Its content, if already read.
+        max_pixels: Cap on the pixels its header declares (pipeline.limits); None: not checked here.
+        max_bytes: Cap on its size, checked by stat before reading; None: not checked here.
+
+    Returns:
+        The content.
+
+    Raises:
+        ImageError: a file over a cap (the reason names the cap's parameter).
+    """
+    if data is None:
+        check_image(path, path, None, max_bytes)  # stat before reading
+        data = path.read_bytes()
+    check_image(path, data, max_pixels, max_bytes)
+    return data
+
+
+def imdecode(path: Path, buf: np.ndarray, flags: int) -> np.ndarray | None:
+    """cv2.imdecode with OpenCV's own refusals (e.g. over OPENCV_IO_MAX_IMAGE_PIXELS) as one-line ImageErrors."""
+    try:
+        return cv2.imdecode(buf, flags)
+    except cv2.error as err:
+        limit = "CV_IO_MAX_IMAGE" in str(err)
+        raise ImageError(path, "image exceeds OpenCV's decoder limit (OPENCV_IO_MAX_IMAGE_PIXELS)" if limit
+                         else "not a decodable image (OpenCV refused it)") from None
+
+
+def read_raster(path: Path, data: bytes | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                max_bytes: int | None = DEFAULT_MAX_FILE_MB * MB) -> Image:
     """PNG or JPEG via OpenCV, any bit depth; colour comes back RGB, alpha dropped.
 
-    `data`, when given, is the file's content already read (the scan hashes it too).
+    `data`, when given, is the file's content already read (the scan hashes it too). A file over
+    `max_bytes`, or whose header declares more than `max_pixels`, is refused before decoding (None:
+    the caller checked).
     """
-    data = path.read_bytes() if data is None else data
+    data = bounded_bytes(path, data, max_pixels, max_bytes)
     if not data:
         raise ImageError(path, "empty file (0 bytes)")
-    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    raw = imdecode(path, np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if raw is None or raw.size == 0:
         raise ImageError(path, "not a decodable image (corrupt, truncated or not an image file)")
     if raw.dtype not in (np.uint8, np.uint16):
@@ -87,14 +124,16 @@ def _dicom_pixels(ds, path: Path) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def read_dicom(path: Path, salt: bytes, data: bytes | None = None) -> Image:
-    """A single-frame grayscale DICOM, with its PatientID turned into a pseudonymous key."""
+def read_dicom(path: Path, salt: bytes, data: bytes | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               max_bytes: int | None = DEFAULT_MAX_FILE_MB * MB) -> Image:
+    """A single-frame grayscale DICOM, with its PatientID turned into a pseudonymous key (caps as read_raster;
+    a deflated one must not inflate beyond what `max_pixels` need)."""
     import io
 
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    data = path.read_bytes() if data is None else data
+    data = bounded_bytes(path, data, max_pixels, max_bytes)
     if not data:
         raise ImageError(path, "empty file (0 bytes)")
     try:
@@ -108,13 +147,15 @@ def read_dicom(path: Path, salt: bytes, data: bytes | None = None) -> Image:
     return Image(pixels, int(getattr(ds, "BitsStored", 16)), 1, pseudonym(patient, salt) if patient else None)
 
 
-def read_image(path: Path, salt: bytes = b"", data: bytes | None = None) -> Image:
-    """Read any supported image file by its suffix (from `data` when the bytes are already in hand)."""
+def read_image(path: Path, salt: bytes = b"", data: bytes | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               max_bytes: int | None = DEFAULT_MAX_FILE_MB * MB) -> Image:
+    """Read any supported image file by its suffix (from `data` when the bytes are already in hand), refused
+    before decoding when over a cap (see read_raster)."""
     if data is None and not path.is_file():
         raise ImageError(path, "file not found")
     if path.suffix.lower() == ".dcm":
-        return read_dicom(path, salt, data)
-    return read_raster(path, data)
+        return read_dicom(path, salt, data, max_pixels, max_bytes)
+    return read_raster(path, data, max_pixels, max_bytes)
 
 
 def to_gray(pixels: np.ndarray) -> np.ndarray:

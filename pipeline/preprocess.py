@@ -20,7 +20,8 @@ import pandas as pd
 
 from pipeline import faults
 from pipeline.config import Params, PreprocessParams, SplitRatios, Workspace
-from pipeline.imageio import read_dicom, read_image
+from pipeline.imageio import imdecode, read_dicom, read_image
+from pipeline.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, MB, check_image
 from pipeline.outputs import replace_dir
 from pipeline.scan import Mapper
 
@@ -43,22 +44,28 @@ class PreprocessResult:
     std: float
 
 
-def decode_uint8(path: Path, color: str, data: bytes | None = None) -> np.ndarray:
+def decode_uint8(path: Path, color: str, data: bytes | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_bytes: int = DEFAULT_MAX_FILE_MB * MB) -> np.ndarray:
     """Decode PNG/JPEG (8 or 16 bit) or DICOM into uint8, (H, W) gray or (H, W, 3) RGB.
 
     `data`: the file's bytes when already in hand (e.g. a served request; `path` then only names it).
-    OpenCV decodes rasters straight to the wanted colour; DICOM (and any file OpenCV refuses, to get
-    the precise one-line error) goes through pipeline.imageio.
+    A file over `max_bytes`, or whose header declares more than `max_pixels`, is refused before it
+    decodes (pipeline.limits). OpenCV decodes rasters straight to the wanted colour; DICOM (and any
+    file OpenCV refuses, to get the precise one-line error) goes through pipeline.imageio.
     """
+    if data is not None or path.is_file():
+        check_image(path, path if data is None else data, max_pixels, max_bytes)
     dicom = path.suffix.lower() == ".dcm" or (data is not None and data[128:132] == b"DICM")
     if not dicom and (data is not None or path.is_file()):
         buf = np.frombuffer(data, np.uint8) if data is not None else np.fromfile(path, np.uint8)
         flags = cv2.IMREAD_ANYDEPTH | (cv2.IMREAD_GRAYSCALE if color == "gray" else cv2.IMREAD_COLOR)
-        raw = cv2.imdecode(buf, flags) if buf.size else None
+        raw = imdecode(path, buf, flags) if buf.size else None
         if raw is not None and raw.size and raw.dtype in (np.uint8, np.uint16):
             raw = raw if raw.dtype == np.uint8 else np.round(raw / 257.0).astype(np.uint8)
             return raw if color == "gray" else cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
-    pixels = (read_dicom(path, b"", data) if dicom and data is not None else read_image(path, data=data)).pixels
+    # checked above: the readers need not check again
+    pixels = (read_dicom(path, b"", data, None, None) if dicom and data is not None
+              else read_image(path, data=data, max_pixels=None, max_bytes=None)).pixels
     return pixels_to_uint8(pixels, color)
 
 
@@ -114,7 +121,7 @@ def enhance(img: np.ndarray, pp: PreprocessParams) -> np.ndarray:
 
 def prepare_image(path: Path, pp: PreprocessParams, data: bytes | None = None) -> np.ndarray:
     """One image file (or its bytes) as the model's input pixels: uint8 (size, size, channels)."""
-    return prepare_pixels(decode_uint8(path, pp.color, data), pp)
+    return prepare_pixels(decode_uint8(path, pp.color, data, pp.max_pixels, pp.max_file_mb * MB), pp)
 
 
 def prepare_pixels(img: np.ndarray, pp: PreprocessParams) -> np.ndarray:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple
 import cv2
 
 from pipeline.imageio import ImageError, read_image, to_gray
+from pipeline.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, MB, check_size
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -81,18 +82,29 @@ def inside_root(root: Path, rel: str) -> bool:
         return False
 
 
-def scan_file(root: Path, rel: str, salt: bytes) -> ScanRow:
-    """Scan one image; an unusable file gives a row with readable=False and the reason."""
+def scan_file(root: Path, rel: str, salt: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+              max_bytes: int = DEFAULT_MAX_FILE_MB * MB) -> ScanRow:
+    """Scan one image; an unusable file gives a row with readable=False and the reason.
+
+    A file over `max_bytes` (by stat) is not read, one whose header declares more than `max_pixels`
+    is not decoded (pipeline.limits): both are unreadable rows naming the cap.
+    """
     path = root / rel
     if not inside_root(root, rel):
         return ScanRow(rel, 0, 0, "", 0, 0, 0, 0, 0.0, 0.0, 0.0, False, "path outside the data root", "")
     try:
-        stat, data = path.stat(), path.read_bytes()
+        stat = path.stat()
+        if not path.is_file():
+            raise IsADirectoryError(rel)
+        check_size(rel, stat.st_size, max_bytes)  # before reading
+        data = path.read_bytes()
     except (FileNotFoundError, IsADirectoryError):
         return ScanRow(rel, 0, 0, "", 0, 0, 0, 0, 0.0, 0.0, 0.0, False, "file not found", "")
+    except ImageError as err:
+        return ScanRow(rel, stat.st_size, stat.st_mtime_ns, "", 0, 0, 0, 0, 0.0, 0.0, 0.0, False, err.reason, "")
     size, mtime, sha = stat.st_size, stat.st_mtime_ns, hashlib.sha256(data).hexdigest()
     try:
-        image = read_image(path, salt, data)
+        image = read_image(path, salt, data, max_pixels, None)  # the header, before decoding
     except ImageError as err:
         return ScanRow(rel, size, mtime, sha, 0, 0, 0, 0, 0.0, 0.0, 0.0, False, err.reason, "")
     gray = to_gray(image.pixels) * 255.0
@@ -103,11 +115,11 @@ def scan_file(root: Path, rel: str, salt: bytes) -> ScanRow:
                    image.patient_key or "")
 
 
-def scan_chunk(args: tuple[Path, list[str], bytes]) -> list[ScanRow]:
-    """Scan a run of files, (root, relative paths, salt): one unit of parallel work."""
-    root, rels, salt = args
+def scan_chunk(args: tuple) -> list[ScanRow]:
+    """Scan a run of files, (root, relative paths, salt[, max_pixels, max_bytes]): one unit of parallel work."""
+    root, rels, salt, *caps = args
     cv2.setNumThreads(1)  # one process per core already
-    return [scan_file(root, rel, salt) for rel in rels]
+    return [scan_file(root, rel, salt, *caps) for rel in rels]
 
 
 def _unchanged(cached: "pd.DataFrame", root: Path, rels: list[str]) -> "pd.DataFrame":
@@ -146,9 +158,10 @@ def _progress(show: bool, total: int):
 
 
 def _run(root: Path, rels: list[str], salt: bytes, workers: int, progress: bool,
-         mapper: Mapper | None = None, chunk_size: int = 1024) -> list[ScanRow]:
+         mapper: Mapper | None = None, chunk_size: int = 1024,
+         caps: tuple[int, int] = (DEFAULT_MAX_PIXELS, DEFAULT_MAX_FILE_MB * MB)) -> list[ScanRow]:
     size = chunk_size if mapper is not None else LOCAL_CHUNK
-    chunks = [(root, rels[i:i + size], salt) for i in range(0, len(rels), size)]
+    chunks = [(root, rels[i:i + size], salt, *caps) for i in range(0, len(rels), size)]
     rows: list[ScanRow] = []
     with _progress(progress, len(rels)) as (bar, task):
         if mapper is not None or workers <= 1 or _total_bytes(root, rels) < PARALLEL_BYTES:
@@ -167,22 +180,25 @@ def _run(root: Path, rels: list[str], salt: bytes, workers: int, progress: bool,
 
 def scan(root: Path, rels: list[str], cache: Path | None = None, workers: int | None = None,
          progress: bool = False, project: Path = Path("."), mapper: Mapper | None = None,
-         chunk_size: int = 1024) -> "pd.DataFrame":
+         chunk_size: int = 1024, max_pixels: int = DEFAULT_MAX_PIXELS,
+         max_bytes: int = DEFAULT_MAX_FILE_MB * MB) -> "pd.DataFrame":
     """Scan the listed files (paths relative to root), re-reading only new or changed ones.
 
     `project` is where the pseudonymisation salt lives (see data_salt). Worker processes import
     only this module's light top (OpenCV, NumPy), not pandas. With a `mapper`, runs of `chunk_size`
-    files go through it instead of this machine's worker processes.
+    files go through it instead of this machine's worker processes. Files over `max_bytes`, or
+    declaring more than `max_pixels`, are unreadable rows (the cache is redone when a cap changes).
     """
     import pandas as pd
 
     salt = data_salt(project, create=any(r.lower().endswith(".dcm") for r in rels))
-    salt_id = hashlib.sha256(salt).hexdigest()[:12]
+    salt_id = f"{hashlib.sha256(salt).hexdigest()[:12]} max_pixels={max_pixels} max_bytes={max_bytes}"
     cached = pd.DataFrame(columns=COLUMNS)
     if cache is not None and cache.is_file() and cache.with_suffix(".salt").read_text() == salt_id:
         cached = _unchanged(pd.read_csv(cache, keep_default_na=False), root, rels)
     todo = sorted(set(rels) - set(cached["path"]))
-    rows = _run(root, todo, salt, workers or os.cpu_count() or 1, progress, mapper, chunk_size)
+    rows = _run(root, todo, salt, workers or os.cpu_count() or 1, progress, mapper, chunk_size,
+                (max_pixels, max_bytes))
     fresh = pd.DataFrame(rows, columns=COLUMNS)
     table = pd.concat([cached, fresh] if len(cached) else [fresh], ignore_index=True).astype(DTYPES)
     table = table.set_index("path").loc[rels].reset_index() if len(table) else table

@@ -1,10 +1,13 @@
 """Serving: the registered model as an MLflow pyfunc that takes raw images and returns labels.
 
 Input: a DataFrame with an `image` column whose cells are encoded PNG/JPEG/DICOM bytes, base64
-strings of them, or pixel arrays ((H, W) or (H, W, C); uint8, uint16, or floats in [0, 1]); a bare
-list or array of such cells works too. Each image goes through the very preprocessing the model was
-trained with (stored beside it), then the model (whose first layer normalises). Output: one row per
-image, `label` and the probability of each class. A bad image is a 400 naming the row and the reason.
+of them (as a string, or as bytes: MLflow's `instances` form hands a binary column over as its base64
+text), or pixel arrays ((H, W) or (H, W, C); uint8, uint16, or floats in [0, 1]); a bare list or
+array of such cells, or a list of {"image": cell} records, works too. Each image goes through the
+very preprocessing the model was trained with (stored beside it, with its caps preprocess.max_pixels
+and max_file_mb, checked on the header before decoding), then the model (whose first layer
+normalises). Output: one row per image, `label` and the probability of each class. A bad image (over
+a cap, or undecodable) is a 400 naming the row and the reason.
 """
 
 import base64
@@ -17,17 +20,25 @@ import pandas as pd
 
 from pipeline.config import PreprocessParams
 from pipeline.errors import MedpipeError
+from pipeline.limits import kind, pixel_count
 
 INPUT_COLUMN = "image"
 
 
 def _pixels_or_bytes(cell, row: int) -> bytes | np.ndarray:
-    """A cell as encoded bytes (base64 decoded when a string) or as a pixel array."""
+    """A cell as encoded bytes (base64 decoded when a string, or when bytes that are no PNG, JPEG or
+    DICOM but base64 text) or as a pixel array."""
     if isinstance(cell, (bytes, bytearray, memoryview)):
-        return bytes(cell)
+        data = bytes(cell)
+        if data and kind(data[:132]) is None:
+            try:
+                return base64.b64decode(b"".join(data.split()), validate=True) or data  # line breaks allowed
+            except (binascii.Error, ValueError):
+                pass  # not base64 either: the decoder says what it is not
+        return data
     if isinstance(cell, str):
         try:
-            return base64.b64decode(cell, validate=True)
+            return base64.b64decode("".join(cell.split()), validate=True)
         except (binascii.Error, ValueError):
             raise MedpipeError(f"image[{row}]", "a string must be a base64-encoded PNG, JPEG or DICOM file") from None
     pixels = np.asarray(cell)
@@ -41,14 +52,23 @@ def model_input(cell, row: int, pp: PreprocessParams) -> np.ndarray:
     """One cell as a model input: float32 (size, size, channels) in [0, 1]."""
     from pipeline.preprocess import pixels_to_uint8, prepare_image, prepare_pixels
 
+    name = f"image[{row}]"
     value = _pixels_or_bytes(cell, row)
-    if isinstance(value, bytes):
-        return prepare_image(Path(f"image[{row}]"), pp, data=value).astype(np.float32) / 255.0
-    if value.dtype.kind in "iu" and value.dtype != np.uint8:
-        value = value.astype(np.uint16)
-    elif value.dtype.kind == "f":
-        value = value.astype(np.float32)
-    return prepare_pixels(pixels_to_uint8(value, pp.color), pp).astype(np.float32) / 255.0
+    try:
+        if isinstance(value, bytes):
+            return prepare_image(Path(name), pp, data=value).astype(np.float32) / 255.0
+        if value.size > pp.max_pixels:
+            raise MedpipeError(name, f"pixel array of shape {value.shape} = {pixel_count(value.size)} exceeds the "
+                                     f"cap of {pixel_count(pp.max_pixels)} (preprocess.max_pixels)")
+        if value.dtype.kind in "iu" and value.dtype != np.uint8:
+            value = value.astype(np.uint16)
+        elif value.dtype.kind == "f":
+            value = value.astype(np.float32)
+        return prepare_pixels(pixels_to_uint8(value, pp.color), pp).astype(np.float32) / 255.0
+    except MedpipeError:
+        raise  # already names the row
+    except Exception as err:  # any other decode failure is the caller's image too: HTTP 400, no traceback
+        raise MedpipeError(name, f"cannot be decoded ({err.__class__.__name__})") from None
 
 
 def cells(data) -> list:
@@ -59,6 +79,8 @@ def cells(data) -> list:
         return list(data[INPUT_COLUMN])
     if isinstance(data, dict) and INPUT_COLUMN in data:
         return list(data[INPUT_COLUMN])
+    if isinstance(data, list) and data and all(isinstance(r, dict) and INPUT_COLUMN in r for r in data):
+        return [r[INPUT_COLUMN] for r in data]  # records, e.g. [{"image": ...}, ...]
     return list(data)
 
 

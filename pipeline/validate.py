@@ -14,9 +14,10 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import faults
-from pipeline.config import Params, ValidateParams, Workspace
+from pipeline.config import Params, PreprocessParams, ValidateParams, Workspace
 from pipeline.data import discover
 from pipeline.errors import DataError
+from pipeline.limits import MB
 from pipeline.outputs import replace_dir
 from pipeline.preprocess import SPLITS, leakage_groups, split_patients
 from pipeline.scan import Mapper, inside_root, scan
@@ -67,10 +68,12 @@ def failure(report: "ValidationReport", data_root: Path) -> DataError:
 
 
 def image_table(manifest: pd.DataFrame, root: Path, cache: Path | None, vp: ValidateParams,
-                project: Path = Path("."), mapper: Mapper | None = None, chunk_size: int = 1024) -> pd.DataFrame:
-    """Manifest joined with the scan: per-image facts the expectations test."""
+                project: Path = Path("."), mapper: Mapper | None = None, chunk_size: int = 1024,
+                pp: PreprocessParams = PreprocessParams()) -> pd.DataFrame:
+    """Manifest joined with the scan: per-image facts the expectations test (images over `pp`'s caps,
+    max_pixels and max_file_mb, are unreadable)."""
     table = scan(root, manifest["path"].tolist(), cache=cache, project=project, mapper=mapper,
-                 chunk_size=chunk_size).drop(columns="path")
+                 chunk_size=chunk_size, max_pixels=pp.max_pixels, max_bytes=pp.max_file_mb * MB).drop(columns="path")
     df = pd.concat([manifest.reset_index(drop=True), table], axis=1)
     df["inside_root"] = [inside_root(root, p) for p in df["path"]]
     df["exists"] = [ok and (root / p).is_file() for ok, p in zip(df["inside_root"], df["path"])]
@@ -186,7 +189,7 @@ def validate_data(root: Path, params: Params, out: Path, project: Path,
     manifest, empty_folders = discover(root)
     vp = params.validate_
     images = image_table(manifest, root, out.parent / "cache" / "scan.csv", vp, project, mapper,
-                         params.dask.chunk_size)
+                         params.dask.chunk_size, params.preprocess)
     images["split"] = assign_splits(images, params).fillna("")
     frames = {"images": images, **derived_tables(images, vp.labels, empty_folders)}
     checks = run_suites(frames, _expectations(vp))

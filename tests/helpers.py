@@ -176,3 +176,64 @@ def assert_offline(log_path: Path) -> None:
     """No child process guarded by `guarded_env(..., log_path)` tried to reach the network."""
     attempts = log_path.read_text() if log_path.exists() else ""
     assert attempts == "", f"child processes tried to reach the network:\n{attempts}"
+
+
+def deflated_zeros(n: int, head: bytes = b"") -> bytes:
+    """A raw deflate stream of `head` then `n` zero bytes, made in a few milliseconds per hundred MB:
+    one megabyte of zeros compressed once with a full flush (no reference back past it), repeated."""
+    import zlib
+
+    block = 2**20
+    c = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)] if head else []
+    seg = c.compress(bytes(block)) + c.flush(zlib.Z_FULL_FLUSH)
+    parts += [seg] * (n // block)
+    rest = n % block
+    if rest:
+        parts.append(c.compress(bytes(rest)) + c.flush(zlib.Z_FULL_FLUSH))
+    return b"".join(parts) + c.flush()
+
+
+def bomb_png(path: Path, side: int) -> Path:
+    """A valid 8-bit gray PNG of side x side black pixels, a few hundred KB on disk (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    n = side * (side + 1)  # each row: filter byte 0, then `side` zero pixels
+    stream = b"\x78\xda" + deflated_zeros(n) + struct.pack(">I", ((n % 65521) << 16) | 1)  # adler32 of zeros
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", stream) + chunk(b"IEND", b""))
+    return path
+
+
+def bomb_dicom(path: Path, rows: int, columns: int, pixel_bytes: int | None = None) -> Path:
+    """A Deflated Explicit VR Little Endian DICOM of rows x columns 16-bit zeros (pixel_bytes of them when
+    given, e.g. far more than rows x columns declares), tiny on disk whatever it inflates to."""
+    import struct
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "CR"
+    ds.PatientID = "BOMB"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, columns, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    head = DicomBytesIO()
+    head.is_little_endian, head.is_implicit_VR = True, False
+    write_file_meta_info(head, meta)
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    n = rows * columns * 2 if pixel_bytes is None else pixel_bytes
+    pixel_header = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, n)
+    path.write_bytes(b"\0" * 128 + b"DICM" + head.getvalue() + deflated_zeros(n, body.getvalue() + pixel_header))
+    return path
