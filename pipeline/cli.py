@@ -276,6 +276,9 @@ def schedule(cron: Annotated[str, typer.Option(help='When to retrain, cron synta
         when = CronSchedule(cron=cron, timezone=timezone)
     except ValueError as err:
         raise ConfigError("--cron", f"not a valid cron schedule: {cron!r} ({err.__class__.__name__})") from None
+    from pipeline.watchdog import guard_descendants
+
+    guard_descendants()  # runs it starts die with it
     training_flow.serve(name=name, schedules=[when],
                         parameters={"params_file": str(params.resolve())}, global_limit=1,
                         description="medpipe scheduled retraining: skips when nothing changed, one run at a time")

@@ -114,13 +114,33 @@ class RawImageClassifier(_python_model_base()):
         return self
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+        from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
         try:
             return predict_table(self.model, self.classes, cells(model_input), self.pp)
-        except MedpipeError as err:  # a bad image is the caller's error: HTTP 400 with the reason
-            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+        except MedpipeError as err:  # a bad image is the caller's error: HTTP 400 with the one-line reason
+            raise _served_error()(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+        except Exception as err:  # anything else: a 500 that names the error, without a server stack trace
+            raise _served_error()(f"internal error while predicting ({err.__class__.__name__})",
+                                  error_code=INTERNAL_ERROR) from None
+
+
+def _served_error():
+    """An MlflowException whose message the scoring server cannot rewrite: MLflow 3.17 prefixes the
+    request's repr to a predict error's message, echoing (a part of) the caller's data in the answer."""
+    from mlflow.exceptions import MlflowException
+
+    class ServedError(MlflowException):
+        @property
+        def message(self) -> str:
+            return self._message
+
+        @message.setter
+        def message(self, value: str) -> None:
+            if not hasattr(self, "_message"):
+                self._message = value
+
+    return ServedError
 
 
 def log_pyfunc(keras_path: Path, classes: list[str], pp: PreprocessParams, example: bytes, workdir: Path, **kwargs):
