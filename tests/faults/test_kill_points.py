@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.flows.test_dvc_lineage import BIN, tiny_project
+from tests.helpers import assert_offline, guarded_env
 
 pytestmark = pytest.mark.slow
 NAME = "medpipe-classifier"
@@ -32,9 +33,18 @@ def chain(prefect_harness, tmp_path_factory, tiny_data):
     project = root / "project"
     project.mkdir()
     tiny_project(project, tiny_data)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-           "PREFECT_API_URL": str(get_current_settings().api.url)}
-    return SimpleNamespace(project=project, root=root, env=env, weights=None, n=0)
+    env = guarded_env({**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+                       "PREFECT_API_URL": str(get_current_settings().api.url)}, root / "netguard.log")
+    yield SimpleNamespace(project=project, root=root, env=env, weights=None, n=0)
+    assert_offline(root / "netguard.log")  # no medpipe process (nor its servers) tried to leave loopback
+
+
+def _unshare_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def _client(chain):
@@ -44,15 +54,18 @@ def _client(chain):
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def _start(chain, point: str | None, *args: str, ephemeral: bool = False) -> tuple[subprocess.Popen, Path]:
+def _start(chain, point: str | None, *args: str, ephemeral: bool = False,
+           offline: bool = False) -> tuple[subprocess.Popen, Path]:
     chain.n += 1
     marker = chain.root / f"marker-{chain.n}"
     env = {**chain.env, "MEDPIPE_FAULT_POINT": point or "", "MEDPIPE_FAULT_MARKER": str(marker)}
-    if ephemeral:
+    if ephemeral or offline:
         env.pop("PREFECT_API_URL")  # its own temporary Prefect server, which must die with it
+    command = [str(BIN / "medpipe"), *args, "--params", str(chain.project / "params.yaml")]
+    if offline:  # a fresh network namespace with only loopback: medpipe needs no network at all
+        command = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *command]
     log = open(chain.root / f"log-{chain.n}.txt", "w+")
-    process = subprocess.Popen([str(BIN / "medpipe"), *args, "--params", str(chain.project / "params.yaml")],
-                               cwd=chain.project, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+    process = subprocess.Popen(command, cwd=chain.project, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
     process.log = log
     return process, marker
@@ -98,8 +111,8 @@ def _kill_at(chain, point: str, *args: str, ephemeral: bool = False) -> str:
     return _output(process)
 
 
-def _finish(chain, *args: str, point: str | None = None) -> str:
-    process, _ = _start(chain, point, *args)
+def _finish(chain, *args: str, point: str | None = None, offline: bool = False) -> str:
+    process, _ = _start(chain, point, *args, offline=offline)
     process.wait(timeout=900)
     out = _output(process)
     assert process.returncode == 0, out[-4000:]
@@ -142,8 +155,9 @@ def _state(chain, folder: str) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_first_run_makes_the_champion(chain):
-    _finish(chain, "run")
+def test_first_run_makes_the_champion_without_any_network(chain):
+    out = _finish(chain, "run", offline=_unshare_works())  # where the machine allows a network namespace
+    assert "models:/medpipe-classifier/1" in out
     assert _aliases(chain) == {"champion": 1}
     chain.weights = _client(chain).get_model_version(NAME, "1").tags["medpipe.weights_sha256"]
     _invariants(chain, killed=False)
@@ -177,13 +191,18 @@ def test_kill_in_training_leaves_a_checkpoint_and_no_version(chain):
 
 
 def test_resume_in_a_fresh_process_reaches_the_uninterrupted_weights_then_kill_after_register(chain):
+    stale = chain.project / "outputs" / "evaluate" / "gradcam" / "stale-from-an-earlier-run.png"
+    stale.write_bytes(b"old")
     out = _kill_at(chain, "register.created", "run", "--resume")
+    assert not stale.exists()  # evaluation wrote a fresh folder
     assert "closed 1 MLflow run(s) left RUNNING" in out, out[-3000:]
     client = _client(chain)
     v2 = client.get_model_version(NAME, "2")
     assert v2.tags["medpipe.promotion"] == "pending" and "medpipe.task_signature" in v2.tags
     assert v2.tags["medpipe.weights_sha256"] == chain.weights  # resumed == uninterrupted
     assert client.get_run(v2.run_id).info.status == "FINISHED"
+    logged = [a.path for a in client.list_artifacts(v2.run_id, "evaluation/gradcam")]
+    assert logged and not any("stale" in path for path in logged)
     assert _aliases(chain) == {"champion": 1}  # an ungated version is nobody's alias
     _invariants(chain)
 
