@@ -50,8 +50,12 @@ test: $(STAMP)  ## run the test suite
 dvc-repro: $(STAMP) $(DATA)/manifest.csv  ## run the same steps as DVC stages
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro $(ARGS)
 
-mlflow-ui: $(STAMP)  ## browse runs and models at http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 --port 5000
+# One worker and no job consumers: the UI of one project needs no more (MLflow's defaults: 4 workers,
+# 7 job consumers, ~3.7 GB on a 2-core machine). MLFLOW_UI_WORKERS=4 for more.
+MLFLOW_UI_WORKERS ?= 1
+mlflow-ui: $(STAMP)  ## browse runs and models at http://127.0.0.1:5000 (one light worker)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db \
+		--host 127.0.0.1 --port 5000 --workers $(MLFLOW_UI_WORKERS)
 
 prefect-ui: $(STAMP)  ## browse flow runs at http://127.0.0.1:4200
 	$(BIN)/prefect server start --host 127.0.0.1

@@ -10,18 +10,33 @@ from rich.table import Table
 
 from pipeline.errors import ConfigError, MedpipeError
 
+HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(help="medpipe: reproducible training of CNN classifiers for medical images.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-data_app = typer.Typer(help="Build and inspect data sets.", no_args_is_help=True)
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, context_settings=HELP)
+data_app = typer.Typer(help="Build and inspect data sets.", no_args_is_help=True, context_settings=HELP)
 app.add_typer(data_app, name="data")
-label_app = typer.Typer(help="Help experts label images.", no_args_is_help=True)
+label_app = typer.Typer(help="Help experts label images.", no_args_is_help=True, context_settings=HELP)
 app.add_typer(label_app, name="label")
 console = Console(markup=False)  # user paths and labels may contain [brackets]
 err_console = Console(stderr=True, markup=False)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Parameter file.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one parameter: KEY=VALUE, "
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override one parameter: KEY=VALUE, "
                                                      "e.g. --set train.epochs=3 (repeatable).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from pipeline import __version__
+
+        console.print(f"medpipe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, metavar="",
+                                                help="Print medpipe's version and exit.")] = False) -> None:
+    """medpipe: reproducible training of CNN classifiers for medical images."""
 
 
 class Step(str, Enum):
@@ -48,9 +63,9 @@ def _overrides(pairs: list[str] | None) -> dict[str, str]:
 def run(data: Annotated[Optional[Path], typer.Option(help="Data root holding manifest.csv "
                                                      "(default: params data.root).")] = None,
         params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
-        resume: Annotated[bool, typer.Option(help="Continue an interrupted training run from its last "
+        resume: Annotated[bool, typer.Option(metavar="", help="Continue an interrupted training run from its last "
                                              "checkpoint (same data and params give the same result).")] = False,
-        force: Annotated[bool, typer.Option(help="Train even if the newest model already came from this data, "
+        force: Annotated[bool, typer.Option(metavar="", help="Train even if the newest model already came from this data, "
                                             "params and code.")] = False) -> None:
     """Run the whole training flow (Prefect): validate, preprocess, balance, train, evaluate, register, promote.
 
@@ -64,6 +79,8 @@ def run(data: Annotated[Optional[Path], typer.Option(help="Data root holding man
     from flows.data import check_scheduler
     from flows.training import training_flow
 
+    if data is not None and not data.is_dir():  # before any server starts
+        raise ConfigError(data, f"data folder not found (looked in {data.resolve().parent})")
     check_scheduler(config.dask)  # and on a Dask scheduler that does not answer
     from pipeline.watchdog import guard_descendants
 
@@ -117,7 +134,7 @@ def validate(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv 
 @app.command()
 def stage(step: Annotated[Step, typer.Argument(help="Which step to run.")],
           params: ParamsOpt = Path("params.yaml"),
-          resume: Annotated[bool, typer.Option(help="train: continue from the last checkpoint.")] = False) -> None:
+          resume: Annotated[bool, typer.Option(metavar="", help="train: continue from the last checkpoint.")] = False) -> None:
     """Run one step on its own, as the DVC stages of dvc.yaml do."""
     import importlib
 
@@ -150,7 +167,7 @@ def explain(image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG or
     import cv2
 
     from pipeline.config import load_params
-    from pipeline.explain import grad_cam, overlay
+    from pipeline.explain import captioned, grad_cam, overlay
     from pipeline.model import input_params
     from pipeline.preprocess import load_image
     from pipeline.registry import load_registered, model_uri
@@ -159,11 +176,13 @@ def explain(image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG or
     net, classes, version = load_registered(model or model_uri(p.register_), p.register_, params.resolve().parent)
     x = load_image(image, input_params(net, p.preprocess))
     cam, proba = grad_cam(net, x)
-    cv2.imwrite(str(out), overlay(x, cam))
     names = classes or [str(i) for i in range(len(proba))]
-    print(json.dumps({"image": str(image), "model_version": version, "label": names[int(proba.argmax())],
-                      "probabilities": {n: round(float(v), 4) for n, v in zip(names, proba)},
-                      "explanation": str(out)}))  # one JSON line, unwrapped, for scripts
+    top = int(proba.argmax())
+    cv2.imwrite(str(out), captioned(overlay(x, cam), [image.name, f"predicted: {names[top]} (p = {proba[top]:.2f})"]))
+    print(json.dumps({"model": model or model_uri(p.register_), "version": version, "predictions": [
+        {"image": str(image), "label": names[int(proba.argmax())],
+         "probabilities": {n: round(float(v), 4) for n, v in zip(names, proba)}, "explanation": str(out)}]},
+        indent=2))  # the same shape as `medpipe predict`
 
 
 @app.command()
@@ -212,13 +231,13 @@ def label_suggest(images: Annotated[Path, typer.Option(help="Folder of unlabelle
     out.parent.mkdir(parents=True, exist_ok=True)
     table = suggest(net, classes or [str(i) for i in range(net.output_shape[-1])], files, images,
                     out.with_name(out.stem + "_gradcam"), p.preprocess)
-    table.to_csv(out, index=False)
+    table.to_csv(out, index=False, float_format="%.4f")
     console.print(f"{len(table)} images, model version {version}; review queue (least certain first): {out}")
 
 
 @app.command()
 def promote(version: Annotated[int, typer.Option(help="Model version to gate.")],
-            force: Annotated[bool, typer.Option(help="Make it champion whatever the gate says.")] = False,
+            force: Annotated[bool, typer.Option(metavar="", help="Make it champion whatever the gate says.")] = False,
             params: ParamsOpt = Path("params.yaml")) -> None:
     """Gate one version against @champion on the current test split; move aliases by the result.
 
@@ -329,7 +348,7 @@ def data_synth(out: Annotated[Path, typer.Option(help="Folder to write images an
                patients: Annotated[int, typer.Option(min=3, help="Number of patients (2-4 images each).")] = 200,
                size: Annotated[int, typer.Option(min=16, help="Image side in pixels.")] = 64,
                seed: Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")] = 0,
-               force: Annotated[bool, typer.Option(help="Overwrite an existing manifest.")] = False) -> None:
+               force: Annotated[bool, typer.Option(metavar="", help="Overwrite an existing manifest.")] = False) -> None:
     """Generate the built-in synthetic chest-radiograph set (normal / nodule / effusion)."""
     from pipeline.data import MANIFEST, synthesize
 
@@ -374,7 +393,7 @@ def data_import_npz(source: Annotated[Path, typer.Argument(help="MedMNIST-style 
                     labels: Annotated[Optional[str], typer.Option(help="Class names in label order, "
                                                                   "comma-separated (default class_0, class_1, ...).")]
                     = None,
-                    drop_duplicates: Annotated[bool, typer.Option(help="Leave out val/test images whose pixels "
+                    drop_duplicates: Annotated[bool, typer.Option(metavar="", help="Leave out val/test images whose pixels "
                                                                   "already appear in an earlier split.")] = False
                     ) -> None:
     """Import a MedMNIST-format npz (train/val/test images and labels) as PNGs + manifest with its splits."""
@@ -410,7 +429,8 @@ def data_add(data: Annotated[Path, typer.Argument(help="Data folder to version."
     console.print(f"updated {data}.dvc; record it: git add {data}.dvc && git commit -m 'data: ...'")
 
 
-remote_app = typer.Typer(help="DVC remotes where data versions are pushed and pulled.", no_args_is_help=True)
+remote_app = typer.Typer(help="DVC remotes where data versions are pushed and pulled.", no_args_is_help=True,
+                         context_settings=HELP)
 data_app.add_typer(remote_app, name="remote")
 
 
@@ -418,7 +438,7 @@ data_app.add_typer(remote_app, name="remote")
 def remote_add(name: Annotated[str, typer.Argument(help="Remote name, e.g. team.")],
                url: Annotated[str, typer.Argument(help="s3://bucket/path, gs://bucket/path, ssh://host/path, "
                                                   "azure://container/path or a local/NFS folder.")],
-               default: Annotated[bool, typer.Option(help="Make it the default remote (dvc push/pull).")] = True
+               default: Annotated[bool, typer.Option(metavar="", help="Make it the default remote (dvc push/pull).")] = True
                ) -> None:
     """Add a DVC remote to the project (.dvc/config); commit that file so the team shares it.
 

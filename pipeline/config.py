@@ -246,7 +246,8 @@ def load_params(path: Path = DEFAULT_PARAMS, overrides: dict[str, str] | None = 
             `--set KEY`: an empty key part, a value that is not YAML, a key below a plain value).
     """
     if not path.is_file():
-        raise ConfigError(path, "parameter file not found")
+        raise ConfigError(path, f"parameter file not found (looked in {path.resolve().parent}; run medpipe in the "
+                                f"project folder or pass the file with -p/--params)")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -258,6 +259,8 @@ def load_params(path: Path = DEFAULT_PARAMS, overrides: dict[str, str] | None = 
             parsed = yaml.safe_load(value)
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {key}", f"value {value!r} is not valid YAML ({err.__class__.__name__})") from None
+        if key.endswith(".labels") and isinstance(parsed, str):
+            parsed = [part.strip() for part in parsed.split(",") if part.strip()]  # --set validate.labels=a,b
         _set_dotted(raw, key, parsed)
     return parse_params(raw, path, list(overrides or {}))
 

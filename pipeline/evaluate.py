@@ -159,16 +159,31 @@ def _figures(model, data: dict, p: np.ndarray, classes: list[str], ep, out: Path
                   plots.roc_pr_curves(y, p, classes, out / "roc_pr.png"),
                   plots.reliability(y, p, ep.ece_bins, out / "reliability.png"),
                   plots.training_curves(history, out / "training_curves.png"),
-                  *explain_examples(model, data["x_test"], y, p, classes, ep.cam_per_class, out / "gradcam")]
+                  *explain_examples(model, data["x_test"], y, p, classes, ep.cam_per_class, out / "gradcam",
+                                    test_names(ws))]
     return plots_made
 
 
+def test_names(ws: Workspace) -> list[str]:
+    """How to name each test image to people: its file name, or for DICOM (whose names may carry
+    identifiers) its pseudonymous patient key and row."""
+    import pandas as pd
+
+    table = pd.read_csv(ws.out / "validate" / "splits.csv", dtype=str, keep_default_na=False)
+    test = table[table["split"] == "test"].reset_index(drop=True)
+    return [f"{pid}-{i}" if path.lower().endswith(".dcm") else Path(path).name
+            for i, (path, pid) in enumerate(zip(test["path"], test["patient_id"]))]
+
+
 def explain_examples(model, x: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: list[str], per_class: int,
-                     out: Path) -> list[Path]:
-    """Grad-CAM overlays of up to `per_class` correct and misclassified test images (uint8) per true class."""
+                     out: Path, names: list[str] | None = None) -> list[Path]:
+    """Grad-CAM overlays of up to `per_class` correct and misclassified test images (uint8) per true class,
+    captioned with the source, the true label, the prediction and its probability, and a colour scale."""
+    import re
+
     import cv2
 
-    from pipeline.explain import grad_cam, overlay
+    from pipeline.explain import captioned, grad_cam, overlay
 
     out.mkdir(parents=True, exist_ok=True)
     pred, paths = proba.argmax(axis=1), []
@@ -177,8 +192,11 @@ def explain_examples(model, x: np.ndarray, y: np.ndarray, proba: np.ndarray, cla
             for i in np.flatnonzero(chosen)[:per_class]:
                 image = x[i].astype(np.float32) / 255.0
                 cam, _ = grad_cam(model, image, int(pred[i]))
-                path = out / f"{name}_{kind}_{i}_pred-{classes[pred[i]]}.png"
-                cv2.imwrite(str(path), overlay(image, cam))
+                source = names[i] if names else f"test image {i}"
+                caption = [source, f"true: {name}   predicted: {classes[pred[i]]} (p = {proba[i, pred[i]]:.2f})"]
+                stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source).stem)[:60]
+                path = out / f"{name}_{kind}_{stem}_pred-{classes[pred[i]]}.png"
+                cv2.imwrite(str(path), captioned(overlay(image, cam), caption))
                 paths.append(path)
     return paths
 

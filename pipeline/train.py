@@ -9,6 +9,8 @@ import hashlib
 import json
 import math
 import shutil
+import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -214,6 +216,22 @@ def load_checkpoint(folder: Path, key: str):
     return model, progress
 
 
+def epoch_line(epoch: int, epochs: int, logs: dict[str, float], improved: bool) -> str:
+    """One plain line per epoch (no bar, no escape codes): what logs off a terminal show.
+
+    Args:
+        epoch: The epoch just finished (0-based).
+        epochs: The planned number of epochs.
+        logs: Its training and validation figures (see CURVES).
+        improved: Whether it is the new best epoch.
+
+    Returns:
+        E.g. `epoch 3/20: loss 0.412 accuracy 0.833 val_loss 0.398 val_accuracy 0.850 val_roc_auc 0.912 lr 0.001 *best`.
+    """
+    figures = " ".join(f"{k} {logs[k]:.4g}" if k == "lr" else f"{k} {logs[k]:.3f}" for k in CURVES)
+    return f"epoch {epoch + 1}/{epochs}: {figures}" + (" *best" if improved else "")
+
+
 def epoch_monitor(val: tuple[np.ndarray, np.ndarray], tp: TrainParams, progress: Progress, folder: Path):
     """Keras callback: validation metrics, early stopping, a checkpoint, MLflow curves, after each epoch;
     the best epoch's weights restored at the end."""
@@ -231,6 +249,7 @@ def epoch_monitor(val: tuple[np.ndarray, np.ndarray], tp: TrainParams, progress:
             faults.point("train.epoch")
             mlflow.log_metrics({f"train_{k}" if k in ("loss", "accuracy") else k: float(logs[k]) for k in CURVES},
                                step=epoch)
+            print(epoch_line(epoch, tp.epochs, logs, improved), flush=True)  # DVC stages and the Prefect task log
 
         def on_train_end(self, logs: dict | None = None) -> None:
             if progress.best_epoch >= 0:
@@ -246,7 +265,7 @@ def fit(model, shards: Shards, plan: tuple, val: tuple, params: Params, progress
     if progress.epoch < tp.epochs and not progress.stopped:
         data, steps = train_dataset(shards, plan, n_classes, tp, params.balance.augment, progress.epoch)
         model.fit(data, epochs=tp.epochs, initial_epoch=progress.epoch, steps_per_epoch=steps,
-                  class_weight=class_weight, verbose="auto", shuffle=False,
+                  class_weight=class_weight, verbose=1 if sys.stdout.isatty() else 0, shuffle=False,
                   callbacks=[epoch_monitor(val, tp, progress, folder), *callbacks])
     elif progress.best_epoch >= 0:
         model.load_weights(folder / "best.weights.h5")
@@ -285,7 +304,8 @@ def start_run(params: Params, ws: Workspace, progress: Progress):
         return mlflow.start_run(run_id=progress.run_id)
     report = json.loads((ws.out / "validate" / "report.json").read_text())
     tags = {**lineage_tags(params, ws), "medpipe.validation": "passed" if report["success"] else "failed"}
-    run = mlflow.start_run(experiment_id=experiment, tags=tags)
+    name = f"{params.model.name}-data-{tags['medpipe.data_md5'][:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = mlflow.start_run(experiment_id=experiment, tags=tags, run_name=name)  # not a random (seeded) name
     logged = redact_params(params.model_dump(mode="json", by_alias=True))  # no credentials of a tracking URI
     mlflow.log_params(_flat("params", logged))
     mlflow.log_dict(logged, "params.yaml")  # the exact params (reproduce sets its own tracking_uri)

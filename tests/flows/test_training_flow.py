@@ -65,8 +65,8 @@ def test_flow_trains_registers_and_is_deterministic(prefect_harness, project):
                            "--model", "models:/medpipe-classifier/1", "--out", str(project / "cam.png"),
                            "--params", str(project / "params.yaml")], capture_output=True, text=True, timeout=300)
     answer = json.loads(done.stdout)
-    assert answer["label"] in ("normal", "nodule", "effusion") and answer["model_version"] == 1
-    assert sum(answer["probabilities"].values()) == pytest.approx(1, abs=1e-3)
+    assert answer["version"] == 1 and answer["predictions"][0]["label"] in ("normal", "nodule", "effusion")
+    assert sum(answer["predictions"][0]["probabilities"].values()) == pytest.approx(1, abs=1e-3)
     assert (project / "cam.png").read_bytes()[:4] == b"\x89PNG"
     done = subprocess.run([str(Path(sys.executable).with_name("medpipe")), "label", "suggest", "--images",
                            str(project / "data" / "images"), "--model", "models:/medpipe-classifier/2",

@@ -85,3 +85,18 @@ def test_bad_set_value_blames_the_flag_not_params_yaml(project):
                           env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     _one_error_line(done, 2, "--set train.epochs", "invalid value for 'train.epochs'")
     assert "params.yaml" not in done.stderr
+
+
+def test_version_short_help_and_plain_help():
+    done = medpipe("--version")
+    assert done.returncode == 0 and done.stdout.startswith("medpipe ")
+    done = medpipe("run", "-h")
+    assert done.returncode == 0 and "--resume" in done.stdout and "KEY=VALUE" in done.stdout
+    assert "<list[str]>" not in done.stdout and done.stdout.count("<bool>") <= 1  # only --help's own
+
+
+def test_missing_data_and_params_are_usage_errors_saying_where_medpipe_looked(tmp_path, project):
+    _one_error_line(medpipe("run", "--data", tmp_path / "nowhere", "--params", project / "params.yaml"), 2,
+                    "nowhere", "data folder not found")
+    _one_error_line(medpipe("run", cwd=tmp_path / "data" if (tmp_path / "data").is_dir() else tmp_path), 2,
+                    "params.yaml", "looked in", "-p/--params")

@@ -79,3 +79,11 @@ def test_override_into_an_empty_section(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("train:\n")
     assert load_params(path, {"train.epochs": "4"}).train.epochs == 4
+
+
+def test_labels_accept_a_comma_list_on_the_command_line(tmp_path):
+    from pipeline.config import load_params
+
+    (tmp_path / "params.yaml").write_text("{}\n")
+    assert load_params(tmp_path / "params.yaml", {"validate.labels": "benign, malignant"}).validate_.labels == [
+        "benign", "malignant"]

@@ -48,3 +48,17 @@ def test_grad_cam_mass_sits_on_the_nodule(tmp_path):
     assert np.median(ratios) > 3.0, f"Grad-CAM mass on the nodule vs its area share: {np.round(ratios, 1)}"
     picture = overlay(x[i], cam)
     assert picture.shape == (48 * 4, 48 * 8, 3) and picture.dtype == np.uint8
+
+
+def test_captioned_overlay_keeps_low_evidence_anatomy_visible():
+    from pipeline.explain import captioned
+
+    image = np.full((16, 16, 1), 0.5, np.float32)
+    cam = np.zeros((16, 16), np.float32)
+    cam[:4, :4] = 1.0
+    picture = overlay(image, cam, scale=4)
+    base, blend = picture[:, :64], picture[:, 64:]
+    assert np.array_equal(base[32:, 32:], blend[32:, 32:])  # no evidence: the anatomy untinted
+    assert not np.array_equal(base[:8, :8], blend[:8, :8])
+    framed = captioned(picture, ["IM-0001.jpeg", "true: nodule   predicted: nodule (p = 0.91)"])
+    assert framed.shape[1] == picture.shape[1] and framed.shape[0] > picture.shape[0] and framed.dtype == np.uint8

@@ -101,3 +101,12 @@ def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, tiny_dat
     run = client.get_run(resumed.run_id)  # one MLflow run, continued, with the whole curve
     assert run.info.status == "FINISHED" and len(client.search_runs([run.info.experiment_id])) == 1
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_roc_auc")] == [0, 1, 2, 3]
+
+
+def test_one_plain_line_per_epoch_off_a_terminal():
+    from pipeline.train import CURVES, epoch_line
+
+    logs = {k: 0.5 for k in CURVES} | {"lr": 0.001}
+    line = epoch_line(2, 20, logs, improved=True)
+    assert line.startswith("epoch 3/20: loss 0.500") and line.endswith("lr 0.001 *best")
+    assert "\x1b" not in line and "\n" not in line
