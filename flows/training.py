@@ -21,7 +21,21 @@ def _step(module, name: str):
     return task(module.run_step, name=name, cache_policy=NO_CACHE)
 
 
-validate_task = _step(validate, "validate")
+def _validate(params: Params, ws: Workspace) -> validate.ValidationReport:
+    """Validate and publish the report; invalid data fail the task (a red task in the Prefect UI)."""
+    report = validate.run_step(params, ws)
+    _publish_validation(report, ws)
+    if not report.success:
+        raise validate.failure(report, ws.data_root)
+    return report
+
+
+def _publish_validation(report: validate.ValidationReport, ws: Workspace) -> None:
+    create_markdown_artifact(Path(report.report_md).read_text(), key="medpipe-data-validation",
+                             description=f"data validation of {ws.data_root.name}: {report.summary()}")
+
+
+validate_task = task(_validate, name="validate", cache_policy=NO_CACHE)
 
 
 def _preprocess_key(context, arguments: dict) -> str | None:
@@ -81,9 +95,7 @@ def _finish(params: Params, ws: Workspace, match) -> UpToDate:
     """Nothing to train: gate the matching version first if a crash left it ungated."""
     finished = ""
     if not match.gated:
-        report, _ = _data_steps(params, ws)
-        if not report.success:
-            raise validate.failure(report, ws.data_root)
+        _data_steps(params, ws)  # the current test split (cached when unchanged)
         decision = promotion_flow(params, ws, match.version)
         finished = f"the gate it had missed made it @{decision.alias}"
     done = UpToDate(params.register_.model_name, match.version, finished)
@@ -96,18 +108,18 @@ def _data_steps(params: Params, ws: Workspace) -> tuple[validate.ValidationRepor
     """Validate, then preprocess if the data pass: on Dask when params ask for it, else as two tasks here."""
     on_dask = run_on_dask(params, ws)
     if on_dask is not None:
-        return on_dask
-    report = validate_task(params, ws)
-    return report, preprocess_task(params, ws) if report.success else None
+        report, prepared = on_dask
+        _publish_validation(report, ws)
+        if not report.success:
+            raise validate.failure(report, ws.data_root)
+        return report, prepared
+    report = validate_task(params, ws)  # raises DataError when the data are invalid
+    return report, preprocess_task(params, ws)
 
 
 def _train_and_promote(params: Params, ws: Workspace, params_file: str, overrides: dict[str, str] | None,
                        resume: bool) -> TrainingSummary:
     report, prepared = _data_steps(params, ws)
-    create_markdown_artifact(Path(report.report_md).read_text(), key="medpipe-data-validation",
-                             description=f"data validation of {ws.data_root.name}: {report.summary()}")
-    if not report.success:
-        return Failed(message=str(validate.failure(report, ws.data_root)))
     balanced = balance_task(params, ws)
     trained = train_task(params, ws, resume=resume)
     evaluated = evaluate_task(params, ws)

@@ -100,6 +100,13 @@ def test_invalid_data_stops_before_preprocessing_and_keeps_the_registry(prefect_
     state = training_flow(params_file=str(project / "params.yaml"), return_state=True)
     assert state.is_failed()
     assert "data validation failed" in state.message and bad in state.message and "image readable" in state.message
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as prefect:  # the validate task itself is Failed, not green
+        tasks = prefect.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
+            any_=[state.state_details.flow_run_id])))
+    assert [t.state.type.value for t in tasks if t.name.startswith("validate")] == ["FAILED"]
     assert os.stat(dataset).st_mtime_ns == stamp  # preprocessing never ran
     client = _client(project)
     assert [int(v.version) for v in client.search_model_versions("name='medpipe-classifier'")] == [1]
