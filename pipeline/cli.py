@@ -72,6 +72,9 @@ def run(data: Annotated[Optional[Path], typer.Option(help="Data root holding man
     The data steps run on Dask when params ask for it (dask.workers, dask.address or
     $MEDPIPE_DASK_ADDRESS); see docs/scaling.md.
     """
+    import json
+    import sys
+
     from pipeline.config import load_params
 
     overrides = _overrides(set_)
@@ -84,7 +87,10 @@ def run(data: Annotated[Optional[Path], typer.Option(help="Data root holding man
     check_scheduler(config.dask)  # and on a Dask scheduler that does not answer
     from pipeline.watchdog import guard_descendants
 
-    guard_descendants()  # a killed run takes Prefect's temporary server (and any Dask cluster) with it
+    # a killed run takes Prefect's temporary server (and any Dask cluster) with it, and its MLflow run is
+    # closed as KILLED at once (not only by the next command)
+    guard_descendants(then=[sys.executable, "-m", "pipeline.registry", "close-orphans", str(params.resolve()),
+                            json.dumps(overrides)])
 
     state = training_flow(params_file=str(params), data=str(data) if data else None, overrides=overrides,
                           resume=resume, force=force, return_state=True)

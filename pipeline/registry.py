@@ -328,3 +328,14 @@ def check_task(params: Params, ws: Workspace) -> None:
     conflict = signature_conflict(mine, version_signature(champion), int(champion.version), name)
     if conflict:
         raise ConfigError("register.model_name", f"this run {conflict}")
+
+
+if __name__ == "__main__":  # python -m pipeline.registry close-orphans PARAMS_FILE [OVERRIDES_JSON]
+    import sys
+
+    from pipeline.config import load_params
+
+    if sys.argv[1:2] == ["close-orphans"]:
+        params_file = Path(sys.argv[2])
+        params = load_params(params_file, json.loads(sys.argv[3]) if len(sys.argv) > 3 else None)
+        close_orphaned_runs(params.register_, params_file.resolve().parent, say=lambda _: None)

@@ -7,6 +7,7 @@ those still alive and exits. A child started less than INTERVAL s before the cal
 """
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -39,8 +40,9 @@ def _descendants(pid: int) -> dict[int, str]:
     return found
 
 
-def watch(pid: int, started: str) -> None:
-    """Record `pid`'s descendants until it is gone (or its pid was reused), then SIGKILL the survivors."""
+def watch(pid: int, started: str, then: list[str] | None = None) -> None:
+    """Record `pid`'s descendants until it is gone (or its pid was reused), then SIGKILL the survivors and
+    run `then` (a clean-up command, e.g. closing the dead run's MLflow runs), if given."""
     seen: dict[int, str] = {}
     while (stat := _stat(pid)) and stat[1] == started:
         seen.update(_descendants(pid))
@@ -49,19 +51,27 @@ def watch(pid: int, started: str) -> None:
         if (now := _stat(child)) and now[1] == child_started:
             with contextlib.suppress(OSError):  # it exited just now
                 os.kill(child, signal.SIGKILL)
+    if then:
+        subprocess.run(then, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=300, check=False)
 
 
-def guard_descendants() -> None:
-    """Start the watcher for this process (once); Linux only, elsewhere nothing happens."""
+def guard_descendants(then: list[str] | None = None) -> None:
+    """Start the watcher for this process (once); Linux only, elsewhere nothing happens.
+
+    Args:
+        then: A command the watcher runs once this process is gone (after a crash or a normal exit).
+    """
     global _watcher
     if _watcher is not None or not sys.platform.startswith("linux") or not (stat := _stat(os.getpid())):
         return
     here = str(Path(__file__).resolve().parents[1])  # this very pipeline package, whatever the cwd
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    _watcher = subprocess.Popen([sys.executable, "-m", "pipeline.watchdog", str(os.getpid()), stat[1]], env=env,
+    _watcher = subprocess.Popen([sys.executable, "-m", "pipeline.watchdog", str(os.getpid()), stat[1],
+                                 json.dumps(then or [])], env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
 
 
 if __name__ == "__main__":
-    watch(int(sys.argv[1]), sys.argv[2])
+    watch(int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]) if len(sys.argv) > 3 else None)

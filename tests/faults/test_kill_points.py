@@ -35,7 +35,7 @@ def chain(prefect_harness, tmp_path_factory, tiny_data):
     tiny_project(project, tiny_data)
     env = guarded_env({**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
                        "PREFECT_API_URL": str(get_current_settings().api.url)}, root / "netguard.log")
-    yield SimpleNamespace(project=project, root=root, env=env, weights=None, n=0)
+    yield SimpleNamespace(project=project, root=root, env=env, weights=None, n=0, killed=[])
     assert_offline(root / "netguard.log")  # no medpipe process (nor its servers) tried to leave loopback
 
 
@@ -127,7 +127,7 @@ def _aliases(chain) -> dict[str, int]:
 
 def _invariants(chain, killed: bool = True) -> None:
     """Every alias names a complete, gated version; a champion and a rollback target exist once a
-    promotion moved the champion; after a finished command no run is left RUNNING and no journal."""
+    promotion moved the champion; no MLflow run is left RUNNING; after a finished command, no journal."""
     from pipeline.registry import PENDING, is_complete
 
     client = _client(chain)
@@ -140,9 +140,13 @@ def _invariants(chain, killed: bool = True) -> None:
             "promoted" in v.tags.get("medpipe.promotion", "") or "roll" in v.tags.get("medpipe.promotion", "")
             for v in client.search_model_versions(f"name='{NAME}'") if int(v.version) > 1):
         assert "previous" in aliases, aliases
+    experiment = client.get_experiment_by_name("medpipe").experiment_id
+    for _ in range(600):  # a killed run's watchdog closes its MLflow run within seconds
+        if not client.search_runs([experiment], "attributes.status = 'RUNNING'"):
+            break
+        time.sleep(0.1)
+    assert not client.search_runs([experiment], "attributes.status = 'RUNNING'")
     if not killed:
-        experiment = client.get_experiment_by_name("medpipe").experiment_id
-        assert not client.search_runs([experiment], "attributes.status = 'RUNNING'")
         assert "medpipe.alias_journal" not in client.get_registered_model(NAME).tags
         for version in client.search_model_versions(f"name='{NAME}'"):
             if "medpipe.aliases" in version.tags:
@@ -183,21 +187,34 @@ def test_kill_in_preprocess_leaves_complete_shards(chain):
     _invariants(chain)
 
 
-def test_kill_in_training_leaves_a_checkpoint_and_no_version(chain):
+def _runs(chain, status: str) -> list:
+    client = _client(chain)
+    return client.search_runs([client.get_experiment_by_name("medpipe").experiment_id],
+                               f"attributes.status = '{status}'")
+
+
+def test_kill_in_training_leaves_a_checkpoint_no_version_and_no_running_run(chain):
     _kill_at(chain, "train.epoch:1", "run", "--force")
     assert (chain.project / "outputs" / "checkpoint" / "progress.json").is_file()
     assert len(_client(chain).search_model_versions(f"name='{NAME}'")) == 1
+    for _ in range(600):  # the run's watchdog closes its MLflow run as KILLED once it is dead
+        if not _runs(chain, "RUNNING"):
+            break
+        time.sleep(0.1)
+    assert not _runs(chain, "RUNNING")
+    chain.killed = [r.info.run_id for r in _runs(chain, "KILLED")]
+    assert len(chain.killed) == 1
     _invariants(chain)
 
 
 def test_resume_in_a_fresh_process_reaches_the_uninterrupted_weights_then_kill_after_register(chain):
     stale = chain.project / "outputs" / "evaluate" / "gradcam" / "stale-from-an-earlier-run.png"
     stale.write_bytes(b"old")
-    out = _kill_at(chain, "register.created", "run", "--resume")
+    _kill_at(chain, "register.created", "run", "--resume")
     assert not stale.exists()  # evaluation wrote a fresh folder
-    assert "closed 1 MLflow run(s) left RUNNING" in out, out[-3000:]
     client = _client(chain)
     v2 = client.get_model_version(NAME, "2")
+    assert v2.run_id == chain.killed[0]  # the interrupted MLflow run, continued
     assert v2.tags["medpipe.promotion"] == "pending" and "medpipe.task_signature" in v2.tags
     assert v2.tags["medpipe.weights_sha256"] == chain.weights  # resumed == uninterrupted
     assert client.get_run(v2.run_id).info.status == "FINISHED"
