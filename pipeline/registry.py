@@ -221,15 +221,24 @@ def load_classifier(uri: str, reg: RegisterParams, base: Path, pp: PreprocessPar
     match the version's `medpipe.model_sha256` tag. Versions logged before the raw-image pyfunc
     (Keras flavour) get their class names from their tags and `pp` fitted to their input.
     """
+    import tempfile
+
     import mlflow
+
+    version = find_version(uri, reg, base)
+    with tempfile.TemporaryDirectory(prefix="medpipe-model-") as tmp:  # loaded into memory, then removed
+        folder = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}", dst_path=tmp))
+        return _load_folder(folder, version, pp), int(version.version)
+
+
+def _load_folder(folder: Path, version, pp: PreprocessParams):
+    """The classifier in a downloaded model folder (see load_classifier)."""
     import yaml
 
     from pipeline.errors import MedpipeError
     from pipeline.model import input_params, load_model
     from pipeline.serving import RawImageClassifier
 
-    version = find_version(uri, reg, base)
-    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}"))
     flavors = (yaml.safe_load((folder / "MLmodel").read_text()) or {}).get("flavors", {})
     where = f"{version.name} version {version.version}"
     if "keras" in flavors:  # legacy: the Keras flavour's own .keras file
@@ -238,7 +247,7 @@ def load_classifier(uri: str, reg: RegisterParams, base: Path, pp: PreprocessPar
             raise MedpipeError(where, "no .keras file in its artifacts")
         model = load_model(files[0])
         classes = _classes(version) or [str(i) for i in range(model.output_shape[-1])]
-        return SimpleNamespace(model=model, classes=classes, pp=input_params(model, pp)), int(version.version)
+        return SimpleNamespace(model=model, classes=classes, pp=input_params(model, pp))
     artifacts = flavors.get("python_function", {}).get("artifacts", {})
     try:
         keras_file, config = (folder / artifacts[k]["path"] for k in ("keras_model", "config"))
@@ -248,7 +257,7 @@ def load_classifier(uri: str, reg: RegisterParams, base: Path, pp: PreprocessPar
     if expected and file_sha256(keras_file, config) != expected:
         raise MedpipeError(where, "its artifacts changed since registration (sha256 differs from "
                                   "medpipe.model_sha256): refusing to load them")
-    return RawImageClassifier().load(keras_file, config), int(version.version)
+    return RawImageClassifier().load(keras_file, config)
 
 
 def load_registered(uri: str, reg: RegisterParams, base: Path):

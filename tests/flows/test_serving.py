@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import BIN, assert_offline, free_port, guarded_env, start_process, stop, wait_until_up
+from tests.helpers import BIN, assert_offline, bomb_png, free_port, guarded_env, start_process, stop, wait_until_up
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +53,13 @@ def test_served_champion_takes_raw_images(prefect_harness, project):
         assert np.allclose(list(local["predictions"][0]["probabilities"].values()),
                            [rows[0][c] for c in ("normal", "nodule", "effusion")], atol=1e-4)
 
+        status, answer = _post(f"{url}/invocations", json.dumps({"instances": [{"image": png}]}).encode())
+        assert status == 200 and answer["predictions"][0]["label"] == rows[0]["label"]  # base64 in every form
+        bomb = base64.b64encode(bomb_png(project / "bomb.png", 20000).read_bytes()).decode()
+        status, answer = _post(f"{url}/invocations",
+                               json.dumps({"dataframe_split": {"columns": ["image"], "data": [[bomb]]}}).encode())
+        assert status == 400 and answer["message"].startswith("image[0]: image of 20000x20000"), answer
+        assert "stack_trace" not in answer and bomb[:100] not in answer["message"]  # no trace, no echo
         bad = base64.b64encode(b"not an image").decode()
         status, answer = _post(f"{url}/invocations",
                                json.dumps({"dataframe_split": {"columns": ["image"], "data": [[bad]]}}).encode())
