@@ -69,7 +69,7 @@ def test_bad_input_is_reported_by_file_and_reason(data, tmp_path, case, check):
 def test_too_few_images_in_a_class(data, tmp_path):
     report = _run(data, tmp_path, min_per_class=1000)
     assert [c.name for c in report.failed] == ["at least 1000 images per class"]
-    assert report.summary().startswith("1 of 11 checks failed")
+    assert report.summary().startswith("1 of 12 checks failed")
 
 
 def test_missing_manifest_is_a_failed_report_not_a_crash(tmp_path):
