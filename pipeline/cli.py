@@ -381,8 +381,7 @@ def data_duplicates(data: Annotated[Path, typer.Argument(help="Data root: manife
     pairs = duplicate_pairs(data, threshold, cache)
     out.parent.mkdir(parents=True, exist_ok=True)
     pairs.to_csv(out, index=False, lineterminator="\n")
-    summary = Table(title=f"{data}: {pairs['group'].nunique()} near-duplicate group(s), {len(pairs)} pair(s) "
-                          f"at distance <= {threshold}", show_header=True)
+    summary = Table(title="near-duplicate groups (first 20)", show_header=True)
     for column in ("group (first image)", "images", "labels", "max distance"):
         summary.add_column(column)
     for group, rows in list(pairs.groupby("group", sort=True))[:20]:
@@ -390,7 +389,8 @@ def data_duplicates(data: Annotated[Path, typer.Argument(help="Data root: manife
         labels = sorted(set(rows["label_a"]) | set(rows["label_b"]))
         summary.add_row(str(group), str(len(members)), ", ".join(labels), str(rows["distance"].max()))
     console.print(summary)
-    console.print(f"wrote {out}")
+    console.print(f"{pairs['group'].nunique()} near-duplicate group(s), {len(pairs)} pair(s) at distance <= "
+                  f"{threshold} in {data}; wrote {out}", soft_wrap=True)
 
 
 @data_app.command("import-npz")
