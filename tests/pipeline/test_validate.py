@@ -85,7 +85,8 @@ def test_blank_image_is_an_error_or_a_warning(data, tmp_path):
     cv2.imwrite(str(data / rel), np.zeros((32, 32), np.uint8))
     report = _run(data, tmp_path)
     assert not report.success and {c.name: c.unexpected for c in report.failed}["not blank"] == [rel]
-    relaxed = _run(data, tmp_path, blank="warning")
+    # the synthetic patients are near copies of each other (README): their mixed-label groups warn too
+    relaxed = _run(data, tmp_path, blank="warning", near_duplicates={"enabled": False})
     assert relaxed.success and {c.name for c in relaxed.warnings} == {"not blank (warning)", "not blurry (warning)"}
 
 
