@@ -205,3 +205,16 @@ def test_data_duplicates_command(tmp_path):
     bad = subprocess.run([str(Path(sys.executable).with_name("medpipe")), "data", "duplicates", str(root),
                           "--threshold", "99"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_old_scan_cache_without_fingerprints_is_rescanned(tmp_path):
+    from pipeline.scan import COLUMNS, scan
+
+    root = _data(tmp_path / "data", splits=True, plant=False)
+    rels = pd.read_csv(root / "manifest.csv")["path"].tolist()
+    cache = tmp_path / "scan.csv"
+    first = scan(root, rels, cache=cache, workers=1)
+    assert list(first.columns) == COLUMNS and (first["fingerprint"].str.len() == 64).all()
+    first.drop(columns="fingerprint").to_csv(cache, index=False)  # what an older medpipe wrote
+    again = scan(root, rels, cache=cache, workers=1)
+    assert again["fingerprint"].tolist() == first["fingerprint"].tolist()
