@@ -393,6 +393,35 @@ def data_scan(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv
     console.print(f"wrote {out}")
 
 
+@data_app.command("duplicates")
+def data_duplicates(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv or a folder per class.")],
+                    threshold: Annotated[Optional[int], typer.Option(min=0, max=63, help="Largest Hamming distance "
+                                                                     "(of 256 bits) of a near copy (default: params "
+                                                                     "validate.near_duplicates.threshold).")] = None,
+                    out: Annotated[Path, typer.Option(help="CSV of the pairs.")] = Path("outputs/duplicates.csv"),
+                    cache: Annotated[Path, typer.Option(help="Scan cache (incremental).")]
+                    = Path("outputs/cache/scan.csv"), params: ParamsOpt = Path("params.yaml")) -> None:
+    """List near-duplicate images (re-exports, resizes, JPEG copies, brightness changes) in groups."""
+    from pipeline.config import load_params
+    from pipeline.near_duplicates import duplicate_pairs
+
+    if threshold is None:
+        threshold = load_params(params).validate_.near_duplicates.threshold if params.is_file() else 20
+    pairs = duplicate_pairs(data, threshold, cache)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pairs.to_csv(out, index=False, lineterminator="\n")
+    summary = Table(title="near-duplicate groups (first 20)", show_header=True)
+    for column in ("group (first image)", "images", "labels", "max distance"):
+        summary.add_column(column)
+    for group, rows in list(pairs.groupby("group", sort=True))[:20]:
+        members = set(rows["path_a"]) | set(rows["path_b"])
+        labels = sorted(set(rows["label_a"]) | set(rows["label_b"]))
+        summary.add_row(str(group), str(len(members)), ", ".join(labels), str(rows["distance"].max()))
+    console.print(summary)
+    console.print(f"{pairs['group'].nunique()} near-duplicate group(s), {len(pairs)} pair(s) at distance <= "
+                  f"{threshold} in {data}; wrote {out}", soft_wrap=True)
+
+
 @data_app.command("import-npz")
 def data_import_npz(source: Annotated[Path, typer.Argument(help="MedMNIST-style .npz file.")],
                     out: Annotated[Path, typer.Option(help="Folder for the PNGs and manifest.csv.")],

@@ -25,6 +25,27 @@ class DataParams(Section):
     root: Path = Path("data")
 
 
+class NearDuplicateParams(Section):
+    """Near-copies (re-exports, crops, brightness changes) by perceptual fingerprint (pipeline.near_duplicates)."""
+
+    enabled: bool = True
+    threshold: int = Field(20, ge=0, le=63)           # Hamming distance (of 256 bits) that makes a near copy
+    action: Literal["error", "warning", "drop"] = "error"  # a group across fixed splits: stop, record, or drop
+    clean_threshold: int | None = Field(None, ge=0, le=63)  # evaluate: test images farther than this from train;
+    # None: 1.5 x threshold (capped at 63)
+
+    @model_validator(mode="after")
+    def _clean_not_tighter(self) -> "NearDuplicateParams":
+        if self.clean_threshold is not None and self.clean_threshold < self.threshold:
+            raise ValueError(f"clean_threshold ({self.clean_threshold}) must be at least threshold ({self.threshold})")
+        return self
+
+    @property
+    def clean(self) -> int:
+        """The looser threshold for the clean test subset."""
+        return self.clean_threshold if self.clean_threshold is not None else min(63, (self.threshold * 3) // 2)
+
+
 class ValidateParams(Section):
     """Data-validation thresholds."""
 
@@ -34,6 +55,8 @@ class ValidateParams(Section):
     blank: Literal["error", "warning"] = "error"  # ... and stops the flow, or is only recorded
     blur_min: float = Field(1.0, ge=0)        # warn: variance of the Laplacian below this
     max_imbalance: float = Field(20.0, ge=1)  # warn: largest / smallest class above this
+    exact_duplicates: Literal["error", "drop"] = "error"  # same bytes across fixed splits: stop, or drop val/test copies
+    near_duplicates: NearDuplicateParams = NearDuplicateParams()
 
 
 class SplitRatios(Section):

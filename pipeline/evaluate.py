@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from pipeline.config import Params, Workspace
 from pipeline.outputs import replace_dir, write_text
@@ -112,6 +113,37 @@ def predict(model, x: np.ndarray) -> np.ndarray:
     return proba / proba.sum(axis=1, keepdims=True)
 
 
+def clean_test_mask(splits: pd.DataFrame, threshold: int) -> np.ndarray:
+    """Which test images (in split-table order, as the test shards) have no near copy in train.
+
+    Args:
+        splits: the split table (outputs/validate/splits.csv) with `split` and `fingerprint`.
+        threshold: the Hamming distance within which a train image counts as a near copy.
+
+    Returns:
+        A boolean per test image; images without a fingerprint count as clean.
+    """
+    from pipeline.near_duplicates import close_pairs, to_words
+
+    fps = splits["fingerprint"] if "fingerprint" in splits else pd.Series("", index=splits.index)
+    test, train = fps[splits["split"] == "test"].tolist(), fps[splits["split"] == "train"].tolist()
+    clean = np.ones(len(test), dtype=bool)
+    have = np.array([bool(f) for f in test], dtype=bool)
+    train = [f for f in train if f]
+    if have.any() and train:
+        i, _, _ = close_pairs(to_words([f for f in test if f]), threshold, others=to_words(train))
+        clean[np.flatnonzero(have)[np.unique(i)]] = False
+    return clean
+
+
+def clean_metrics(y: np.ndarray, p: np.ndarray, clean: np.ndarray, bins: int) -> dict[str, float]:
+    """`test_clean_<metric>` on the test images without a near copy in train, and `test_clean_n`."""
+    out = {"test_clean_n": float(clean.sum())}
+    if clean.sum() and len(np.unique(y[clean])) > 1:
+        out.update({f"test_clean_{k}": v for k, v in classification_metrics(y[clean], p[clean], bins).items()})
+    return out
+
+
 def run_step(params: Params, ws: Workspace) -> EvaluateResult:
     """Evaluate the trained model on val and test; write metrics.json, plots and a report; log to MLflow."""
     import mlflow
@@ -133,6 +165,8 @@ def run_step(params: Params, ws: Workspace) -> EvaluateResult:
     if len(classes) == 2:
         metrics.update({f"test_{k}" if k != "threshold" else k: v for k, v in
                         threshold_metrics(data["y_val"], proba["val"], y, p, ep.target_sensitivity).items()})
+    splits = pd.read_csv(ws.out / "validate" / "splits.csv", dtype=str, keep_default_na=False)
+    metrics.update(clean_metrics(y, p, clean_test_mask(splits, params.validate_.near_duplicates.clean), ep.ece_bins))
     out = ws.out / "evaluate"
     with replace_dir(out) as tmp:  # nothing of an earlier run (e.g. its Grad-CAMs) survives
         made = _figures(model, data, p, classes, ep, tmp, ws)
@@ -208,6 +242,15 @@ def write_report(metrics: dict[str, float], classes: list[str], figures: list[Pa
     lines += [f"| {k} | {m[f'val_{k}']:.3f} | {m[f'test_{k}']:.3f} |" for k in
               ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "sensitivity", "specificity", "log_loss",
                "brier", "ece")]
+    if "test_clean_accuracy" in m:
+        lines += ["", f"Test images without a near copy in train ({int(m['test_clean_n'])}):", "",
+                  "| metric | test | test (clean) |", "|---|---|---|"]
+        lines += [f"| {k} | {m[f'test_{k}']:.3f} | {m[f'test_clean_{k}']:.3f} |" for k in
+                  ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "sensitivity", "specificity", "log_loss",
+                   "brier", "ece")]
+    elif "test_clean_n" in m:
+        lines += ["", f"Test images without a near copy in train: {int(m['test_clean_n'])} (too few classes "
+                  "for metrics)."]
     lines += ["", f"Test ROC-AUC 95% CI: [{m['test_roc_auc_ci_low']:.3f}, {m['test_roc_auc_ci_high']:.3f}]; "
               f"balanced accuracy 95% CI: [{m['test_balanced_accuracy_ci_low']:.3f}, "
               f"{m['test_balanced_accuracy_ci_high']:.3f}] (bootstrap).", ""]

@@ -135,8 +135,9 @@ def load_image(path: Path, pp: PreprocessParams) -> np.ndarray:
     return prepare_image(path, pp).astype(np.float32) / 255.0
 
 
-def leakage_groups(patients: pd.Series, hashes: pd.Series) -> pd.Series:
-    """Group images that must share a split: same patient, or the same bytes (sha256) across patients."""
+def leakage_groups(patients: pd.Series, hashes: pd.Series, near: pd.Series | None = None) -> pd.Series:
+    """Group images that must share a split: same patient, the same bytes (sha256) across patients, or
+    (with `near`, a near-duplicate group id per image, "" for none) near copies across patients."""
     parent = {p: p for p in patients}
 
     def find(p: str) -> str:
@@ -145,9 +146,13 @@ def leakage_groups(patients: pd.Series, hashes: pd.Series) -> pd.Series:
             p = parent[p]
         return p
 
-    for members in patients.groupby(hashes.to_numpy()).agg(list):
-        for other in members[1:]:
-            parent[find(other)] = find(members[0])
+    keys = [hashes.to_numpy()] + ([] if near is None else [near.to_numpy()])
+    for key in keys:
+        for name, members in patients.groupby(key).agg(list).items():
+            if name == "":
+                continue
+            for other in members[1:]:
+                parent[find(other)] = find(members[0])
     return patients.map(find).rename("group")
 
 

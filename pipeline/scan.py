@@ -14,6 +14,7 @@ import cv2
 
 from pipeline.imageio import ImageError, read_image, to_gray
 from pipeline.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, MB, check_size
+from pipeline.near_duplicates import fingerprint
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,6 +47,7 @@ class ScanRow(NamedTuple):
     readable: bool
     error: str
     patient_key: str
+    fingerprint: str  # perceptual hash of the decoded pixels (pipeline.near_duplicates), "" when unreadable
 
 
 COLUMNS = list(ScanRow._fields)
@@ -83,15 +85,18 @@ def inside_root(root: Path, rel: str) -> bool:
 
 
 def scan_file(root: Path, rel: str, salt: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
-              max_bytes: int = DEFAULT_MAX_FILE_MB * MB) -> ScanRow:
+              max_bytes: int = DEFAULT_MAX_FILE_MB * MB, with_fingerprint: bool = True) -> ScanRow:
     """Scan one image; an unusable file gives a row with readable=False and the reason.
+
+    The perceptual fingerprint comes from the same decode (`with_fingerprint=False` leaves it empty:
+    benchmarks measure its cost with it).
 
     A file over `max_bytes` (by stat) is not read, one whose header declares more than `max_pixels`
     is not decoded (pipeline.limits): both are unreadable rows naming the cap.
     """
     path = root / rel
     if not inside_root(root, rel):
-        return ScanRow(rel, 0, 0, "", 0, 0, 0, 0, 0.0, 0.0, 0.0, False, "path outside the data root", "")
+        return ScanRow(rel, 0, 0, "", 0, 0, 0, 0, 0.0, 0.0, 0.0, False, "path outside the data root", "", "")
     try:
         stat = path.stat()
         if not path.is_file():
@@ -99,20 +104,20 @@ def scan_file(root: Path, rel: str, salt: bytes, max_pixels: int = DEFAULT_MAX_P
         check_size(rel, stat.st_size, max_bytes)  # before reading
         data = path.read_bytes()
     except (FileNotFoundError, IsADirectoryError):
-        return ScanRow(rel, 0, 0, "", 0, 0, 0, 0, 0.0, 0.0, 0.0, False, "file not found", "")
+        return ScanRow(rel, 0, 0, "", 0, 0, 0, 0, 0.0, 0.0, 0.0, False, "file not found", "", "")
     except ImageError as err:
-        return ScanRow(rel, stat.st_size, stat.st_mtime_ns, "", 0, 0, 0, 0, 0.0, 0.0, 0.0, False, err.reason, "")
+        return ScanRow(rel, stat.st_size, stat.st_mtime_ns, "", 0, 0, 0, 0, 0.0, 0.0, 0.0, False, err.reason, "", "")
     size, mtime, sha = stat.st_size, stat.st_mtime_ns, hashlib.sha256(data).hexdigest()
     try:
         image = read_image(path, salt, data, max_pixels, None)  # the header, before decoding
     except ImageError as err:
-        return ScanRow(rel, size, mtime, sha, 0, 0, 0, 0, 0.0, 0.0, 0.0, False, err.reason, "")
+        return ScanRow(rel, size, mtime, sha, 0, 0, 0, 0, 0.0, 0.0, 0.0, False, err.reason, "", "")
     gray = to_gray(image.pixels) * 255.0
     mean, std = (float(v[0, 0]) for v in cv2.meanStdDev(gray))
     blur = float(cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_32F))[1][0, 0] ** 2)  # variance of the Laplacian
     h, w = image.pixels.shape[:2]
     return ScanRow(rel, size, mtime, sha, w, h, image.channels, image.bit_depth, mean, std, blur, True, "",
-                   image.patient_key or "")
+                   image.patient_key or "", fingerprint(gray) if with_fingerprint else "")
 
 
 def scan_chunk(args: tuple) -> list[ScanRow]:
@@ -195,7 +200,9 @@ def scan(root: Path, rels: list[str], cache: Path | None = None, workers: int | 
     salt_id = f"{hashlib.sha256(salt).hexdigest()[:12]} max_pixels={max_pixels} max_bytes={max_bytes}"
     cached = pd.DataFrame(columns=COLUMNS)
     if cache is not None and cache.is_file() and cache.with_suffix(".salt").read_text() == salt_id:
-        cached = _unchanged(pd.read_csv(cache, keep_default_na=False), root, rels)
+        old = pd.read_csv(cache, keep_default_na=False, dtype={"fingerprint": str})
+        if list(old.columns) == COLUMNS:  # a cache from an older medpipe (fewer columns) is rescanned
+            cached = _unchanged(old, root, rels)
     todo = sorted(set(rels) - set(cached["path"]))
     rows = _run(root, todo, salt, workers or os.cpu_count() or 1, progress, mapper, chunk_size,
                 (max_pixels, max_bytes))

@@ -293,6 +293,11 @@ def new_model(params: Params, meta: dict, base: Path, steps_per_epoch: int):
     return model
 
 
+def dropped_count(report: dict) -> int:
+    """How many val/test images validation dropped as copies of others (report.json; 0 for older reports)."""
+    return int(report.get("near_duplicates", {}).get("n_dropped", 0))
+
+
 def start_run(params: Params, ws: Workspace, progress: Progress):
     """Open a new MLflow run with lineage tags and params, or reopen the resumed one (an ActiveRun)."""
     import mlflow
@@ -303,7 +308,8 @@ def start_run(params: Params, ws: Workspace, progress: Progress):
     if progress.run_id:
         return mlflow.start_run(run_id=progress.run_id)
     report = json.loads((ws.out / "validate" / "report.json").read_text())
-    tags = {**lineage_tags(params, ws), "medpipe.validation": "passed" if report["success"] else "failed"}
+    tags = {**lineage_tags(params, ws), "medpipe.validation": "passed" if report["success"] else "failed",
+            "medpipe.near_duplicates_dropped": str(dropped_count(report))}
     name = f"{params.model.name}-data-{tags['medpipe.data_md5'][:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = mlflow.start_run(experiment_id=experiment, tags=tags, run_name=name)  # not a random (seeded) name
     logged = redact_params(params.model_dump(mode="json", by_alias=True))  # no credentials of a tracking URI

@@ -18,6 +18,7 @@ from pipeline.config import Params, PreprocessParams, ValidateParams, Workspace
 from pipeline.data import discover
 from pipeline.errors import DataError
 from pipeline.limits import MB
+from pipeline.near_duplicates import find_groups, hamming, nearest_distances, to_words
 from pipeline.outputs import replace_dir
 from pipeline.preprocess import SPLITS, leakage_groups, split_patients
 from pipeline.scan import Mapper, inside_root, scan
@@ -42,6 +43,7 @@ class ValidationReport:
     n_images: int
     class_counts: dict[str, int]
     report_md: str = ""
+    near_duplicates: dict = field(default_factory=dict)  # what near_duplicate_summary found (report.json)
 
     @property
     def failed(self) -> list[Check]:
@@ -81,6 +83,7 @@ def image_table(manifest: pd.DataFrame, root: Path, cache: Path | None, vp: Vali
     df["patient_id"] = [pid or key or p for pid, key, p in zip(df["patient_id"], df["patient_key"], df["path"])]
     df["not_blank"] = ~df["readable"] | (df["std"] >= vp.blank_std)
     df["sharp"] = ~df["readable"] | (df["blur"] >= vp.blur_min)
+    df["fingerprint"] = df["fingerprint"].where(df["readable"], "")
     return df.drop(columns=["patient_key", "error"])
 
 
@@ -89,7 +92,8 @@ def assign_splits(images: pd.DataFrame, params: Params) -> pd.Series:
     if (images["split"] != "").all():
         return images["split"]
     hashes = images["sha256"].where(images["sha256"] != "", images["path"])
-    grouped = images.assign(group=leakage_groups(images["patient_id"], hashes))
+    near = images["near_group"].astype(str).where(images["near_group"] >= 0, "") if "near_group" in images else None
+    grouped = images.assign(group=leakage_groups(images["patient_id"], hashes, near))
     return split_patients(grouped, params.preprocess.split, params.preprocess.seed)
 
 
@@ -107,9 +111,90 @@ def derived_tables(images: pd.DataFrame, labels: list[str], empty_folders: list[
         .reset_index(),
         "within": readable.groupby(["split", "sha256"]).agg(copies=("path", "size"), paths=("path", " = ".join))
         .reset_index(),
+        "near": near_table(images),
         "classes": classes,
         "balance": pd.DataFrame({"what": ["largest / smallest class"], "ratio": [ratio]}),
     }
+
+
+def near_table(images: pd.DataFrame) -> pd.DataFrame:
+    """One row per near-duplicate group: how many splits and labels it spans, and its paths."""
+    members = images[images.get("near_group", pd.Series(-1, index=images.index)) >= 0]
+    if members.empty:
+        return pd.DataFrame({"near_group": pd.Series([], dtype="int64"), "n_splits": pd.Series([], dtype="int64"),
+                             "n_labels": pd.Series([], dtype="int64"), "paths": pd.Series([], dtype=str)})
+    return members.groupby("near_group").agg(n_splits=("split", "nunique"), n_labels=("label", "nunique"),
+                                             paths=("path", " ~ ".join)).reset_index()
+
+
+DROPPED_CSV = "duplicates_dropped.csv"  # in outputs/validate: what drop_leaks removed
+DROPPED_COLUMNS = ["path", "label", "split", "kind", "kept"]
+SPLIT_RANK = {s: i for i, s in enumerate(SPLITS)}
+
+
+def drop_leaks(images: pd.DataFrame, vp: ValidateParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Remove the val/test members of groups that cross splits (train kept; else the earliest split kept),
+    for exact copies when `exact_duplicates: drop` and near copies when `near_duplicates.action: drop`.
+
+    Args:
+        images: the image table with `split`, `sha256`, `readable` and `near_group` (-1: none).
+        vp: the validate params.
+
+    Returns:
+        The kept images, and the dropped ones (path, label, split, kind, kept: a kept member's path).
+    """
+    rank = images["split"].map(SPLIT_RANK).fillna(len(SPLITS))
+    drop = pd.Series(False, index=images.index)
+    records = []
+    keys = []
+    if vp.exact_duplicates == "drop":
+        keys.append(("exact", images["sha256"].where(images["readable"] & (images["sha256"] != ""))))
+    if vp.near_duplicates.enabled and vp.near_duplicates.action == "drop":
+        keys.append(("near", images["near_group"].where(images["near_group"] >= 0)))
+    for kind, key in keys:
+        valid = key.notna() & ~drop
+        best = rank[valid].groupby(key[valid]).transform("min")
+        gone = valid & (rank > best.reindex(images.index, fill_value=len(SPLITS)))
+        kept = images[valid & ~gone].groupby(key[valid & ~gone])["path"].first()
+        for i in images.index[gone]:
+            records.append({"path": images.at[i, "path"], "label": images.at[i, "label"],
+                            "split": images.at[i, "split"], "kind": kind, "kept": kept.get(key[i], "")})
+        drop |= gone
+    dropped = pd.DataFrame(records, columns=["path", "label", "split", "kind", "kept"])
+    return images[~drop].reset_index(drop=True), dropped
+
+
+def near_duplicate_summary(images: pd.DataFrame, vp: ValidateParams, dropped: pd.DataFrame,
+                           max_groups: int = 50) -> dict:
+    """What the report shows: groups across splits (members with distance to the first), counts per split
+    pair, label conflicts, a histogram of nearest-neighbour distances, and what was dropped."""
+    nd = vp.near_duplicates
+    table = near_table(images)
+    crossing = table[table["n_splits"] > 1]
+    fps = images["fingerprint"]
+    have = fps != ""
+    radius = nd.clean
+    nn = nearest_distances(to_words(list(fps[have])), radius) if have.sum() > 1 else []
+    pairs: dict[str, int] = {}
+    groups = []
+    for gid in crossing["near_group"]:
+        rows = images[images["near_group"] == gid]
+        splits = sorted(set(rows["split"]), key=lambda s: SPLIT_RANK.get(s, 9))
+        for a in range(len(splits)):
+            for b in range(a + 1, len(splits)):
+                name = f"{splits[a]}-{splits[b]}"
+                pairs[name] = pairs.get(name, 0) + 1
+        if len(groups) < max_groups:
+            words = to_words(list(rows["fingerprint"]))
+            dist = hamming(words, words[:1])
+            groups.append([{"path": p, "label": lb, "split": sp, "distance": int(d)}
+                           for p, lb, sp, d in zip(rows["path"], rows["label"], rows["split"], dist)])
+    hist = [int(c) for c in pd.Series(nn, dtype="int64").value_counts().reindex(range(radius + 2), fill_value=0)]
+    return {"enabled": nd.enabled, "threshold": nd.threshold, "action": nd.action, "n_groups": int(len(table)),
+            "n_images_in_groups": int((images["near_group"] >= 0).sum()), "n_cross_split": int(len(crossing)),
+            "split_pairs": pairs, "label_conflicts": int((table["n_labels"] > 1).sum()), "cross_split_groups": groups,
+            "nn_histogram": hist, "nn_radius": radius,
+            "dropped": dropped.to_dict("records"), "n_dropped": int(len(dropped))}
 
 
 def _expectations(vp: ValidateParams) -> dict[str, tuple[str, str, list]]:
@@ -137,17 +222,35 @@ def _expectations(vp: ValidateParams) -> dict[str, tuple[str, str, list]]:
                            + ([in_set("not_blank", [True], "not blank (warning)")] if vp.blank == "warning" else [])),
         "split_warnings": ("within", "paths", [gxe.ExpectColumnValuesToBeBetween(
             column="copies", max_value=1, description="no duplicate images within a split (warning)")]),
+        **_near_suites(vp),
         "balance_warnings": ("balance", "what", [gxe.ExpectColumnValuesToBeBetween(
             column="ratio", max_value=vp.max_imbalance, description=f"class imbalance at most {vp.max_imbalance:g}:1 "
                                                                     "(warning)")]),
     }
 
 
+def _near_suites(vp: ValidateParams) -> dict[str, tuple[str, str, list]]:
+    """Near-duplicate groups in one split (error, or warning with `action: warning`); one label per group."""
+    import great_expectations.expectations as gxe
+
+    nd = vp.near_duplicates
+    if not nd.enabled:
+        return {}
+    one_split = gxe.ExpectColumnValuesToBeInSet(
+        column="n_splits", value_set=[1], description=f"each near-duplicate group (distance <= {nd.threshold}) in "
+                                                      f"one split{' (warning)' if nd.action == 'warning' else ''}")
+    one_label = gxe.ExpectColumnValuesToBeInSet(
+        column="n_labels", value_set=[1], description="one label per near-duplicate group (else probable label "
+                                                      "errors, warning)")
+    name = "near_warnings" if nd.action == "warning" else "near"
+    return {name: ("near", "paths", [one_split]), "near_label_warnings": ("near", "paths", [one_label])}
+
+
 def _offenders(result: dict, frame: pd.DataFrame, key: str) -> list[str]:
     """Up to five offending rows as `key`, with the tested column's value when it adds something."""
     column = result["expectation_config"]["kwargs"].get("column", key)
     rows = result["result"].get("partial_unexpected_index_list") or []
-    show = column in ("label", "split", "count", "ratio", "n_splits", "copies")
+    show = column in ("label", "split", "count", "ratio", "n_splits", "copies", "n_labels")
 
     def value(i: int) -> object:
         v = frame.loc[i, column]
@@ -190,12 +293,17 @@ def validate_data(root: Path, params: Params, out: Path, project: Path,
     vp = params.validate_
     images = image_table(manifest, root, out.parent / "cache" / "scan.csv", vp, project, mapper,
                          params.dask.chunk_size, params.preprocess)
+    nd = vp.near_duplicates
+    images["near_group"] = find_groups(images["fingerprint"].tolist(), nd.threshold).group if nd.enabled else -1
     images["split"] = assign_splits(images, params).fillna("")
+    images, dropped = drop_leaks(images, vp)
     frames = {"images": images, **derived_tables(images, vp.labels, empty_folders)}
     checks = run_suites(frames, _expectations(vp))
     counts = images["label"].value_counts().to_dict()
     report = ValidationReport(all(c.success for c in checks if c.severity == "error"), checks, len(images),
-                              {lb: int(counts.get(lb, 0)) for lb in vp.labels})
+                              {lb: int(counts.get(lb, 0)) for lb in vp.labels},
+                              near_duplicates=near_duplicate_summary(images, vp, dropped) if nd.enabled else
+                              {"enabled": False, "dropped": dropped.to_dict("records"), "n_dropped": len(dropped)})
     return report, images
 
 
@@ -208,9 +316,93 @@ def _status(check: Check) -> str:
     return "ok" if check.success else check.severity
 
 
-def write_report(report: ValidationReport, out: Path, final: Path | None = None) -> Path:
-    """Write report.json, report.md and a self-contained report.html into `out` (a temporary folder that
-    becomes `final`, when given); return the Markdown path."""
+def _thumbnail(root: Path, rel: str, side: int = 128) -> str:
+    """A data URI of a small PNG of the image (an empty string when it cannot be read)."""
+    import base64
+
+    import cv2
+    import numpy as np
+
+    from pipeline.imageio import ImageError, read_image, to_gray
+
+    try:
+        gray = to_gray(read_image(root / rel).pixels)
+    except ImageError:
+        return ""
+    h, w = gray.shape
+    scale = side / max(h, w)
+    small = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    ok, png = cv2.imencode(".png", np.clip(small * 255 + 0.5, 0, 255).astype(np.uint8))
+    return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode() if ok else ""
+
+
+def _histogram_uri(hist: list[int], threshold: int) -> str:
+    """The nearest-neighbour distance histogram as an embedded PNG (matplotlib, no display)."""
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.6), dpi=90)
+    ax.bar(range(len(hist)), hist, color="#4472c4", width=0.9)
+    ax.axvline(threshold + 0.5, color="#cf222e", linestyle="--", label=f"threshold {threshold}")
+    ax.set_xlabel(f"distance to the nearest other image (bits of 256; last bar: > {len(hist) - 2})")
+    ax.set_ylabel("images")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _near_html(near: dict, root: Path | None) -> str:
+    """The near-duplicate section: counts, the histogram, and each cross-split group side by side."""
+    from html import escape
+
+    if not near.get("enabled"):
+        return ""
+    parts = [f"<h2>Near-duplicate images</h2><p>{near['n_groups']} group(s) of near copies (distance &le; "
+             f"{near['threshold']} of 256 bits), {near['n_cross_split']} across splits (action: "
+             f"{escape(near['action'])}); {near['label_conflicts']} group(s) with conflicting labels; "
+             f"{near['n_dropped']} image(s) dropped.</p>"]
+    if near["split_pairs"]:
+        parts.append("<table><tr><th>splits</th><th>groups</th></tr>" + "".join(
+            f"<tr><td>{escape(k)}</td><td>{v}</td></tr>" for k, v in sorted(near["split_pairs"].items())) + "</table>")
+    if sum(near["nn_histogram"]):
+        parts.append(f"<p><img alt='nearest-neighbour distances' src='{_histogram_uri(near['nn_histogram'], near['threshold'])}'>"
+                     "</p><p>Near copies sit left of the threshold; distinct images to its right.</p>")
+    for group in near["cross_split_groups"]:
+        cells = "".join(
+            f"<figure style='display:inline-block;margin:.4em;vertical-align:top'>"
+            + (f"<img src='{_thumbnail(root, m['path'])}' alt=''>" if root is not None else "")
+            + f"<figcaption>{escape(m['path'])}<br>{escape(m['label'])} · {escape(m['split'])} · distance "
+              f"{m['distance']}</figcaption></figure>" for m in group)
+        parts.append(f"<div style='border:1px solid #ccc;margin:.5em 0'>{cells}</div>")
+    if near["dropped"]:
+        parts.append("<h3>Dropped</h3><table><tr><th>path</th><th>label</th><th>split</th><th>kind</th>"
+                     "<th>near copy kept</th></tr>" + "".join(
+                         f"<tr><td>{escape(d['path'])}</td><td>{escape(d['label'])}</td><td>{escape(d['split'])}</td>"
+                         f"<td>{escape(d['kind'])}</td><td>{escape(d['kept'])}</td></tr>" for d in near["dropped"])
+                     + "</table>")
+    return "".join(parts)
+
+
+def write_report(report: ValidationReport, out: Path, final: Path | None = None, data_root: Path | None = None) -> Path:
+    """Write report.json, report.md and a self-contained report.html into `out`.
+
+    Args:
+        report: what validation found.
+        out: the folder written (a temporary one that becomes `final`, when given).
+        final: where the reports will live (named in the report).
+        data_root: the images, for the thumbnails of near-duplicate groups (None: no thumbnails).
+
+    Returns:
+        The Markdown path.
+    """
     from html import escape
 
     md = out / "report.md"
@@ -220,6 +412,14 @@ def write_report(report: ValidationReport, out: Path, final: Path | None = None)
     lines = [f"# {title}", "", report.summary(), "", f"Class counts: {report.class_counts}", "",
              "| check | result | examples |", "|---|---|---|"]
     lines += [f"| {c.name} | {_status(c)} | {'; '.join(c.unexpected)} |" for c in report.checks]
+    near = report.near_duplicates
+    if near.get("enabled"):
+        lines += ["", f"Near duplicates (distance <= {near['threshold']}): {near['n_groups']} group(s), "
+                  f"{near['n_cross_split']} across splits {near['split_pairs']}, {near['label_conflicts']} with "
+                  f"conflicting labels."]
+    if near.get("n_dropped"):
+        lines += ["", f"Dropped {near['n_dropped']} image(s) ({DROPPED_CSV}):", ""]
+        lines += [f"- {d['path']} ({d['split']}, {d['kind']} copy of {d['kept']})" for d in near["dropped"]]
     md.write_text("\n".join(lines) + "\n")
     rows = "".join(f"<tr><td>{escape(c.name)}</td><td class='{_status(c)}'>{_status(c)}</td>"
                    f"<td>{'<br>'.join(escape(u) for u in c.unexpected)}</td></tr>" for c in report.checks)
@@ -227,7 +427,7 @@ def write_report(report: ValidationReport, out: Path, final: Path | None = None)
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{_CSS}</style></head>"
         f"<body><h1>{title}</h1><p>{escape(report.summary())}</p><p>Class counts: "
         f"{escape(str(report.class_counts))}</p><table><tr><th>check</th><th>result</th><th>examples</th></tr>"
-        f"{rows}</table></body></html>\n")
+        f"{rows}</table>{_near_html(near, data_root)}</body></html>\n")
     return md
 
 
@@ -242,7 +442,10 @@ def run_step(params: Params, ws: Workspace, out: Path | None = None, mapper: Map
             report, images = ValidationReport(False, [Check("data set readable", False, [str(err)])], 0, {}), None
         faults.point("validate.scan")
         if images is not None:
-            columns = ["path", "label", "patient_id", "split", "sha256"]
+            columns = ["path", "label", "patient_id", "split", "sha256", "fingerprint"]
             images[columns].to_csv(tmp / "splits.csv", index=False, lineterminator="\n")
-        write_report(report, tmp, final)
+            if report.near_duplicates.get("n_dropped"):
+                pd.DataFrame(report.near_duplicates["dropped"], columns=DROPPED_COLUMNS).to_csv(
+                    tmp / DROPPED_CSV, index=False, lineterminator="\n")
+        write_report(report, tmp, final, ws.data_root)
     return report

@@ -69,7 +69,7 @@ def test_bad_input_is_reported_by_file_and_reason(data, tmp_path, case, check):
 def test_too_few_images_in_a_class(data, tmp_path):
     report = _run(data, tmp_path, min_per_class=1000)
     assert [c.name for c in report.failed] == ["at least 1000 images per class"]
-    assert report.summary().startswith("1 of 11 checks failed")
+    assert report.summary().startswith("1 of 12 checks failed")
 
 
 def test_missing_manifest_is_a_failed_report_not_a_crash(tmp_path):
@@ -85,7 +85,8 @@ def test_blank_image_is_an_error_or_a_warning(data, tmp_path):
     cv2.imwrite(str(data / rel), np.zeros((32, 32), np.uint8))
     report = _run(data, tmp_path)
     assert not report.success and {c.name: c.unexpected for c in report.failed}["not blank"] == [rel]
-    relaxed = _run(data, tmp_path, blank="warning")
+    # the synthetic patients are near copies of each other (README): their mixed-label groups warn too
+    relaxed = _run(data, tmp_path, blank="warning", near_duplicates={"enabled": False})
     assert relaxed.success and {c.name for c in relaxed.warnings} == {"not blank (warning)", "not blurry (warning)"}
 
 

@@ -1,0 +1,220 @@
+"""Near-duplicate images: fingerprints, the pair index, and what validation and evaluation do with them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import Params, Workspace, parse_params
+from pipeline.errors import ConfigError
+from pipeline.near_duplicates import close_pairs, find_groups, fingerprint, hamming, to_words
+
+LABELS = ["a", "b"]
+
+
+def _texture(seed: int, size: int = 48) -> np.ndarray:
+    """A distinct smooth gray image (uint8), one per seed."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, size=(16, 16)).astype(np.float32)
+    return np.clip(cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC), 0, 255).astype(np.uint8)
+
+
+def _near_copy(image: np.ndarray) -> bytes:
+    """A re-export: smaller, brighter, JPEG quality 70."""
+    small = cv2.resize(image, (40, 40), interpolation=cv2.INTER_AREA)
+    brighter = np.clip(small.astype(np.float32) * 1.05 + 5, 0, 255).astype(np.uint8)
+    return cv2.imencode(".jpg", brighter, [cv2.IMWRITE_JPEG_QUALITY, 70])[1].tobytes()
+
+
+def _data(root: Path, splits: bool, plant: bool = True) -> Path:
+    """16 distinct images (8 per label, one patient each) and, when planted, a near copy of the first
+    train image as another patient's test image."""
+    rows = []
+    for k in range(16):
+        rel = f"{LABELS[k % 2]}/img{k:02d}.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / rel), _texture(k))
+        rows.append((rel, LABELS[k % 2], f"P{k}", "train" if k < 10 else "val" if k < 13 else "test"))
+    if plant:
+        (root / "a/copy.jpg").write_bytes(_near_copy(_texture(0)))
+        rows.append(("a/copy.jpg", "a", "P99", "test"))
+    frame = pd.DataFrame(rows, columns=["path", "label", "patient_id", "split"])
+    (frame if splits else frame.drop(columns="split")).to_csv(root / "manifest.csv", index=False)
+    return root
+
+
+def _params(**near) -> Params:
+    return Params.model_validate({"validate": {"labels": LABELS, "min_per_class": 1,
+                                               "near_duplicates": near}})
+
+
+def _validate(tmp_path: Path, root: Path, params: Params):
+    from pipeline.validate import run_step
+
+    ws = Workspace(base=tmp_path, data_root=root, out=tmp_path / "outputs")
+    return run_step(params, ws), ws
+
+
+def test_fingerprint_survives_re_export_and_tells_images_apart():
+    image = _texture(0, 96)
+    copy = cv2.imdecode(np.frombuffer(_near_copy(image), np.uint8), cv2.IMREAD_GRAYSCALE)
+    rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    gray = lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) if im.ndim == 3 else im  # noqa: E731
+    fps = to_words([fingerprint(gray(im).astype(np.float32)) for im in (image, copy, rgb, _texture(1, 96))])
+    assert hamming(fps[0], fps[1]) <= 30 and hamming(fps[0], fps[2]) == 0
+    assert hamming(fps[0], fps[3]) > 60
+    assert fingerprint(np.zeros((0, 0), np.float32)) == ""
+
+
+def test_index_finds_exactly_the_close_pairs():
+    rng = np.random.default_rng(0)
+    words = rng.integers(0, 2**63, size=(600, 4), dtype=np.int64).astype(np.uint64)
+    flips = np.uint64(1) << rng.integers(0, 63, size=(100, 4)).astype(np.uint64)
+    words[300:400] = words[:100] ^ flips  # planted: 1-4 bits away
+    brute = hamming(words[:, None], words[None])
+    for threshold in (0, 4, 30):
+        i, j, d = close_pairs(words, threshold)
+        expected = set(zip(*np.nonzero(np.triu(brute <= threshold, 1))))
+        assert set(zip(i.tolist(), j.tolist())) == expected and (d <= threshold).all()
+    i, j, _ = close_pairs(words[300:400], 4, others=words[:100])
+    assert len(i) >= 100 and (i == j).sum() == 100
+    groups = find_groups([""] + [w.astype(">u8").tobytes().hex() for w in words[:2]] * 2, 0)
+    assert groups.group.tolist() == [-1, 1, 2, 1, 2]  # transitive ids; "" takes part in none
+
+
+def test_near_copy_across_fixed_splits_is_an_error(tmp_path):
+    report, ws = _validate(tmp_path, _data(tmp_path / "data", splits=True), _params())
+    assert not report.success
+    failed = [c for c in report.failed if c.name.startswith("each near-duplicate group")]
+    assert failed and "a/copy.jpg" in failed[0].unexpected[0]
+    near = report.near_duplicates
+    assert near["n_cross_split"] == 1 and near["split_pairs"] == {"train-test": 1}
+    html = (ws.out / "validate/report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and "a/copy.jpg" in html and "http" not in html
+
+
+def test_warning_action_records_only(tmp_path):
+    report, _ = _validate(tmp_path, _data(tmp_path / "data", splits=True), _params(action="warning"))
+    assert report.success and any(c.name.startswith("each near-duplicate group") for c in report.warnings)
+
+
+def test_drop_action_removes_the_test_copy_and_records_it(tmp_path):
+    from pipeline.train import dropped_count
+    from pipeline.validate import DROPPED_CSV
+
+    root = _data(tmp_path / "data", splits=True)
+    kept, ws = _validate(tmp_path, root, _params())  # error first: the split table as it would be
+    report, ws = _validate(tmp_path, root, _params(action="drop"))
+    assert report.success and report.n_images == 16
+    splits = pd.read_csv(ws.out / "validate/splits.csv", keep_default_na=False)
+    assert "a/copy.jpg" not in set(splits["path"]) and "a/img00.png" in set(splits["path"])
+    assert (splits["split"] == "train").sum() == 10  # train intact
+    dropped = pd.read_csv(ws.out / "validate" / DROPPED_CSV)
+    assert dropped.to_dict("records") == [{"path": "a/copy.jpg", "label": "a", "split": "test", "kind": "near",
+                                           "kept": "a/img00.png"}]
+    saved = json.loads((ws.out / "validate/report.json").read_text())
+    assert dropped_count(saved) == 1 and "a/copy.jpg" in (ws.out / "validate/report.md").read_text()
+
+
+def test_exact_duplicates_drop_option(tmp_path):
+    root = _data(tmp_path / "data", splits=True, plant=False)
+    manifest = pd.read_csv(root / "manifest.csv")
+    (root / "a/same.png").write_bytes((root / "a/img00.png").read_bytes())
+    manifest.loc[len(manifest)] = ["a/same.png", "a", "P98", "val"]
+    manifest.to_csv(root / "manifest.csv", index=False)
+    off = {"enabled": False}
+    assert not _validate(tmp_path, root, _params(**off))[0].success
+    params = Params.model_validate({"validate": {"labels": LABELS, "min_per_class": 1, "exact_duplicates": "drop",
+                                                 "near_duplicates": off}})
+    report, ws = _validate(tmp_path, root, params)
+    assert report.success and report.near_duplicates["dropped"][0]["kind"] == "exact"
+
+
+def test_medpipe_split_keeps_near_copies_together(tmp_path):
+    from pipeline.validate import validate_data
+
+    root = _data(tmp_path / "data", splits=False)
+    params = _params().model_copy(update={"preprocess": Params().preprocess})
+    for seed in range(4):
+        p = Params.model_validate({**params.model_dump(by_alias=True), "preprocess": {"seed": seed}})
+        report, images = validate_data(root, p, tmp_path / "outputs/validate", tmp_path)
+        split = images.set_index("path")["split"]
+        assert report.success and split["a/copy.jpg"] == split["a/img00.png"]
+
+
+def test_distinct_images_pass(tmp_path):
+    report, _ = _validate(tmp_path, _data(tmp_path / "data", splits=True, plant=False), _params())
+    assert report.success and report.near_duplicates["n_groups"] == 0 and not report.warnings
+
+
+def test_conflicting_labels_are_a_warning(tmp_path):
+    root = _data(tmp_path / "data", splits=True)
+    manifest = pd.read_csv(root / "manifest.csv")
+    manifest.loc[manifest["path"] == "a/copy.jpg", ["label", "split"]] = ["b", "train"]
+    manifest.to_csv(root / "manifest.csv", index=False)
+    report, _ = _validate(tmp_path, root, _params())
+    assert report.success and [c.name for c in report.warnings] == [
+        "one label per near-duplicate group (else probable label errors, warning)"]
+
+
+@pytest.mark.parametrize("near, message", [
+    ({"threshold": 64}, "validate.near_duplicates.threshold"),
+    ({"threshold": -1}, "validate.near_duplicates.threshold"),
+    ({"action": "ignore"}, "validate.near_duplicates.action"),
+    ({"threshold": 20, "clean_threshold": 10}, "clean_threshold \\(10\\) must be at least threshold \\(20\\)"),
+    ({"treshold": 3}, "unknown key 'validate.near_duplicates.treshold'")])
+def test_params_are_validated(near, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_params({"validate": {"near_duplicates": near}})
+    with pytest.raises(ConfigError, match="validate.exact_duplicates"):
+        parse_params({"validate": {"exact_duplicates": "warning"}})
+    assert Params().validate_.near_duplicates.clean == 45
+
+
+def test_clean_test_subset():
+    from pipeline.evaluate import clean_metrics, clean_test_mask
+
+    fps = [fingerprint(_texture(k).astype(np.float32)) for k in range(6)]
+    copy = fingerprint(cv2.imdecode(np.frombuffer(_near_copy(_texture(0)), np.uint8), 0).astype(np.float32))
+    splits = pd.DataFrame({"split": ["train"] * 3 + ["test"] * 4, "fingerprint": fps[:3] + [copy, *fps[3:]]})
+    clean = clean_test_mask(splits, 45)
+    assert clean.tolist() == [False, True, True, True]
+    y, p = np.array([0, 1, 0, 1]), np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    m = clean_metrics(y, p, clean, 10)
+    assert m["test_clean_n"] == 3 and m["test_clean_accuracy"] == 1.0 and "test_clean_roc_auc" in m
+    assert clean_metrics(y, p, np.zeros(4, bool), 10) == {"test_clean_n": 0.0}
+
+
+def test_data_duplicates_command(tmp_path):
+    root = _data(tmp_path / "data", splits=True)
+    out = tmp_path / "pairs.csv"
+    done = subprocess.run([str(Path(sys.executable).with_name("medpipe")), "data", "duplicates", str(root),
+                           "--out", str(out), "--cache", str(tmp_path / "scan.csv")], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "COLUMNS": "200"}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "1 near-duplicate group(s), 1 pair(s)" in done.stdout
+    pairs = pd.read_csv(out)
+    assert pairs[["path_a", "path_b"]].values.tolist() == [["a/img00.png", "a/copy.jpg"]]
+    assert 0 < pairs["distance"][0] <= 30
+    bad = subprocess.run([str(Path(sys.executable).with_name("medpipe")), "data", "duplicates", str(root),
+                          "--threshold", "99"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_old_scan_cache_without_fingerprints_is_rescanned(tmp_path):
+    from pipeline.scan import COLUMNS, scan
+
+    root = _data(tmp_path / "data", splits=True, plant=False)
+    rels = pd.read_csv(root / "manifest.csv")["path"].tolist()
+    cache = tmp_path / "scan.csv"
+    first = scan(root, rels, cache=cache, workers=1)
+    assert list(first.columns) == COLUMNS and (first["fingerprint"].str.len() == 64).all()
+    first.drop(columns="fingerprint").to_csv(cache, index=False)  # what an older medpipe wrote
+    again = scan(root, rels, cache=cache, workers=1)
+    assert again["fingerprint"].tolist() == first["fingerprint"].tolist()
