@@ -8,9 +8,11 @@ sees exactly the batches the uninterrupted run saw.
 import hashlib
 import json
 import math
+import random
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,6 +50,24 @@ def configure_determinism(seed: int, enabled: bool) -> None:
     keras.utils.set_random_seed(seed)
     if enabled:
         tf.config.experimental.enable_op_determinism()
+
+
+@contextmanager
+def own_default_seeds(seed: int):
+    """Keras seeds every unseeded initializer and SeedGenerator from Python's process-wide `random`
+    (keras.src.random.seed_generator.make_default_seed), which other threads draw from too: the
+    websockets keepalive ping of Prefect's events client calls random.getrandbits(32) every 20 s in its
+    event-loop thread. A ping between keras.utils.set_random_seed and the model build (likelier on a
+    busy machine) changed the initial weights. Inside this block Keras draws from a private generator
+    in the very state random.seed(seed) gives, so an undisturbed build gets the same weights as before."""
+    from keras.src.random import seed_generator
+
+    shared = seed_generator.python_random  # AttributeError if Keras moves it: fail loudly, never silently
+    seed_generator.python_random = random.Random(seed)
+    try:
+        yield
+    finally:
+        seed_generator.python_random = shared
 
 
 def configure_devices(tp: TrainParams):
@@ -286,8 +306,9 @@ def new_model(params: Params, meta: dict, base: Path, steps_per_epoch: int):
 
     tp = params.train
     shape = (meta["size"], meta["size"], meta["channels"])
-    model = build_model(params.model, shape, len(meta["classes"]),
-                        (params.preprocess.normalize, meta["mean"], meta["std"]), base)
+    with own_default_seeds(tp.seed):  # initial weights from tp.seed alone, whatever other threads draw
+        model = build_model(params.model, shape, len(meta["classes"]),
+                            (params.preprocess.normalize, meta["mean"], meta["std"]), base)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate(tp, steps_per_epoch)),
                   loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=tp.xla)
     return model

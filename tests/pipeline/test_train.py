@@ -7,7 +7,9 @@ import pytest
 
 from pipeline import balance, preprocess, validate
 from pipeline.config import Params, TrainParams, Workspace
-from pipeline.train import configure_devices, learning_rate, run_step, train_dataset
+from pipeline.lineage import weights_sha256
+from pipeline.train import (configure_determinism, configure_devices, learning_rate, new_model, run_step,
+                            train_dataset)
 
 TRAIN = {"epochs": 4, "batch_size": 16, "min_epochs": 0, "patience": 10, "schedule": "cosine"}
 
@@ -45,6 +47,24 @@ def test_each_epoch_is_a_function_of_seed_and_epoch(tmp_path, tiny_data):
     streamed, _ = train_dataset(shards, plan, 3, tp.model_copy(update={"in_memory_mb": 0}), ap)
     for (xa, _), (xb, _) in zip(batches, _batches(streamed, 3 * steps)):
         assert np.array_equal(xa, xb)  # memory-mapped shards give the very same batches
+
+
+def test_initial_weights_ignore_other_threads_drawing_from_python_random(tmp_path):
+    """Prefect's events client (websockets keepalive pings, every 20 s in its own thread) draws from Python's
+    global `random`, which Keras seeds its default initializers from: a ping between the seeding and the
+    build made two runs of the same data differ. The build no longer depends on that shared generator."""
+    import random
+
+    params = Params.model_validate({"train": TRAIN})
+    meta = {"size": 16, "channels": 1, "classes": ["a", "b", "c"], "mean": 0.5, "std": 0.25}
+
+    def initial_weights(draws: int) -> str:
+        configure_determinism(params.train.seed, True)
+        for _ in range(draws):  # what a keepalive ping in another thread does to the shared state
+            random.getrandbits(32)
+        return weights_sha256(new_model(params, meta, tmp_path, 5).get_weights())
+
+    assert initial_weights(0) == initial_weights(1) == initial_weights(3)
 
 
 def test_schedules():
