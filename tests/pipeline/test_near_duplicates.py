@@ -174,7 +174,7 @@ def test_params_are_validated(near, message):
         parse_params({"validate": {"near_duplicates": near}})
     with pytest.raises(ConfigError, match="validate.exact_duplicates"):
         parse_params({"validate": {"exact_duplicates": "warning"}})
-    assert Params().validate_.near_duplicates.clean == 45
+    assert Params().validate_.near_duplicates.clean == 30  # 1.5 x the default 20
 
 
 def test_clean_test_subset():
