@@ -34,7 +34,7 @@ def test_promotion_gate_rollback_and_force(prefect_harness, tmp_path, tiny_data)
     assert better.promotion.startswith("@champion") and _aliases(tmp_path) == {"champion": 2, "previous": 1}
     worse = training_flow(params_file=params_file, overrides=AWFUL)
     assert worse.promotion.startswith("@challenger")
-    assert _aliases(tmp_path) == {"champion": 2, "previous": 1}  # the forced champion 3 lost @challenger
+    assert _aliases(tmp_path) == {"champion": 2, "previous": 1, "challenger": 3}
 
     params = load_params(tmp_path / "params.yaml")
     ws = Workspace.create(params, tmp_path / "params.yaml")
