@@ -59,9 +59,16 @@ def test_imported_medmnist_keeps_official_splits_and_catches_its_leak(prefect_ha
 
     manifest = import_npz(BREAST, tmp_path / "breast", ["malignant", "benign"], drop_duplicates=True)
     assert manifest.attrs["dropped"] == 1
-    summary = training_flow(params_file=str(tmp_path / "params.yaml"), data=str(tmp_path / "breast"))
-    assert summary.split_sizes == {"train": 546, "val": 78, "test": 155}
+    # it also has near copies across its official splits: an error by default ...
+    state = training_flow(params_file=str(tmp_path / "params.yaml"), data=str(tmp_path / "breast"), return_state=True)
+    assert state.is_failed() and "each near-duplicate group" in state.message
+    # ... or, with action drop, their val/test members leave (train is kept whole)
+    summary = training_flow(params_file=str(tmp_path / "params.yaml"), data=str(tmp_path / "breast"),
+                            overrides={"validate.near_duplicates.action": "drop"})
+    dropped = pd.read_csv(tmp_path / "outputs/validate/duplicates_dropped.csv")
+    assert summary.split_sizes["train"] == 546 and len(dropped) > 0 and set(dropped["split"]) <= {"val", "test"}
+    assert summary.split_sizes["val"] + summary.split_sizes["test"] == 78 + 155 - len(dropped)
     splits = pd.read_csv(tmp_path / "outputs/validate/splits.csv")
-    assert splits.groupby("split")["label"].value_counts().to_dict()[("val", "malignant")] == 21
+    assert not set(dropped["path"]) & set(splits["path"])
     metrics = json.loads((tmp_path / "outputs/metrics.json").read_text())
     assert 0 < metrics["threshold"] <= 1 and 0 <= metrics["test_sensitivity_at_threshold"] <= 1
