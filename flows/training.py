@@ -10,7 +10,7 @@ from prefect.states import Failed
 from flows.data import run_on_dask
 from flows.promotion import promotion_flow
 from pipeline import balance, evaluate, lineage, preprocess, promote, registry, train, validate
-from pipeline.errors import MedpipeError
+from pipeline.errors import DataError, MedpipeError
 from pipeline.config import Params, Workspace, load_params
 from pipeline.lock import project_lock
 from pipeline.summary import TrainingSummary, UpToDate
@@ -21,13 +21,12 @@ def _step(module, name: str):
     return task(module.run_step, name=name, cache_policy=NO_CACHE)
 
 
-def _validate(params: Params, ws: Workspace) -> validate.ValidationReport:
-    """Validate and publish the report; invalid data fail the task (a red task in the Prefect UI)."""
+def _validate(params: Params, ws: Workspace):
+    """Validate and publish the report; invalid data fail the task (a red task in the Prefect UI, with the
+    one-line reason and no traceback: the task returns a Failed state rather than raising)."""
     report = validate.run_step(params, ws)
     _publish_validation(report, ws)
-    if not report.success:
-        raise validate.failure(report, ws.data_root)
-    return report
+    return report if report.success else Failed(message=str(validate.failure(report, ws.data_root)))
 
 
 def _publish_validation(report: validate.ValidationReport, ws: Workspace) -> None:
@@ -113,8 +112,11 @@ def _data_steps(params: Params, ws: Workspace) -> tuple[validate.ValidationRepor
         if not report.success:
             raise validate.failure(report, ws.data_root)
         return report, prepared
-    report = validate_task(params, ws)  # raises DataError when the data are invalid
-    return report, preprocess_task(params, ws)
+    state = validate_task(params, ws, return_state=True)
+    prefix = f"{ws.data_root}: "
+    if state.is_failed() and (state.message or "").startswith(prefix + "data validation failed"):
+        raise DataError(ws.data_root, state.message.removeprefix(prefix))
+    return state.result(), preprocess_task(params, ws)  # result() re-raises any other failure
 
 
 def _train_and_promote(params: Params, ws: Workspace, params_file: str, overrides: dict[str, str] | None,
