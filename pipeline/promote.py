@@ -119,15 +119,6 @@ def score(classifier, split: TestSplit) -> dict[str, float]:
     return classification_metrics(split.y, predict(classifier.model, x))
 
 
-def _champion(client, name: str) -> int | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return int(client.get_registered_model(name).aliases[CHAMPION])
-    except (MlflowException, KeyError):
-        return None
-
-
 def aliases_of(client, name: str) -> dict[str, int]:
     """The registered model's aliases, alias -> version ({} when the model does not exist)."""
     from mlflow.exceptions import MlflowException
@@ -237,7 +228,7 @@ def promote(params: Params, ws: Workspace, version: int, force: bool = False) ->
     split = test_split(params, ws)
     candidate = score(_load(params, ws, version), split)
     for _ in range(3):  # re-score if the champion changed meanwhile (another machine on a shared registry)
-        current = _champion(client, name)
+        current = aliases_of(client, name).get(CHAMPION)
         champion = None
         if current not in (None, version):
             conflict = signature_conflict(version_signature(candidate_mv), version_signature(
@@ -247,7 +238,7 @@ def promote(params: Params, ws: Workspace, version: int, force: bool = False) ->
                     client.set_model_version_tag(name, str(version), "medpipe.promotion", "refused: another task")
                 raise MedpipeError(f"{name} version {version}", f"not compared with the champion: it {conflict}")
             champion = score(_load(params, ws, current), split)
-        if _champion(client, name) == current:
+        if aliases_of(client, name).get(CHAMPION) == current:
             break
     ok, reasons = decide(candidate, champion, params.promote) if current != version else (False, ["already champion"])
     decision = Decision(version, ok or (force and current != version) or current == version, reasons, candidate,
