@@ -18,7 +18,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site-cache
 
-.PHONY: help install install-gpu data run test dvc-repro mlflow-ui mlflow-server prefect-ui prefect-server lock bench clean
+.PHONY: help install install-gpu data run test lint dvc-yaml dvc-repro mlflow-ui mlflow-server prefect-ui prefect-server lock bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ run: $(STAMP) $(DATA)/manifest.csv  ## install, build data if missing, run the t
 
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest $(ARGS)
+
+dvc-yaml: $(STAMP)  ## regenerate dvc.yaml from the step declaration (pipeline/steps.py)
+	$(BIN)/python -m pipeline.steps > dvc.yaml
 
 dvc-repro: $(STAMP) $(DATA)/manifest.csv  ## run the same steps as DVC stages
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro $(ARGS)

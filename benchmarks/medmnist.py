@@ -40,7 +40,7 @@ SETTINGS = {  # what this benchmark trains with (on top of params.yaml): the bes
 def run_once(data: Path, labels: list[str], seed: int, settings: dict[str, str], work: Path) -> tuple[dict, np.ndarray]:
     """The pipeline's steps on one imported set with one seed; test metrics, training time and the test
     split's class probabilities."""
-    from pipeline import balance, evaluate, preprocess, train, validate
+    from pipeline import balance, evaluate, preprocess, shards, train, validate
     from pipeline.model import load_model
 
     overrides = {**settings, "validate.labels": json.dumps(labels), "train.seed": str(seed),
@@ -56,7 +56,7 @@ def run_once(data: Path, labels: list[str], seed: int, settings: dict[str, str],
     trained = train.run_step(params, ws)
     seconds = time.perf_counter() - start
     metrics = evaluate.run_step(params, ws).metrics
-    x_test, _ = preprocess.load_split(ws.out / "preprocess", "test")
+    x_test, _ = shards.load_split(ws.out / "preprocess", "test")
     proba = load_model(ws.out / "train" / "model.keras").predict(x_test, verbose=0)
     return {"seed": seed, "test_roc_auc": round(metrics["test_roc_auc"], 4),
             "test_accuracy": round(metrics["test_accuracy"], 4), "epochs": trained.epochs_run,
@@ -65,7 +65,7 @@ def run_once(data: Path, labels: list[str], seed: int, settings: dict[str, str],
 
 def ensemble(probas: list[np.ndarray], y: np.ndarray) -> dict:
     """Test ROC-AUC and accuracy of the seeds' mean class probabilities (a deep ensemble, for reference)."""
-    from pipeline.evaluate import classification_metrics
+    from pipeline.metrics import classification_metrics
 
     metrics = classification_metrics(y, np.mean(probas, axis=0))
     return {"members": len(probas), "test_roc_auc": round(metrics["roc_auc"], 4),

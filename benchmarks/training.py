@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.config import AugmentParams, ModelParams, TrainParams
 from pipeline.model import build_model
-from pipeline.preprocess import Shards
+from pipeline.shards import Shards
 from pipeline.train import configure_determinism, train_dataset
 
 

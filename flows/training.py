@@ -9,16 +9,17 @@ from prefect.states import Failed
 
 from flows.data import run_on_dask
 from flows.promotion import promotion_flow
-from pipeline import balance, evaluate, lineage, preprocess, promote, registry, train, validate
+from pipeline import lineage, preprocess, promote, registry, train, validate
 from pipeline.errors import DataError, MedpipeError
 from pipeline.config import Params, Workspace, load_params
 from pipeline.lock import project_lock
+from pipeline.steps import step
 from pipeline.summary import TrainingSummary, UpToDate
 
 
-def _step(module, name: str):
-    """A Prefect task running one step's `run_step(params, workspace)`."""
-    return task(module.run_step, name=name, cache_policy=NO_CACHE)
+def _step(name: str):
+    """A Prefect task running one declared step's `run_step(params, workspace)` (pipeline/steps.py)."""
+    return task(step(name).run, name=name, cache_policy=NO_CACHE)
 
 
 def _validate(params: Params, ws: Workspace):
@@ -45,11 +46,11 @@ def _preprocess_key(context, arguments: dict) -> str | None:
     return f"preprocess-{ws.out}-{key}" if preprocess.is_current(ws.out / "preprocess", key) else None
 
 
-preprocess_task = task(preprocess.run_step, name="preprocess", cache_key_fn=_preprocess_key, persist_result=True)
-balance_task = _step(balance, "balance")
-train_task = _step(train, "train")
-evaluate_task = _step(evaluate, "evaluate")
-register_task = _step(registry, "register")
+preprocess_task = task(step("preprocess").run, name="preprocess", cache_key_fn=_preprocess_key, persist_result=True)
+balance_task = _step("balance")
+train_task = _step("train")
+evaluate_task = _step("evaluate")
+register_task = _step("register")
 record_dvc_task = task(lineage.record_dvc_outputs, name="record-dvc-outputs", cache_policy=NO_CACHE)
 up_to_date_task = task(lineage.up_to_date, name="up-to-date", cache_policy=NO_CACHE)
 

@@ -174,7 +174,7 @@ class RegisterParams(Section):
 
 
 GATE_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "sensitivity", "specificity", "log_loss",
-                "brier", "ece")  # pipeline.evaluate.classification_metrics
+                "brier", "ece")  # pipeline.metrics.classification_metrics
 LOWER_IS_BETTER = frozenset({"log_loss", "brier", "ece"})
 
 

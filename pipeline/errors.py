@@ -22,3 +22,7 @@ class ConfigError(MedpipeError):
 
 class DataError(MedpipeError):
     """The data set is missing, unreadable or fails validation."""
+
+
+class ImageError(DataError):
+    """An image file that cannot be read: empty, truncated, not an image, unsupported DICOM."""

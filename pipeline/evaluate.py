@@ -9,8 +9,8 @@ import pandas as pd
 
 from pipeline.config import Params, Workspace
 from pipeline.outputs import replace_dir, write_text
-from pipeline.preprocess import Shards, read_meta
-from pipeline.train import macro_roc_auc, predict_uint8
+from pipeline.shards import Shards, read_meta
+from pipeline.metrics import bootstrap_ci, classification_metrics, per_class_metrics, threshold_metrics
 
 
 @dataclass(frozen=True)
@@ -20,97 +20,6 @@ class EvaluateResult:
     metrics: dict[str, float]
     metrics_file: Path
     plots: list[Path]
-
-
-def _one_vs_rest(y: np.ndarray, pred: np.ndarray, n: int) -> tuple[float, float]:
-    """Sensitivity and specificity: of class 1 when binary, else macro over classes."""
-    classes = [1] if n == 2 else range(n)
-    sens = [np.mean(pred[y == c] == c) for c in classes if (y == c).any()]
-    spec = [np.mean(pred[y != c] != c) for c in classes if (y != c).any()]
-    return float(np.mean(sens)), float(np.mean(spec))
-
-
-def confidence_bins(y: np.ndarray, proba: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-class confidence, whether it was right, and its equal-width bin index (0 .. bins-1)."""
-    conf, correct = proba.max(axis=1), proba.argmax(axis=1) == y
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    return conf, correct, np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
-
-
-def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int) -> float:
-    """ECE of the top-class confidence over equal-width bins."""
-    conf, correct, idx = confidence_bins(y, proba, bins)
-    return float(sum(abs(correct[idx == b].mean() - conf[idx == b].mean()) * (idx == b).mean()
-                     for b in range(bins) if (idx == b).any()))
-
-
-def classification_metrics(y: np.ndarray, proba: np.ndarray, bins: int = 10) -> dict[str, float]:
-    """The headline metrics of DESIGN.md for integer labels and class probabilities."""
-    from sklearn.metrics import accuracy_score, average_precision_score, balanced_accuracy_score, log_loss
-
-    n, pred = proba.shape[1], proba.argmax(axis=1)
-    onehot = np.eye(n)[y]
-    classes = [1] if n == 2 else range(n)
-    pr = [average_precision_score(onehot[:, c], proba[:, c]) for c in classes if onehot[:, c].any()]
-    sens, spec = _one_vs_rest(y, pred, n)
-    return {"accuracy": float(accuracy_score(y, pred)), "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-            "roc_auc": macro_roc_auc(y, proba), "pr_auc": float(np.mean(pr)), "sensitivity": sens,
-            "specificity": spec, "log_loss": float(log_loss(y, proba, labels=list(range(n)))),
-            "brier": float(np.mean(np.sum((proba - onehot) ** 2, axis=1))),
-            "ece": expected_calibration_error(y, proba, bins)}
-
-
-def per_class_metrics(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, float]:
-    """Precision, recall, F1 and support of each class, keyed `<metric>_<class>`."""
-    from sklearn.metrics import precision_recall_fscore_support
-
-    p, r, f, s = precision_recall_fscore_support(y, pred, labels=list(range(len(classes))), zero_division=0)
-    return {f"{name}_{c}": float(v[i]) for name, v in (("precision", p), ("recall", r), ("f1", f), ("support", s))
-            for i, c in enumerate(classes)}
-
-
-def bootstrap_ci(y: np.ndarray, proba: np.ndarray, n: int, seed: int) -> dict[str, float]:
-    """95% percentile bootstrap intervals of ROC-AUC and balanced accuracy (resampling images, seeded)."""
-    from sklearn.metrics import balanced_accuracy_score
-
-    import warnings
-
-    rng = np.random.default_rng(seed)
-    stats = []
-    with warnings.catch_warnings():  # a resample may miss a small class; the interval accounts for that
-        warnings.simplefilter("ignore", UserWarning)
-        for _ in range(n):
-            i = rng.integers(0, len(y), len(y))
-            stats.append((macro_roc_auc(y[i], proba[i]), balanced_accuracy_score(y[i], proba[i].argmax(axis=1))))
-    low, high = np.nanpercentile(np.array(stats), [2.5, 97.5], axis=0)
-    return {"roc_auc_ci_low": low[0], "roc_auc_ci_high": high[0],
-            "balanced_accuracy_ci_low": low[1], "balanced_accuracy_ci_high": high[1]}
-
-
-def operating_threshold(y: np.ndarray, p1: np.ndarray, target_sensitivity: float | None) -> float:
-    """Binary decision threshold on P(class 1): Youden's J, or the highest reaching a target sensitivity."""
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, thresholds = roc_curve(y, p1)
-    if target_sensitivity is None:
-        return float(min(thresholds[np.argmax(tpr - fpr)], 1.0))
-    return float(min(thresholds[np.argmax(tpr >= target_sensitivity)], 1.0))
-
-
-def threshold_metrics(y_val: np.ndarray, p_val: np.ndarray, y: np.ndarray, p: np.ndarray,
-                      target: float | None) -> dict[str, float]:
-    """Choose the threshold on validation, report test sensitivity and specificity at it."""
-    t = operating_threshold(y_val, p_val[:, 1], target)
-    pred = (p[:, 1] >= t).astype(int)
-    return {"threshold": t, "sensitivity_at_threshold": float(np.mean(pred[y == 1] == 1)),
-            "specificity_at_threshold": float(np.mean(pred[y == 0] == 0))}
-
-
-def predict(model, x: np.ndarray) -> np.ndarray:
-    """Class probabilities of uint8 images, batch by batch (a float copy of one batch at a time), as float64
-    rows summing to 1 (float32 softmax is off by ~1e-7)."""
-    proba = predict_uint8(model, x)
-    return proba / proba.sum(axis=1, keepdims=True)
 
 
 def clean_test_mask(splits: pd.DataFrame, threshold: int) -> np.ndarray:
@@ -148,7 +57,7 @@ def run_step(params: Params, ws: Workspace) -> EvaluateResult:
     """Evaluate the trained model on val and test; write metrics.json, plots and a report; log to MLflow."""
     import mlflow
 
-    from pipeline.model import load_model
+    from pipeline.model import load_model, predict
     from pipeline.registry import owner_tags, setup_tracking
 
     ep, folder = params.evaluate, ws.out / "preprocess"

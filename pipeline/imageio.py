@@ -12,14 +12,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.errors import DataError
+from pipeline.errors import ImageError
 from pipeline.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, MB, check_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
-
-
-class ImageError(DataError):
-    """An image file that cannot be read: empty, truncated, not an image, unsupported DICOM."""
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ def pixel_count(n: int) -> str:
 
 
 def _error(name: str | Path, reason: str) -> Exception:
-    from pipeline.imageio import ImageError  # imageio imports this module
+    from pipeline.errors import ImageError
 
     return ImageError(name, reason)
 

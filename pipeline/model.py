@@ -8,6 +8,7 @@ model carries it: serving and evaluation cannot drift from training.
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers
 
 from pipeline.config import ModelParams
@@ -111,3 +112,17 @@ def build_model(mp: ModelParams, input_shape: tuple[int, int, int], n_classes: i
     features = ARCHITECTURES[mp.name](x, n_classes, mp, base)
     outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(features)
     return keras.Model(inputs, outputs, name=mp.name)
+
+
+def predict_uint8(model, x: np.ndarray, batch: int = 128) -> np.ndarray:
+    """Class probabilities for uint8 images, batch by batch (memory stays small), float64."""
+    parts = [np.asarray(model(x[i:i + batch].astype(np.float32) / 255.0, training=False), dtype=np.float64)
+             for i in range(0, len(x), batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]))
+
+
+def predict(model, x: np.ndarray) -> np.ndarray:
+    """Class probabilities of uint8 images, batch by batch (a float copy of one batch at a time), as float64
+    rows summing to 1 (float32 softmax is off by ~1e-7)."""
+    proba = predict_uint8(model, x)
+    return proba / proba.sum(axis=1, keepdims=True)

@@ -16,14 +16,13 @@ by union-find (transitive).
 
 from dataclasses import dataclass
 from itertools import combinations
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 HASH_BITS = 256
 WORDS = HASH_BITS // 64
@@ -220,30 +219,3 @@ def find_groups(fingerprints: "list[str] | np.ndarray", threshold: int) -> Group
     group = np.full(len(fps), -1, dtype=np.int64)
     group[rows] = np.where(sizes[comp] > 1, rows[comp], -1) if len(rows) else []
     return Groups(group, (rows[i], rows[j], d))
-
-
-def duplicate_pairs(root: Path, threshold: int, cache: Path | None = None) -> "pd.DataFrame":
-    """Scan the data set under `root` (through the scan cache) and list its near-duplicate pairs.
-
-    Args:
-        root: a data root (manifest.csv or a folder per class).
-        threshold: the largest Hamming distance of a near copy (0 .. MAX_THRESHOLD).
-        cache: the scan cache CSV (None: no cache).
-
-    Returns:
-        One row per pair: group (its first path), path_a, label_a, path_b, label_b, distance; sorted by group.
-    """
-    import pandas as pd
-
-    from pipeline.data import discover
-    from pipeline.scan import scan
-
-    manifest, _ = discover(root)
-    table = scan(root, manifest["path"].tolist(), cache=cache)
-    fps = table["fingerprint"].where(table["readable"].astype(bool), "").tolist()
-    groups = find_groups(fps, threshold)
-    i, j, d = groups.pairs
-    paths, labels = table["path"].to_numpy(), manifest["label"].to_numpy()
-    pairs = pd.DataFrame({"group": paths[groups.group[i]] if len(i) else [], "path_a": paths[i],
-                          "label_a": labels[i], "path_b": paths[j], "label_b": labels[j], "distance": d})
-    return pairs.sort_values(["group", "distance", "path_a", "path_b"], ignore_index=True)

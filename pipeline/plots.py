@@ -43,7 +43,7 @@ def roc_pr_curves(y: np.ndarray, proba: np.ndarray, classes: list[str], path: Pa
 
 def reliability(y: np.ndarray, proba: np.ndarray, bins: int, path: Path) -> Path:
     """Reliability diagram of the top-class confidence: accuracy per confidence bin vs the diagonal."""
-    from pipeline.evaluate import confidence_bins
+    from pipeline.metrics import confidence_bins
 
     plt = _pyplot()
     _, correct, idx = confidence_bins(y, proba, bins)

@@ -19,13 +19,14 @@ import numpy as np
 import pandas as pd
 
 from pipeline import faults
-from pipeline.config import Params, PreprocessParams, SplitRatios, Workspace
+from pipeline.config import Params, PreprocessParams, Workspace
 from pipeline.imageio import imdecode, read_dicom, read_image
 from pipeline.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, MB, check_image
 from pipeline.outputs import replace_dir
 from pipeline.scan import Mapper
+from pipeline.shards import read_meta
+from pipeline.split import SPLITS
 
-SPLITS = ("train", "val", "test")
 CODE_VERSION = "2"  # part of the cache key: bump whenever the pixel transform changes
 _KEY_FIELDS = ("size", "color", "fit", "clahe", "denoise")
 _LEVELS = np.arange(256) / 255.0
@@ -135,49 +136,6 @@ def load_image(path: Path, pp: PreprocessParams) -> np.ndarray:
     return prepare_image(path, pp).astype(np.float32) / 255.0
 
 
-def leakage_groups(patients: pd.Series, hashes: pd.Series, near: pd.Series | None = None) -> pd.Series:
-    """Group images that must share a split: same patient, the same bytes (sha256) across patients, or
-    (with `near`, a near-duplicate group id per image, "" for none) near copies across patients."""
-    parent = {p: p for p in patients}
-
-    def find(p: str) -> str:
-        while parent[p] != p:
-            parent[p] = parent[parent[p]]
-            p = parent[p]
-        return p
-
-    keys = [hashes.to_numpy()] + ([] if near is None else [near.to_numpy()])
-    for key in keys:
-        for name, members in patients.groupby(key).agg(list).items():
-            if name == "":
-                continue
-            for other in members[1:]:
-                parent[find(other)] = find(members[0])
-    return patients.map(find).rename("group")
-
-
-def split_patients(manifest: pd.DataFrame, ratios: SplitRatios, seed: int) -> pd.Series:
-    """Assign each image a split so that no patient (column `patient_id`, or `group` when given) spans
-    two splits, stratified by label.
-
-    Groups take their most frequent label; within each label the shuffled groups are cut by the
-    ratios (at least one group per split whenever a label has three or more).
-    """
-    rng = np.random.default_rng(seed)
-    key = manifest["group"] if "group" in manifest else manifest["patient_id"]
-    patient_label = manifest.groupby(key.to_numpy())["label"].agg(lambda s: s.mode().iloc[0])
-    assignment: dict[str, str] = {}
-    for label in sorted(patient_label.unique()):
-        patients = sorted(patient_label.index[patient_label == label])
-        patients = [patients[i] for i in rng.permutation(len(patients))]
-        n = len(patients)
-        n_val = max(int(round(n * ratios.val)), 1 if n >= 3 else 0)
-        n_test = max(int(round(n * ratios.test)), 1 if n >= 3 else 0)
-        for i, pid in enumerate(patients):
-            assignment[pid] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
-    return key.map(assignment).rename("split")
-
-
 def cache_key(params: Params, ws: Workspace) -> str:
     """Hash of what the shards depend on: the split table (paths, labels, splits, content sha256),
     the pixel-affecting params, the class list and the code version."""
@@ -186,11 +144,6 @@ def cache_key(params: Params, ws: Workspace) -> str:
             "pixels": {k: pp[k] for k in _KEY_FIELDS},
             "splits": hashlib.md5((ws.out / "validate" / "splits.csv").read_bytes()).hexdigest()}
     return hashlib.md5(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-
-
-def read_meta(folder: Path) -> dict:
-    """The shard folder's meta.json: key, classes, geometry, train mean/std, shard files per split."""
-    return json.loads((folder / "meta.json").read_text())
 
 
 def is_current(folder: Path, key: str) -> bool:
@@ -280,66 +233,3 @@ def _result(folder: Path, cached: bool) -> PreprocessResult:
     meta = read_meta(folder)
     sizes = {s: int(v["n"]) for s, v in meta["splits"].items()}
     return PreprocessResult(folder, sizes, meta["classes"], meta["key"], cached, meta["mean"], meta["std"])
-
-
-def _npy_layout(path: Path) -> tuple[tuple[int, ...], int]:
-    """Shape and data offset of a C-ordered uint8 .npy file, from its header."""
-    with open(path, "rb") as f:
-        major, _ = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(f)
-        if fortran or dtype != np.uint8:
-            raise ValueError(f"{path}: not a C-ordered uint8 shard")
-        return shape, f.tell()
-
-
-class Shards:
-    """One split's uint8 shards: any images by positioned file reads (no memory map, so a split of any
-    size never counts toward the process's memory), or the whole split at once."""
-
-    def __init__(self, folder: Path, split: str) -> None:
-        meta = read_meta(folder)
-        entry = meta["splits"][split]
-        self.files = [folder / f for f in entry["shards"]]
-        self.shape = (meta["size"], meta["size"], meta["channels"])
-        layouts = [_npy_layout(f) for f in self.files]
-        self.offsets = [offset for _, offset in layouts]
-        self.ends = np.cumsum([shape[0] for shape, _ in layouts], dtype=np.int64)
-        self.labels = np.load(folder / entry["labels"], allow_pickle=False)
-        self._fds: dict[int, int] = {}
-
-    def __len__(self) -> int:
-        return int(self.ends[-1]) if len(self.ends) else 0
-
-    def __del__(self) -> None:
-        for fd in getattr(self, "_fds", {}).values():
-            os.close(fd)
-
-    @property
-    def nbytes(self) -> int:
-        """Size of the whole split in memory."""
-        return len(self) * int(np.prod(self.shape))
-
-    def take(self, index: np.ndarray) -> np.ndarray:
-        """The images at these positions, uint8 (len(index), size, size, channels)."""
-        index = np.asarray(index, dtype=np.int64)
-        row = int(np.prod(self.shape))
-        part = np.searchsorted(self.ends, index, side="right")
-        starts = np.concatenate([[0], self.ends[:-1]])
-        chunks = []
-        for p, i in zip(part.tolist(), (index - starts[part]).tolist()):
-            if p not in self._fds:
-                self._fds[p] = os.open(self.files[p], os.O_RDONLY)
-            chunks.append(os.pread(self._fds[p], row, self.offsets[p] + i * row))
-        return np.frombuffer(b"".join(chunks), dtype=np.uint8).reshape(len(index), *self.shape)
-
-    def read(self) -> np.ndarray:
-        """The whole split in memory, uint8."""
-        parts = [np.load(f, allow_pickle=False) for f in self.files]
-        return np.concatenate(parts) if parts else np.zeros((0, *self.shape), dtype=np.uint8)
-
-
-def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """A whole split as model inputs: float32 (N, size, size, channels) in [0, 1], and integer labels."""
-    shards = Shards(folder, split)
-    return shards.read().astype(np.float32) / 255.0, shards.labels

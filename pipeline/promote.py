@@ -91,7 +91,7 @@ def test_split(params: Params, ws: Workspace) -> TestSplit:
     """The prepared test split of the workspace (one-line error when it has not been prepared)."""
     import pandas as pd
 
-    from pipeline.preprocess import Shards, read_meta
+    from pipeline.shards import Shards, read_meta
 
     folder = ws.out / "preprocess"
     try:
@@ -109,7 +109,8 @@ def test_split(params: Params, ws: Workspace) -> TestSplit:
 def score(classifier, split: TestSplit) -> dict[str, float]:
     """A registered classifier's test metrics: on the prepared pixels when it was trained with the same
     preprocessing, else on the same source images through its own preprocessing."""
-    from pipeline.evaluate import classification_metrics, predict
+    from pipeline.metrics import classification_metrics
+    from pipeline.model import predict
     from pipeline.preprocess import prepare_image
 
     if classifier.pp.model_dump(mode="json", include=set(PIXEL_FIELDS)) == split.pixel_params:

@@ -23,7 +23,6 @@ from pipeline.config import Params, Workspace
 from pipeline.errors import MedpipeError
 
 COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a full SHA-1 or SHA-256 object name, nothing else
-STEPS = ("validate", "preprocess", "balance", "train", "evaluate")
 
 
 @dataclass
@@ -123,11 +122,17 @@ def rebuild(into: Path, logged: dict, base: Path) -> tuple[str, dict[str, float]
         shutil.copy2(base / ".medpipe-salt", into / ".medpipe-salt")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PYTHONPATH"] = str(into)
-    for step in STEPS:
-        _run([sys.executable, "-m", "pipeline.cli", "stage", step, "--params", "params.yaml"], into, env,
-             f"rebuild step {step}")
+    command = [sys.executable, "-m", "cli" if (into / "cli" / "__main__.py").is_file() else "pipeline.cli"]
+    for step in training_steps(into / "dvc.yaml"):
+        _run([*command, "stage", step, "--params", "params.yaml"], into, env, f"rebuild step {step}")
     trained = json.loads((into / "outputs" / "train" / "run.json").read_text())
     return trained["weights_sha256"], json.loads((into / "outputs" / "metrics.json").read_text())
+
+
+def training_steps(dvc_file: Path) -> list[str]:
+    """The stages of a commit's dvc.yaml up to evaluation, in order: the steps its code declares."""
+    names = list(yaml.safe_load(dvc_file.read_text())["stages"])
+    return names[:names.index("evaluate") + 1]
 
 
 def compare(version: int, tags: dict, metrics: dict, sha: str, rebuilt: dict) -> Reproduction:

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple
 
 import cv2
 
-from pipeline.imageio import ImageError, read_image, to_gray
+from pipeline.errors import ImageError
+from pipeline.imageio import read_image, to_gray
 from pipeline.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, MB, check_size
-from pipeline.near_duplicates import fingerprint
+from pipeline.near_duplicates import find_groups, fingerprint
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -215,3 +216,28 @@ def scan(root: Path, rels: list[str], cache: Path | None = None, workers: int | 
         cache.with_suffix(".salt").write_text(salt_id)
     return table
 
+
+def duplicate_pairs(root: Path, threshold: int, cache: Path | None = None) -> "pd.DataFrame":
+    """Scan the data set under `root` (through the scan cache) and list its near-duplicate pairs.
+
+    Args:
+        root: a data root (manifest.csv or a folder per class).
+        threshold: the largest Hamming distance of a near copy (0 .. MAX_THRESHOLD).
+        cache: the scan cache CSV (None: no cache).
+
+    Returns:
+        One row per pair: group (its first path), path_a, label_a, path_b, label_b, distance; sorted by group.
+    """
+    import pandas as pd
+
+    from pipeline.data import discover
+
+    manifest, _ = discover(root)
+    table = scan(root, manifest["path"].tolist(), cache=cache)
+    fps = table["fingerprint"].where(table["readable"].astype(bool), "").tolist()
+    groups = find_groups(fps, threshold)
+    i, j, d = groups.pairs
+    paths, labels = table["path"].to_numpy(), manifest["label"].to_numpy()
+    pairs = pd.DataFrame({"group": paths[groups.group[i]] if len(i) else [], "path_a": paths[i],
+                          "label_a": labels[i], "path_b": paths[j], "label_b": labels[j], "distance": d})
+    return pairs.sort_values(["group", "distance", "path_a", "path_b"], ignore_index=True)

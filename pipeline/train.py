@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.balance import augment_batch, augments, load_balance, load_plan
+from pipeline.augment import augment_batch, augments
+from pipeline.balance import load_balance, load_plan
 from pipeline.config import AugmentParams, Params, TrainParams, Workspace
+from pipeline.metrics import macro_roc_auc
 from pipeline.lineage import lineage_tags, weights_sha256
-from pipeline.preprocess import Shards, read_meta
+from pipeline.shards import Shards, read_meta
 from pipeline import faults
 from pipeline.outputs import replace_dir, swap_in
 from pipeline.registry import owner_tags, setup_tracking
@@ -146,24 +148,10 @@ def train_dataset(shards: Shards, plan: tuple[np.ndarray, np.ndarray], n_classes
     return tf.data.Dataset.range(start_epoch, tp.epochs).flat_map(epoch_batches).prefetch(tf.data.AUTOTUNE), steps
 
 
-def macro_roc_auc(y: np.ndarray, proba: np.ndarray) -> float:
-    """Mean one-vs-rest ROC-AUC over the classes present with both outcomes (binary: class 1)."""
-    from sklearn.metrics import roc_auc_score
-
-    classes = [1] if proba.shape[1] == 2 else range(proba.shape[1])
-    aucs = [roc_auc_score(y == c, proba[:, c]) for c in classes if 0 < (y == c).sum() < len(y)]
-    return float(np.mean(aucs)) if aucs else float("nan")
-
-
-def predict_uint8(model, x: np.ndarray, batch: int = 128) -> np.ndarray:
-    """Class probabilities for uint8 images, batch by batch (memory stays small), float64."""
-    parts = [np.asarray(model(x[i:i + batch].astype(np.float32) / 255.0, training=False), dtype=np.float64)
-             for i in range(0, len(x), batch)]
-    return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]))
-
-
 def validation_logs(model, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, float]:
     """Validation loss, accuracy and macro ROC-AUC in one pass over the split."""
+    from pipeline.model import predict_uint8
+
     proba = predict_uint8(model, x_val)
     picked = np.clip(proba[np.arange(len(y_val)), y_val], 1e-7, 1.0)
     return {"val_loss": float(-np.log(picked).mean()), "val_accuracy": float((proba.argmax(1) == y_val).mean()),

@@ -20,7 +20,7 @@ from pipeline.errors import DataError
 from pipeline.limits import MB
 from pipeline.near_duplicates import find_groups, hamming, nearest_distances, to_words
 from pipeline.outputs import replace_dir
-from pipeline.preprocess import SPLITS, leakage_groups, split_patients
+from pipeline.split import SPLITS, assign_splits
 from pipeline.scan import Mapper, inside_root, scan
 
 
@@ -85,16 +85,6 @@ def image_table(manifest: pd.DataFrame, root: Path, cache: Path | None, vp: Vali
     df["sharp"] = ~df["readable"] | (df["blur"] >= vp.blur_min)
     df["fingerprint"] = df["fingerprint"].where(df["readable"], "")
     return df.drop(columns=["patient_key", "error"])
-
-
-def assign_splits(images: pd.DataFrame, params: Params) -> pd.Series:
-    """The manifest's own splits when it has them for every image, else a patient-grouped split."""
-    if (images["split"] != "").all():
-        return images["split"]
-    hashes = images["sha256"].where(images["sha256"] != "", images["path"])
-    near = images["near_group"].astype(str).where(images["near_group"] >= 0, "") if "near_group" in images else None
-    grouped = images.assign(group=leakage_groups(images["patient_id"], hashes, near))
-    return split_patients(grouped, params.preprocess.split, params.preprocess.seed)
 
 
 def derived_tables(images: pd.DataFrame, labels: list[str], empty_folders: list[str]) -> dict[str, pd.DataFrame]:
@@ -323,7 +313,8 @@ def _thumbnail(root: Path, rel: str, side: int = 128) -> str:
     import cv2
     import numpy as np
 
-    from pipeline.imageio import ImageError, read_image, to_gray
+    from pipeline.errors import ImageError
+    from pipeline.imageio import read_image, to_gray
 
     try:
         gray = to_gray(read_image(root / rel).pixels)

@@ -31,7 +31,7 @@ def test_flow_trains_registers_and_is_deterministic(prefect_harness, project):
 
     from flows.training import training_flow
     from pipeline.lineage import content_hash
-    from pipeline.preprocess import load_split
+    from pipeline.shards import load_split
 
     first = training_flow(params_file=str(project / "params.yaml"))
     metrics = json.loads((project / "outputs/metrics.json").read_text())

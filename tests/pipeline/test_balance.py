@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.balance import augment_batch, class_weights, make_plan, oversample_plan
+from pipeline.augment import augment_batch
+from pipeline.balance import class_weights, make_plan, oversample_plan
 from pipeline.config import AugmentParams, BalanceParams
 
 

@@ -82,7 +82,7 @@ def test_import_npz_then_validate_with_a_label_override(tmp_path):
 
 
 def test_bad_set_value_blames_the_flag_not_params_yaml(project):
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--set", "train.epochs=abc"], cwd=project,
+    done = subprocess.run([sys.executable, "-m", "cli", "run", "--set", "train.epochs=abc"], cwd=project,
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     _one_error_line(done, 2, "--set train.epochs", "invalid value for 'train.epochs'")

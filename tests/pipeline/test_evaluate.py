@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from pipeline.evaluate import classification_metrics, expected_calibration_error, per_class_metrics
+from pipeline.metrics import classification_metrics, expected_calibration_error, per_class_metrics
 from pipeline.plots import plot_confusion
 
 
@@ -54,7 +54,7 @@ def test_per_class_and_confusion_plot(tmp_path, multiclass):
 
 
 def test_bootstrap_interval_brackets_the_estimate_and_is_seeded(multiclass):
-    from pipeline.evaluate import bootstrap_ci
+    from pipeline.metrics import bootstrap_ci
 
     y, proba = multiclass
     ci = bootstrap_ci(y, proba, 200, seed=1)
@@ -65,7 +65,7 @@ def test_bootstrap_interval_brackets_the_estimate_and_is_seeded(multiclass):
 
 
 def test_operating_threshold_youden_and_target_sensitivity():
-    from pipeline.evaluate import operating_threshold, threshold_metrics
+    from pipeline.metrics import operating_threshold, threshold_metrics
 
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     p1 = np.array([0.1, 0.2, 0.3, 0.65, 0.6, 0.7, 0.8, 0.9])
@@ -77,7 +77,8 @@ def test_operating_threshold_youden_and_target_sensitivity():
 
 def test_figures_and_report(tmp_path, multiclass):
     from pipeline import plots
-    from pipeline.evaluate import bootstrap_ci, per_class_metrics, write_report
+    from pipeline.metrics import bootstrap_ci, per_class_metrics
+    from pipeline.evaluate import write_report
 
     y, proba = multiclass
     figures = [plots.roc_pr_curves(y, proba, ["a", "b", "c"], tmp_path / "roc.png"),

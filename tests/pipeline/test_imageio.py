@@ -2,7 +2,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.imageio import ImageError, pseudonym, read_image, to_gray
+from pipeline.errors import ImageError
+from pipeline.imageio import pseudonym, read_image, to_gray
 from tests.helpers import write_dicom
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from pipeline.config import Params, PreprocessParams
 from pipeline.errors import MedpipeError
-from pipeline.imageio import ImageError, read_image
+from pipeline.errors import ImageError
+from pipeline.imageio import read_image
 from pipeline.limits import (DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, MB, Dimensions, check_image,
                              header_dimensions)
 from pipeline.preprocess import _KEY_FIELDS, decode_uint8

@@ -6,8 +6,9 @@ import cv2
 
 from pipeline.config import ClaheParams, Params, PreprocessParams, SplitRatios, Workspace
 from pipeline.errors import DataError
-from pipeline.preprocess import (Shards, decode_uint8, enhance, fit_to_size, leakage_groups, load_image, load_split,
-                                 read_meta, run_step, split_patients)
+from pipeline.shards import Shards, load_split, read_meta
+from pipeline.preprocess import decode_uint8, enhance, fit_to_size, load_image, run_step
+from pipeline.split import leakage_groups, split_patients
 
 
 def test_load_image_resizes_and_scales(tiny_data):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline import balance, preprocess, validate
+from pipeline.shards import Shards
 from pipeline.config import Params, TrainParams, Workspace
 from pipeline.lineage import weights_sha256
 from pipeline.train import (configure_determinism, configure_devices, learning_rate, new_model, run_step,
@@ -33,7 +34,7 @@ def _batches(dataset, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def test_each_epoch_is_a_function_of_seed_and_epoch(tmp_path, tiny_data):
     params, ws = _workspace(tmp_path, tiny_data)
-    shards = preprocess.Shards(ws.out / "preprocess", "train")
+    shards = Shards(ws.out / "preprocess", "train")
     plan = balance.load_plan(ws.out / "balance" / "plan.npz")
     tp, ap = params.train, params.balance.augment
     full, steps = train_dataset(shards, plan, 3, tp, ap)

@@ -1,0 +1,5 @@
+"""`python -m cli ...` is `medpipe ...`."""
+
+from cli.main import main
+
+main()

@@ -1,0 +1,145 @@
+"""`medpipe run`, `validate`, `stage` and `schedule`: the training flow, its steps, and its schedule."""
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from cli.common import ParamsOpt, SetOpt, console, err_console, parse_overrides, say
+from pipeline.errors import ConfigError
+from pipeline.steps import STEPS
+
+# The steps `medpipe stage` runs, as typer choices (pipeline/steps.py declares them).
+StepName = Enum("StepName", {s.name: s.name for s in STEPS}, type=str)
+
+
+def run(data: Annotated[Optional[Path], typer.Option(help="Data root holding manifest.csv "
+                                                     "(default: params data.root).")] = None,
+        params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+        resume: Annotated[bool, typer.Option(metavar="", help="Continue an interrupted training run from its last "
+                                             "checkpoint (same data and params give the same result).")] = False,
+        force: Annotated[bool, typer.Option(metavar="", help="Train even if the newest model already came from this data, "
+                                            "params and code.")] = False) -> None:
+    """Run the whole training flow (Prefect): validate, preprocess, balance, train, evaluate, register, promote.
+
+    The data steps run on Dask when params ask for it (dask.workers, dask.address or
+    $MEDPIPE_DASK_ADDRESS); see docs/scaling.md.
+    """
+    import json
+    import sys
+
+    from pipeline.config import load_params
+
+    overrides = parse_overrides(set_)
+    config = load_params(params, overrides)  # fail fast on a bad params file, before Prefect starts
+    from flows.data import check_scheduler
+    from flows.training import training_flow
+
+    if data is not None and not data.is_dir():  # before any server starts
+        raise ConfigError(data, f"data folder not found (looked in {data.resolve().parent})")
+    check_scheduler(config.dask)  # and on a Dask scheduler that does not answer
+    from pipeline.watchdog import guard_descendants
+
+    # a killed run takes Prefect's temporary server (and any Dask cluster) with it, and its MLflow run is
+    # closed as KILLED at once (not only by the next command)
+    guard_descendants(then=[sys.executable, "-m", "pipeline.registry", "close-orphans", str(params.resolve()),
+                            json.dumps(overrides)])
+
+    state = training_flow(params_file=str(params), data=str(data) if data else None, overrides=overrides,
+                          resume=resume, force=force, return_state=True)
+    if state.is_failed():
+        err_console.print(f"error: {state.message}", markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+    _print_summary(state.result())
+
+
+def _print_summary(summary) -> None:
+    if not hasattr(summary, "run_id"):  # UpToDate: nothing was trained
+        console.print(summary.message(), soft_wrap=True)
+        return
+    table = Table(title=f"{summary.model_name} version {summary.version}", show_header=False)
+    table.add_row("MLflow run", summary.run_id)
+    table.add_row("data md5", summary.data_md5)
+    table.add_row("images (train/val/test)", "/".join(str(v) for v in summary.split_sizes.values()))
+    table.add_row("epochs", str(summary.epochs_run))
+    table.add_row("promotion", summary.promotion)
+    for key, value in summary.test_metrics.items():
+        table.add_row(f"test {key}", f"{value:.3f}")
+    console.print(table)
+    console.print(f"Model: models:/{summary.model_name}/{summary.version}")
+    console.print(f"Browse: {summary.ui_hint()}", soft_wrap=True)
+
+
+def validate(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv or a folder per class.")],
+             params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+             report_dir: Annotated[Optional[Path], typer.Option(help="Where the reports go "
+                                                                "(default: outputs/reports/<DATA name>).")] = None
+             ) -> None:
+    """Validate a data set with Great Expectations; exit 1 if any error check fails."""
+    from pipeline import validate as step
+    from pipeline.config import Workspace, load_params
+
+    p = load_params(params, parse_overrides(set_))
+    ws = Workspace.create(p, params, data)
+    report = step.run_step(p, ws, report_dir or ws.out / "reports" / ws.data_root.name)
+    for check in report.warnings:
+        err_console.print(f"warning: {check.name}: {'; '.join(check.unexpected[:3])}", markup=False, soft_wrap=True)
+    if not report.success:
+        raise step.failure(report, ws.data_root)
+    console.print(f"ok: {report.summary()}; report: {report.report_md}", soft_wrap=True)
+
+
+def stage(step: Annotated[StepName, typer.Argument(help="Which step to run.")],
+          params: ParamsOpt = Path("params.yaml"),
+          resume: Annotated[bool, typer.Option(metavar="", help="train: continue from the last checkpoint.")] = False) -> None:
+    """Run one step on its own, as the DVC stages of dvc.yaml do."""
+    from pipeline.config import Workspace, load_params
+    from pipeline.lock import project_lock
+    from pipeline.steps import step as declared
+
+    p = load_params(params)
+    ws = Workspace.create(p, params)
+    run_step = declared(step.value).run
+    with project_lock(ws.base, say=say):  # never under a running flow's feet
+        result = run_step(p, ws, resume=True) if resume and step.value == "train" else run_step(p, ws)
+    if step.value == "validate" and not result.success:
+        from pipeline.validate import failure
+
+        raise failure(result, ws.data_root)
+    console.print(f"{step.value}: done")
+
+
+def schedule(cron: Annotated[str, typer.Option(help='When to retrain, cron syntax in UTC, e.g. "0 2 * * 1" '
+                                               '(Mondays 02:00).')],
+             params: ParamsOpt = Path("params.yaml"),
+             name: Annotated[str, typer.Option(help="Deployment name.")] = "medpipe-retraining",
+             timezone: Annotated[str, typer.Option(help="Time zone of the cron expression.")] = "UTC") -> None:
+    """Serve the training-and-promotion flow on a cron schedule (a Prefect deployment; runs until stopped).
+
+    Each scheduled run trains only when data, params or code changed since the newest registered
+    version, and one run at a time. Needs a Prefect server: `make prefect-server`, then
+    PREFECT_API_URL=http://127.0.0.1:4200/api.
+    """
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.settings import get_current_settings
+
+    from pipeline.config import load_params
+
+    load_params(params)  # fail fast on a bad params file
+    if not get_current_settings().api.url:
+        raise ConfigError("PREFECT_API_URL", "scheduled runs need a Prefect server (the temporary one cannot "
+                          "schedule): run `make prefect-server` and export PREFECT_API_URL=http://127.0.0.1:4200/api")
+    from flows.training import training_flow
+
+    try:
+        when = CronSchedule(cron=cron, timezone=timezone)
+    except ValueError as err:
+        raise ConfigError("--cron", f"not a valid cron schedule: {cron!r} ({err.__class__.__name__})") from None
+    from pipeline.watchdog import guard_descendants
+
+    guard_descendants()  # runs it starts die with it
+    training_flow.serve(name=name, schedules=[when],
+                        parameters={"params_file": str(params.resolve())}, global_limit=1,
+                        description="medpipe scheduled retraining: skips when nothing changed, one run at a time")

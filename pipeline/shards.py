@@ -1,0 +1,75 @@
+"""The preprocess step's output as the later steps read it: uint8 `.npy` shards per split and meta.json."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def read_meta(folder: Path) -> dict:
+    """The shard folder's meta.json: key, classes, geometry, train mean/std, shard files per split."""
+    return json.loads((folder / "meta.json").read_text())
+
+
+def _npy_layout(path: Path) -> tuple[tuple[int, ...], int]:
+    """Shape and data offset of a C-ordered uint8 .npy file, from its header."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        if fortran or dtype != np.uint8:
+            raise ValueError(f"{path}: not a C-ordered uint8 shard")
+        return shape, f.tell()
+
+
+class Shards:
+    """One split's uint8 shards: any images by positioned file reads (no memory map, so a split of any
+    size never counts toward the process's memory), or the whole split at once."""
+
+    def __init__(self, folder: Path, split: str) -> None:
+        meta = read_meta(folder)
+        entry = meta["splits"][split]
+        self.files = [folder / f for f in entry["shards"]]
+        self.shape = (meta["size"], meta["size"], meta["channels"])
+        layouts = [_npy_layout(f) for f in self.files]
+        self.offsets = [offset for _, offset in layouts]
+        self.ends = np.cumsum([shape[0] for shape, _ in layouts], dtype=np.int64)
+        self.labels = np.load(folder / entry["labels"], allow_pickle=False)
+        self._fds: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_fds", {}).values():
+            os.close(fd)
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the whole split in memory."""
+        return len(self) * int(np.prod(self.shape))
+
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """The images at these positions, uint8 (len(index), size, size, channels)."""
+        index = np.asarray(index, dtype=np.int64)
+        row = int(np.prod(self.shape))
+        part = np.searchsorted(self.ends, index, side="right")
+        starts = np.concatenate([[0], self.ends[:-1]])
+        chunks = []
+        for p, i in zip(part.tolist(), (index - starts[part]).tolist()):
+            if p not in self._fds:
+                self._fds[p] = os.open(self.files[p], os.O_RDONLY)
+            chunks.append(os.pread(self._fds[p], row, self.offsets[p] + i * row))
+        return np.frombuffer(b"".join(chunks), dtype=np.uint8).reshape(len(index), *self.shape)
+
+    def read(self) -> np.ndarray:
+        """The whole split in memory, uint8."""
+        parts = [np.load(f, allow_pickle=False) for f in self.files]
+        return np.concatenate(parts) if parts else np.zeros((0, *self.shape), dtype=np.uint8)
+
+
+def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A whole split as model inputs: float32 (N, size, size, channels) in [0, 1], and integer labels."""
+    shards = Shards(folder, split)
+    return shards.read().astype(np.float32) / 255.0, shards.labels

@@ -1,0 +1,155 @@
+"""The steps, declared once: name → module, the params they read, what they read and write.
+
+The training flow (flows/training.py), `medpipe stage`, `medpipe reproduce` and dvc.yaml all come from
+this declaration. dvc.yaml is generated from it (`python -m pipeline.steps > dvc.yaml`, `make dvc-yaml`)
+with each stage's code dependencies derived from the imports of its module, transitively, so a change
+to any module a step runs makes `dvc repro` rerun it.
+"""
+
+import ast
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "pipeline"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the pipeline.
+
+    Attributes:
+        name: The step's name (task, DVC stage and `medpipe stage` argument).
+        module: The library module holding its `run_step(params, workspace)`.
+        params: The params.yaml keys it reads (DVC params: a section or a dotted key).
+        inputs: What it reads: `data` or earlier steps' outputs (paths relative to the project).
+        outputs: What it writes (relative to the project).
+        cached: Whether DVC caches its outputs (False: recorded in dvc.lock only).
+        metrics: A metrics file it writes (DVC metrics), if any.
+        note: A one-line comment for dvc.yaml.
+        files: Library files it runs without importing them (the models-from-code file it logs).
+    """
+
+    name: str
+    module: str
+    params: tuple[str, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    cached: bool = True
+    metrics: str | None = None
+    note: str = ""
+    files: tuple[str, ...] = ()
+
+    @property
+    def run(self) -> Callable[..., Any]:
+        """The step's `run_step` function (its module is imported on first use)."""
+        return importlib.import_module(f"{PACKAGE}.{self.module}").run_step
+
+    def code(self) -> list[str]:
+        """The library files this step runs: its module and every module it imports, transitively."""
+        return sorted({*code_deps(f"{PACKAGE}.{self.module}"), *self.files})
+
+
+STEPS: tuple[Step, ...] = (
+    Step("validate", "validate",
+         ("validate", "preprocess.split", "preprocess.seed", "preprocess.max_pixels", "preprocess.max_file_mb"),
+         ("data",), ("outputs/validate",), cached=False,
+         note="GX checks; also decides the leakage-proof split (outputs/validate/splits.csv)"),
+    Step("preprocess", "preprocess",
+         ("preprocess.size", "preprocess.color", "preprocess.fit", "preprocess.clahe", "preprocess.denoise",
+          "preprocess.shard_size", "validate.labels"),
+         ("data", "outputs/validate"), ("outputs/preprocess",)),
+    Step("balance", "balance", ("balance",), ("outputs/preprocess",), ("outputs/balance",)),
+    Step("train", "train", ("model", "train", "balance.augment", "preprocess.normalize"),
+         ("outputs/balance", "outputs/preprocess"), ("outputs/train",),
+         note="`medpipe stage train --resume` continues an interrupted run"),
+    Step("evaluate", "evaluate", ("evaluate", "validate.near_duplicates"),
+         ("outputs/preprocess", "outputs/train", "outputs/validate"), ("outputs/evaluate",), cached=False,
+         metrics="outputs/metrics.json"),
+    Step("register", "register", ("register",), ("outputs/train", "outputs/metrics.json"), ("outputs/register",),
+         cached=False, files=("pipeline/served_model.py",)),
+    Step("promote", "promote", ("promote",), ("outputs/register",), ("outputs/promote",), cached=False,
+         note="@champion only if it beats the current one (params promote)"),
+)
+
+
+def step(name: str) -> Step:
+    """The step called `name`.
+
+    Raises:
+        KeyError: No step has that name.
+    """
+    for s in STEPS:
+        if s.name == name:
+            return s
+    raise KeyError(name)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every medpipe module a source file imports, at module level or inside functions (dotted names).
+
+    Args:
+        path: A Python file of the project.
+
+    Returns:
+        Module names under `pipeline`, `flows` or `cli` (`from pipeline import x` counts as `pipeline.x`
+        when x is a module).
+    """
+    roots = (PACKAGE, "flows", "cli")
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] in roots)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in roots:
+            package = ROOT.joinpath(*node.module.split("."))
+            if package.is_dir():
+                found.update(f"{node.module}.{a.name}" for a in node.names
+                             if (package / f"{a.name}.py").exists() or (package / a.name).is_dir())
+            else:
+                found.add(node.module)
+    return found
+
+
+def module_file(module: str) -> Path:
+    """The source file of a medpipe module (`pipeline.validate` → pipeline/validate.py)."""
+    path = ROOT.joinpath(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def code_deps(module: str) -> list[str]:
+    """A module's file and the files of every library module it imports, transitively, sorted
+    (paths relative to the project; the package's `__init__.py` is left out)."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen or name == PACKAGE or not module_file(name).is_file():
+            continue
+        seen.add(name)
+        todo.extend(m for m in imports_of(module_file(name)) if m.split(".")[0] == PACKAGE)
+    return sorted(module_file(m).relative_to(ROOT).as_posix() for m in seen)
+
+
+def dvc_yaml() -> str:
+    """dvc.yaml's text for the declared steps (what `make dvc-yaml` writes)."""
+    out = ["# Generated from pipeline/steps.py by `make dvc-yaml`: edit the declaration there, not this file.",
+           "# The training flow's steps as DVC stages: `dvc repro` runs the same functions as `medpipe run`.",
+           "stages:"]
+    for s in STEPS:
+        out.append(f"  {s.name}:" + (f"  # {s.note}" if s.note else ""))
+        out.append(f"    cmd: medpipe stage {s.name}")
+        out.append("    deps:")
+        out.extend(f"      - {d}" for d in (*s.inputs, *s.code()))
+        out.append("    params:")
+        out.extend(f"      - {p}" for p in s.params)
+        out.append("    outs:")
+        for o in s.outputs:
+            out.extend([f"      - {o}:", "          cache: false"] if not s.cached else [f"      - {o}"])
+        if s.metrics:
+            out.extend(["    metrics:", f"      - {s.metrics}:", "          cache: false"])
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":  # python -m pipeline.steps > dvc.yaml
+    print(dvc_yaml(), end="")
