@@ -31,7 +31,7 @@ def data_scan(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv
               workers: Annotated[Optional[int], typer.Option(help="Processes (default: all cores).")] = None) -> None:
     """Scan every image: sha256, size, channels, bit depth, intensity, blur, readable (incremental)."""
     from pipeline.data import discover
-    from pipeline.scan import scan
+    from pipeline.scan import label_summary, scan
 
     manifest, empty = discover(data)
     table = scan(data, manifest["path"].tolist(), cache=out, workers=workers, progress=console.is_terminal)
@@ -39,11 +39,8 @@ def data_scan(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv
     summary = Table(title=f"{data}: {len(table)} images", show_header=True)
     for column in ("label", "images", "unreadable", "sizes (w x h)", "mean std", "min blur"):
         summary.add_column(column)
-    for label, group in table.groupby("label"):
-        ok = group[group["readable"].astype(bool)]
-        sizes = ", ".join(sorted({f"{w}x{h}" for w, h in zip(ok["width"], ok["height"])})[:3])
-        summary.add_row(str(label), str(len(group)), str(len(group) - len(ok)), sizes,
-                        f"{ok['std'].mean():.1f}" if len(ok) else "-", f"{ok['blur'].min():.1f}" if len(ok) else "-")
+    for row in label_summary(table):
+        summary.add_row(*row)
     console.print(summary)
     for folder in empty:
         err_console.print(f"warning: {data / folder}: empty class folder")

@@ -30,7 +30,7 @@ def explain(image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG or
     net, classes, version = load_registered(model or model_uri(p.register_), p.register_, params.resolve().parent)
     x = load_image(image, input_params(net, p.preprocess))
     cam, proba = grad_cam(net, x)
-    names = classes or [str(i) for i in range(len(proba))]
+    names = classes
     top = int(proba.argmax())
     cv2.imwrite(str(out), captioned(overlay(x, cam), [image.name, f"predicted: {names[top]} (p = {proba[top]:.2f})"]))
     print(json.dumps({"model": model or model_uri(p.register_), "version": version, "predictions": [
@@ -47,20 +47,14 @@ def predict(images: Annotated[list[Path], typer.Argument(help="Image files (PNG,
     """Classify images with a registered model; print JSON: label and class probabilities per image."""
     import json
 
-    import numpy as np
-
     from pipeline.config import load_params
-    from pipeline.preprocess import prepare_image
     from pipeline.registry import load_classifier, model_uri
+    from pipeline.serving import predict_files
 
     p = load_params(params)
     model = model or model_uri(p.register_)
     classifier, version = load_classifier(model, p.register_, params.resolve().parent, p.preprocess)
-    x = np.stack([prepare_image(path, classifier.pp) for path in images]).astype(np.float32) / 255.0
-    proba = np.asarray(classifier.model.predict(x, verbose=0), dtype=np.float64)
-    rows = [{"image": str(path), "label": classifier.classes[int(pr.argmax())],
-             "probabilities": {c: round(float(v), 4) for c, v in zip(classifier.classes, pr)}}
-            for path, pr in zip(images, proba)]
+    rows = predict_files(classifier, images)
     print(json.dumps({"model": model, "version": version, "predictions": rows}, indent=2))
 
 
@@ -81,7 +75,7 @@ def label_suggest(images: Annotated[Path, typer.Option(help="Folder of unlabelle
     p = load_params(params)
     net, classes, version = load_registered(model or model_uri(p.register_), p.register_, params.resolve().parent)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table = suggest(net, classes or [str(i) for i in range(net.output_shape[-1])], files, images,
+    table = suggest(net, classes, files, images,
                     out.with_name(out.stem + "_gradcam"), p.preprocess)
     table.to_csv(out, index=False, float_format="%.4f")
     console.print(f"{len(table)} images, model version {version}; review queue (least certain first): {out}")

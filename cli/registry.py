@@ -15,23 +15,11 @@ def promote(version: Annotated[int, typer.Option(help="Model version to gate.")]
 
     Waits for a running medpipe run of this project; prepares the test split first if the data changed.
     """
-    from pipeline import preprocess as prep
-    from pipeline import promote as gate
-    from pipeline import validate as check
     from pipeline.config import Workspace, load_params
-    from pipeline.lock import project_lock
-    from pipeline.registry import close_orphaned_runs
+    from pipeline.promote import gate_version
 
     p = load_params(params)
-    ws = Workspace.create(p, params)
-    with project_lock(ws.base, say=say):
-        close_orphaned_runs(p.register_, ws.base, say=say)
-        report = check.run_step(p, ws)  # the current data's test split (both steps are cached)
-        if not report.success:
-            raise check.failure(report, ws.data_root)
-        prep.run_step(p, ws)
-        decision = gate.promote(p, ws, version, force)
-        gate.write_decision(decision, ws)
+    decision = gate_version(p, Workspace.create(p, params), version, force, say=say)
     console.print(f"version {version}: {decision.alias}" + (" (forced)" if decision.forced else "")
                   + f" — {'; '.join(decision.reasons)}; aliases {decision.aliases}", soft_wrap=True)
 

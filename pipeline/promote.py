@@ -301,3 +301,35 @@ def write_decision(decision: Decision, ws: Workspace) -> None:
     from pipeline.outputs import write_text
 
     write_text(ws.step_dir("promote") / "decision.json", json.dumps(asdict(decision), indent=2) + "\n")
+
+
+def gate_version(params: Params, ws: Workspace, version: int, force: bool = False, say=print) -> Decision:
+    """`medpipe promote`: under the project lock, close runs a killed process left RUNNING, bring the test
+    split up to date (validate and preprocess, both cached when nothing changed) and gate `version`.
+
+    Args:
+        params: The project's params.
+        ws: Its workspace.
+        version: The registered version to gate.
+        force: Make it champion whatever the gate says.
+        say: Where waiting and clean-up messages go.
+
+    Returns:
+        The decision (also written to outputs/promote).
+
+    Raises:
+        DataError: The current data fail validation.
+    """
+    from pipeline import preprocess, validate
+    from pipeline.lock import project_lock
+    from pipeline.registry import close_orphaned_runs
+
+    with project_lock(ws.base, say=say):
+        close_orphaned_runs(params.register_, ws.base, say=say)
+        report = validate.run_step(params, ws)
+        if not report.success:
+            raise validate.failure(report, ws.data_root)
+        preprocess.run_step(params, ws)
+        decision = promote(params, ws, version, force)
+        write_decision(decision, ws)
+    return decision

@@ -169,7 +169,8 @@ def _load_folder(folder: Path, version, pp: PreprocessParams):
 
 
 def load_registered(uri: str, reg: RegisterParams, base: Path):
-    """A registered version's Keras model, class names and version number (loaded as load_classifier does)."""
+    """A registered version's Keras model, class names (never empty: versions without names get "0", "1", ...)
+    and version number (loaded as load_classifier does)."""
     classifier, number = load_classifier(uri, reg, base, PreprocessParams())
     return classifier.model, classifier.classes, number
 

@@ -241,3 +241,22 @@ def duplicate_pairs(root: Path, threshold: int, cache: Path | None = None) -> "p
     pairs = pd.DataFrame({"group": paths[groups.group[i]] if len(i) else [], "path_a": paths[i],
                           "label_a": labels[i], "path_b": paths[j], "label_b": labels[j], "distance": d})
     return pairs.sort_values(["group", "distance", "path_a", "path_b"], ignore_index=True)
+
+
+def label_summary(table: "pd.DataFrame") -> list[list[str]]:
+    """Rows of `medpipe data scan`'s table: per label, images, unreadable ones, the first three sizes,
+    mean intensity std and the least blur score (of the readable images).
+
+    Args:
+        table: A scan table with a `label` column.
+
+    Returns:
+        One row of display strings per label, sorted by label.
+    """
+    rows = []
+    for label, group in table.groupby("label"):
+        ok = group[group["readable"].astype(bool)]
+        sizes = ", ".join(sorted({f"{w}x{h}" for w, h in zip(ok["width"], ok["height"])})[:3])
+        rows.append([str(label), str(len(group)), str(len(group) - len(ok)), sizes,
+                     f"{ok['std'].mean():.1f}" if len(ok) else "-", f"{ok['blur'].min():.1f}" if len(ok) else "-"])
+    return rows

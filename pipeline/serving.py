@@ -159,3 +159,23 @@ def log_pyfunc(keras_path: Path, classes: list[str], pp: PreprocessParams, examp
                                    artifacts={"keras_model": str(keras_path), "config": str(config)},
                                    code_paths=[str(Path(__file__).parent)], signature=signature,
                                    input_example=pd.DataFrame({INPUT_COLUMN: [example]}), **kwargs)
+
+
+def predict_files(classifier, paths: list[Path]) -> list[dict]:
+    """What `medpipe predict` prints per image: label and class probabilities (4 places), each file through
+    the classifier's own preprocessing.
+
+    Args:
+        classifier: A loaded classifier (`registry.load_classifier`): `.model`, `.classes`, `.pp`.
+        paths: Image files (PNG, JPEG or DICOM).
+
+    Returns:
+        One `{"image", "label", "probabilities"}` dict per file, in order.
+    """
+    from pipeline.preprocess import prepare_image
+
+    x = np.stack([prepare_image(path, classifier.pp) for path in paths]).astype(np.float32) / 255.0
+    proba = np.asarray(classifier.model.predict(x, verbose=0), dtype=np.float64)
+    return [{"image": str(path), "label": classifier.classes[int(pr.argmax())],
+             "probabilities": {c: round(float(v), 4) for c, v in zip(classifier.classes, pr)}}
+            for path, pr in zip(paths, proba)]

@@ -42,7 +42,8 @@ def tiny_project(root: Path, tiny_data: Path) -> None:
     init_repo(root)
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("pipeline", "cli"):  # the code `medpipe reproduce` rebuilds with (git archive of the commit)
+        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(tiny_data, root / "data")
     write_params(root)
     sh(root, str(BIN / "dvc"), "add", "-q", "data")

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 from pipeline.errors import MedpipeError
-from pipeline.reproduce import checkout
+from pipeline.reproduce import checkout, training_steps
 
 
 @pytest.fixture
@@ -36,3 +36,9 @@ def test_checkout_archives_a_full_commit_id(repo, tmp_path):
     with pytest.raises(MedpipeError, match="no DVC pointer"):  # past git archive, which wrote the commit's files
         checkout(repo, full, "md5", tmp_path / "into", "data")
     assert (tmp_path / "into" / "a.txt").read_text() == "a\n"
+
+
+def test_the_rebuilt_steps_are_the_commits_own_stages_up_to_evaluation(tmp_path):
+    (tmp_path / "dvc.yaml").write_text("stages:\n  validate: {cmd: a}\n  clean: {cmd: b}\n  evaluate: {cmd: c}\n"
+                                       "  register: {cmd: d}\n")
+    assert training_steps(tmp_path / "dvc.yaml") == ["validate", "clean", "evaluate"]

@@ -44,3 +44,19 @@ def test_predict_table_has_labels_and_probabilities(tiny_data):
     assert list(table.columns) == ["label", "normal", "nodule", "effusion"] and len(table) == 4
     assert np.allclose(table[["normal", "nodule", "effusion"]].sum(axis=1), 1, atol=1e-5)
     assert (table["label"] == table[["normal", "nodule", "effusion"]].idxmax(axis=1)).all()
+
+
+def test_predict_files_gives_what_the_table_gives_for_the_same_files(tiny_data):
+    from types import SimpleNamespace
+
+    from pipeline.serving import predict_files
+
+    model = build_model(ModelParams(), (32, 32, 1), 3)
+    classes = ["normal", "nodule", "effusion"]
+    files = sorted((tiny_data / "images").rglob("*.png"))[:3]
+    rows = predict_files(SimpleNamespace(model=model, classes=classes, pp=PP), files)
+    table = predict_table(model, classes, [f.read_bytes() for f in files], PP)
+    assert [r["image"] for r in rows] == [str(f) for f in files]
+    assert [r["label"] for r in rows] == table["label"].tolist()
+    for row, (_, expected) in zip(rows, table.iterrows()):
+        assert row["probabilities"] == {c: round(float(expected[c]), 4) for c in classes}
