@@ -1,5 +1,7 @@
 """What every command shares: the consoles, the --params and --set options, and the typer apps."""
 
+import logging
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -30,6 +32,17 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
             raise ConfigError("--set", f"expected KEY=VALUE, got {pair!r}")
         out[key.strip()] = value.strip()
     return out
+
+
+def show_library_log() -> None:
+    """Print the library's INFO messages (epoch lines, registrations) on stdout, as a DVC stage shows them."""
+    logger = logging.getLogger("pipeline")
+    if not any(getattr(h, "medpipe_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.medpipe_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def say(message: str) -> None:

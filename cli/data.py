@@ -89,11 +89,11 @@ def data_import_npz(source: Annotated[Path, typer.Argument(help="MedMNIST-style 
     from pipeline.data import import_npz
 
     names = [n.strip() for n in labels.split(",")] if labels else None
-    manifest = import_npz(source, out, names, drop_duplicates)
+    manifest, dropped = import_npz(source, out, names, drop_duplicates)
     counts = manifest.groupby(["split", "label"]).size().to_dict()
     console.print(f"wrote {len(manifest)} images to {out}: {counts}")
-    if manifest.attrs["dropped"]:
-        console.print(f"left out {manifest.attrs['dropped']} val/test image(s) already present in an earlier split")
+    if dropped:
+        console.print(f"left out {dropped} val/test image(s) already present in an earlier split")
     names = ", ".join(names or sorted(set(manifest["label"])))
     console.print(f"train on it: medpipe run --data {out} --set 'validate.labels=[{names}]'", soft_wrap=True,
                   markup=False)

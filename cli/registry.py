@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.common import ParamsOpt, console, say
+from cli.common import ParamsOpt, console, say, show_library_log
 
 
 def promote(version: Annotated[int, typer.Option(help="Model version to gate.")],
@@ -18,6 +18,7 @@ def promote(version: Annotated[int, typer.Option(help="Model version to gate.")]
     from pipeline.config import Workspace, load_params
     from pipeline.promote import gate_version
 
+    show_library_log()
     p = load_params(params)
     decision = gate_version(p, Workspace.create(p, params), version, force, say=say)
     console.print(f"version {version}: {decision.alias}" + (" (forced)" if decision.forced else "")
@@ -30,6 +31,7 @@ def rollback(params: ParamsOpt = Path("params.yaml")) -> None:
     from pipeline.config import Workspace, load_params
     from pipeline.lock import project_lock
 
+    show_library_log()
     p = load_params(params)
     ws = Workspace.create(p, params)
     with project_lock(ws.base, say=say):

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cli.common import ParamsOpt, SetOpt, console, err_console, parse_overrides, say
+from cli.common import ParamsOpt, SetOpt, console, err_console, parse_overrides, say, show_library_log
 from pipeline.errors import ConfigError
 from pipeline.steps import STEPS
 
@@ -99,6 +99,7 @@ def stage(step: Annotated[StepName, typer.Argument(help="Which step to run.")],
     from pipeline.lock import project_lock
     from pipeline.steps import step as declared
 
+    show_library_log()  # epoch lines, registrations: what a DVC stage prints
     p = load_params(params)
     ws = Workspace.create(p, params)
     run_step = declared(step.value).run

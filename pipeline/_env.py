@@ -16,6 +16,9 @@ OFFLINE_DEFAULTS: dict[str, str] = {
     # for formats whose header medpipe does not read (BMP, TIFF, WebP...). 2**28 = 16384^2 (OpenCV: 2**30);
     # raise it with preprocess.max_pixels beyond that.
     "OPENCV_IO_MAX_IMAGE_PIXELS": str(2**28),
+    # The library logs through logging.getLogger("pipeline.<module>"); Prefect shows those loggers in its
+    # console and UI when they are its extra loggers (read when Prefect is first imported).
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "pipeline",
 }
 
 

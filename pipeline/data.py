@@ -8,6 +8,7 @@ in `data.dvc` stays stable.
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -197,12 +198,20 @@ def discover(root: Path) -> tuple[pd.DataFrame, list[str]]:
     return manifest, empty
 
 
+class NpzImport(NamedTuple):
+    """What `import_npz` wrote: the manifest (path, label, patient_id, split) and how many val/test
+    images it left out as copies of an earlier split's."""
+
+    manifest: pd.DataFrame
+    dropped: int
+
+
 def import_npz(source: Path, out: Path, labels: list[str] | None = None,
-               drop_duplicates: bool = False) -> pd.DataFrame:
+               drop_duplicates: bool = False) -> NpzImport:
     """Turn a MedMNIST-style npz (`{train,val,test}_{images,labels}`) into PNGs + a manifest with splits.
 
     With `drop_duplicates`, a val or test image whose pixels already appear in an earlier split is
-    left out (validation would otherwise stop on it as leakage); `manifest.attrs["dropped"]` counts them.
+    left out (validation would otherwise stop on it as leakage); `dropped` counts them.
 
     Raises:
         ConfigError: a class name cannot be a folder name inside `out` (see `check_label_names`).
@@ -229,9 +238,8 @@ def import_npz(source: Path, out: Path, labels: list[str] | None = None,
             rows += [r for r, k in zip(_write_split(images, ys, split, out, labels, keep), keep) if k]
             seen.update(digests)
     manifest = pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "split"])
-    manifest.attrs["dropped"] = dropped
     manifest.to_csv(out / MANIFEST, index=False, lineterminator="\n")
-    return manifest
+    return NpzImport(manifest, dropped)
 
 
 def check_label_names(labels: list[str], out: Path) -> None:

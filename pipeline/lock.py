@@ -1,17 +1,20 @@
 """One medpipe run at a time per project: an OS file lock held for the whole flow."""
 
 import fcntl
+import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 LOCK_FILE = ".medpipe.lock"
 
 
 @contextmanager
-def project_lock(base: Path, poll_s: float = 1.0, say=print) -> Iterator[None]:
+def project_lock(base: Path, poll_s: float = 1.0, say: Callable[[str], None] = log.info) -> Iterator[None]:
     """Hold `<base>/.medpipe.lock` exclusively, waiting while another run holds it.
 
     The OS releases it when its holder exits, even on a crash or kill, so a dead run never blocks

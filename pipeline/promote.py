@@ -8,12 +8,16 @@ rollback target (@previous) exists. Callers hold the project lock (pipeline.lock
 """
 
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from pipeline.config import LOWER_IS_BETTER, Params, PromoteParams, Workspace
 from pipeline.errors import MedpipeError
+
+log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 JOURNAL = "medpipe.alias_journal"
@@ -168,7 +172,7 @@ def _execute(client, name: str, plan: dict) -> None:
         client.set_model_version_tag(name, str(version), "medpipe.aliases", ",".join(mine) or "none")
 
 
-def recover(client, name: str, say=print) -> bool:
+def recover(client, name: str, say: Callable[[str], None] = log.info) -> bool:
     """Finish an alias change a crash interrupted (the journal on the registered model); True if one was."""
     from mlflow.exceptions import MlflowException
 
@@ -213,10 +217,14 @@ def promote(params: Params, ws: Workspace, version: int, force: bool = False) ->
         The decision, with the aliases after it.
     """
     import mlflow
-
     from pipeline import faults
-    from pipeline.registry import (PENDING, is_complete, setup_tracking, signature_conflict,
-                                   version_signature)
+    from pipeline.registry import (
+        PENDING,
+        is_complete,
+        setup_tracking,
+        signature_conflict,
+        version_signature,
+    )
 
     setup_tracking(params.register_, ws.base)
     client, name = mlflow.MlflowClient(), params.register_.model_name
@@ -266,7 +274,6 @@ def promote(params: Params, ws: Workspace, version: int, force: bool = False) ->
 def rollback(params: Params, ws: Workspace) -> dict[str, int]:
     """champion <- previous (and previous <- the demoted champion, so a second rollback undoes it)."""
     import mlflow
-
     from pipeline.registry import setup_tracking
 
     setup_tracking(params.register_, ws.base)
@@ -303,7 +310,8 @@ def write_decision(decision: Decision, ws: Workspace) -> None:
     write_text(ws.step_dir("promote") / "decision.json", json.dumps(asdict(decision), indent=2) + "\n")
 
 
-def gate_version(params: Params, ws: Workspace, version: int, force: bool = False, say=print) -> Decision:
+def gate_version(params: Params, ws: Workspace, version: int, force: bool = False,
+                 say: Callable[[str], None] = log.info) -> Decision:
     """`medpipe promote`: under the project lock, close runs a killed process left RUNNING, bring the test
     split up to date (validate and preprocess, both cached when nothing changed) and gate `version`.
 

@@ -2,10 +2,19 @@
 no pickle) and create a registry version carrying every lineage and metric tag in one call."""
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 
 from pipeline.config import Params, Workspace
-from pipeline.registry import PENDING, file_sha256, owner_tags, setup_tracking, task_signature
+from pipeline.registry import (
+    PENDING,
+    file_sha256,
+    owner_tags,
+    setup_tracking,
+    task_signature,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,12 +57,12 @@ def register_model(params: Params, ws: Workspace, run_id: str, tags: dict[str, s
     half-tagged one, and an ungated version is finished (gated) by the next run.
     """
     import cv2
-    import mlflow
     from mlflow.exceptions import MlflowException
 
+    import mlflow
     from pipeline import faults
-    from pipeline.shards import Shards, read_meta
     from pipeline.serving import log_pyfunc
+    from pipeline.shards import Shards, read_meta
 
     reg, meta = params.register_, read_meta(ws.out / "preprocess")
     setup_tracking(reg, ws.base)
@@ -74,7 +83,7 @@ def register_model(params: Params, ws: Workspace, run_id: str, tags: dict[str, s
     mv = client.create_model_version(reg.model_name, source=info.model_uri, run_id=run_id, tags=tags,
                                      description=describe(params, meta, tags), model_id=info.model_id)
     version = int(mv.version)
-    print(f"Created version {version} of {reg.model_name} (pending the promotion gate)")
+    log.info("Created version %s of %s (pending the promotion gate)", version, reg.model_name)
     faults.point("register.created")
     return RegisterResult(reg.model_name, version, run_id, f"models:/{reg.model_name}/{version}")
 
@@ -82,7 +91,6 @@ def register_model(params: Params, ws: Workspace, run_id: str, tags: dict[str, s
 def run_step(params: Params, ws: Workspace) -> RegisterResult:
     """Register the trained model with the lineage and metric tags of its run."""
     import mlflow
-
     from pipeline.outputs import write_text
     from pipeline.shards import read_meta
 

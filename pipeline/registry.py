@@ -1,11 +1,15 @@
 """MLflow tracking and the model registry: where runs go, and registering trained models."""
 
 import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 from pipeline import _env
 from pipeline.config import Params, PreprocessParams, RegisterParams, Workspace
+
+log = logging.getLogger(__name__)
 
 
 def tracking_uri(reg: RegisterParams, base: Path) -> str:
@@ -94,9 +98,9 @@ def file_sha256(*paths: Path) -> str:
 def find_version(uri: str, reg: RegisterParams, base: Path):
     """The registry's ModelVersion for `models:/NAME/VERSION`, `models:/NAME@ALIAS` or `models:/NAME/latest`
     (the newest complete version)."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
+    import mlflow
     from pipeline.errors import MedpipeError
 
     setup_tracking(reg, base)
@@ -198,7 +202,7 @@ def owner_tags() -> dict[str, str]:
             "medpipe.pid_start": _start_time(os.getpid()) or ""}
 
 
-def close_orphaned_runs(reg: RegisterParams, base: Path, say=print) -> list[str]:
+def close_orphaned_runs(reg: RegisterParams, base: Path, say: Callable[[str], None] = log.info) -> list[str]:
     """Mark as KILLED the RUNNING runs of this experiment whose process (on this host) is gone.
 
     A run killed with SIGKILL cannot end itself; the next medpipe command on the same host does.
@@ -231,9 +235,9 @@ def check_task(params: Params, ws: Workspace) -> None:
     Raises:
         ConfigError: naming `register.model_name`, both class lists and what to do.
     """
-    import mlflow
     from mlflow.exceptions import MlflowException
 
+    import mlflow
     from pipeline.errors import ConfigError
 
     setup_tracking(params.register_, ws.base)

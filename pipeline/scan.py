@@ -124,8 +124,12 @@ def scan_file(root: Path, rel: str, salt: bytes, max_pixels: int = DEFAULT_MAX_P
 def scan_chunk(args: tuple) -> list[ScanRow]:
     """Scan a run of files, (root, relative paths, salt[, max_pixels, max_bytes]): one unit of parallel work."""
     root, rels, salt, *caps = args
-    cv2.setNumThreads(1)  # one process per core already
-    return [scan_file(root, rel, salt, *caps) for rel in rels]
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # one process per core already; the caller's setting comes back afterwards
+    try:
+        return [scan_file(root, rel, salt, *caps) for rel in rels]
+    finally:
+        cv2.setNumThreads(before)
 
 
 def _unchanged(cached: "pd.DataFrame", root: Path, rels: list[str]) -> "pd.DataFrame":

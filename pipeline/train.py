@@ -7,6 +7,7 @@ sees exactly the batches the uninterrupted run saw.
 
 import hashlib
 import json
+import logging
 import math
 import random
 import shutil
@@ -18,15 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import faults
 from pipeline.augment import augment_batch, augments
 from pipeline.balance import load_balance, load_plan
 from pipeline.config import AugmentParams, Params, TrainParams, Workspace
-from pipeline.metrics import macro_roc_auc
 from pipeline.lineage import lineage_tags, weights_sha256
-from pipeline.shards import Shards, read_meta
-from pipeline import faults
+from pipeline.metrics import macro_roc_auc
 from pipeline.outputs import replace_dir, swap_in
 from pipeline.registry import owner_tags, setup_tracking
+from pipeline.shards import Shards, read_meta
+
+log = logging.getLogger(__name__)
 
 CURVES = ("loss", "accuracy", "val_loss", "val_accuracy", "val_roc_auc", "lr")
 
@@ -244,6 +247,7 @@ def epoch_monitor(val: tuple[np.ndarray, np.ndarray], tp: TrainParams, progress:
     """Keras callback: validation metrics, early stopping, a checkpoint, MLflow curves, after each epoch;
     the best epoch's weights restored at the end."""
     import keras
+
     import mlflow
 
     class EpochMonitor(keras.callbacks.Callback):
@@ -257,7 +261,7 @@ def epoch_monitor(val: tuple[np.ndarray, np.ndarray], tp: TrainParams, progress:
             faults.point("train.epoch")
             mlflow.log_metrics({f"train_{k}" if k in ("loss", "accuracy") else k: float(logs[k]) for k in CURVES},
                                step=epoch)
-            print(epoch_line(epoch, tp.epochs, logs, improved), flush=True)  # DVC stages and the Prefect task log
+            log.info(epoch_line(epoch, tp.epochs, logs, improved))  # DVC stages and the Prefect task log
 
         def on_train_end(self, logs: dict | None = None) -> None:
             if progress.best_epoch >= 0:
@@ -310,7 +314,6 @@ def dropped_count(report: dict) -> int:
 def start_run(params: Params, ws: Workspace, progress: Progress):
     """Open a new MLflow run with lineage tags and params, or reopen the resumed one (an ActiveRun)."""
     import mlflow
-
     from pipeline.redact import redact_params
 
     experiment = setup_tracking(params.register_, ws.base)

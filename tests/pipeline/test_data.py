@@ -79,7 +79,7 @@ def test_import_npz_keeps_splits_labels_and_pixels(tmp_path, label_shape, rgb):
         arrays[f"{split}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
         arrays[f"{split}_labels"] = (np.arange(n) % 2).astype(np.uint8).reshape(label_shape)
     np.savez(tmp_path / "m.npz", **arrays)
-    manifest = import_npz(tmp_path / "m.npz", tmp_path / "out", labels=["malignant", "benign"])
+    manifest = import_npz(tmp_path / "m.npz", tmp_path / "out", labels=["malignant", "benign"]).manifest
     assert manifest["split"].value_counts().to_dict() == {"train": 6, "test": 3, "val": 2}
     assert manifest["label"][:2].tolist() == ["malignant", "benign"]
     first = cv2.imread(str(tmp_path / "out" / manifest["path"][0]), cv2.IMREAD_UNCHANGED)
@@ -127,6 +127,6 @@ def test_import_npz_refuses_to_write_through_a_symlink_out_of_out(tmp_path, labe
 
 def test_import_npz_writes_only_inside_out(tmp_path):
     out = tmp_path / "out"
-    manifest = import_npz(_two_class_npz(tmp_path / "m.npz"), out, labels=["neg", "pos"])
+    manifest = import_npz(_two_class_npz(tmp_path / "m.npz"), out, labels=["neg", "pos"]).manifest
     assert all((out / rel).resolve().is_relative_to(out.resolve()) for rel in manifest["path"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "out"]
