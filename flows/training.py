@@ -10,8 +10,8 @@ from prefect.states import Failed
 from flows.data import run_on_dask
 from flows.promotion import promotion_flow
 from pipeline import lineage, preprocess, promote, registry, train, validate
-from pipeline.errors import DataError, MedpipeError
 from pipeline.config import Params, Workspace, load_params
+from pipeline.errors import DataError, MedpipeError
 from pipeline.lock import project_lock
 from pipeline.steps import step
 from pipeline.summary import TrainingSummary, UpToDate

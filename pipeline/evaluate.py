@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Params, Workspace
+from pipeline.metrics import bootstrap_ci, classification_metrics, per_class_metrics, threshold_metrics
 from pipeline.outputs import replace_dir, write_text
 from pipeline.shards import Shards, read_meta
-from pipeline.metrics import bootstrap_ci, classification_metrics, per_class_metrics, threshold_metrics
 
 
 @dataclass(frozen=True)

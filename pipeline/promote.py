@@ -215,8 +215,7 @@ def promote(params: Params, ws: Workspace, version: int, force: bool = False) ->
     import mlflow
 
     from pipeline import faults
-    from pipeline.registry import (PENDING, is_complete, setup_tracking, signature_conflict,
-                                   version_signature)
+    from pipeline.registry import PENDING, is_complete, setup_tracking, signature_conflict, version_signature
 
     setup_tracking(params.register_, ws.base)
     client, name = mlflow.MlflowClient(), params.register_.model_name

@@ -52,8 +52,8 @@ def register_model(params: Params, ws: Workspace, run_id: str, tags: dict[str, s
     from mlflow.exceptions import MlflowException
 
     from pipeline import faults
-    from pipeline.shards import Shards, read_meta
     from pipeline.serving import log_pyfunc
+    from pipeline.shards import Shards, read_meta
 
     reg, meta = params.register_, read_meta(ws.out / "preprocess")
     setup_tracking(reg, ws.base)

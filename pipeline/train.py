@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import faults
 from pipeline.augment import augment_batch, augments
 from pipeline.balance import load_balance, load_plan
 from pipeline.config import AugmentParams, Params, TrainParams, Workspace
-from pipeline.metrics import macro_roc_auc
 from pipeline.lineage import lineage_tags, weights_sha256
-from pipeline.shards import Shards, read_meta
-from pipeline import faults
+from pipeline.metrics import macro_roc_auc
 from pipeline.outputs import replace_dir, swap_in
 from pipeline.registry import owner_tags, setup_tracking
+from pipeline.shards import Shards, read_meta
 
 CURVES = ("loss", "accuracy", "val_loss", "val_accuracy", "val_roc_auc", "lr")
 

@@ -20,8 +20,8 @@ from pipeline.errors import DataError
 from pipeline.limits import MB
 from pipeline.near_duplicates import find_groups, hamming, nearest_distances, to_words
 from pipeline.outputs import replace_dir
-from pipeline.split import SPLITS, assign_splits
 from pipeline.scan import Mapper, inside_root, scan
+from pipeline.split import SPLITS, assign_splits
 
 
 @dataclass
@@ -252,8 +252,11 @@ def _offenders(result: dict, frame: pd.DataFrame, key: str) -> list[str]:
 def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, tuple[str, str, list]]) -> list[Check]:
     """Run each suite on its frame with a GX Checkpoint; return one Check per expectation."""
     import great_expectations as gx
-    from great_expectations.data_context.types.base import (DataContextConfig, InMemoryStoreBackendDefaults,
-                                                            ProgressBarsConfig)
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
 
     config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(), analytics_enabled=False,
                                progress_bars=ProgressBarsConfig(globally=False))
@@ -368,7 +371,7 @@ def _near_html(near: dict, root: Path | None) -> str:
                      "</p><p>Near copies sit left of the threshold; distinct images to its right.</p>")
     for group in near["cross_split_groups"]:
         cells = "".join(
-            f"<figure style='display:inline-block;margin:.4em;vertical-align:top'>"
+            "<figure style='display:inline-block;margin:.4em;vertical-align:top'>"
             + (f"<img src='{_thumbnail(root, m['path'])}' alt=''>" if root is not None else "")
             + f"<figcaption>{escape(m['path'])}<br>{escape(m['label'])} · {escape(m['split'])} · distance "
               f"{m['distance']}</figcaption></figure>" for m in group)
