@@ -1,7 +1,7 @@
 """`medpipe data ...`: build, inspect and version data sets (DVC)."""
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -28,7 +28,7 @@ def data_synth(out: Annotated[Path, typer.Option(help="Folder to write images an
 def data_scan(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv or a folder per class.")],
               out: Annotated[Path, typer.Option(help="CSV to write (also the cache for the next scan).")]
               = Path("outputs/scan.csv"),
-              workers: Annotated[Optional[int], typer.Option(help="Processes (default: all cores).")] = None) -> None:
+              workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None) -> None:
     """Scan every image: sha256, size, channels, bit depth, intensity, blur, readable (incremental)."""
     from pipeline.data import discover
     from pipeline.scan import scan
@@ -53,9 +53,9 @@ def data_scan(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv
 
 
 def data_duplicates(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv or a folder per class.")],
-                    threshold: Annotated[Optional[int], typer.Option(min=0, max=63, help="Largest Hamming distance "
-                                                                     "(of 256 bits) of a near copy (default: params "
-                                                                     "validate.near_duplicates.threshold).")] = None,
+                    threshold: Annotated[int | None, typer.Option(min=0, max=63, help="Largest Hamming distance "
+                                                                  "(of 256 bits) of a near copy (default: params "
+                                                                  "validate.near_duplicates.threshold).")] = None,
                     out: Annotated[Path, typer.Option(help="CSV of the pairs.")] = Path("outputs/duplicates.csv"),
                     cache: Annotated[Path, typer.Option(help="Scan cache (incremental).")]
                     = Path("outputs/cache/scan.csv"), params: ParamsOpt = Path("params.yaml")) -> None:
@@ -82,8 +82,8 @@ def data_duplicates(data: Annotated[Path, typer.Argument(help="Data root: manife
 
 def data_import_npz(source: Annotated[Path, typer.Argument(help="MedMNIST-style .npz file.")],
                     out: Annotated[Path, typer.Option(help="Folder for the PNGs and manifest.csv.")],
-                    labels: Annotated[Optional[str], typer.Option(help="Class names in label order, "
-                                                                  "comma-separated (default class_0, class_1, ...).")]
+                    labels: Annotated[str | None, typer.Option(help="Class names in label order, "
+                                                               "comma-separated (default class_0, class_1, ...).")]
                     = None,
                     drop_duplicates: Annotated[bool, typer.Option(metavar="", help="Leave out val/test images whose pixels "
                                                                   "already appear in an earlier split.")] = False

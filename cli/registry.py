@@ -1,7 +1,7 @@
 """`medpipe promote`, `rollback` and `reproduce`: the registry's aliases and a version's lineage."""
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -50,8 +50,8 @@ def rollback(params: ParamsOpt = Path("params.yaml")) -> None:
 
 def reproduce(version: Annotated[int, typer.Option(help="Registered model version to rebuild.")],
               params: ParamsOpt = Path("params.yaml"),
-              keep: Annotated[Optional[Path], typer.Option(help="Rebuild in this (empty) folder and keep it, "
-                                                           "instead of a temporary one.")] = None) -> None:
+              keep: Annotated[Path | None, typer.Option(help="Rebuild in this (empty) folder and keep it, "
+                                                        "instead of a temporary one.")] = None) -> None:
     """Rebuild a model version from its lineage (git commit, DVC data version, params) and check that
     weights and metrics are identical; exit 0 if they are, 1 with the differences if not."""
     from pipeline.config import Workspace, load_params

@@ -2,7 +2,7 @@
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -15,8 +15,8 @@ from pipeline.steps import STEPS
 StepName = Enum("StepName", {s.name: s.name for s in STEPS}, type=str)
 
 
-def run(data: Annotated[Optional[Path], typer.Option(help="Data root holding manifest.csv "
-                                                     "(default: params data.root).")] = None,
+def run(data: Annotated[Path | None, typer.Option(help="Data root holding manifest.csv "
+                                                  "(default: params data.root).")] = None,
         params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
         resume: Annotated[bool, typer.Option(metavar="", help="Continue an interrupted training run from its last "
                                              "checkpoint (same data and params give the same result).")] = False,
@@ -74,8 +74,8 @@ def _print_summary(summary) -> None:
 
 def validate(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv or a folder per class.")],
              params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
-             report_dir: Annotated[Optional[Path], typer.Option(help="Where the reports go "
-                                                                "(default: outputs/reports/<DATA name>).")] = None
+             report_dir: Annotated[Path | None, typer.Option(help="Where the reports go "
+                                                             "(default: outputs/reports/<DATA name>).")] = None
              ) -> None:
     """Validate a data set with Great Expectations; exit 1 if any error check fails."""
     from pipeline import validate as step
