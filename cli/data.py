@@ -14,7 +14,8 @@ def data_synth(out: Annotated[Path, typer.Option(help="Folder to write images an
                patients: Annotated[int, typer.Option(min=3, help="Number of patients (2-4 images each).")] = 200,
                size: Annotated[int, typer.Option(min=16, help="Image side in pixels.")] = 64,
                seed: Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")] = 0,
-               force: Annotated[bool, typer.Option(metavar="", help="Overwrite an existing manifest.")] = False) -> None:
+               force: Annotated[bool, typer.Option(metavar="", help="Overwrite an existing manifest.")] = False
+               ) -> None:
     """Generate the built-in synthetic chest-radiograph set (normal / nodule / effusion)."""
     from pipeline.data import MANIFEST, synthesize
 
@@ -85,8 +86,8 @@ def data_import_npz(source: Annotated[Path, typer.Argument(help="MedMNIST-style 
                     labels: Annotated[str | None, typer.Option(help="Class names in label order, "
                                                                "comma-separated (default class_0, class_1, ...).")]
                     = None,
-                    drop_duplicates: Annotated[bool, typer.Option(metavar="", help="Leave out val/test images whose pixels "
-                                                                  "already appear in an earlier split.")] = False
+                    drop_duplicates: Annotated[bool, typer.Option(metavar="", help="Leave out val/test images whose "
+                                                                  "pixels already appear in an earlier split.")] = False
                     ) -> None:
     """Import a MedMNIST-format npz (train/val/test images and labels) as PNGs + manifest with its splits."""
     from pipeline.data import import_npz
@@ -123,7 +124,8 @@ def data_add(data: Annotated[Path, typer.Argument(help="Data folder to version."
 def remote_add(name: Annotated[str, typer.Argument(help="Remote name, e.g. team.")],
                url: Annotated[str, typer.Argument(help="s3://bucket/path, gs://bucket/path, ssh://host/path, "
                                                   "azure://container/path or a local/NFS folder.")],
-               default: Annotated[bool, typer.Option(metavar="", help="Make it the default remote (dvc push/pull).")] = True
+               default: Annotated[bool, typer.Option(metavar="", help="Make it the default remote "
+                                                     "(dvc push/pull).")] = True
                ) -> None:
     """Add a DVC remote to the project (.dvc/config); commit that file so the team shares it.
 

@@ -65,7 +65,7 @@ def reproduce(version: Annotated[int, typer.Option(help="Registered model versio
         console.print(f"note: {note}", soft_wrap=True)
     console.print(f"version {version} rebuilt from commit {result.commit[:12]}: weights "
                   f"{'identical' if result.same_weights else 'DIFFERENT'}, "
-                  f"{'all metrics identical' if not result.differences else f'{len(result.differences)} metrics differ'}",
+                  f"{'all metrics identical' if not result.differences else f'{len(result.differences)} metrics differ'}",  # noqa: E501
                   soft_wrap=True)
     for name, (was, now) in result.differences.items():
         console.print(f"  {name}: original {was!r}, rebuilt {now!r}")

@@ -20,8 +20,8 @@ def run(data: Annotated[Path | None, typer.Option(help="Data root holding manife
         params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
         resume: Annotated[bool, typer.Option(metavar="", help="Continue an interrupted training run from its last "
                                              "checkpoint (same data and params give the same result).")] = False,
-        force: Annotated[bool, typer.Option(metavar="", help="Train even if the newest model already came from this data, "
-                                            "params and code.")] = False) -> None:
+        force: Annotated[bool, typer.Option(metavar="", help="Train even if the newest model already came from this "
+                                            "data, params and code.")] = False) -> None:
     """Run the whole training flow (Prefect): validate, preprocess, balance, train, evaluate, register, promote.
 
     The data steps run on Dask when params ask for it (dask.workers, dask.address or
@@ -93,7 +93,8 @@ def validate(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv 
 
 def stage(step: Annotated[StepName, typer.Argument(help="Which step to run.")],
           params: ParamsOpt = Path("params.yaml"),
-          resume: Annotated[bool, typer.Option(metavar="", help="train: continue from the last checkpoint.")] = False) -> None:
+          resume: Annotated[bool, typer.Option(metavar="", help="train: continue from the last checkpoint.")] = False
+          ) -> None:
     """Run one step on its own, as the DVC stages of dvc.yaml do."""
     from pipeline.config import Workspace, load_params
     from pipeline.lock import project_lock

@@ -165,7 +165,8 @@ def write_report(metrics: dict[str, float], classes: list[str], figures: list[Pa
               f"{m['test_balanced_accuracy_ci_high']:.3f}] (bootstrap).", ""]
     if "threshold" in m:
         lines += [f"Operating threshold (chosen on validation): {m['threshold']:.3f} → test sensitivity "
-                  f"{m['test_sensitivity_at_threshold']:.3f}, specificity {m['test_specificity_at_threshold']:.3f}.", ""]
+                  f"{m['test_sensitivity_at_threshold']:.3f}, specificity "
+                  f"{m['test_specificity_at_threshold']:.3f}.", ""]
     lines += ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     lines += [f"| {c} | {m[f'test_precision_{c}']:.3f} | {m[f'test_recall_{c}']:.3f} | {m[f'test_f1_{c}']:.3f} | "
               f"{int(m[f'test_support_{c}'])} |" for c in classes]

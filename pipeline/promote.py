@@ -247,8 +247,9 @@ def promote(params: Params, ws: Workspace, version: int, force: bool = False) ->
     if current == version:
         outcome = candidate_mv.tags.get("medpipe.promotion", "promoted")
         outcome = "promoted" if outcome == PENDING else outcome
-    plan: dict = {"set": {}, "delete": [], "tags": {str(version): {"medpipe.promotion": outcome,
-                                                                   "medpipe.promotion_reasons": "; ".join(reasons)[:4000]}}}
+    plan: dict = {"set": {}, "delete": [],
+                  "tags": {str(version): {"medpipe.promotion": outcome,
+                                          "medpipe.promotion_reasons": "; ".join(reasons)[:4000]}}}
     if decision.promoted and current != version:
         if current is not None:
             plan["set"][PREVIOUS] = current  # first: a rollback target exists at every moment

@@ -367,7 +367,8 @@ def _near_html(near: dict, root: Path | None) -> str:
         parts.append("<table><tr><th>splits</th><th>groups</th></tr>" + "".join(
             f"<tr><td>{escape(k)}</td><td>{v}</td></tr>" for k, v in sorted(near["split_pairs"].items())) + "</table>")
     if sum(near["nn_histogram"]):
-        parts.append(f"<p><img alt='nearest-neighbour distances' src='{_histogram_uri(near['nn_histogram'], near['threshold'])}'>"
+        parts.append("<p><img alt='nearest-neighbour distances' "
+                     f"src='{_histogram_uri(near['nn_histogram'], near['threshold'])}'>"
                      "</p><p>Near copies sit left of the threshold; distinct images to its right.</p>")
     for group in near["cross_split_groups"]:
         cells = "".join(
