@@ -263,7 +263,7 @@ def promote(params: Params, ws: Workspace, version: int, force: bool = False) ->
     return decision
 
 
-def rollback(params: Params, ws: Workspace) -> dict[str, int]:
+def rollback(params: Params, ws: Workspace) -> dict[str, int | None]:
     """champion <- previous (and previous <- the demoted champion, so a second rollback undoes it)."""
     import mlflow
 

@@ -15,6 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -321,7 +322,8 @@ def start_run(params: Params, ws: Workspace, progress: Progress):
             "medpipe.near_duplicates_dropped": str(dropped_count(report))}
     name = f"{params.model.name}-data-{tags['medpipe.data_md5'][:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = mlflow.start_run(experiment_id=experiment, tags=tags, run_name=name)  # not a random (seeded) name
-    logged = redact_params(params.model_dump(mode="json", by_alias=True))  # no credentials of a tracking URI
+    # no credentials of a tracking URI (a dict in, a dict out)
+    logged = cast(dict[str, Any], redact_params(params.model_dump(mode="json", by_alias=True)))
     mlflow.log_params(_flat("params", logged))
     mlflow.log_dict(logged, "params.yaml")  # the exact params (reproduce sets its own tracking_uri)
     mlflow.log_artifacts(str(ws.out / "validate"), "validation")  # reports + the exact split

@@ -10,6 +10,7 @@ checks can prove that no patient and no image crosses splits.
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -22,6 +23,9 @@ from pipeline.near_duplicates import find_groups, hamming, nearest_distances, to
 from pipeline.outputs import replace_dir
 from pipeline.scan import Mapper, inside_root, scan
 from pipeline.split import SPLITS, assign_splits
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass
@@ -164,9 +168,9 @@ def near_duplicate_summary(images: pd.DataFrame, vp: ValidateParams, dropped: pd
     fps = images["fingerprint"]
     have = fps != ""
     radius = nd.clean
-    nn = nearest_distances(to_words(list(fps[have])), radius) if have.sum() > 1 else []
+    nn: np.ndarray | list[int] = nearest_distances(to_words(list(fps[have])), radius) if have.sum() > 1 else []
     pairs: dict[str, int] = {}
-    groups = []
+    groups: list[list[dict[str, Any]]] = []
     for gid in crossing["near_group"]:
         rows = images[images["near_group"] == gid]
         splits = sorted(set(rows["split"]), key=lambda s: SPLIT_RANK.get(s, 9))
