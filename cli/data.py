@@ -98,8 +98,8 @@ def data_import_npz(source: Annotated[Path, typer.Argument(help="MedMNIST-style 
     console.print(f"wrote {len(manifest)} images to {out}: {counts}")
     if manifest.attrs["dropped"]:
         console.print(f"left out {manifest.attrs['dropped']} val/test image(s) already present in an earlier split")
-    names = ", ".join(names or sorted(set(manifest["label"])))
-    console.print(f"train on it: medpipe run --data {out} --set 'validate.labels=[{names}]'", soft_wrap=True,
+    shown = ", ".join(names or sorted(set(manifest["label"])))
+    console.print(f"train on it: medpipe run --data {out} --set 'validate.labels=[{shown}]'", soft_wrap=True,
                   markup=False)
 
 

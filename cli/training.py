@@ -12,7 +12,7 @@ from pipeline.errors import ConfigError
 from pipeline.steps import STEPS
 
 # The steps `medpipe stage` runs, as typer choices (pipeline/steps.py declares them).
-StepName = Enum("StepName", {s.name: s.name for s in STEPS}, type=str)
+StepName = Enum("StepName", {s.name: s.name for s in STEPS}, type=str)  # type: ignore[misc]  # members from STEPS
 
 
 def run(data: Annotated[Path | None, typer.Option(help="Data root holding manifest.csv "
