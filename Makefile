@@ -47,6 +47,10 @@ run: $(STAMP) $(DATA)/manifest.csv  ## install, build data if missing, run the t
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest $(ARGS)
 
+lint: $(STAMP)  ## ruff check (code, tests, benchmarks) and mypy (pipeline, flows, cli); config in pyproject.toml
+	$(BIN)/ruff check pipeline flows cli tests benchmarks
+	$(BIN)/mypy
+
 dvc-yaml: $(STAMP)  ## regenerate dvc.yaml from the step declaration (pipeline/steps.py)
 	$(BIN)/python -m pipeline.steps > dvc.yaml
 

@@ -81,7 +81,8 @@ def main() -> None:
     print(json.dumps({"bench": "dask", "images": n, "source_px": args.source, "size_px": 64, "cpus": os.cpu_count(),
                       "machine": platform.machine(), "chunk": args.chunk, "shard": args.shard, **rates,
                       "scan_ratio_2_vs_1": round(figures["dask_1"]["scan_s"] / figures["dask_2"]["scan_s"], 2),
-                      "preprocess_ratio_2_vs_1": round(figures["dask_1"]["preprocess_s"] / figures["dask_2"]["preprocess_s"], 2),
+                      "preprocess_ratio_2_vs_1": round(figures["dask_1"]["preprocess_s"]
+                                                       / figures["dask_2"]["preprocess_s"], 2),
                       "shards_identical": same}), flush=True)
 
 

@@ -80,7 +80,8 @@ def recall(datasets: Path, every: int, seed: int = 0) -> list[dict]:
                      "planted": int(every_d.size),
                      **{f"recall_at_{t}": round(float((every_d <= t).mean()), 4) for t in THRESHOLDS},
                      "max_distance": {f: int(max(v)) for f, v in per.items()},
-                     "recall_at_30_by_family": {f: round(float((np.array(v) <= 30).mean()), 3) for f, v in per.items()}})
+                     "recall_at_30_by_family": {f: round(float((np.array(v) <= 30).mean()), 3)
+                                                for f, v in per.items()}})
     return rows
 
 

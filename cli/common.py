@@ -3,7 +3,7 @@
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -15,8 +15,8 @@ console = Console(markup=False)  # user paths and labels may contain [brackets]
 err_console = Console(stderr=True, markup=False)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Parameter file.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override one parameter: KEY=VALUE, "
-                                                     "e.g. --set train.epochs=3 (repeatable).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override one parameter: "
+                                                  "KEY=VALUE, e.g. --set train.epochs=3 (repeatable).")]
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """`medpipe data ...`: build, inspect and version data sets (DVC)."""
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -14,7 +14,8 @@ def data_synth(out: Annotated[Path, typer.Option(help="Folder to write images an
                patients: Annotated[int, typer.Option(min=3, help="Number of patients (2-4 images each).")] = 200,
                size: Annotated[int, typer.Option(min=16, help="Image side in pixels.")] = 64,
                seed: Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")] = 0,
-               force: Annotated[bool, typer.Option(metavar="", help="Overwrite an existing manifest.")] = False) -> None:
+               force: Annotated[bool, typer.Option(metavar="", help="Overwrite an existing manifest.")] = False
+               ) -> None:
     """Generate the built-in synthetic chest-radiograph set (normal / nodule / effusion)."""
     from pipeline.data import MANIFEST, synthesize
 
@@ -28,7 +29,7 @@ def data_synth(out: Annotated[Path, typer.Option(help="Folder to write images an
 def data_scan(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv or a folder per class.")],
               out: Annotated[Path, typer.Option(help="CSV to write (also the cache for the next scan).")]
               = Path("outputs/scan.csv"),
-              workers: Annotated[Optional[int], typer.Option(help="Processes (default: all cores).")] = None) -> None:
+              workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None) -> None:
     """Scan every image: sha256, size, channels, bit depth, intensity, blur, readable (incremental)."""
     from pipeline.data import discover
     from pipeline.scan import label_summary, scan
@@ -50,9 +51,9 @@ def data_scan(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv
 
 
 def data_duplicates(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv or a folder per class.")],
-                    threshold: Annotated[Optional[int], typer.Option(min=0, max=63, help="Largest Hamming distance "
-                                                                     "(of 256 bits) of a near copy (default: params "
-                                                                     "validate.near_duplicates.threshold).")] = None,
+                    threshold: Annotated[int | None, typer.Option(min=0, max=63, help="Largest Hamming distance "
+                                                                  "(of 256 bits) of a near copy (default: params "
+                                                                  "validate.near_duplicates.threshold).")] = None,
                     out: Annotated[Path, typer.Option(help="CSV of the pairs.")] = Path("outputs/duplicates.csv"),
                     cache: Annotated[Path, typer.Option(help="Scan cache (incremental).")]
                     = Path("outputs/cache/scan.csv"), params: ParamsOpt = Path("params.yaml")) -> None:
@@ -79,11 +80,11 @@ def data_duplicates(data: Annotated[Path, typer.Argument(help="Data root: manife
 
 def data_import_npz(source: Annotated[Path, typer.Argument(help="MedMNIST-style .npz file.")],
                     out: Annotated[Path, typer.Option(help="Folder for the PNGs and manifest.csv.")],
-                    labels: Annotated[Optional[str], typer.Option(help="Class names in label order, "
-                                                                  "comma-separated (default class_0, class_1, ...).")]
+                    labels: Annotated[str | None, typer.Option(help="Class names in label order, "
+                                                               "comma-separated (default class_0, class_1, ...).")]
                     = None,
-                    drop_duplicates: Annotated[bool, typer.Option(metavar="", help="Leave out val/test images whose pixels "
-                                                                  "already appear in an earlier split.")] = False
+                    drop_duplicates: Annotated[bool, typer.Option(metavar="", help="Leave out val/test images whose "
+                                                                  "pixels already appear in an earlier split.")] = False
                     ) -> None:
     """Import a MedMNIST-format npz (train/val/test images and labels) as PNGs + manifest with its splits."""
     from pipeline.data import import_npz
@@ -94,8 +95,8 @@ def data_import_npz(source: Annotated[Path, typer.Argument(help="MedMNIST-style 
     console.print(f"wrote {len(manifest)} images to {out}: {counts}")
     if dropped:
         console.print(f"left out {dropped} val/test image(s) already present in an earlier split")
-    names = ", ".join(names or sorted(set(manifest["label"])))
-    console.print(f"train on it: medpipe run --data {out} --set 'validate.labels=[{names}]'", soft_wrap=True,
+    shown = ", ".join(names or sorted(set(manifest["label"])))
+    console.print(f"train on it: medpipe run --data {out} --set 'validate.labels=[{shown}]'", soft_wrap=True,
                   markup=False)
 
 
@@ -120,7 +121,8 @@ def data_add(data: Annotated[Path, typer.Argument(help="Data folder to version."
 def remote_add(name: Annotated[str, typer.Argument(help="Remote name, e.g. team.")],
                url: Annotated[str, typer.Argument(help="s3://bucket/path, gs://bucket/path, ssh://host/path, "
                                                   "azure://container/path or a local/NFS folder.")],
-               default: Annotated[bool, typer.Option(metavar="", help="Make it the default remote (dvc push/pull).")] = True
+               default: Annotated[bool, typer.Option(metavar="", help="Make it the default remote "
+                                                     "(dvc push/pull).")] = True
                ) -> None:
     """Add a DVC remote to the project (.dvc/config); commit that file so the team shares it.
 

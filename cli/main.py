@@ -4,6 +4,7 @@ Each command lives in the module of its group and calls library functions; heavy
 inside commands.
 """
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -37,6 +38,7 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """medpipe: reproducible training of CNN classifiers for medical images."""
 
 
+command: Callable[..., None]  # the loops below register commands of different signatures
 for command in (training.run, training.validate, training.stage, models.explain, models.predict):
     app.command()(command)
 label_app.command("suggest")(models.label_suggest)

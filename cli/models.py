@@ -1,7 +1,7 @@
 """`medpipe predict`, `explain` and `label suggest`: what a registered model says about images."""
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -10,9 +10,9 @@ from pipeline.errors import MedpipeError
 
 
 def explain(image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG or DICOM).")],
-            model: Annotated[Optional[str], typer.Option(help="Registered model: models:/NAME/VERSION, "
-                                                         "models:/NAME@ALIAS or models:/NAME/latest (default: "
-                                                         "register.model_name@champion).")] = None,
+            model: Annotated[str | None, typer.Option(help="Registered model: models:/NAME/VERSION, "
+                                                      "models:/NAME@ALIAS or models:/NAME/latest (default: "
+                                                      "register.model_name@champion).")] = None,
             out: Annotated[Path, typer.Option(help="Where to write the Grad-CAM picture.")] = Path("cam.png"),
             params: ParamsOpt = Path("params.yaml")) -> None:
     """Explain one prediction: the class probabilities, and a Grad-CAM overlay of where they came from."""
@@ -40,9 +40,9 @@ def explain(image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG or
 
 
 def predict(images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG or DICOM).")],
-            model: Annotated[Optional[str], typer.Option(help="Registered model: models:/NAME/VERSION, "
-                                                         "models:/NAME@ALIAS or models:/NAME/latest (default: "
-                                                         "register.model_name@champion).")] = None,
+            model: Annotated[str | None, typer.Option(help="Registered model: models:/NAME/VERSION, "
+                                                      "models:/NAME@ALIAS or models:/NAME/latest (default: "
+                                                      "register.model_name@champion).")] = None,
             params: ParamsOpt = Path("params.yaml")) -> None:
     """Classify images with a registered model; print JSON: label and class probabilities per image."""
     import json
@@ -59,8 +59,8 @@ def predict(images: Annotated[list[Path], typer.Argument(help="Image files (PNG,
 
 
 def label_suggest(images: Annotated[Path, typer.Option(help="Folder of unlabelled images (searched recursively).")],
-                  model: Annotated[Optional[str], typer.Option(help="Registered model URI (default: "
-                                                               "register.model_name@champion).")] = None,
+                  model: Annotated[str | None, typer.Option(help="Registered model URI (default: "
+                                                            "register.model_name@champion).")] = None,
                   out: Annotated[Path, typer.Option(help="CSV to write; Grad-CAM thumbnails go beside it.")]
                   = Path("outputs/label_suggestions.csv"),
                   params: ParamsOpt = Path("params.yaml")) -> None:

@@ -1,7 +1,7 @@
 """`medpipe promote`, `rollback` and `reproduce`: the registry's aliases and a version's lineage."""
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -40,8 +40,8 @@ def rollback(params: ParamsOpt = Path("params.yaml")) -> None:
 
 def reproduce(version: Annotated[int, typer.Option(help="Registered model version to rebuild.")],
               params: ParamsOpt = Path("params.yaml"),
-              keep: Annotated[Optional[Path], typer.Option(help="Rebuild in this (empty) folder and keep it, "
-                                                           "instead of a temporary one.")] = None) -> None:
+              keep: Annotated[Path | None, typer.Option(help="Rebuild in this (empty) folder and keep it, "
+                                                        "instead of a temporary one.")] = None) -> None:
     """Rebuild a model version from its lineage (git commit, DVC data version, params) and check that
     weights and metrics are identical; exit 0 if they are, 1 with the differences if not."""
     from pipeline.config import Workspace, load_params
@@ -55,7 +55,7 @@ def reproduce(version: Annotated[int, typer.Option(help="Registered model versio
         console.print(f"note: {note}", soft_wrap=True)
     console.print(f"version {version} rebuilt from commit {result.commit[:12]}: weights "
                   f"{'identical' if result.same_weights else 'DIFFERENT'}, "
-                  f"{'all metrics identical' if not result.differences else f'{len(result.differences)} metrics differ'}",
+                  f"{'all metrics identical' if not result.differences else f'{len(result.differences)} metrics differ'}",  # noqa: E501
                   soft_wrap=True)
     for name, (was, now) in result.differences.items():
         console.print(f"  {name}: original {was!r}, rebuilt {now!r}")

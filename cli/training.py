@@ -2,7 +2,7 @@
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -12,16 +12,16 @@ from pipeline.errors import ConfigError
 from pipeline.steps import STEPS
 
 # The steps `medpipe stage` runs, as typer choices (pipeline/steps.py declares them).
-StepName = Enum("StepName", {s.name: s.name for s in STEPS}, type=str)
+StepName = Enum("StepName", {s.name: s.name for s in STEPS}, type=str)  # type: ignore[misc]  # members from STEPS
 
 
-def run(data: Annotated[Optional[Path], typer.Option(help="Data root holding manifest.csv "
-                                                     "(default: params data.root).")] = None,
+def run(data: Annotated[Path | None, typer.Option(help="Data root holding manifest.csv "
+                                                  "(default: params data.root).")] = None,
         params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
         resume: Annotated[bool, typer.Option(metavar="", help="Continue an interrupted training run from its last "
                                              "checkpoint (same data and params give the same result).")] = False,
-        force: Annotated[bool, typer.Option(metavar="", help="Train even if the newest model already came from this data, "
-                                            "params and code.")] = False) -> None:
+        force: Annotated[bool, typer.Option(metavar="", help="Train even if the newest model already came from this "
+                                            "data, params and code.")] = False) -> None:
     """Run the whole training flow (Prefect): validate, preprocess, balance, train, evaluate, register, promote.
 
     The data steps run on Dask when params ask for it (dask.workers, dask.address or
@@ -74,8 +74,8 @@ def _print_summary(summary) -> None:
 
 def validate(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv or a folder per class.")],
              params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
-             report_dir: Annotated[Optional[Path], typer.Option(help="Where the reports go "
-                                                                "(default: outputs/reports/<DATA name>).")] = None
+             report_dir: Annotated[Path | None, typer.Option(help="Where the reports go "
+                                                             "(default: outputs/reports/<DATA name>).")] = None
              ) -> None:
     """Validate a data set with Great Expectations; exit 1 if any error check fails."""
     from pipeline import validate as step
@@ -93,7 +93,8 @@ def validate(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv 
 
 def stage(step: Annotated[StepName, typer.Argument(help="Which step to run.")],
           params: ParamsOpt = Path("params.yaml"),
-          resume: Annotated[bool, typer.Option(metavar="", help="train: continue from the last checkpoint.")] = False) -> None:
+          resume: Annotated[bool, typer.Option(metavar="", help="train: continue from the last checkpoint.")] = False
+          ) -> None:
     """Run one step on its own, as the DVC stages of dvc.yaml do."""
     from pipeline.config import Workspace, load_params
     from pipeline.lock import project_lock

@@ -57,7 +57,8 @@ def dask_runner(dp: DaskParams) -> DaskTaskRunner | None:
 
 def on_task_runner(fn, items: list) -> list:
     """Map `fn` over `items` as Prefect tasks on the running flow's task runner; results in order."""
-    futures = task(fn, name=fn.__name__.replace("_", "-"), cache_policy=NO_CACHE).map(items)
+    # Prefect's overloads of task() omit task(fn, **options), which it accepts at runtime.
+    futures = task(fn, name=fn.__name__.replace("_", "-"), cache_policy=NO_CACHE).map(items)  # type: ignore[attr-defined]
     return [future.result() for future in futures]
 
 
@@ -78,4 +79,5 @@ def run_on_dask(params: Params, ws: Workspace) -> tuple[ValidationReport, Prepro
     if runner is None:
         return None
     print(f"data steps on Dask: {scheduler_address(params.dask) or f'{params.dask.workers} local workers'}")
-    return data_flow.with_options(task_runner=runner)(params, ws)
+    # with_options wants a TaskRunner[PrefectFuture[Any]] (invariant); DaskTaskRunner has its own future type.
+    return data_flow.with_options(task_runner=runner)(params, ws)  # type: ignore[arg-type]

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import State, flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
@@ -10,16 +10,18 @@ from prefect.states import Failed
 from flows.data import run_on_dask
 from flows.promotion import promotion_flow
 from pipeline import lineage, preprocess, promote, registry, train, validate
-from pipeline.errors import DataError, MedpipeError
 from pipeline.config import Params, Workspace, load_params
+from pipeline.errors import DataError, MedpipeError
 from pipeline.lock import project_lock
 from pipeline.steps import step
 from pipeline.summary import TrainingSummary, UpToDate
 
 
+# The tasks are made as task(fn, **options): Prefect accepts that form at runtime, but its typed
+# overloads of task() do not declare it (hence the call-overload ignores).
 def _step(name: str):
     """A Prefect task running one declared step's `run_step(params, workspace)` (pipeline/steps.py)."""
-    return task(step(name).run, name=name, cache_policy=NO_CACHE)
+    return task(step(name).run, name=name, cache_policy=NO_CACHE)  # type: ignore[call-overload]
 
 
 def _validate(params: Params, ws: Workspace):
@@ -35,7 +37,7 @@ def _publish_validation(report: validate.ValidationReport, ws: Workspace) -> Non
                              description=f"data validation of {ws.data_root.name}: {report.summary()}")
 
 
-validate_task = task(_validate, name="validate", cache_policy=NO_CACHE)
+validate_task = task(_validate, name="validate", cache_policy=NO_CACHE)  # type: ignore[call-overload]
 
 
 def _preprocess_key(context, arguments: dict) -> str | None:
@@ -46,19 +48,19 @@ def _preprocess_key(context, arguments: dict) -> str | None:
     return f"preprocess-{ws.out}-{key}" if preprocess.is_current(ws.out / "preprocess", key) else None
 
 
-preprocess_task = task(step("preprocess").run, name="preprocess", cache_key_fn=_preprocess_key, persist_result=True)
+preprocess_task = task(step("preprocess").run, name="preprocess", cache_key_fn=_preprocess_key, persist_result=True)  # type: ignore[call-overload]
 balance_task = _step("balance")
 train_task = _step("train")
 evaluate_task = _step("evaluate")
 register_task = _step("register")
-record_dvc_task = task(lineage.record_dvc_outputs, name="record-dvc-outputs", cache_policy=NO_CACHE)
-up_to_date_task = task(lineage.up_to_date, name="up-to-date", cache_policy=NO_CACHE)
+record_dvc_task = task(lineage.record_dvc_outputs, name="record-dvc-outputs", cache_policy=NO_CACHE)  # type: ignore[call-overload]
+up_to_date_task = task(lineage.up_to_date, name="up-to-date", cache_policy=NO_CACHE)  # type: ignore[call-overload]
 
 
 @flow(name="medpipe-training", log_prints=True)
 def training_flow(params_file: str = "params.yaml", data: str | None = None,
                   overrides: dict[str, str] | None = None, resume: bool = False,
-                  force: bool = False) -> TrainingSummary | UpToDate:
+                  force: bool = False) -> TrainingSummary | UpToDate | State:
     """Train, evaluate, register and gate a classifier; stop before preprocessing if the data are invalid,
     and train nothing if the newest model already came from this data, params and code (unless `force`;
     a version a crash left ungated is gated instead). With `resume`, continue the interrupted training
@@ -88,7 +90,7 @@ def _recover(params: Params, ws: Workspace) -> None:
     promote.recover(mlflow.MlflowClient(), params.register_.model_name)
 
 
-recover_task = task(_recover, name="recover", cache_policy=NO_CACHE)
+recover_task = task(_recover, name="recover", cache_policy=NO_CACHE)  # type: ignore[call-overload]
 
 
 def _finish(params: Params, ws: Workspace, match) -> UpToDate:

@@ -55,7 +55,8 @@ class ValidateParams(Section):
     blank: Literal["error", "warning"] = "error"  # ... and stops the flow, or is only recorded
     blur_min: float = Field(1.0, ge=0)        # warn: variance of the Laplacian below this
     max_imbalance: float = Field(20.0, ge=1)  # warn: largest / smallest class above this
-    exact_duplicates: Literal["error", "drop"] = "error"  # same bytes across fixed splits: stop, or drop val/test copies
+    exact_duplicates: Literal["error", "drop"] = "error"  # same bytes across fixed splits: stop, or drop val/test
+    # copies
     near_duplicates: NearDuplicateParams = NearDuplicateParams()
 
 
@@ -142,7 +143,8 @@ class TrainParams(Section):
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     schedule: Literal["constant", "cosine", "step"] = "constant"
-    step_epochs: int = Field(10, ge=1)                # step schedule: multiply the rate by step_gamma every this many epochs
+    step_epochs: int = Field(10, ge=1)                # step schedule: multiply the rate by step_gamma every this
+    # many epochs
     step_gamma: float = Field(0.1, gt=0, le=1)
     patience: int = Field(5, ge=1)
     min_epochs: int = Field(5, ge=0)

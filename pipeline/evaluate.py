@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Params, Workspace
+from pipeline.metrics import bootstrap_ci, classification_metrics, per_class_metrics, threshold_metrics
 from pipeline.outputs import replace_dir, write_text
 from pipeline.shards import Shards, read_meta
-from pipeline.metrics import bootstrap_ci, classification_metrics, per_class_metrics, threshold_metrics
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,8 @@ def write_report(metrics: dict[str, float], classes: list[str], figures: list[Pa
               f"{m['test_balanced_accuracy_ci_high']:.3f}] (bootstrap).", ""]
     if "threshold" in m:
         lines += [f"Operating threshold (chosen on validation): {m['threshold']:.3f} → test sensitivity "
-                  f"{m['test_sensitivity_at_threshold']:.3f}, specificity {m['test_specificity_at_threshold']:.3f}.", ""]
+                  f"{m['test_sensitivity_at_threshold']:.3f}, specificity "
+                  f"{m['test_specificity_at_threshold']:.3f}.", ""]
     lines += ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     lines += [f"| {c} | {m[f'test_precision_{c}']:.3f} | {m[f'test_recall_{c}']:.3f} | {m[f'test_f1_{c}']:.3f} | "
               f"{int(m[f'test_support_{c}'])} |" for c in classes]

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import PreprocessParams
-from pipeline.imageio import IMAGE_SUFFIXES
 from pipeline.errors import ImageError
+from pipeline.imageio import IMAGE_SUFFIXES
 
 
 def entropy(proba: np.ndarray) -> np.ndarray:

@@ -61,9 +61,9 @@ def per_class_metrics(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> di
 
 def bootstrap_ci(y: np.ndarray, proba: np.ndarray, n: int, seed: int) -> dict[str, float]:
     """95% percentile bootstrap intervals of ROC-AUC and balanced accuracy (resampling images, seeded)."""
-    from sklearn.metrics import balanced_accuracy_score
-
     import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
 
     rng = np.random.default_rng(seed)
     stats = []

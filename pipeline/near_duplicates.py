@@ -16,7 +16,7 @@ by union-find (transitive).
 
 from dataclasses import dataclass
 from itertools import combinations
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import cv2
 import numpy as np
@@ -101,7 +101,7 @@ def close_pairs(hashes: np.ndarray, threshold: int, others: np.ndarray | None = 
     if not 0 <= threshold <= MAX_THRESHOLD:
         raise ValueError(f"threshold must be 0..{MAX_THRESHOLD}, got {threshold}")
     self_join = others is None
-    table = hashes if self_join else others
+    table = cast(np.ndarray, hashes if self_join else others)  # others is set unless self_join
     empty = np.zeros(0, np.int64)
     if len(hashes) == 0 or len(table) == 0:
         return empty, empty, empty

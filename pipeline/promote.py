@@ -217,14 +217,9 @@ def promote(params: Params, ws: Workspace, version: int, force: bool = False) ->
         The decision, with the aliases after it.
     """
     import mlflow
+
     from pipeline import faults
-    from pipeline.registry import (
-        PENDING,
-        is_complete,
-        setup_tracking,
-        signature_conflict,
-        version_signature,
-    )
+    from pipeline.registry import PENDING, is_complete, setup_tracking, signature_conflict, version_signature
 
     setup_tracking(params.register_, ws.base)
     client, name = mlflow.MlflowClient(), params.register_.model_name
@@ -256,8 +251,9 @@ def promote(params: Params, ws: Workspace, version: int, force: bool = False) ->
     if current == version:
         outcome = candidate_mv.tags.get("medpipe.promotion", "promoted")
         outcome = "promoted" if outcome == PENDING else outcome
-    plan: dict = {"set": {}, "delete": [], "tags": {str(version): {"medpipe.promotion": outcome,
-                                                                   "medpipe.promotion_reasons": "; ".join(reasons)[:4000]}}}
+    plan: dict = {"set": {}, "delete": [],
+                  "tags": {str(version): {"medpipe.promotion": outcome,
+                                          "medpipe.promotion_reasons": "; ".join(reasons)[:4000]}}}
     if decision.promoted and current != version:
         if current is not None:
             plan["set"][PREVIOUS] = current  # first: a rollback target exists at every moment
@@ -271,9 +267,10 @@ def promote(params: Params, ws: Workspace, version: int, force: bool = False) ->
     return decision
 
 
-def rollback(params: Params, ws: Workspace) -> dict[str, int]:
+def rollback(params: Params, ws: Workspace) -> dict[str, int | None]:
     """champion <- previous (and previous <- the demoted champion, so a second rollback undoes it)."""
     import mlflow
+
     from pipeline.registry import setup_tracking
 
     setup_tracking(params.register_, ws.base)

@@ -57,9 +57,9 @@ def register_model(params: Params, ws: Workspace, run_id: str, tags: dict[str, s
     half-tagged one, and an ungated version is finished (gated) by the next run.
     """
     import cv2
+    import mlflow
     from mlflow.exceptions import MlflowException
 
-    import mlflow
     from pipeline import faults
     from pipeline.serving import log_pyfunc
     from pipeline.shards import Shards, read_meta
@@ -91,6 +91,7 @@ def register_model(params: Params, ws: Workspace, run_id: str, tags: dict[str, s
 def run_step(params: Params, ws: Workspace) -> RegisterResult:
     """Register the trained model with the lineage and metric tags of its run."""
     import mlflow
+
     from pipeline.outputs import write_text
     from pipeline.shards import read_meta
 

@@ -98,9 +98,9 @@ def file_sha256(*paths: Path) -> str:
 def find_version(uri: str, reg: RegisterParams, base: Path):
     """The registry's ModelVersion for `models:/NAME/VERSION`, `models:/NAME@ALIAS` or `models:/NAME/latest`
     (the newest complete version)."""
+    import mlflow
     from mlflow.exceptions import MlflowException
 
-    import mlflow
     from pipeline.errors import MedpipeError
 
     setup_tracking(reg, base)
@@ -235,9 +235,9 @@ def check_task(params: Params, ws: Workspace) -> None:
     Raises:
         ConfigError: naming `register.model_name`, both class lists and what to do.
     """
+    import mlflow
     from mlflow.exceptions import MlflowException
 
-    import mlflow
     from pipeline.errors import ConfigError
 
     setup_tracking(params.register_, ws.base)

@@ -16,6 +16,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import yaml
 
@@ -62,7 +63,7 @@ def original(params: Params, ws: Workspace, version: int) -> tuple[dict, dict, d
         mv = client.get_model_version(params.register_.model_name, str(version))
     except MlflowException:
         raise MedpipeError(f"version {version}", "no such registered model version") from None
-    run = client.get_run(mv.run_id)
+    run = client.get_run(cast(str, mv.run_id))  # a registered medpipe version always comes from a run
     try:
         logged = yaml.safe_load(Path(mlflow.artifacts.download_artifacts(f"{run.info.artifact_uri}/params.yaml"))
                                 .read_text())

@@ -98,7 +98,7 @@ def _python_model_base():
     return mlflow.pyfunc.PythonModel
 
 
-class RawImageClassifier(_python_model_base()):
+class RawImageClassifier(_python_model_base()):  # type: ignore[misc]  # mlflow's base, imported lazily
     """medpipe's Keras model with its preprocessing: raw images in, labels and probabilities out."""
 
     def load_context(self, context) -> None:

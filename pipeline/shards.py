@@ -50,7 +50,7 @@ class Shards:
         """Size of the whole split in memory."""
         return len(self) * int(np.prod(self.shape))
 
-    def take(self, index: np.ndarray) -> np.ndarray:
+    def take(self, index: np.ndarray | list[int]) -> np.ndarray:
         """The images at these positions, uint8 (len(index), size, size, channels)."""
         index = np.asarray(index, dtype=np.int64)
         row = int(np.prod(self.shape))

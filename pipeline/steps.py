@@ -8,9 +8,10 @@ to any module a step runs makes `dvc repro` rerun it.
 
 import ast
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "pipeline"

@@ -16,6 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -247,7 +248,6 @@ def epoch_monitor(val: tuple[np.ndarray, np.ndarray], tp: TrainParams, progress:
     """Keras callback: validation metrics, early stopping, a checkpoint, MLflow curves, after each epoch;
     the best epoch's weights restored at the end."""
     import keras
-
     import mlflow
 
     class EpochMonitor(keras.callbacks.Callback):
@@ -314,6 +314,7 @@ def dropped_count(report: dict) -> int:
 def start_run(params: Params, ws: Workspace, progress: Progress):
     """Open a new MLflow run with lineage tags and params, or reopen the resumed one (an ActiveRun)."""
     import mlflow
+
     from pipeline.redact import redact_params
 
     experiment = setup_tracking(params.register_, ws.base)
@@ -324,7 +325,8 @@ def start_run(params: Params, ws: Workspace, progress: Progress):
             "medpipe.near_duplicates_dropped": str(dropped_count(report))}
     name = f"{params.model.name}-data-{tags['medpipe.data_md5'][:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = mlflow.start_run(experiment_id=experiment, tags=tags, run_name=name)  # not a random (seeded) name
-    logged = redact_params(params.model_dump(mode="json", by_alias=True))  # no credentials of a tracking URI
+    # no credentials of a tracking URI (a dict in, a dict out)
+    logged = cast(dict[str, Any], redact_params(params.model_dump(mode="json", by_alias=True)))
     mlflow.log_params(_flat("params", logged))
     mlflow.log_dict(logged, "params.yaml")  # the exact params (reproduce sets its own tracking_uri)
     mlflow.log_artifacts(str(ws.out / "validate"), "validation")  # reports + the exact split

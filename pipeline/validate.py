@@ -10,6 +10,7 @@ checks can prove that no patient and no image crosses splits.
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -20,8 +21,11 @@ from pipeline.errors import DataError
 from pipeline.limits import MB
 from pipeline.near_duplicates import find_groups, hamming, nearest_distances, to_words
 from pipeline.outputs import replace_dir
-from pipeline.split import SPLITS, assign_splits
 from pipeline.scan import Mapper, inside_root, scan
+from pipeline.split import SPLITS, assign_splits
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass
@@ -164,9 +168,9 @@ def near_duplicate_summary(images: pd.DataFrame, vp: ValidateParams, dropped: pd
     fps = images["fingerprint"]
     have = fps != ""
     radius = nd.clean
-    nn = nearest_distances(to_words(list(fps[have])), radius) if have.sum() > 1 else []
+    nn: np.ndarray | list[int] = nearest_distances(to_words(list(fps[have])), radius) if have.sum() > 1 else []
     pairs: dict[str, int] = {}
-    groups = []
+    groups: list[list[dict[str, Any]]] = []
     for gid in crossing["near_group"]:
         rows = images[images["near_group"] == gid]
         splits = sorted(set(rows["split"]), key=lambda s: SPLIT_RANK.get(s, 9))
@@ -252,8 +256,11 @@ def _offenders(result: dict, frame: pd.DataFrame, key: str) -> list[str]:
 def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, tuple[str, str, list]]) -> list[Check]:
     """Run each suite on its frame with a GX Checkpoint; return one Check per expectation."""
     import great_expectations as gx
-    from great_expectations.data_context.types.base import (DataContextConfig, InMemoryStoreBackendDefaults,
-                                                            ProgressBarsConfig)
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
 
     config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(), analytics_enabled=False,
                                progress_bars=ProgressBarsConfig(globally=False))
@@ -364,11 +371,12 @@ def _near_html(near: dict, root: Path | None) -> str:
         parts.append("<table><tr><th>splits</th><th>groups</th></tr>" + "".join(
             f"<tr><td>{escape(k)}</td><td>{v}</td></tr>" for k, v in sorted(near["split_pairs"].items())) + "</table>")
     if sum(near["nn_histogram"]):
-        parts.append(f"<p><img alt='nearest-neighbour distances' src='{_histogram_uri(near['nn_histogram'], near['threshold'])}'>"
+        parts.append("<p><img alt='nearest-neighbour distances' "
+                     f"src='{_histogram_uri(near['nn_histogram'], near['threshold'])}'>"
                      "</p><p>Near copies sit left of the threshold; distinct images to its right.</p>")
     for group in near["cross_split_groups"]:
         cells = "".join(
-            f"<figure style='display:inline-block;margin:.4em;vertical-align:top'>"
+            "<figure style='display:inline-block;margin:.4em;vertical-align:top'>"
             + (f"<img src='{_thumbnail(root, m['path'])}' alt=''>" if root is not None else "")
             + f"<figcaption>{escape(m['path'])}<br>{escape(m['label'])} · {escape(m['split'])} · distance "
               f"{m['distance']}</figcaption></figure>" for m in group)

@@ -25,7 +25,6 @@ os.environ.update(GIT_AUTHOR_NAME="medpipe tests", GIT_AUTHOR_EMAIL="tests@medpi
                   GIT_COMMITTER_NAME="medpipe tests", GIT_COMMITTER_EMAIL="tests@medpipe.invalid")
 
 import pipeline  # noqa: E402, F401  (sets the offline defaults)
-
 from tests.helpers import TINY_PATIENTS, TINY_SIZE, write_params  # noqa: E402
 
 # Registered before Prefect's own exit hooks, so it runs after them (atexit is last-in, first-out).

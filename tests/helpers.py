@@ -17,7 +17,8 @@ SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 # Tiny but real: 30 patients (~90 images) of 32x32, two epochs.
 TINY_PATIENTS, TINY_SIZE = 30, 32
-TINY_OVERRIDES = {"preprocess": {"size": TINY_SIZE}, "train": {"epochs": 2, "batch_size": 16, "patience": 2, "min_epochs": 0}}
+TINY_OVERRIDES = {"preprocess": {"size": TINY_SIZE},
+                  "train": {"epochs": 2, "batch_size": 16, "patience": 2, "min_epochs": 0}}
 
 
 def write_params(folder: Path, **sections: dict) -> Path:

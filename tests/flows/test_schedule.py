@@ -6,8 +6,18 @@ import subprocess
 
 import pytest
 
-from tests.helpers import (BIN, api_call, assert_offline, guarded_env, prefect_server_env, start_process, start_prefect_server, stop, wait_for,
-                           wait_for_run)
+from tests.helpers import (
+    BIN,
+    api_call,
+    assert_offline,
+    guarded_env,
+    prefect_server_env,
+    start_prefect_server,
+    start_process,
+    stop,
+    wait_for,
+    wait_for_run,
+)
 
 pytestmark = pytest.mark.slow
 

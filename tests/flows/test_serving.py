@@ -45,7 +45,8 @@ def test_served_champion_takes_raw_images(prefect_harness, project):
         rows = answer["predictions"]
         assert len(rows) == 2 and rows[0]["label"] in ("normal", "nodule", "effusion")
         assert sum(rows[0][c] for c in ("normal", "nodule", "effusion")) == pytest.approx(1, abs=1e-5)
-        done = subprocess.run([str(bin_dir / "medpipe"), "predict", str(path), "--params", str(project / "params.yaml")],
+        done = subprocess.run([str(bin_dir / "medpipe"), "predict", str(path),
+                               "--params", str(project / "params.yaml")],
                               capture_output=True, text=True, timeout=300,
                               env=guarded_env(dict(os.environ), project / "netguard.log"))  # as the server says
         local = json.loads(done.stdout)

@@ -7,8 +7,18 @@ import subprocess
 
 import pytest
 
-from tests.helpers import (BIN, REPO, api_call, guarded_env, prefect_server_env, start_prefect_server, start_process, stop,
-                           wait_for, wait_for_run)
+from tests.helpers import (
+    BIN,
+    REPO,
+    api_call,
+    guarded_env,
+    prefect_server_env,
+    start_prefect_server,
+    start_process,
+    stop,
+    wait_for,
+    wait_for_run,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -25,7 +25,8 @@ def test_oversample_plan_reaches_the_target_ratio_with_flagged_copies():
 
 
 @pytest.mark.parametrize("strategy, total, weighted", [("none", 11, False), ("class_weight", 11, True),
-                                                       ("oversample", 20, False), ("oversample+class_weight", 20, True)])
+                                                       ("oversample", 20, False),
+                                                       ("oversample+class_weight", 20, True)])
 def test_strategies(strategy, total, weighted):
     y = np.array([0] * 8 + [1] * 2 + [2] * 1)
     index, augment, weights = make_plan(y, BalanceParams(strategy=strategy, target_ratio=0.75), 3)

@@ -77,8 +77,8 @@ def test_operating_threshold_youden_and_target_sensitivity():
 
 def test_figures_and_report(tmp_path, multiclass):
     from pipeline import plots
-    from pipeline.metrics import bootstrap_ci, per_class_metrics
     from pipeline.evaluate import write_report
+    from pipeline.metrics import bootstrap_ci, per_class_metrics
 
     y, proba = multiclass
     figures = [plots.roc_pr_curves(y, proba, ["a", "b", "c"], tmp_path / "roc.png"),

@@ -7,11 +7,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import Params, PreprocessParams
-from pipeline.errors import MedpipeError
-from pipeline.errors import ImageError
+from pipeline.errors import ImageError, MedpipeError
 from pipeline.imageio import read_image
-from pipeline.limits import (DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, MB, Dimensions, check_image,
-                             header_dimensions)
+from pipeline.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, MB, Dimensions, check_image, header_dimensions
 from pipeline.preprocess import _KEY_FIELDS, decode_uint8
 from pipeline.scan import scan, scan_file
 from pipeline.serving import cells, model_input

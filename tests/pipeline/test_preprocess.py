@@ -1,13 +1,12 @@
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
 
-import cv2
-
 from pipeline.config import ClaheParams, Params, PreprocessParams, SplitRatios, Workspace
 from pipeline.errors import DataError
-from pipeline.shards import Shards, load_split, read_meta
 from pipeline.preprocess import decode_uint8, enhance, fit_to_size, load_image, run_step
+from pipeline.shards import Shards, load_split, read_meta
 from pipeline.split import leakage_groups, split_patients
 
 

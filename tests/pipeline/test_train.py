@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 from pipeline import balance, preprocess, validate
-from pipeline.shards import Shards
 from pipeline.config import Params, TrainParams, Workspace
 from pipeline.lineage import weights_sha256
-from pipeline.train import (configure_determinism, configure_devices, learning_rate, new_model, run_step,
-                            train_dataset)
+from pipeline.shards import Shards
+from pipeline.train import configure_determinism, configure_devices, learning_rate, new_model, run_step, train_dataset
 
 TRAIN = {"epochs": 4, "batch_size": 16, "min_epochs": 0, "patience": 10, "schedule": "cosine"}
 
