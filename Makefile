@@ -44,8 +44,12 @@ data: $(DATA)/manifest.csv  ## build the built-in synthetic chest X-ray data set
 run: $(STAMP) $(DATA)/manifest.csv  ## install, build data if missing, run the training flow
 	$(BIN)/medpipe run --data $(DATA) $(ARGS)
 
-test: $(STAMP)  ## run the test suite
-	$(BIN)/python -m pytest $(ARGS)
+# Two pytest workers (pytest-xdist), a test module each at a time, so module fixtures and the ordered
+# fault-injection chain stay in one process: end-to-end tests wait on servers and subprocesses much of
+# the time. PYTEST_WORKERS=0 runs everything in one process.
+PYTEST_WORKERS ?= 2
+test: $(STAMP)  ## run the test suite (PYTEST_WORKERS=2 processes by default)
+	$(BIN)/python -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadscope) $(ARGS)
 
 lint: $(STAMP)  ## ruff check (code, tests, benchmarks) and mypy (pipeline, flows, cli); config in pyproject.toml
 	$(BIN)/ruff check pipeline flows cli tests benchmarks

@@ -3,11 +3,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import ClaheParams, Params, PreprocessParams, SplitRatios, Workspace
+from pipeline.config import ClaheParams, Params, PreprocessParams, Workspace
 from pipeline.errors import DataError
 from pipeline.preprocess import decode_uint8, enhance, fit_to_size, load_image, run_step
 from pipeline.shards import Shards, load_split, read_meta
-from pipeline.split import leakage_groups, split_patients
 
 
 def test_load_image_resizes_and_scales(tiny_data):
@@ -52,20 +51,6 @@ def test_clahe_lifts_contrast_and_denoising_smooths():
         assert enhance(noisy, PreprocessParams(denoise=method)).std() < 0.8 * noisy.std(), method
 
 
-def test_split_is_patient_grouped_stratified_and_seeded():
-    rows = [(f"{label}{p}_{k}.png", label, f"{label}{p}") for label, n in (("a", 40), ("b", 10), ("c", 3))
-            for p in range(n) for k in range(3)]
-    manifest = pd.DataFrame(rows, columns=["path", "label", "patient_id"])
-    split = split_patients(manifest, SplitRatios(), seed=7)
-    assert (manifest.assign(split=split).groupby("patient_id")["split"].nunique() == 1).all()
-    for label in "abc":  # every class reaches every split
-        assert set(split[manifest.label == label]) == {"train", "val", "test"}
-    patients_a = manifest.assign(split=split)[manifest.label == "a"].groupby("split")["patient_id"].nunique()
-    assert patients_a.to_dict() == {"train": 28, "val": 6, "test": 6}
-    assert split.equals(split_patients(manifest, SplitRatios(), seed=7))
-    assert not split.equals(split_patients(manifest, SplitRatios(), seed=8))
-
-
 def _validated(tmp_path, tiny_data, **preprocess) -> tuple[Params, Workspace]:
     from pipeline import validate
 
@@ -101,10 +86,3 @@ def test_unchanged_inputs_come_from_the_cache(tmp_path, tiny_data):
     assert not redone.cached and redone.key != first.key
     (first.folder / "y_val.npy").unlink()  # a damaged cache is rebuilt, not trusted
     assert not run_step(changed, ws).cached
-
-
-def test_images_shared_across_patients_are_grouped():
-    patients = pd.Series(["a", "b", "c", "d"])
-    hashes = pd.Series(["h1", "h2", "h1", "h3"])  # a and c share an image
-    groups = leakage_groups(patients, hashes)
-    assert groups[0] == groups[2] and len(set(groups)) == 3

@@ -1,0 +1,37 @@
+"""pipeline.augment: seeded, stateless augmentation of the flagged images only."""
+
+import numpy as np
+
+from pipeline.augment import augment_batch
+from pipeline.config import AugmentParams
+
+
+def test_augmentation_is_seeded_and_only_touches_flagged_images():
+    x, flags = _batch(), np.array([True, False, True, False, True, True])
+    ap = AugmentParams(noise=0.05)
+    out = np.asarray(augment_batch(x, flags, np.array([3, 4]), ap))
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    assert np.array_equal(out[~flags], x[~flags]) and not np.allclose(out[flags], x[flags])
+    assert np.array_equal(out, np.asarray(augment_batch(x, flags, np.array([3, 4]), ap)))
+    assert not np.allclose(out[flags], np.asarray(augment_batch(x, flags, np.array([3, 5]), ap))[flags])
+
+
+def test_each_op_does_what_it_says():
+    x, flags = _batch(), np.ones(6, bool)
+    none = dict(flip=False, rotation=0, shift=0, zoom=0, brightness=0, contrast=0, noise=0)
+    flipped = np.asarray(augment_batch(x, flags, np.array([1, 2]), AugmentParams(**{**none, "flip": True})))
+    assert all(np.array_equal(f, i) or np.array_equal(f, i[:, ::-1]) for f, i in zip(flipped, x))
+    assert not all(np.array_equal(f, i) for f, i in zip(flipped, x))
+    bright = np.asarray(augment_batch(x * 0.5 + 0.25, flags, np.array([1, 2]),
+                                      AugmentParams(**{**none, "brightness": 0.2})))
+    shift = (bright - (x * 0.5 + 0.25)).reshape(6, -1)
+    assert np.allclose(shift, shift[:, :1], atol=1e-6) and np.abs(shift[:, 0]).max() <= 0.2
+    turned = np.asarray(augment_batch(x, flags, np.array([1, 2]), AugmentParams(**{**none, "rotation": 30})))
+    assert not np.allclose(turned, x) and np.allclose(turned.mean(), x.mean(), atol=0.05)
+    same = np.asarray(augment_batch(x, flags, np.array([1, 2]), AugmentParams(**none)))
+    assert np.allclose(same, x)
+
+
+def _batch() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.uniform(size=(6, 16, 16, 1)).astype(np.float32)
