@@ -1,28 +1,8 @@
 """The shape of the code base: the library's imports form no cycle and never reach the flows or the CLI."""
 
-import ast
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("pipeline", "flows", "cli")
-
-
-def imports_of(path: Path) -> set[str]:
-    """Every medpipe module a file imports, at module level or inside functions (dotted names)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.split(".")[0] in PACKAGES)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
-            package = ROOT.joinpath(*node.module.split("."))
-            if package.is_dir():  # `from pipeline import validate`: the modules named
-                found.update(f"{node.module}.{a.name}" for a in node.names
-                             if (package / f"{a.name}.py").exists() or (package / a.name).is_dir())
-            else:
-                found.add(node.module)
-    return found
+from pipeline.steps import ROOT, imports_of
 
 
 def module_graph(package: str = "pipeline") -> dict[str, set[str]]:
