@@ -15,8 +15,8 @@ def folder(tmp_path):
     for i, part in enumerate(parts):
         np.save(tmp_path / f"x_train_{i:05d}.npy", part)
     np.save(tmp_path / "y_train.npy", np.array([0, 1, 2, 0, 1]))
-    meta = {"size": 4, "channels": 1, "classes": ["a", "b", "c"],
-            "splits": {"train": {"n": 5, "shards": ["x_train_00000.npy", "x_train_00001.npy"], "labels": "y_train.npy"}}}
+    train = {"n": 5, "shards": ["x_train_00000.npy", "x_train_00001.npy"], "labels": "y_train.npy"}
+    meta = {"size": 4, "channels": 1, "classes": ["a", "b", "c"], "splits": {"train": train}}
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     return tmp_path, np.concatenate(parts)
 
