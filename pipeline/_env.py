@@ -22,20 +22,30 @@ OFFLINE_DEFAULTS: dict[str, str] = {
 }
 
 
-# The user's own choice of tracking server, read once: mlflow.set_tracking_uri() writes this
-# variable too, so reading it later would return whatever store medpipe itself last used.
-USER_TRACKING_URI: str | None = os.environ.get("MLFLOW_TRACKING_URI")
-USER_REGISTRY_URI: str | None = os.environ.get("MLFLOW_REGISTRY_URI")
+URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
-def restore_user_uris() -> None:
+def user_uris() -> dict[str, str | None]:
+    """The user's MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI as they are now (None: not set).
+
+    Returns:
+        Variable name → value, to hand to `restore_user_uris` after mlflow.set_tracking_uri.
+    """
+    return {key: os.environ.get(key) for key in URI_VARIABLES}
+
+
+def restore_user_uris(saved: dict[str, str | None]) -> None:
     """Put the user's MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI back (or remove them).
 
     mlflow.set_tracking_uri/set_registry_uri export the store to os.environ for child processes;
     without this, every program medpipe starts afterwards (a reproduce step, a served model, DVC)
-    would inherit whichever workspace's store this process used last.
+    would inherit whichever workspace's store this process used last, and the next tracking_uri()
+    would take it for the user's choice.
+
+    Args:
+        saved: What `user_uris()` returned before MLflow was pointed elsewhere.
     """
-    for key, value in (("MLFLOW_TRACKING_URI", USER_TRACKING_URI), ("MLFLOW_REGISTRY_URI", USER_REGISTRY_URI)):
+    for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
         else:

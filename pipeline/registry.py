@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,8 +14,12 @@ log = logging.getLogger(__name__)
 
 
 def tracking_uri(reg: RegisterParams, base: Path) -> str:
-    """MLFLOW_TRACKING_URI if the user set it, else params' URI with a relative SQLite path made absolute."""
-    uri = _env.USER_TRACKING_URI or reg.tracking_uri
+    """MLFLOW_TRACKING_URI if the user set it, else params' URI with a relative SQLite path made absolute.
+
+    Read when called: medpipe never leaves its own store in os.environ (see setup_tracking), so the
+    variable holds the user's choice, or nothing.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or reg.tracking_uri
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
         db = base / uri[len(prefix):]
@@ -27,10 +32,11 @@ def setup_tracking(reg: RegisterParams, base: Path) -> str:
     """Point MLflow at the store and make sure the experiment exists; return its id."""
     import mlflow
 
+    user = _env.user_uris()
     uri = tracking_uri(reg, base)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # else the registry keeps the first store this process used
-    _env.restore_user_uris()  # MLflow exported the URIs to os.environ; child processes must not inherit them
+    _env.restore_user_uris(user)  # MLflow exported the URIs to os.environ; child processes must not inherit them
     experiment = mlflow.get_experiment_by_name(reg.experiment)
     if experiment is not None:
         return experiment.experiment_id
