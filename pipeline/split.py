@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Params, SplitRatios
+from pipeline.errors import DataError
 
 SPLITS = ("train", "val", "test")
 
@@ -52,11 +53,64 @@ def split_patients(manifest: pd.DataFrame, ratios: SplitRatios, seed: int) -> pd
     return key.map(assignment).rename("split")
 
 
-def assign_splits(images: pd.DataFrame, params: Params) -> pd.Series:
-    """The manifest's own splits when it has them for every image, else a patient-grouped split."""
-    if (images["split"] != "").all():
-        return images["split"]
+def carve_validation(train: pd.DataFrame, fraction: float, seed: int) -> pd.Series:
+    """A validation split carved from a published train split: whole groups (column `group`, else
+    `patient_id`), stratified by label like `split_patients`, seeded.
+
+    Args:
+        train: The train images (`label` and `group` or `patient_id` columns).
+        fraction: The share of each label's groups that becomes val (at least one when a label has two).
+        seed: The split seed (preprocess.seed).
+
+    Returns:
+        "train" or "val" per image, on `train`'s index.
+    """
+    rng = np.random.default_rng(seed)
+    key = train["group"] if "group" in train else train["patient_id"]
+    group_label = train.groupby(key.to_numpy())["label"].agg(lambda s: s.mode().iloc[0])
+    val: set[str] = set()
+    for label in sorted(group_label.unique()):
+        groups = sorted(group_label.index[group_label == label])
+        groups = [groups[i] for i in rng.permutation(len(groups))]
+        val.update(groups[:max(int(round(len(groups) * fraction)), 1 if len(groups) >= 2 else 0)])
+    return pd.Series(np.where(key.isin(val), "val", "train"), index=train.index, name="split")
+
+
+def _grouped(images: pd.DataFrame) -> pd.DataFrame:
+    """The images with the leakage group (patient, byte copy, near copy) each must share a split with."""
     hashes = images["sha256"].where(images["sha256"] != "", images["path"])
     near = images["near_group"].astype(str).where(images["near_group"] >= 0, "") if "near_group" in images else None
-    grouped = images.assign(group=leakage_groups(images["patient_id"], hashes, near))
-    return split_patients(grouped, params.preprocess.split, params.preprocess.seed)
+    return images.assign(group=leakage_groups(images["patient_id"], hashes, near))
+
+
+def assign_splits(images: pd.DataFrame, params: Params) -> pd.Series:
+    """The manifest's own splits when it has them for every image, else a patient-grouped split.
+
+    A published split with train and test but no val rows (as most are) gets a val split carved from
+    its train rows (`carve_validation`, the share preprocess.split.val / (train + val)); one without
+    train or without test rows is refused.
+
+    Args:
+        images: The image table (`path`, `label`, `patient_id`, `sha256`, `split`, maybe `near_group`).
+        params: The run's params (preprocess.split and preprocess.seed).
+
+    Returns:
+        train, val or test per image.
+
+    Raises:
+        DataError: The manifest's split column has no train or no test rows.
+    """
+    if not (images["split"] != "").all():
+        return split_patients(_grouped(images), params.preprocess.split, params.preprocess.seed)
+    present = set(images["split"])
+    missing = [s for s in ("train", "test") if s not in present]
+    if missing and present <= set(SPLITS):
+        raise DataError("manifest.csv", f"its split column has no {' and no '.join(missing)} rows (found "
+                        f"{', '.join(sorted(present))}): give every image train, val or test, or leave the "
+                        "column empty for medpipe's own patient-grouped split")
+    if "val" in present or missing:
+        return images["split"]
+    ratios = params.preprocess.split
+    train = images["split"] == "train"
+    carved = carve_validation(_grouped(images)[train], ratios.val / (ratios.train + ratios.val), params.preprocess.seed)
+    return images["split"].where(~train, carved)

@@ -91,6 +91,25 @@ def image_table(manifest: pd.DataFrame, root: Path, cache: Path | None, vp: Vali
     return df.drop(columns=["patient_key", "error"])
 
 
+def carved_check(published: pd.Series, images: pd.DataFrame) -> list[Check]:
+    """A warning that says so when the val split was carved from the manifest's train rows (else none).
+
+    Args:
+        published: The manifest's split column as read (before `assign_splits`).
+        images: The image table with the splits assigned.
+
+    Returns:
+        One warning check naming how many train images of how many patients became val, or [].
+    """
+    carved = images[(published.reindex(images.index) == "train") & (images["split"] == "val")]
+    if carved.empty:
+        return []
+    return [Check("val split carved from train", False, [
+        f"the manifest has no val rows: {len(carved)} of its train images ({carved['patient_id'].nunique()} "
+        "patients, whole patients and copies together, stratified by label, seeded by preprocess.seed) "
+        "are the validation split"], severity="warning")]
+
+
 def derived_tables(images: pd.DataFrame, labels: list[str], empty_folders: list[str]) -> dict[str, pd.DataFrame]:
     """Per patient, per image hash, per (split, hash) and per class views of the image table."""
     readable = images[images["readable"]]
@@ -292,10 +311,11 @@ def validate_data(root: Path, params: Params, out: Path, project: Path,
                          params.dask.chunk_size, params.preprocess)
     nd = vp.near_duplicates
     images["near_group"] = find_groups(images["fingerprint"].tolist(), nd.threshold).group if nd.enabled else -1
+    published = images["split"].copy()
     images["split"] = assign_splits(images, params).fillna("")
     images, dropped = drop_leaks(images, vp)
     frames = {"images": images, **derived_tables(images, vp.labels, empty_folders)}
-    checks = run_suites(frames, _expectations(vp))
+    checks = run_suites(frames, _expectations(vp)) + carved_check(published, images)
     counts = images["label"].value_counts().to_dict()
     report = ValidationReport(all(c.success for c in checks if c.severity == "error"), checks, len(images),
                               {lb: int(counts.get(lb, 0)) for lb in vp.labels},

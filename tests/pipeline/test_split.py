@@ -25,3 +25,33 @@ def test_images_shared_across_patients_are_grouped():
     hashes = pd.Series(["h1", "h2", "h1", "h3"])  # a and c share an image
     groups = leakage_groups(patients, hashes)
     assert groups[0] == groups[2] and len(set(groups)) == 3
+
+
+def _train(n_per_label: dict[str, int]) -> pd.DataFrame:
+    rows = [(f"{label}{p}_{k}.png", label, f"{label}{p}") for label, n in n_per_label.items()
+            for p in range(n) for k in range(2)]
+    return pd.DataFrame(rows, columns=["path", "label", "patient_id"])
+
+
+def test_carved_validation_takes_whole_patients_per_label_and_is_seeded():
+    from pipeline.split import carve_validation
+
+    train = _train({"a": 20, "b": 4})
+    split = carve_validation(train, 0.25, seed=3)
+    assert (train.assign(split=split).groupby("patient_id")["split"].nunique() == 1).all()
+    val_patients = train[split == "val"].groupby("label")["patient_id"].nunique().to_dict()
+    assert val_patients == {"a": 5, "b": 1}
+    assert split.equals(carve_validation(train, 0.25, seed=3))
+    assert not split.equals(carve_validation(train, 0.25, seed=4))
+
+
+def test_assign_splits_keeps_a_full_published_split_and_carves_a_missing_val():
+    from pipeline.config import Params
+    from pipeline.split import assign_splits
+
+    images = _train({"a": 10, "b": 10}).assign(sha256=lambda d: d["path"], split="train")
+    images.loc[images.index % 4 == 0, "split"] = "test"
+    carved = assign_splits(images, Params())
+    assert set(carved) == {"train", "val", "test"} and (carved[images["split"] == "test"] == "test").all()
+    full = images.assign(split=images["split"].where(images.index % 4 != 1, "val"))
+    assert assign_splits(full, Params()).equals(full["split"])

@@ -116,3 +116,33 @@ def test_computed_split_keeps_copies_together(data, tmp_path):
     assert report.success
     splits = pd.read_csv(tmp_path / "outputs/validate/splits.csv")
     assert splits[splits.path.str.contains("copy") | (splits.path == manifest.loc[0, "path"])]["split"].nunique() == 1
+
+
+def _published(data, splits_of_patient) -> pd.DataFrame:
+    """Give the manifest a split column, by patient (a published split that keeps patients whole)."""
+    manifest = pd.read_csv(data / "manifest.csv", dtype=str)
+    patients = sorted(manifest["patient_id"].unique())
+    manifest["split"] = manifest["patient_id"].map({p: splits_of_patient(i) for i, p in enumerate(patients)})
+    manifest.to_csv(data / "manifest.csv", index=False)
+    return manifest
+
+
+def test_a_published_split_without_val_gets_one_carved_from_train(data, tmp_path):
+    manifest = _published(data, lambda i: "test" if i % 5 == 0 else "train")
+    report = _run(data, tmp_path)
+    assert report.success
+    carved = [c for c in report.warnings if c.name == "val split carved from train"]
+    assert len(carved) == 1 and "no val rows" in carved[0].unexpected[0]
+    splits = pd.read_csv(tmp_path / "outputs/validate/splits.csv", dtype=str)
+    assert set(splits["split"]) == {"train", "val", "test"}
+    was = manifest.set_index("path")["split"]
+    assert (splits.set_index("path")["split"][was == "test"] == "test").all()  # test rows stay test
+    assert (splits.groupby("patient_id")["split"].nunique() == 1).all()  # val takes whole patients
+
+
+def test_a_published_split_without_test_rows_is_one_failed_check(data, tmp_path):
+    _published(data, lambda i: "val" if i % 5 == 0 else "train")
+    report = _run(data, tmp_path)
+    assert not report.success
+    reason = report.failed[0].unexpected[0]
+    assert "its split column has no test rows" in reason and "\n" not in reason
