@@ -40,6 +40,10 @@ def run(data: Annotated[Path | None, typer.Option(help="Data root holding manife
     if data is not None and not data.is_dir():  # before any server starts
         raise ConfigError(data, f"data folder not found (looked in {data.resolve().parent})")
     check_scheduler(config.dask)  # and on a Dask scheduler that does not answer
+    from pipeline.config import Workspace
+    from pipeline.validate import check_labels
+
+    check_labels(config, Workspace.create(config, params, data).data_root)  # another task's classes: say so now
     from pipeline.watchdog import guard_descendants
 
     # a killed run takes Prefect's temporary server (and any Dask cluster) with it, and its MLflow run is
@@ -83,6 +87,7 @@ def validate(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv 
 
     p = load_params(params, parse_overrides(set_))
     ws = Workspace.create(p, params, data)
+    step.check_labels(p, ws.data_root)
     report = step.run_step(p, ws, report_dir or ws.out / "reports" / ws.data_root.name)
     for check in report.warnings:
         err_console.print(f"warning: {check.name}: {'; '.join(check.unexpected[:3])}", markup=False, soft_wrap=True)

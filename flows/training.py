@@ -71,6 +71,7 @@ def training_flow(params_file: str = "params.yaml", data: str | None = None,
         try:
             recover_task(params, ws)
             registry.check_task(params, ws)
+            validate.check_labels(params, ws.data_root)
             resuming = resume and train.has_checkpoint(params, ws)
             if resume and not resuming:
                 print("nothing to resume (no checkpoint of an interrupted run): training afresh")

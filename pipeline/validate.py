@@ -17,7 +17,7 @@ import pandas as pd
 from pipeline import faults
 from pipeline.config import Params, PreprocessParams, ValidateParams, Workspace
 from pipeline.data import discover
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 from pipeline.limits import MB
 from pipeline.near_duplicates import find_groups, hamming, nearest_distances, to_words
 from pipeline.outputs import replace_dir
@@ -66,6 +66,30 @@ class ValidationReport:
         first = self.failed[0]
         example = f" (e.g. {first.unexpected[0]})" if first.unexpected else ""
         return f"{len(self.failed)} of {n_errors} checks failed: {first.name}{example}{warned}"
+
+
+def check_labels(params: Params, data_root: Path) -> None:
+    """Refuse, before any work, data whose classes share none with `validate.labels` (another task's params).
+
+    A few unknown labels among known ones are left to the checks, which name each file.
+
+    Args:
+        params: The run's params.
+        data_root: The data set (manifest.csv or a folder per class).
+
+    Raises:
+        ConfigError: One line listing the pinned and the found classes and the `--set` that fixes it.
+    """
+    try:
+        manifest, empty = discover(data_root)
+    except DataError:
+        return  # unreadable data: validation reports them, naming the file
+    found = sorted({*manifest["label"].astype(str), *empty})
+    pinned = list(params.validate_.labels)
+    if found and not set(found) & set(pinned):
+        raise ConfigError("validate.labels", f"params pin the classes {', '.join(pinned)} but {data_root} holds "
+                          f"{', '.join(found)}: run with --set validate.labels={','.join(found)} (or set them in "
+                          "params.yaml)")
 
 
 def failure(report: "ValidationReport", data_root: Path) -> DataError:

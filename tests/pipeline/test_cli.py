@@ -78,7 +78,19 @@ def test_import_npz_then_validate_with_a_label_override(tmp_path):
     ok = medpipe("validate", tmp_path / "d", "--params", tmp_path / "params.yaml", "--set",
                  "validate.labels=[neg, pos]", "--set", "validate.min_per_class=3")
     assert ok.returncode == 0, ok.stderr
-    _one_error_line(medpipe("validate", tmp_path / "d", "--params", tmp_path / "params.yaml"), 1, "label known")
+    # the repo's params pin the built-in classes: one line names both sets and the fix, before any work
+    _one_error_line(medpipe("validate", tmp_path / "d", "--params", tmp_path / "params.yaml"), 2,
+                    "validate.labels: params pin the classes normal, nodule, effusion but",
+                    "holds neg, pos: run with --set validate.labels=neg,pos")
+
+
+def test_a_few_unknown_labels_are_left_to_the_checks_that_name_the_files(tmp_path, tiny_data):
+    from pipeline.config import Params
+    from pipeline.validate import check_labels
+
+    check_labels(Params(), tiny_data)  # the built-in classes: nothing to say
+    check_labels(Params.model_validate({"validate": {"labels": ["normal", "other"]}}), tiny_data)  # overlap
+    check_labels(Params(), tmp_path / "missing")  # unreadable data: validation reports them
 
 
 def test_bad_set_value_blames_the_flag_not_params_yaml(project):
@@ -102,3 +114,17 @@ def test_missing_data_and_params_are_usage_errors_saying_where_medpipe_looked(tm
                     "nowhere", "data folder not found")
     _one_error_line(medpipe("run", cwd=tmp_path / "data" if (tmp_path / "data").is_dir() else tmp_path), 2,
                     "params.yaml", "looked in", "-p/--params")
+
+
+def test_run_on_other_classes_stops_before_any_server_with_the_fix(project):
+    import cv2
+    import numpy as np
+
+    for label in ("benign", "malignant"):  # own class folders; params.yaml still pins the built-in classes
+        (project / "mine" / label).mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(project / "mine" / label / f"{i}.png"), np.full((8, 8), 40 * i, np.uint8))
+    done = medpipe("run", "--data", project / "mine", "--params", project / "params.yaml")
+    _one_error_line(done, 2, "validate.labels:", "holds benign, malignant",
+                    "--set validate.labels=benign,malignant")
+    assert not (project / "outputs").exists() and not (project / "mlflow" / "mlflow.db").exists()
