@@ -191,12 +191,11 @@ def _classes(version) -> list[str]:
 
 
 def _start_time(pid: int) -> str | None:
-    """A process's start time (clock ticks since boot, /proc/<pid>/stat field 22), None if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (OSError, ValueError):
-        return None
-    return stat.rpartition(")")[2].split()[19]
+    """A live process's start time (clock ticks since boot), None if it is gone (or a zombie)."""
+    from pipeline.watchdog import proc_stat
+
+    stat = proc_stat(pid)
+    return None if stat is None or stat.state in "ZX" else stat.start
 
 
 def owner_tags() -> dict[str, str]:

@@ -14,18 +14,41 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 INTERVAL = 0.5
 _watcher: subprocess.Popen | None = None
 
 
-def _stat(pid: int) -> tuple[int, str] | None:
-    """(parent pid, start time) of a live process, None if it is gone or a zombie."""
+class ProcStat(NamedTuple):
+    """What /proc/<pid>/stat says of a process (fields 3, 4, 6 and 22)."""
+
+    state: str  # R, S, D, ..., Z (zombie), X (dead)
+    parent: int
+    session: int
+    start: str  # clock ticks since boot: with the pid, names one process even after the pid is reused
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """A process's state, parent, session and start time, as /proc/<pid>/stat has them.
+
+    Args:
+        pid: The process id.
+
+    Returns:
+        Its ProcStat (zombies included), or None when there is no such process.
+    """
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()  # comm may hold ") "
-    except OSError:
+    except (OSError, ValueError):
         return None
-    return None if fields[0] in "ZX" else (int(fields[1]), fields[19])  # fields 3 (state), 4, 22
+    return ProcStat(fields[0], int(fields[1]), int(fields[3]), fields[19])
+
+
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, start time) of a live process, None if it is gone or a zombie."""
+    stat = proc_stat(pid)
+    return None if stat is None or stat.state in "ZX" else (stat.parent, stat.start)
 
 
 def _descendants(pid: int) -> dict[int, str]:

@@ -86,15 +86,10 @@ def _wait_at(process, marker: Path, seconds: int = 600) -> None:
 
 
 def _session_alive(sid: int) -> list[str]:
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":
-            alive.append(stat.parent.name)
-    return alive
+    from pipeline.watchdog import proc_stat
+
+    stats = {pid: proc_stat(int(pid)) for pid in os.listdir("/proc") if pid.isdigit()}
+    return [pid for pid, stat in stats.items() if stat and stat.session == sid and stat.state != "Z"]
 
 
 def _kill_at(chain, point: str, *args: str, ephemeral: bool = False) -> str:
