@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.config import LOWER_IS_BETTER, Params, PromoteParams, Workspace
 from pipeline.errors import MedpipeError
+from pipeline.registry import aliases_of
 
 log = logging.getLogger(__name__)
 
@@ -122,16 +123,6 @@ def score(classifier, split: TestSplit) -> dict[str, float]:
     else:
         x = np.stack([prepare_image(f, classifier.pp) for f in split.files])
     return classification_metrics(split.y, predict(classifier.model, x))
-
-
-def aliases_of(client, name: str) -> dict[str, int]:
-    """The registered model's aliases, alias -> version ({} when the model does not exist)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return {a: int(v) for a, v in client.get_registered_model(name).aliases.items()}
-    except MlflowException:
-        return {}
 
 
 def apply_plan(client, name: str, plan: dict) -> None:

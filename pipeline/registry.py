@@ -234,6 +234,16 @@ def close_orphaned_runs(reg: RegisterParams, base: Path, say: Callable[[str], No
     return closed
 
 
+def aliases_of(client, name: str) -> dict[str, int]:
+    """The registered model's aliases, alias -> version ({} when the model does not exist)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return {a: int(v) for a, v in client.get_registered_model(name).aliases.items()}
+    except MlflowException:
+        return {}
+
+
 def check_task(params: Params, ws: Workspace) -> None:
     """Refuse, before any work, a run whose classes differ from the champion's of the same registered model.
 
@@ -241,16 +251,15 @@ def check_task(params: Params, ws: Workspace) -> None:
         ConfigError: naming `register.model_name`, both class lists and what to do.
     """
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     from pipeline.errors import ConfigError
 
     setup_tracking(params.register_, ws.base)
     client, name = mlflow.MlflowClient(), params.register_.model_name
-    try:
-        champion = client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
+    number = aliases_of(client, name).get("champion")
+    if number is None:
         return
+    champion = client.get_model_version(name, str(number))
     mine = {"classes": list(params.validate_.labels)}
     conflict = signature_conflict(mine, version_signature(champion), int(champion.version), name)
     if conflict:
@@ -266,3 +275,4 @@ if __name__ == "__main__":  # python -m pipeline.registry close-orphans PARAMS_F
         params_file = Path(sys.argv[2])
         params = load_params(params_file, json.loads(sys.argv[3]) if len(sys.argv) > 3 else None)
         close_orphaned_runs(params.register_, params_file.resolve().parent, say=lambda _: None)
+

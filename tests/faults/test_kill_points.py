@@ -115,7 +115,7 @@ def _finish(chain, *args: str, point: str | None = None, offline: bool = False) 
 
 
 def _aliases(chain) -> dict[str, int]:
-    from pipeline.promote import aliases_of
+    from pipeline.registry import aliases_of
 
     return aliases_of(_client(chain), NAME)
 
