@@ -23,17 +23,17 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def suggest(model, classes: list[str], files: list[Path], root: Path, thumbs: Path | None,
-            pp: PreprocessParams) -> pd.DataFrame:
+            preprocessing: PreprocessParams) -> pd.DataFrame:
     """Predicted label, confidence and entropy per image (unreadable ones get their error), most uncertain first."""
     from pipeline.explain import grad_cam, overlay
     from pipeline.model import input_params
     from pipeline.preprocess import load_image
 
-    pp, rows = input_params(model, pp), []
+    preprocessing, rows = input_params(model, preprocessing), []
     for path in files:
         rel = path.relative_to(root).as_posix()
         try:
-            x = load_image(path, pp)
+            x = load_image(path, preprocessing)
         except ImageError as err:
             rows.append((rel, "", np.nan, np.nan, "", err.reason))
             continue

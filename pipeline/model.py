@@ -42,7 +42,7 @@ class Standardize(layers.Layer):
         return {**super().get_config(), "mode": self.mode, "mean": self.mean, "std": self.std}
 
 
-def seed_cnn(inputs, n_classes: int, mp: ModelParams, base: Path):
+def seed_cnn(inputs, n_classes: int, model_params: ModelParams, base: Path):
     """The seed CNN, exactly: Conv32-Pool-Conv64-Pool-Dense128-softmax."""
     x = layers.Conv2D(32, 3, activation="relu")(inputs)
     x = layers.MaxPooling2D(2)(x)
@@ -63,31 +63,31 @@ def _residual(x, filters: int, stride: int):
     return layers.Activation("relu")(layers.Add()([y, shortcut]))
 
 
-def resnet_small(inputs, n_classes: int, mp: ModelParams, base: Path):
+def resnet_small(inputs, n_classes: int, model_params: ModelParams, base: Path):
     """A small ResNet: a 3x3 stem, residual stages of 32, 64 and 128 filters, global pooling, dropout."""
     x = layers.Conv2D(32, 3, padding="same", use_bias=False)(inputs)
     x = layers.Activation("relu")(layers.BatchNormalization()(x))
     for filters, stride in ((32, 1), (64, 2), (128, 2)):
         x = _residual(x, filters, stride)
-    return layers.Dropout(mp.dropout)(layers.GlobalAveragePooling2D()(x))
+    return layers.Dropout(model_params.dropout)(layers.GlobalAveragePooling2D()(x))
 
 
-def application(inputs, n_classes: int, mp: ModelParams, base: Path):
+def application(inputs, n_classes: int, model_params: ModelParams, base: Path):
     """A keras.applications backbone: random weights, or a local weights file (never downloaded)."""
-    name, extra = APPLICATIONS[mp.name]
+    name, extra = APPLICATIONS[model_params.name]
     weights = None
-    if mp.weights is not None:
-        weights = str(mp.weights if mp.weights.is_absolute() else base / mp.weights)
+    if model_params.weights is not None:
+        weights = str(model_params.weights if model_params.weights.is_absolute() else base / model_params.weights)
         if not Path(weights).is_file():
             raise ConfigError(weights, "model.weights file not found (weights are never downloaded)")
     x = inputs
     if weights is not None and inputs.shape[-1] == 1:
         x = layers.Concatenate()([x, x, x])  # pretrained backbones expect three channels
-    if mp.name == "efficientnet_b0":
+    if model_params.name == "efficientnet_b0":
         x = layers.Rescaling(255.0)(x)  # EfficientNet rescales 0-255 inputs itself
     # built on our tensor, so its layers join this model's graph (Grad-CAM can reach its last conv layer)
     backbone = getattr(keras.applications, name)(include_top=False, weights=weights, input_tensor=x, **extra)
-    return layers.Dropout(mp.dropout)(layers.GlobalAveragePooling2D()(backbone.output))
+    return layers.Dropout(model_params.dropout)(layers.GlobalAveragePooling2D()(backbone.output))
 
 
 def load_model(path: Path) -> keras.Model:
@@ -95,23 +95,23 @@ def load_model(path: Path) -> keras.Model:
     return keras.models.load_model(path, compile=False)
 
 
-def input_params(model: keras.Model, pp):
+def input_params(model: keras.Model, preprocessing):
     """PreprocessParams adjusted to what a trained model takes (its input size and channels)."""
     _, size, _, channels = model.input_shape
-    return pp.model_copy(update={"size": int(size), "color": "gray" if channels == 1 else "rgb"})
+    return preprocessing.model_copy(update={"size": int(size), "color": "gray" if channels == 1 else "rgb"})
 
 
 ARCHITECTURES = {"seed_cnn": seed_cnn, "resnet_small": resnet_small, **{name: application for name in APPLICATIONS}}
 
 
-def build_model(mp: ModelParams, input_shape: tuple[int, int, int], n_classes: int,
+def build_model(model_params: ModelParams, input_shape: tuple[int, int, int], n_classes: int,
                 norm: tuple[str, float, float] = ("unit", 0.0, 1.0), base: Path = Path(".")) -> keras.Model:
     """Build an (uncompiled) model by its params name: Standardize, the body, a float32 softmax head."""
     inputs = keras.Input(shape=input_shape, name="image")
     x = Standardize(*norm, name="standardize")(inputs)
-    features = ARCHITECTURES[mp.name](x, n_classes, mp, base)
+    features = ARCHITECTURES[model_params.name](x, n_classes, model_params, base)
     outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(features)
-    return keras.Model(inputs, outputs, name=mp.name)
+    return keras.Model(inputs, outputs, name=model_params.name)
 
 
 def predict_uint8(model, x: np.ndarray, batch: int = 128) -> np.ndarray:

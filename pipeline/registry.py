@@ -12,9 +12,9 @@ from pipeline.config import Params, PreprocessParams, RegisterParams, Workspace
 log = logging.getLogger(__name__)
 
 
-def tracking_uri(reg: RegisterParams, base: Path) -> str:
+def tracking_uri(registry_params: RegisterParams, base: Path) -> str:
     """MLFLOW_TRACKING_URI if the user set it, else params' URI with a relative SQLite path made absolute."""
-    uri = _env.USER_TRACKING_URI or reg.tracking_uri
+    uri = _env.USER_TRACKING_URI or registry_params.tracking_uri
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
         db = base / uri[len(prefix):]
@@ -23,20 +23,20 @@ def tracking_uri(reg: RegisterParams, base: Path) -> str:
     return uri
 
 
-def setup_tracking(reg: RegisterParams, base: Path) -> str:
+def setup_tracking(registry_params: RegisterParams, base: Path) -> str:
     """Point MLflow at the store and make sure the experiment exists; return its id."""
     import mlflow
 
-    uri = tracking_uri(reg, base)
+    uri = tracking_uri(registry_params, base)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # else the registry keeps the first store this process used
     _env.restore_user_uris()  # MLflow exported the URIs to os.environ; child processes must not inherit them
-    experiment = mlflow.get_experiment_by_name(reg.experiment)
+    experiment = mlflow.get_experiment_by_name(registry_params.experiment)
     if experiment is not None:
         return experiment.experiment_id
     local = uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
-    artifacts = (base / reg.artifact_root).resolve().as_uri() if local else None
-    return mlflow.create_experiment(reg.experiment, artifact_location=artifacts)
+    artifacts = (base / registry_params.artifact_root).resolve().as_uri() if local else None
+    return mlflow.create_experiment(registry_params.experiment, artifact_location=artifacts)
 
 
 # Every complete version has these (versions made since the signature also medpipe.task_signature and
@@ -46,17 +46,18 @@ COMPLETE_TAGS = ("medpipe.weights_sha256", "medpipe.data_md5", "medpipe.params_m
 PENDING = "pending"  # medpipe.promotion of a version the gate has not decided on yet
 
 
-def task_signature(classes: list[str], pp: PreprocessParams) -> dict:
+def task_signature(classes: list[str], preprocessing: PreprocessParams) -> dict:
     """What a model version is a model *of*: its classes in order and the input it takes.
 
     Args:
         classes: Class names in output order.
-        pp: The preprocessing it was trained with.
+        preprocessing: The preprocessing it was trained with.
 
     Returns:
         `{"classes", "size", "color", "normalize"}`, stored as the tag `medpipe.task_signature`.
     """
-    return {"classes": list(classes), "size": pp.size, "color": pp.color, "normalize": pp.normalize}
+    return {"classes": list(classes), "size": preprocessing.size, "color": preprocessing.color,
+            "normalize": preprocessing.normalize}
 
 
 def version_signature(version) -> dict:
@@ -95,7 +96,7 @@ def file_sha256(*paths: Path) -> str:
     return digest.hexdigest()
 
 
-def find_version(uri: str, reg: RegisterParams, base: Path):
+def find_version(uri: str, registry_params: RegisterParams, base: Path):
     """The registry's ModelVersion for `models:/NAME/VERSION`, `models:/NAME@ALIAS` or `models:/NAME/latest`
     (the newest complete version)."""
     import mlflow
@@ -103,7 +104,7 @@ def find_version(uri: str, reg: RegisterParams, base: Path):
 
     from pipeline.errors import MedpipeError
 
-    setup_tracking(reg, base)
+    setup_tracking(registry_params, base)
     client = mlflow.MlflowClient()
     name, _, ref = uri.removeprefix("models:/").replace("@", "/@").partition("/")
     try:
@@ -119,31 +120,31 @@ def find_version(uri: str, reg: RegisterParams, base: Path):
         raise MedpipeError(uri, "no such registered model version") from None
 
 
-def model_uri(reg: RegisterParams, ref: str | int = "@champion") -> str:
+def model_uri(registry_params: RegisterParams, ref: str | int = "@champion") -> str:
     """`models:/<register.model_name>@alias` or `/<version>`: the default model of every command."""
     ref = str(ref)
-    return f"models:/{reg.model_name}{ref if ref.startswith('@') else '/' + ref}"
+    return f"models:/{registry_params.model_name}{ref if ref.startswith('@') else '/' + ref}"
 
 
-def load_classifier(uri: str, reg: RegisterParams, base: Path, pp: PreprocessParams):
+def load_classifier(uri: str, registry_params: RegisterParams, base: Path, preprocessing: PreprocessParams):
     """The raw-image classifier behind a registered version (`.model`, `.classes`, `.pp`) and its number.
 
     Nothing from the artifact store is unpickled or executed: the version's Keras file is loaded in
     safe mode and its serving.json read as JSON, by this installed medpipe's code; their sha256 must
     match the version's `medpipe.model_sha256` tag. Versions logged before the raw-image pyfunc
-    (Keras flavour) get their class names from their tags and `pp` fitted to their input.
+    (Keras flavour) get their class names from their tags and `preprocessing` fitted to their input.
     """
     import tempfile
 
     import mlflow
 
-    version = find_version(uri, reg, base)
+    version = find_version(uri, registry_params, base)
     with tempfile.TemporaryDirectory(prefix="medpipe-model-") as tmp:  # loaded into memory, then removed
         folder = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}", dst_path=tmp))
-        return _load_folder(folder, version, pp), int(version.version)
+        return _load_folder(folder, version, preprocessing), int(version.version)
 
 
-def _load_folder(folder: Path, version, pp: PreprocessParams):
+def _load_folder(folder: Path, version, preprocessing: PreprocessParams):
     """The classifier in a downloaded model folder (see load_classifier)."""
     import yaml
 
@@ -159,7 +160,7 @@ def _load_folder(folder: Path, version, pp: PreprocessParams):
             raise MedpipeError(where, "no .keras file in its artifacts")
         model = load_model(files[0])
         classes = _classes(version) or [str(i) for i in range(model.output_shape[-1])]
-        return SimpleNamespace(model=model, classes=classes, pp=input_params(model, pp))
+        return SimpleNamespace(model=model, classes=classes, pp=input_params(model, preprocessing))
     artifacts = flavors.get("python_function", {}).get("artifacts", {})
     try:
         keras_file, config = (folder / artifacts[k]["path"] for k in ("keras_model", "config"))
@@ -172,10 +173,10 @@ def _load_folder(folder: Path, version, pp: PreprocessParams):
     return RawImageClassifier().load(keras_file, config)
 
 
-def load_registered(uri: str, reg: RegisterParams, base: Path):
+def load_registered(uri: str, registry_params: RegisterParams, base: Path):
     """A registered version's Keras model, class names (never empty: versions without names get "0", "1", ...)
     and version number (loaded as load_classifier does)."""
-    classifier, number = load_classifier(uri, reg, base, PreprocessParams())
+    classifier, number = load_classifier(uri, registry_params, base, PreprocessParams())
     return classifier.model, classifier.classes, number
 
 
@@ -202,7 +203,8 @@ def owner_tags() -> dict[str, str]:
             "medpipe.pid_start": _start_time(os.getpid()) or ""}
 
 
-def close_orphaned_runs(reg: RegisterParams, base: Path, say: Callable[[str], None] = log.info) -> list[str]:
+def close_orphaned_runs(registry_params: RegisterParams, base: Path,
+                        say: Callable[[str], None] = log.info) -> list[str]:
     """Mark as KILLED the RUNNING runs of this experiment whose process (on this host) is gone.
 
     A run killed with SIGKILL cannot end itself; the next medpipe command on the same host does.
@@ -215,7 +217,7 @@ def close_orphaned_runs(reg: RegisterParams, base: Path, say: Callable[[str], No
 
     import mlflow
 
-    experiment = setup_tracking(reg, base)
+    experiment = setup_tracking(registry_params, base)
     client, host, closed = mlflow.MlflowClient(), socket.gethostname(), []
     for run in client.search_runs([experiment], "attributes.status = 'RUNNING'", max_results=200):
         tags = run.data.tags

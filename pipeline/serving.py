@@ -48,7 +48,7 @@ def _pixels_or_bytes(cell, row: int) -> bytes | np.ndarray:
     return pixels
 
 
-def model_input(cell, row: int, pp: PreprocessParams) -> np.ndarray:
+def model_input(cell, row: int, preprocessing: PreprocessParams) -> np.ndarray:
     """One cell as a model input: float32 (size, size, channels) in [0, 1]."""
     from pipeline.preprocess import pixels_to_uint8, prepare_image, prepare_pixels
 
@@ -56,15 +56,15 @@ def model_input(cell, row: int, pp: PreprocessParams) -> np.ndarray:
     value = _pixels_or_bytes(cell, row)
     try:
         if isinstance(value, bytes):
-            return prepare_image(Path(name), pp, data=value).astype(np.float32) / 255.0
-        if value.size > pp.max_pixels:
+            return prepare_image(Path(name), preprocessing, data=value).astype(np.float32) / 255.0
+        if value.size > preprocessing.max_pixels:
             raise MedpipeError(name, f"pixel array of shape {value.shape} = {pixel_count(value.size)} exceeds the "
-                                     f"cap of {pixel_count(pp.max_pixels)} (preprocess.max_pixels)")
+                                     f"cap of {pixel_count(preprocessing.max_pixels)} (preprocess.max_pixels)")
         if value.dtype.kind in "iu" and value.dtype != np.uint8:
             value = value.astype(np.uint16)
         elif value.dtype.kind == "f":
             value = value.astype(np.float32)
-        return prepare_pixels(pixels_to_uint8(value, pp.color), pp).astype(np.float32) / 255.0
+        return prepare_pixels(pixels_to_uint8(value, preprocessing.color), preprocessing).astype(np.float32) / 255.0
     except MedpipeError:
         raise  # already names the row
     except Exception as err:  # any other decode failure is the caller's image too: HTTP 400, no traceback
@@ -84,9 +84,9 @@ def cells(data) -> list:
     return list(data)
 
 
-def predict_table(model, classes: list[str], images: list, pp: PreprocessParams) -> pd.DataFrame:
+def predict_table(model, classes: list[str], images: list, preprocessing: PreprocessParams) -> pd.DataFrame:
     """Labels and class probabilities of raw images."""
-    x = np.stack([model_input(cell, i, pp) for i, cell in enumerate(images)]) if images else np.zeros((0,))
+    x = np.stack([model_input(cell, i, preprocessing) for i, cell in enumerate(images)]) if images else np.zeros((0,))
     proba = np.asarray(model.predict(x, verbose=0), dtype=np.float64) if len(x) else np.zeros((0, len(classes)))
     return pd.DataFrame({"label": [classes[i] for i in proba.argmax(axis=1)],
                          **{c: proba[:, i] for i, c in enumerate(classes)}})
@@ -143,7 +143,8 @@ def _served_error():
     return ServedError
 
 
-def log_pyfunc(keras_path: Path, classes: list[str], pp: PreprocessParams, example: bytes, workdir: Path, **kwargs):
+def log_pyfunc(keras_path: Path, classes: list[str], preprocessing: PreprocessParams, example: bytes, workdir: Path,
+               **kwargs):
     """Log the model as a raw-image pyfunc to the active run: the Keras file, its preprocessing
     (serving.json) and medpipe's code, as models from code (pipeline/served_model.py), so no pickle."""
     import mlflow
@@ -151,7 +152,7 @@ def log_pyfunc(keras_path: Path, classes: list[str], pp: PreprocessParams, examp
     from mlflow.types import ColSpec, DataType, Schema
 
     config = workdir / "serving.json"
-    config.write_text(json.dumps({"classes": classes, "preprocess": pp.model_dump(mode="json")}, indent=2))
+    config.write_text(json.dumps({"classes": classes, "preprocess": preprocessing.model_dump(mode="json")}, indent=2))
     signature = ModelSignature(Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
                                Schema([ColSpec(DataType.string, "label"),
                                        *[ColSpec(DataType.double, c) for c in classes]]))
