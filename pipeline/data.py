@@ -174,7 +174,14 @@ def read_manifest(root: Path) -> pd.DataFrame:
     return df[[*MANIFEST_COLUMNS, "split"]]
 
 
-def scan_folders(root: Path) -> tuple[pd.DataFrame, list[str]]:
+class Discovery(NamedTuple):
+    """A data set's manifest (path, label, patient_id, split) and its class folders without images."""
+
+    manifest: pd.DataFrame
+    empty_folders: list[str]
+
+
+def scan_folders(root: Path) -> Discovery:
     """A folder per class: `root/<label>/**/*.{png,jpg,jpeg,dcm}`. Returns the manifest and empty class folders."""
     from pipeline.imageio import IMAGE_SUFFIXES
 
@@ -183,19 +190,19 @@ def scan_folders(root: Path) -> tuple[pd.DataFrame, list[str]]:
         files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         empty += [] if files else [folder.name]
         rows += [(p.relative_to(root).as_posix(), folder.name, "", "") for p in files]
-    return pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "split"]), empty
+    return Discovery(pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "split"]), empty)
 
 
-def discover(root: Path) -> tuple[pd.DataFrame, list[str]]:
+def discover(root: Path) -> Discovery:
     """The data set's manifest: `manifest.csv` if there is one, else the class folders."""
     if (root / MANIFEST).is_file():
-        return read_manifest(root), []
+        return Discovery(read_manifest(root), [])
     if not root.is_dir():
         raise DataError(root, "data folder not found")
     manifest, empty = scan_folders(root)
     if manifest.empty and not empty:
         raise DataError(root, "no manifest.csv and no class folders with images (<label>/*.png|jpg|dcm)")
-    return manifest, empty
+    return Discovery(manifest, empty)
 
 
 class NpzImport(NamedTuple):

@@ -1,5 +1,7 @@
 """Grad-CAM explanations for any Keras conv model: where in the image the predicted class came from."""
 
+from typing import NamedTuple
+
 import cv2
 import numpy as np
 
@@ -34,7 +36,14 @@ def _forward(model, conv, batch: np.ndarray, tape):
     return features, proba
 
 
-def grad_cam(model, image: np.ndarray, class_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+class GradCam(NamedTuple):
+    """A Grad-CAM heat map in [0, 1] at the image's size (H, W), and the model's class probabilities."""
+
+    heatmap: np.ndarray
+    probabilities: np.ndarray
+
+
+def grad_cam(model, image: np.ndarray, class_index: int | None = None) -> GradCam:
     """Grad-CAM heat map in [0, 1] at the image's size, and the model's class probabilities.
 
     Args:
@@ -56,7 +65,7 @@ def grad_cam(model, image: np.ndarray, class_index: int | None = None) -> tuple[
     cam = tf.nn.relu(tf.reduce_sum(grads * features, axis=-1))[0].numpy()
     cam = cv2.resize(cam, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
     peak = float(cam.max())
-    return (cam / peak if peak > 0 else cam).astype(np.float32), np.asarray(proba[0])
+    return GradCam((cam / peak if peak > 0 else cam).astype(np.float32), np.asarray(proba[0]))
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.6, scale: int = 4) -> np.ndarray:

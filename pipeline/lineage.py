@@ -4,6 +4,7 @@ import hashlib
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import yaml
@@ -20,14 +21,21 @@ def dvc_pointer(data_root: Path) -> dict | None:
     return outs[0] if outs[0].get("path") == data_root.name else None
 
 
-def content_hash(data_root: Path) -> tuple[str, int]:
+class ContentHash(NamedTuple):
+    """A data folder's md5 (over relative paths and bytes) and how many files it holds."""
+
+    md5: str
+    files: int
+
+
+def content_hash(data_root: Path) -> ContentHash:
     """md5 over every file's relative path and bytes, for data not tracked by DVC."""
     digest, n = hashlib.md5(), 0
     for path in sorted(p for p in data_root.rglob("*") if p.is_file()):
         digest.update(path.relative_to(data_root).as_posix().encode() + b"\0")
         digest.update(hashlib.md5(path.read_bytes()).digest())
         n += 1
-    return digest.hexdigest(), n
+    return ContentHash(digest.hexdigest(), n)
 
 
 def data_lineage(data_root: Path) -> dict[str, str]:

@@ -1,5 +1,7 @@
 """Classification metrics shared by training (validation ROC-AUC), evaluation and the promotion gate."""
 
+from typing import NamedTuple
+
 import numpy as np
 
 
@@ -20,11 +22,19 @@ def _one_vs_rest(y: np.ndarray, pred: np.ndarray, n: int) -> tuple[float, float]
     return float(np.mean(sens)), float(np.mean(spec))
 
 
-def confidence_bins(y: np.ndarray, proba: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+class ConfidenceBins(NamedTuple):
+    """Per image: the top-class confidence, whether that class was right, and its confidence bin."""
+
+    confidence: np.ndarray
+    correct: np.ndarray
+    bin_index: np.ndarray
+
+
+def confidence_bins(y: np.ndarray, proba: np.ndarray, bins: int) -> ConfidenceBins:
     """Top-class confidence, whether it was right, and its equal-width bin index (0 .. bins-1)."""
     conf, correct = proba.max(axis=1), proba.argmax(axis=1) == y
     edges = np.linspace(0.0, 1.0, bins + 1)
-    return conf, correct, np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    return ConfidenceBins(conf, correct, np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1))
 
 
 def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int) -> float:

@@ -16,7 +16,7 @@ by union-find (transitive).
 
 from dataclasses import dataclass
 from itertools import combinations
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import cv2
 import numpy as np
@@ -85,8 +85,16 @@ def _band(words: np.ndarray, band: int) -> np.ndarray:
     return ((words[:, word] >> np.uint64(part * BAND_BITS)) & np.uint64(0xFFFF)).astype(np.int64)
 
 
+class Pairs(NamedTuple):
+    """Pairs of rows within a Hamming distance: row indexes on either side and their distances (int64)."""
+
+    left: np.ndarray
+    right: np.ndarray
+    distance: np.ndarray
+
+
 def close_pairs(hashes: np.ndarray, threshold: int, others: np.ndarray | None = None,
-                block: int = 2_000_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                block: int = 2_000_000) -> Pairs:
     """Every pair of fingerprints within `threshold` bits, by multi-index hashing (never all pairs).
 
     Args:
@@ -104,7 +112,7 @@ def close_pairs(hashes: np.ndarray, threshold: int, others: np.ndarray | None = 
     table = cast(np.ndarray, hashes if self_join else others)  # others is set unless self_join
     empty = np.zeros(0, np.int64)
     if len(hashes) == 0 or len(table) == 0:
-        return empty, empty, empty
+        return Pairs(empty, empty, empty)
     masks = _probe_masks(threshold // BANDS)
     qcols = [np.ascontiguousarray(hashes[:, w]) for w in range(WORDS)]
     tcols = qcols if self_join else [np.ascontiguousarray(table[:, w]) for w in range(WORDS)]
@@ -137,7 +145,7 @@ def close_pairs(hashes: np.ndarray, threshold: int, others: np.ndarray | None = 
         found.append(_verify(pending_i, pending_j, qcols, tcols, threshold))
     i, j, d = (np.concatenate([f[k] for f in found]) for k in range(3))
     first = np.unique(i * len(table) + j, return_index=True)[1]  # a pair can match in several bands
-    return i[first], j[first], d[first]
+    return Pairs(i[first], j[first], d[first])
 
 
 def _verify(pi: list, pj: list, q: list[np.ndarray], table: list[np.ndarray],
@@ -197,7 +205,7 @@ class Groups:
     """Near-duplicate groups of a table's rows: a group id per row (-1: no near copy), and the pairs."""
 
     group: np.ndarray  # per row; -1 for rows without a near copy (or without a fingerprint)
-    pairs: "tuple[np.ndarray, np.ndarray, np.ndarray]"  # row i, row j, distance
+    pairs: Pairs  # row i, row j, distance
 
 
 def find_groups(fingerprints: "list[str] | np.ndarray", threshold: int) -> Groups:
@@ -218,4 +226,4 @@ def find_groups(fingerprints: "list[str] | np.ndarray", threshold: int) -> Group
     sizes = np.bincount(comp, minlength=len(rows)) if len(rows) else np.zeros(0, np.int64)
     group = np.full(len(fps), -1, dtype=np.int64)
     group[rows] = np.where(sizes[comp] > 1, rows[comp], -1) if len(rows) else []
-    return Groups(group, (rows[i], rows[j], d))
+    return Groups(group, Pairs(rows[i], rows[j], d))

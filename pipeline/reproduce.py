@@ -16,7 +16,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import NamedTuple, cast
 
 import yaml
 
@@ -50,7 +50,22 @@ def _run(args: list[str], cwd: Path, env: dict | None = None, what: str = "") ->
     return done.stdout
 
 
-def original(params: Params, ws: Workspace, version: int) -> tuple[dict, dict, dict]:
+class Original(NamedTuple):
+    """A registered version as it was made: its tags, its run's final metrics and the params it was trained with."""
+
+    tags: dict
+    metrics: dict
+    params: dict
+
+
+class Rebuilt(NamedTuple):
+    """What a rebuild made: the weights hash and the final metrics."""
+
+    weights_sha256: str
+    metrics: dict[str, float]
+
+
+def original(params: Params, ws: Workspace, version: int) -> Original:
     """Version N's tags, its run's final metrics, and the params it was trained with."""
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -71,7 +86,7 @@ def original(params: Params, ws: Workspace, version: int) -> tuple[dict, dict, d
         raise MedpipeError(f"version {version}", "its run has no params.yaml artifact (trained before medpipe "
                                                  "logged it): it cannot be rebuilt") from None
     metrics = {k: v for k, v in run.data.metrics.items() if k.startswith(("test_", "val_"))}
-    return mv.tags, metrics, logged
+    return Original(mv.tags, metrics, logged)
 
 
 def checkout(base: Path, commit: str, data_md5: str, into: Path, data_root: str) -> list[str]:
@@ -113,7 +128,7 @@ def _remotes(base: Path) -> dict[str, str]:
         return {name: str(conf["url"]) for name, conf in repo.config.get("remote", {}).items()}
 
 
-def rebuild(into: Path, logged: dict, base: Path) -> tuple[str, dict[str, float]]:
+def rebuild(into: Path, logged: dict, base: Path) -> Rebuilt:
     """Run the steps up to evaluation in `into` with the code there (not the installed one) and a
     throw-away MLflow store; return the weights hash and the final metrics."""
     raw = {**logged, "register": {**logged["register"], "tracking_uri": "sqlite:///mlflow/mlflow.db",
@@ -127,7 +142,7 @@ def rebuild(into: Path, logged: dict, base: Path) -> tuple[str, dict[str, float]
     for step in training_steps(into / "dvc.yaml"):
         _run([*command, "stage", step, "--params", "params.yaml"], into, env, f"rebuild step {step}")
     trained = json.loads((into / "outputs" / "train" / "run.json").read_text())
-    return trained["weights_sha256"], json.loads((into / "outputs" / "metrics.json").read_text())
+    return Rebuilt(trained["weights_sha256"], json.loads((into / "outputs" / "metrics.json").read_text()))
 
 
 def training_steps(dvc_file: Path) -> list[str]:
