@@ -62,13 +62,28 @@ def fingerprint(gray: np.ndarray) -> str:
 
 
 def to_words(hashes: "list[str] | np.ndarray") -> np.ndarray:
-    """Hex fingerprints as an (N, 4) uint64 array (callers drop empty ones first)."""
+    """Hex fingerprints as an (N, 4) uint64 array (callers drop empty ones first).
+
+    Args:
+        hashes: 64-hex-digit fingerprints, none empty.
+
+    Returns:
+        (N, 4) uint64, big-endian words of each hash.
+    """
     raw = b"".join(bytes.fromhex(h) for h in hashes)
     return np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(len(hashes), WORDS)
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamming distances between rows of (N, 4) uint64 arrays (broadcasting)."""
+    """Hamming distances between rows of (N, 4) uint64 arrays (broadcasting).
+
+    Args:
+        a: (..., 4) uint64 fingerprints.
+        b: (..., 4) uint64 fingerprints, broadcast against `a`.
+
+    Returns:
+        int64 bit counts over the last axis.
+    """
     return np.bitwise_count(np.bitwise_xor(a, b)).sum(axis=-1).astype(np.int64)
 
 
@@ -104,7 +119,10 @@ def close_pairs(hashes: np.ndarray, threshold: int, others: np.ndarray | None = 
         block: candidate pairs verified at a time (bounds the memory).
 
     Returns:
-        (i, j, distance): i indexes `hashes`, j `others` (or `hashes`), each pair once.
+        (left, right, distance): left indexes `hashes`, right `others` (or `hashes`), each pair once.
+
+    Raises:
+        ValueError: `threshold` is outside 0 .. MAX_THRESHOLD.
     """
     if not 0 <= threshold <= MAX_THRESHOLD:
         raise ValueError(f"threshold must be 0..{MAX_THRESHOLD}, got {threshold}")
@@ -165,7 +183,16 @@ def _verify(pi: list, pj: list, q: list[np.ndarray], table: list[np.ndarray],
 
 def union_find(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Connected components of n items joined by the pairs (i, j): a group number per item (its smallest
-    member's index)."""
+    member's index).
+
+    Args:
+        n: The number of items.
+        i: One end of each pair (item indexes).
+        j: The other end of each pair.
+
+    Returns:
+        int64 component id per item: the smallest index in its component.
+    """
     parent = np.arange(n)
 
     def find(x: int) -> int:

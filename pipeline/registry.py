@@ -13,7 +13,15 @@ log = logging.getLogger(__name__)
 
 
 def tracking_uri(registry_params: RegisterParams, base: Path) -> str:
-    """MLFLOW_TRACKING_URI if the user set it, else params' URI with a relative SQLite path made absolute."""
+    """MLFLOW_TRACKING_URI if the user set it, else params' URI with a relative SQLite path made absolute.
+
+    Args:
+        registry_params: The register section (its tracking_uri).
+        base: The project folder a relative SQLite path is resolved against (its folder is created).
+
+    Returns:
+        The tracking URI.
+    """
     uri = _env.USER_TRACKING_URI or registry_params.tracking_uri
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
@@ -24,7 +32,15 @@ def tracking_uri(registry_params: RegisterParams, base: Path) -> str:
 
 
 def setup_tracking(registry_params: RegisterParams, base: Path) -> str:
-    """Point MLflow at the store and make sure the experiment exists; return its id."""
+    """Point MLflow at the store and make sure the experiment exists; return its id.
+
+    Args:
+        registry_params: The register section (tracking URI, experiment, artifact root).
+        base: The project folder.
+
+    Returns:
+        The experiment id.
+    """
     import mlflow
 
     uri = tracking_uri(registry_params, base)
@@ -61,7 +77,14 @@ def task_signature(classes: list[str], preprocessing: PreprocessParams) -> dict:
 
 
 def version_signature(version) -> dict:
-    """A registered version's task signature (versions from before the tag: their classes only)."""
+    """A registered version's task signature (versions from before the tag: their classes only).
+
+    Args:
+        version: An MLflow ModelVersion.
+
+    Returns:
+        The `medpipe.task_signature` dict, or `{"classes": [...]}` for older versions.
+    """
     if "medpipe.task_signature" in version.tags:
         return json.loads(version.tags["medpipe.task_signature"])
     return {"classes": _classes(version)}
@@ -72,6 +95,15 @@ def signature_conflict(candidate: dict, champion: dict, champion_version: int, m
 
     Input size, colour and normalisation may differ: the gate scores each version through its own
     preprocessing on the same test images.
+
+    Args:
+        candidate: The new version's task signature.
+        champion: The champion's task signature.
+        champion_version: The champion's version number (for the message).
+        model_name: The registered model's name (for the message).
+
+    Returns:
+        The reason, or None when the classes agree (or the champion names none).
     """
     if candidate.get("classes") == champion.get("classes") or not champion.get("classes"):
         return None
@@ -82,12 +114,26 @@ def signature_conflict(candidate: dict, champion: dict, champion_version: int, m
 
 
 def is_complete(version) -> bool:
-    """Whether a version carries every tag medpipe writes at registration (older partial ones do not)."""
+    """Whether a version carries every tag medpipe writes at registration (older partial ones do not).
+
+    Args:
+        version: An MLflow ModelVersion.
+
+    Returns:
+        True when every COMPLETE_TAGS tag is there.
+    """
     return all(k in version.tags for k in COMPLETE_TAGS)
 
 
 def file_sha256(*paths: Path) -> str:
-    """sha256 over files' bytes, in order: what a model version's artifact must still hold to be trusted."""
+    """sha256 over files' bytes, in order: what a model version's artifact must still hold to be trusted.
+
+    Args:
+        *paths: The files, in order.
+
+    Returns:
+        The hex digest over each file's sha256.
+    """
     import hashlib
 
     digest = hashlib.sha256()
@@ -98,7 +144,19 @@ def file_sha256(*paths: Path) -> str:
 
 def find_version(uri: str, registry_params: RegisterParams, base: Path):
     """The registry's ModelVersion for `models:/NAME/VERSION`, `models:/NAME@ALIAS` or `models:/NAME/latest`
-    (the newest complete version)."""
+    (the newest complete version).
+
+    Args:
+        uri: The model URI.
+        registry_params: The register section (where the registry is).
+        base: The project folder.
+
+    Returns:
+        The MLflow ModelVersion.
+
+    Raises:
+        MedpipeError: no such version, alias or model, or no complete version for `latest`.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -121,7 +179,15 @@ def find_version(uri: str, registry_params: RegisterParams, base: Path):
 
 
 def model_uri(registry_params: RegisterParams, ref: str | int = "@champion") -> str:
-    """`models:/<register.model_name>@alias` or `/<version>`: the default model of every command."""
+    """`models:/<register.model_name>@alias` or `/<version>`: the default model of every command.
+
+    Args:
+        registry_params: The register section (its model_name).
+        ref: An alias starting with `@`, or a version number.
+
+    Returns:
+        The model URI.
+    """
     ref = str(ref)
     return f"models:/{registry_params.model_name}{ref if ref.startswith('@') else '/' + ref}"
 
@@ -133,6 +199,18 @@ def load_classifier(uri: str, registry_params: RegisterParams, base: Path, prepr
     safe mode and its serving.json read as JSON, by this installed medpipe's code; their sha256 must
     match the version's `medpipe.model_sha256` tag. Versions logged before the raw-image pyfunc
     (Keras flavour) get their class names from their tags and `preprocessing` fitted to their input.
+
+    Args:
+        uri: The model URI (see find_version).
+        registry_params: The register section (where the registry is).
+        base: The project folder.
+        preprocessing: The preprocessing for legacy Keras-flavour versions (fitted to their input).
+
+    Returns:
+        The classifier and the version number.
+
+    Raises:
+        MedpipeError: no such version, no model in its artifacts, or artifacts changed since registration.
     """
     import tempfile
 
@@ -175,7 +253,19 @@ def _load_folder(folder: Path, version, preprocessing: PreprocessParams):
 
 def load_registered(uri: str, registry_params: RegisterParams, base: Path):
     """A registered version's Keras model, class names (never empty: versions without names get "0", "1", ...)
-    and version number (loaded as load_classifier does)."""
+    and version number (loaded as load_classifier does).
+
+    Args:
+        uri: The model URI (see find_version).
+        registry_params: The register section (where the registry is).
+        base: The project folder.
+
+    Returns:
+        (Keras model, class names, version number).
+
+    Raises:
+        MedpipeError: as load_classifier.
+    """
     classifier, number = load_classifier(uri, registry_params, base, PreprocessParams())
     return classifier.model, classifier.classes, number
 
@@ -195,7 +285,11 @@ def _start_time(pid: int) -> str | None:
 
 
 def owner_tags() -> dict[str, str]:
-    """Which process holds an MLflow run open (`medpipe.host`, `medpipe.pid`, `medpipe.pid_start`)."""
+    """Which process holds an MLflow run open (`medpipe.host`, `medpipe.pid`, `medpipe.pid_start`).
+
+    Returns:
+        The three tags of this process (`medpipe.pid_start` empty where /proc is unavailable).
+    """
     import os
     import socket
 
@@ -209,6 +303,11 @@ def close_orphaned_runs(registry_params: RegisterParams, base: Path,
 
     A run killed with SIGKILL cannot end itself; the next medpipe command on the same host does.
     `--resume` reopens such a run and carries on in it. Runs owned by other hosts are left alone.
+
+    Args:
+        registry_params: The register section (where the runs are).
+        base: The project folder.
+        say: Where the one-line notice goes when runs were closed.
 
     Returns:
         The ids of the runs closed.
@@ -233,6 +332,10 @@ def close_orphaned_runs(registry_params: RegisterParams, base: Path,
 
 def check_task(params: Params, ws: Workspace) -> None:
     """Refuse, before any work, a run whose classes differ from the champion's of the same registered model.
+
+    Args:
+        params: The run's params (validate.labels, register section).
+        ws: The run's workspace.
 
     Raises:
         ConfigError: naming `register.model_name`, both class lists and what to do.
