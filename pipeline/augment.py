@@ -7,7 +7,14 @@ from pipeline.config import AugmentParams
 
 
 def augments(augmentation: AugmentParams) -> bool:
-    """Whether any augmentation op is switched on."""
+    """Whether any augmentation op is switched on.
+
+    Args:
+        augmentation: The augment section.
+
+    Returns:
+        True when flip or any non-zero range is set.
+    """
     return augmentation.flip or any((augmentation.rotation, augmentation.shift, augmentation.zoom,
                                      augmentation.brightness, augmentation.contrast, augmentation.noise))
 
@@ -30,6 +37,15 @@ def augment_batch(x, flags, seed, augmentation: AugmentParams):
 
     Ops: horizontal flip, rotation, zoom and shift (one bilinear warp, reflected borders), brightness,
     contrast, Gaussian noise. Stateless random ops: the output depends only on the inputs and seed.
+
+    Args:
+        x: The batch, float [0, 1] (b, h, w, c).
+        flags: (b,) bool: which images to augment.
+        seed: Shape-(2,) int tensor.
+        augmentation: The augment section (which ops, how strong).
+
+    Returns:
+        The batch with the flagged images augmented and clipped to [0, 1], the others as they were.
     """
     import tensorflow as tf
 

@@ -7,7 +7,17 @@ import numpy as np
 
 
 def last_conv_layer(model):
-    """The last layer with a spatial (batch, h, w, channels) output: the one Grad-CAM looks at."""
+    """The last layer with a spatial (batch, h, w, channels) output: the one Grad-CAM looks at.
+
+    Args:
+        model: A built Keras model.
+
+    Returns:
+        The last convolutional layer with a 4-D output.
+
+    Raises:
+        ValueError: the model has no convolutional layer.
+    """
     for layer in reversed(model.layers):
         shape = getattr(layer, "output", None) is not None and layer.output.shape
         if shape and len(shape) == 4 and "conv" in type(layer).__name__.lower():
@@ -50,6 +60,12 @@ def grad_cam(model, image: np.ndarray, class_index: int | None = None) -> GradCa
         model: a built Keras model with at least one conv layer.
         image: one preprocessed image, (H, W, C) float32.
         class_index: the class to explain; the predicted one when None.
+
+    Returns:
+        The heat map (H, W) float32 and the class probabilities of the image.
+
+    Raises:
+        ValueError: the model has no convolutional layer.
     """
     import tensorflow as tf
 
@@ -120,6 +136,14 @@ def captioned(picture: np.ndarray, lines: list[str]) -> np.ndarray:
 
 
 def mass_in(cam: np.ndarray, mask: np.ndarray) -> float:
-    """Share of the heat map's total mass that falls inside a (soft) region mask."""
+    """Share of the heat map's total mass that falls inside a (soft) region mask.
+
+    Args:
+        cam: A heat map (H, W).
+        mask: A mask in [0, 1] of the same shape.
+
+    Returns:
+        The share in [0, 1]; 0.0 for an all-zero map.
+    """
     total = float(cam.sum())
     return float((cam * mask).sum() / total) if total > 0 else 0.0

@@ -9,7 +9,14 @@ import numpy as np
 
 
 def read_meta(folder: Path) -> dict:
-    """The shard folder's meta.json: key, classes, geometry, train mean/std, shard files per split."""
+    """The shard folder's meta.json: key, classes, geometry, train mean/std, shard files per split.
+
+    Args:
+        folder: The preprocess step's output folder.
+
+    Returns:
+        The parsed meta.json.
+    """
     return json.loads((folder / "meta.json").read_text())
 
 
@@ -66,7 +73,14 @@ class Shards:
         return len(self) * int(np.prod(self.shape))
 
     def take(self, index: np.ndarray | list[int]) -> np.ndarray:
-        """The images at these positions, uint8 (len(index), size, size, channels)."""
+        """The images at these positions, uint8 (len(index), size, size, channels).
+
+        Args:
+            index: Positions in the split.
+
+        Returns:
+            The images, in the order of `index`.
+        """
         index = np.asarray(index, dtype=np.int64)
         row = int(np.prod(self.shape))
         part = np.searchsorted(self.ends, index, side="right")
@@ -79,12 +93,24 @@ class Shards:
         return np.frombuffer(b"".join(chunks), dtype=np.uint8).reshape(len(index), *self.shape)
 
     def read(self) -> np.ndarray:
-        """The whole split in memory, uint8."""
+        """The whole split in memory, uint8.
+
+        Returns:
+            (N, size, size, channels) uint8; empty with that geometry when the split has no shards.
+        """
         parts = [np.load(f, allow_pickle=False) for f in self.files]
         return np.concatenate(parts) if parts else np.zeros((0, *self.shape), dtype=np.uint8)
 
 
 def load_split(folder: Path, split: str) -> SplitArrays:
-    """A whole split as model inputs: float32 (N, size, size, channels) in [0, 1], and integer labels."""
+    """A whole split as model inputs: float32 (N, size, size, channels) in [0, 1], and integer labels.
+
+    Args:
+        folder: The preprocess step's output folder.
+        split: `train`, `val` or `test`.
+
+    Returns:
+        The images and their labels.
+    """
     shards = Shards(folder, split)
     return SplitArrays(shards.read().astype(np.float32) / 255.0, shards.labels)

@@ -11,7 +11,16 @@ SPLITS = ("train", "val", "test")
 
 def leakage_groups(patients: pd.Series, hashes: pd.Series, near: pd.Series | None = None) -> pd.Series:
     """Group images that must share a split: same patient, the same bytes (sha256) across patients, or
-    (with `near`, a near-duplicate group id per image, "" for none) near copies across patients."""
+    (with `near`, a near-duplicate group id per image, "" for none) near copies across patients.
+
+    Args:
+        patients: Patient id per image.
+        hashes: sha256 per image (a unique value where there is none).
+        near: Near-duplicate group id per image ("" for none); None: not grouped by near copies.
+
+    Returns:
+        Per image, `group`: a representative patient id shared by all images that must share a split.
+    """
     parent = {p: p for p in patients}
 
     def find(p: str) -> str:
@@ -36,6 +45,14 @@ def split_patients(manifest: pd.DataFrame, ratios: SplitRatios, seed: int) -> pd
 
     Groups take their most frequent label; within each label the shuffled groups are cut by the
     ratios (at least one group per split whenever a label has three or more).
+
+    Args:
+        manifest: Images with `label` and `patient_id` (or `group`).
+        ratios: The split ratios (val and test are cut; train takes the rest).
+        seed: Seed of the shuffle.
+
+    Returns:
+        Per image, `split`: train, val or test.
     """
     rng = np.random.default_rng(seed)
     key = manifest["group"] if "group" in manifest else manifest["patient_id"]
@@ -53,7 +70,15 @@ def split_patients(manifest: pd.DataFrame, ratios: SplitRatios, seed: int) -> pd
 
 
 def assign_splits(images: pd.DataFrame, params: Params) -> pd.Series:
-    """The manifest's own splits when it has them for every image, else a patient-grouped split."""
+    """The manifest's own splits when it has them for every image, else a patient-grouped split.
+
+    Args:
+        images: The scanned manifest (split, patient_id, sha256, path[, near_group]).
+        params: The params (preprocess.split ratios and seed).
+
+    Returns:
+        Per image, its split.
+    """
     if (images["split"] != "").all():
         return images["split"]
     hashes = images["sha256"].where(images["sha256"] != "", images["path"])
