@@ -19,6 +19,8 @@ OFFLINE_DEFAULTS: dict[str, str] = {
     # The library logs through logging.getLogger("pipeline.<module>"); Prefect shows those loggers in its
     # console and UI when they are its extra loggers (read when Prefect is first imported).
     "PREFECT_LOGGING_EXTRA_LOGGERS": "pipeline",
+    # ... outside a flow run (a DVC stage, a library call) those records are for the console only.
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
 
 

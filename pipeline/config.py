@@ -223,7 +223,11 @@ class Params(Section):
 
     def md5(self) -> str:
         """Stable hash of the effective parameters (lineage tag `medpipe.params_md5`); where the data
-        steps ran (`dask`) changes no output, so it is left out."""
+        steps ran (`dask`) changes no output, so it is left out.
+
+        Returns:
+            The hex md5 of the params as sorted JSON (by alias), without `dask`.
+        """
         text = json.dumps(self.model_dump(mode="json", by_alias=True, exclude={"dask"}), sort_keys=True)
         return hashlib.md5(text.encode()).hexdigest()
 
@@ -256,6 +260,12 @@ def parse_params(raw: dict, source: str | Path = DEFAULT_PARAMS, overrides: list
         raw: the parsed params.yaml, overrides already applied.
         source: the file blamed for an error.
         overrides: dotted keys set with --set; an error on one of them blames `--set KEY` instead.
+
+    Returns:
+        The validated params.
+
+    Raises:
+        ConfigError: an unknown key or an invalid value (the first one).
     """
     try:
         return Params.model_validate(raw or {})
@@ -265,6 +275,13 @@ def parse_params(raw: dict, source: str | Path = DEFAULT_PARAMS, overrides: list
 
 def load_params(path: Path = DEFAULT_PARAMS, overrides: dict[str, str] | None = None) -> Params:
     """Read params.yaml and apply dotted-key overrides such as {"train.epochs": "3"}.
+
+    Args:
+        path: The params file.
+        overrides: Dotted keys to YAML values (`--set KEY=VALUE`); `*.labels` also takes `a,b,c`.
+
+    Returns:
+        The validated params.
 
     Raises:
         ConfigError: the file is missing or invalid (blamed on the file), or an override is (blamed on
@@ -321,13 +338,29 @@ class Workspace(BaseModel):
 
     @classmethod
     def create(cls, params: Params, params_file: Path, data: Path | None = None) -> "Workspace":
-        """Resolve data and output folders against the folder holding params.yaml."""
+        """Resolve data and output folders against the folder holding params.yaml.
+
+        Args:
+            params: The params (data.root).
+            params_file: The params file; its folder is the project's base.
+            data: A data folder that replaces data.root (e.g. `--data`); None: data.root.
+
+        Returns:
+            The workspace (outputs under `<base>/outputs`).
+        """
         base = params_file.resolve().parent
         root = data.resolve() if data is not None else (base / params.data.root).resolve()
         return cls(base=base, data_root=root, out=base / "outputs")
 
     def step_dir(self, step: str) -> Path:
-        """Output folder of one step, created on demand."""
+        """Output folder of one step, created on demand.
+
+        Args:
+            step: The step's name (e.g. `evaluate`).
+
+        Returns:
+            `<out>/<step>`, existing.
+        """
         path = self.out / step
         path.mkdir(parents=True, exist_ok=True)
         return path

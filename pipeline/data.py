@@ -75,7 +75,14 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
 
 
 def sample_anatomy(rng: np.random.Generator) -> Anatomy:
-    """Draw one patient's chest geometry and tissue brightness."""
+    """Draw one patient's chest geometry and tissue brightness.
+
+    Args:
+        rng: The seeded generator (draws advance it).
+
+    Returns:
+        The patient's anatomy.
+    """
     return Anatomy(
         cx=0.5 + rng.uniform(-0.04, 0.04), cy=0.47 + rng.uniform(-0.04, 0.04),
         gap=rng.uniform(0.17, 0.22), lung_a=rng.uniform(0.13, 0.17),
@@ -85,7 +92,16 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
 
 
 def sample_lesion(rng: np.random.Generator, kind: str, anatomy: Anatomy) -> Lesion | None:
-    """Draw a finding of `kind` placed inside one lung (None for `normal`)."""
+    """Draw a finding of `kind` placed inside one lung (None for `normal`).
+
+    Args:
+        rng: The seeded generator (nothing is drawn for `normal`).
+        kind: `normal`, `nodule` or `effusion`.
+        anatomy: The patient's chest, which places the finding.
+
+    Returns:
+        The lesion, or None for `normal`.
+    """
     if kind == "normal":
         return None
     side = 1 if rng.uniform() < 0.5 else -1
@@ -98,7 +114,16 @@ def sample_lesion(rng: np.random.Generator, kind: str, anatomy: Anatomy) -> Lesi
 
 
 def lesion_mask(lesion: Lesion, anatomy: Anatomy, size: int) -> np.ndarray:
-    """Where the finding is, as a soft mask in [0, 1] (empty for no lesion)."""
+    """Where the finding is, as a soft mask in [0, 1] (empty for no lesion).
+
+    Args:
+        lesion: The finding (None: no lesion).
+        anatomy: The patient's chest (an effusion fills its lung).
+        size: Side of the square image in pixels.
+
+    Returns:
+        (size, size) float64 mask.
+    """
     xx, yy = _grid(size)
     if lesion is None:
         return np.zeros((size, size))
@@ -111,7 +136,17 @@ def lesion_mask(lesion: Lesion, anatomy: Anatomy, size: int) -> np.ndarray:
 
 
 def render(anatomy: Anatomy, lesion: Lesion | None, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Render one radiograph as uint8: body, dark lungs, spine, ribs, texture, noise, finding."""
+    """Render one radiograph as uint8: body, dark lungs, spine, ribs, texture, noise, finding.
+
+    Args:
+        anatomy: The patient's chest.
+        lesion: The finding, or None.
+        size: Side of the square image in pixels.
+        rng: The seeded generator for texture, exposure and noise.
+
+    Returns:
+        (size, size) uint8 image.
+    """
     xx, yy = _grid(size)
     a = anatomy
     img = 0.06 + a.body * _ellipse(xx, yy, a.cx, a.cy + 0.06, 0.46, 0.52)
@@ -138,6 +173,15 @@ def synthesize(out: Path, n_patients: int = 200, size: int = 64, seed: int = 0) 
     """Write the built-in data set (PNGs + manifest.csv) under `out`; return the manifest.
 
     Each patient has 2-4 images sharing anatomy and finding; labels are imbalanced ~70/20/10.
+
+    Args:
+        out: The folder to write into (created as needed).
+        n_patients: How many patients.
+        size: Side of each square image in pixels.
+        seed: Seed of the generator: the same seed gives the same bytes.
+
+    Returns:
+        The manifest (path, label, patient_id); `attrs["findings"]` holds (anatomy, lesion) per path.
     """
     rng = np.random.default_rng(seed)
     rows, findings = [], {}
@@ -157,7 +201,17 @@ def synthesize(out: Path, n_patients: int = 200, size: int = 64, seed: int = 0) 
 
 
 def read_manifest(root: Path) -> pd.DataFrame:
-    """Read `root/manifest.csv`: path, label[, patient_id][, split] (empty patient_id/split allowed)."""
+    """Read `root/manifest.csv`: path, label[, patient_id][, split] (empty patient_id/split allowed).
+
+    Args:
+        root: The data root holding manifest.csv.
+
+    Returns:
+        The manifest as strings, columns path, label, patient_id, split (missing optional ones empty).
+
+    Raises:
+        DataError: the manifest is missing, not a readable CSV, or lacks `path` or `label`.
+    """
     path = root / MANIFEST
     if not path.is_file():
         raise DataError(path, "manifest not found (run `medpipe data synth --out DIR` for the built-in set)")
@@ -174,8 +228,22 @@ def read_manifest(root: Path) -> pd.DataFrame:
     return df[[*MANIFEST_COLUMNS, "split"]]
 
 
-def scan_folders(root: Path) -> tuple[pd.DataFrame, list[str]]:
-    """A folder per class: `root/<label>/**/*.{png,jpg,jpeg,dcm}`. Returns the manifest and empty class folders."""
+class Discovery(NamedTuple):
+    """A data set's manifest (path, label, patient_id, split) and its class folders without images."""
+
+    manifest: pd.DataFrame
+    empty_folders: list[str]
+
+
+def scan_folders(root: Path) -> Discovery:
+    """A folder per class: `root/<label>/**/*.{png,jpg,jpeg,dcm}`. Returns the manifest and empty class folders.
+
+    Args:
+        root: The data root (hidden folders are skipped).
+
+    Returns:
+        The manifest (empty patient_id and split) and the names of class folders without images.
+    """
     from pipeline.imageio import IMAGE_SUFFIXES
 
     rows, empty = [], []
@@ -183,19 +251,30 @@ def scan_folders(root: Path) -> tuple[pd.DataFrame, list[str]]:
         files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         empty += [] if files else [folder.name]
         rows += [(p.relative_to(root).as_posix(), folder.name, "", "") for p in files]
-    return pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "split"]), empty
+    return Discovery(pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "split"]), empty)
 
 
-def discover(root: Path) -> tuple[pd.DataFrame, list[str]]:
-    """The data set's manifest: `manifest.csv` if there is one, else the class folders."""
+def discover(root: Path) -> Discovery:
+    """The data set's manifest: `manifest.csv` if there is one, else the class folders.
+
+    Args:
+        root: The data root.
+
+    Returns:
+        The manifest and the empty class folders (none when it comes from manifest.csv).
+
+    Raises:
+        DataError: the folder is missing, holds neither manifest.csv nor class folders with images, or its
+            manifest.csv cannot be read (see read_manifest).
+    """
     if (root / MANIFEST).is_file():
-        return read_manifest(root), []
+        return Discovery(read_manifest(root), [])
     if not root.is_dir():
         raise DataError(root, "data folder not found")
     manifest, empty = scan_folders(root)
     if manifest.empty and not empty:
         raise DataError(root, "no manifest.csv and no class folders with images (<label>/*.png|jpg|dcm)")
-    return manifest, empty
+    return Discovery(manifest, empty)
 
 
 class NpzImport(NamedTuple):
@@ -212,6 +291,15 @@ def import_npz(source: Path, out: Path, labels: list[str] | None = None,
 
     With `drop_duplicates`, a val or test image whose pixels already appear in an earlier split is
     left out (validation would otherwise stop on it as leakage); `dropped` counts them.
+
+    Args:
+        source: The .npz file.
+        out: The data root to write images/ and manifest.csv into.
+        labels: Class names by label number; None or empty: `class_<n>`.
+        drop_duplicates: Leave out val/test images whose pixels appear in an earlier split.
+
+    Returns:
+        The manifest written and how many images were dropped.
 
     Raises:
         ConfigError: a class name cannot be a folder name inside `out` (see `check_label_names`).
@@ -244,6 +332,10 @@ def import_npz(source: Path, out: Path, labels: list[str] | None = None,
 
 def check_label_names(labels: list[str], out: Path) -> None:
     """Refuse class names that are not one plain folder name inside `out` (they become folder names).
+
+    Args:
+        labels: The class names.
+        out: The data root the images would be written under.
 
     Raises:
         ConfigError: (file `--labels`) a name is empty, `.` or `..`, holds a path separator or NUL, or

@@ -4,7 +4,12 @@ from pathlib import Path
 
 
 class MedpipeError(Exception):
-    """An expected failure caused by the user's input, tied to a file."""
+    """An expected failure caused by the user's input, tied to a file.
+
+    Args:
+        file: The file (or key, flag, image row) the failure is tied to; the message starts with it.
+        reason: One line saying what is wrong.
+    """
 
     exit_code = 1
 

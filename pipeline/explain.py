@@ -1,11 +1,23 @@
 """Grad-CAM explanations for any Keras conv model: where in the image the predicted class came from."""
 
+from typing import NamedTuple
+
 import cv2
 import numpy as np
 
 
 def last_conv_layer(model):
-    """The last layer with a spatial (batch, h, w, channels) output: the one Grad-CAM looks at."""
+    """The last layer with a spatial (batch, h, w, channels) output: the one Grad-CAM looks at.
+
+    Args:
+        model: A built Keras model.
+
+    Returns:
+        The last convolutional layer with a 4-D output.
+
+    Raises:
+        ValueError: the model has no convolutional layer.
+    """
     for layer in reversed(model.layers):
         shape = getattr(layer, "output", None) is not None and layer.output.shape
         if shape and len(shape) == 4 and "conv" in type(layer).__name__.lower():
@@ -34,13 +46,26 @@ def _forward(model, conv, batch: np.ndarray, tape):
     return features, proba
 
 
-def grad_cam(model, image: np.ndarray, class_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+class GradCam(NamedTuple):
+    """A Grad-CAM heat map in [0, 1] at the image's size (H, W), and the model's class probabilities."""
+
+    heatmap: np.ndarray
+    probabilities: np.ndarray
+
+
+def grad_cam(model, image: np.ndarray, class_index: int | None = None) -> GradCam:
     """Grad-CAM heat map in [0, 1] at the image's size, and the model's class probabilities.
 
     Args:
         model: a built Keras model with at least one conv layer.
         image: one preprocessed image, (H, W, C) float32.
         class_index: the class to explain; the predicted one when None.
+
+    Returns:
+        The heat map (H, W) float32 and the class probabilities of the image.
+
+    Raises:
+        ValueError: the model has no convolutional layer.
     """
     import tensorflow as tf
 
@@ -56,7 +81,7 @@ def grad_cam(model, image: np.ndarray, class_index: int | None = None) -> tuple[
     cam = tf.nn.relu(tf.reduce_sum(grads * features, axis=-1))[0].numpy()
     cam = cv2.resize(cam, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
     peak = float(cam.max())
-    return (cam / peak if peak > 0 else cam).astype(np.float32), np.asarray(proba[0])
+    return GradCam((cam / peak if peak > 0 else cam).astype(np.float32), np.asarray(proba[0]))
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.6, scale: int = 4) -> np.ndarray:
@@ -111,6 +136,14 @@ def captioned(picture: np.ndarray, lines: list[str]) -> np.ndarray:
 
 
 def mass_in(cam: np.ndarray, mask: np.ndarray) -> float:
-    """Share of the heat map's total mass that falls inside a (soft) region mask."""
+    """Share of the heat map's total mass that falls inside a (soft) region mask.
+
+    Args:
+        cam: A heat map (H, W).
+        mask: A mask in [0, 1] of the same shape.
+
+    Returns:
+        The share in [0, 1]; 0.0 for an all-zero map.
+    """
     total = float(cam.sum())
     return float((cam * mask).sum() / total) if total > 0 else 0.0

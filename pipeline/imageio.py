@@ -30,7 +30,15 @@ class Image:
 
 
 def pseudonym(identifier: str, salt: bytes) -> str:
-    """Salted, keyed hash of a patient identifier: stable per data set, not reversible without the salt."""
+    """Salted, keyed hash of a patient identifier: stable per data set, not reversible without the salt.
+
+    Args:
+        identifier: The patient identifier (e.g. DICOM PatientID).
+        salt: The data set's pseudonymisation salt (HMAC key).
+
+    Returns:
+        `P-` and the first 16 hex digits of the HMAC-SHA256.
+    """
     return "P-" + hmac.new(salt, identifier.encode(), hashlib.sha256).hexdigest()[:16]
 
 
@@ -63,7 +71,19 @@ def bounded_bytes(path: Path, data: bytes | None = None, max_pixels: int | None 
 
 
 def imdecode(path: Path, buf: np.ndarray, flags: int) -> np.ndarray | None:
-    """cv2.imdecode with OpenCV's own refusals (e.g. over OPENCV_IO_MAX_IMAGE_PIXELS) as one-line ImageErrors."""
+    """cv2.imdecode with OpenCV's own refusals (e.g. over OPENCV_IO_MAX_IMAGE_PIXELS) as one-line ImageErrors.
+
+    Args:
+        path: The file (names it in errors).
+        buf: Its encoded bytes as a uint8 array.
+        flags: cv2.IMREAD_* flags.
+
+    Returns:
+        The decoded array, or None when OpenCV cannot decode it without raising.
+
+    Raises:
+        ImageError: OpenCV refused the image (over its decoder limit, or otherwise).
+    """
     try:
         return cv2.imdecode(buf, flags)
     except cv2.error as err:
@@ -79,6 +99,18 @@ def read_raster(path: Path, data: bytes | None = None, max_pixels: int | None = 
     `data`, when given, is the file's content already read (the scan hashes it too). A file over
     `max_bytes`, or whose header declares more than `max_pixels`, is refused before decoding (None:
     the caller checked).
+
+    Args:
+        path: The file.
+        data: Its content, if already read.
+        max_pixels: Cap on the pixels its header declares; None: not checked here.
+        max_bytes: Cap on its size in bytes; None: not checked here.
+
+    Returns:
+        The pixels in [0, 1] with bit depth (8 or 16) and the file's channel count.
+
+    Raises:
+        ImageError: the file is over a cap, empty, not decodable, or of an unsupported pixel type.
     """
     data = bounded_bytes(path, data, max_pixels, max_bytes)
     if not data:
@@ -123,7 +155,23 @@ def _dicom_pixels(ds, path: Path) -> np.ndarray:
 def read_dicom(path: Path, salt: bytes, data: bytes | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                max_bytes: int | None = DEFAULT_MAX_FILE_MB * MB) -> Image:
     """A single-frame grayscale DICOM, with its PatientID turned into a pseudonymous key (caps as read_raster;
-    a deflated one must not inflate beyond what `max_pixels` need)."""
+    a deflated one must not inflate beyond what `max_pixels` need).
+
+    Args:
+        path: The file.
+        salt: The pseudonymisation salt for the patient key.
+        data: Its content, if already read.
+        max_pixels: Cap on the pixels its header declares; None: not checked here.
+        max_bytes: Cap on its size in bytes; None: not checked here.
+
+    Returns:
+        The pixels in [0, 1] (modality LUT, VOI window, MONOCHROME1 inverted), BitsStored, one channel
+        and the pseudonymous patient key (None without a PatientID).
+
+    Raises:
+        ImageError: the file is over a cap, empty, not a readable DICOM, without (decodable) pixel data,
+            multi-frame, or not a single grayscale image.
+    """
     import io
 
     import pydicom
@@ -146,7 +194,21 @@ def read_dicom(path: Path, salt: bytes, data: bytes | None = None, max_pixels: i
 def read_image(path: Path, salt: bytes = b"", data: bytes | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                max_bytes: int | None = DEFAULT_MAX_FILE_MB * MB) -> Image:
     """Read any supported image file by its suffix (from `data` when the bytes are already in hand), refused
-    before decoding when over a cap (see read_raster)."""
+    before decoding when over a cap (see read_raster).
+
+    Args:
+        path: The file; `.dcm` is read as DICOM, anything else as PNG/JPEG.
+        salt: The pseudonymisation salt (DICOM patient keys).
+        data: Its content, if already read.
+        max_pixels: Cap on the pixels its header declares; None: not checked here.
+        max_bytes: Cap on its size in bytes; None: not checked here.
+
+    Returns:
+        The image (see read_raster and read_dicom).
+
+    Raises:
+        ImageError: the file is missing (when `data` is not given) or cannot be used.
+    """
     if data is None and not path.is_file():
         raise ImageError(path, "file not found")
     if path.suffix.lower() == ".dcm":
@@ -155,5 +217,12 @@ def read_image(path: Path, salt: bytes = b"", data: bytes | None = None, max_pix
 
 
 def to_gray(pixels: np.ndarray) -> np.ndarray:
-    """RGB in [0, 1] to luminance (ITU-R BT.601, as OpenCV); grayscale passes through."""
+    """RGB in [0, 1] to luminance (ITU-R BT.601, as OpenCV); grayscale passes through.
+
+    Args:
+        pixels: (H, W) or (H, W, 3) RGB float32.
+
+    Returns:
+        (H, W) luminance (the input itself when already 2-D).
+    """
     return pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)

@@ -12,28 +12,55 @@ from pipeline.imageio import IMAGE_SUFFIXES
 
 
 def entropy(proba: np.ndarray) -> np.ndarray:
-    """Shannon entropy (nats) of each row of class probabilities."""
+    """Shannon entropy (nats) of each row of class probabilities.
+
+    Args:
+        proba: (N, classes) probabilities.
+
+    Returns:
+        (N,) entropies.
+    """
     p = np.clip(proba, 1e-12, 1.0)
     return -(p * np.log(p)).sum(axis=1)
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Every PNG, JPEG or DICOM under a folder, sorted."""
+    """Every PNG, JPEG or DICOM under a folder, sorted.
+
+    Args:
+        folder: The folder, searched recursively.
+
+    Returns:
+        The image files, sorted.
+    """
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def suggest(model, classes: list[str], files: list[Path], root: Path, thumbs: Path | None,
-            pp: PreprocessParams) -> pd.DataFrame:
-    """Predicted label, confidence and entropy per image (unreadable ones get their error), most uncertain first."""
+            preprocessing: PreprocessParams) -> pd.DataFrame:
+    """Predicted label, confidence and entropy per image (unreadable ones get their error), most uncertain first.
+
+    Args:
+        model: The Keras model.
+        classes: Class names in output order.
+        files: The images.
+        root: The folder their table paths are relative to.
+        thumbs: Where Grad-CAM thumbnails go; None: none written.
+        preprocessing: The preprocessing (fitted to the model's input).
+
+    Returns:
+        Columns path, suggested_label, confidence, entropy, gradcam, error; unreadable first, then by entropy,
+        highest first.
+    """
     from pipeline.explain import grad_cam, overlay
     from pipeline.model import input_params
     from pipeline.preprocess import load_image
 
-    pp, rows = input_params(model, pp), []
+    preprocessing, rows = input_params(model, preprocessing), []
     for path in files:
         rel = path.relative_to(root).as_posix()
         try:
-            x = load_image(path, pp)
+            x = load_image(path, preprocessing)
         except ImageError as err:
             rows.append((rel, "", np.nan, np.nan, "", err.reason))
             continue

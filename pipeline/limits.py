@@ -56,7 +56,14 @@ class Dimensions:
 
 
 def pixel_count(n: int) -> str:
-    """A pixel count as people read it: `400.0 Mpx`, or `2,000 px` below a tenth of a megapixel."""
+    """A pixel count as people read it: `400.0 Mpx`, or `2,000 px` below a tenth of a megapixel.
+
+    Args:
+        n: The number of pixels (or samples).
+
+    Returns:
+        The count with its unit, for messages.
+    """
     return f"{n / 1e6:,.1f} Mpx" if n >= 100_000 else f"{n:,} px"
 
 

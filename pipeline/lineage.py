@@ -4,6 +4,7 @@ import hashlib
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import yaml
@@ -12,7 +13,14 @@ from pipeline.config import Params, Workspace
 
 
 def dvc_pointer(data_root: Path) -> dict | None:
-    """The `outs[0]` entry of `<data_root>.dvc` (e.g. data.dvc beside data/), if there is one."""
+    """The `outs[0]` entry of `<data_root>.dvc` (e.g. data.dvc beside data/), if there is one.
+
+    Args:
+        data_root: The data folder.
+
+    Returns:
+        The entry (md5, nfiles, path, ...), or None without a pointer file or when it tracks another path.
+    """
     pointer = data_root.with_name(data_root.name + ".dvc")
     if not pointer.is_file():
         return None
@@ -20,18 +28,39 @@ def dvc_pointer(data_root: Path) -> dict | None:
     return outs[0] if outs[0].get("path") == data_root.name else None
 
 
-def content_hash(data_root: Path) -> tuple[str, int]:
-    """md5 over every file's relative path and bytes, for data not tracked by DVC."""
+class ContentHash(NamedTuple):
+    """A data folder's md5 (over relative paths and bytes) and how many files it holds."""
+
+    md5: str
+    files: int
+
+
+def content_hash(data_root: Path) -> ContentHash:
+    """md5 over every file's relative path and bytes, for data not tracked by DVC.
+
+    Args:
+        data_root: The data folder.
+
+    Returns:
+        The hex md5 and the number of files hashed.
+    """
     digest, n = hashlib.md5(), 0
     for path in sorted(p for p in data_root.rglob("*") if p.is_file()):
         digest.update(path.relative_to(data_root).as_posix().encode() + b"\0")
         digest.update(hashlib.md5(path.read_bytes()).digest())
         n += 1
-    return digest.hexdigest(), n
+    return ContentHash(digest.hexdigest(), n)
 
 
 def data_lineage(data_root: Path) -> dict[str, str]:
-    """Data hash and file count: from the DVC pointer when present, else computed here."""
+    """Data hash and file count: from the DVC pointer when present, else computed here.
+
+    Args:
+        data_root: The data folder.
+
+    Returns:
+        Tags `medpipe.data_md5`, `medpipe.data_files` and `medpipe.data_source` (`dvc` or `computed`).
+    """
     pointer = dvc_pointer(data_root)
     if pointer and "md5" in pointer:
         return {"medpipe.data_md5": pointer["md5"], "medpipe.data_files": str(pointer.get("nfiles", "")),
@@ -52,6 +81,12 @@ def git_lineage(cwd: Path) -> dict[str, str]:
     """Commit and dirty flag (tracked files changed) of the code that runs.
 
     dvc.lock does not count: it records step outputs (each run rewrites it), not inputs.
+
+    Args:
+        cwd: A folder in the git work tree.
+
+    Returns:
+        Tags `medpipe.git_commit` and `medpipe.git_dirty` (`true`/`false`; `unknown` when git cannot tell).
     """
     commit = _git(["rev-parse", "HEAD"], cwd)
     status = _git(["status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock"], cwd)
@@ -60,7 +95,15 @@ def git_lineage(cwd: Path) -> dict[str, str]:
 
 
 def lineage_tags(params: Params, ws: Workspace) -> dict[str, str]:
-    """All lineage tags known before training."""
+    """All lineage tags known before training.
+
+    Args:
+        params: The run's params (hashed).
+        ws: The run's workspace (data root and code folder).
+
+    Returns:
+        The data, git and `medpipe.params_md5` tags.
+    """
     return {**data_lineage(ws.data_root), **git_lineage(ws.base), "medpipe.params_md5": params.md5()}
 
 
@@ -107,7 +150,14 @@ def up_to_date(params: Params, ws: Workspace) -> SameLineage | None:
 
 
 def weights_sha256(weights: list[np.ndarray]) -> str:
-    """sha256 over a model's weight arrays (shape, dtype and bytes), independent of file format."""
+    """sha256 over a model's weight arrays (shape, dtype and bytes), independent of file format.
+
+    Args:
+        weights: The model's weight arrays, in order.
+
+    Returns:
+        The hex digest.
+    """
     digest = hashlib.sha256()
     for w in weights:
         digest.update(f"{w.shape}{w.dtype}".encode())
@@ -120,6 +170,15 @@ def record_dvc_outputs(params: Params, ws: Workspace, params_file: Path, overrid
 
     Only when the run used exactly what the DVC stages use: the project's params.yaml without
     overrides and the default data root. Returns what was done, for the log.
+
+    Args:
+        params: The run's params.
+        ws: The run's workspace.
+        params_file: The params file the run read.
+        overrides: The run's `--set` overrides (any: not recorded).
+
+    Returns:
+        One line saying whether dvc.lock was updated, and why not.
     """
     import os
     import sys

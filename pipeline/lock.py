@@ -20,6 +20,14 @@ def project_lock(base: Path, poll_s: float = 1.0, say: Callable[[str], None] = l
     The OS releases it when its holder exits, even on a crash or kill, so a dead run never blocks
     the next. (Runs on several machines sharing one registry use a Prefect concurrency limit
     instead: see docs/scaling.md.)
+
+    Args:
+        base: The project folder.
+        poll_s: Seconds between attempts while another run holds it.
+        say: Where the one-line waiting notice goes.
+
+    Yields:
+        None, while the lock is held.
     """
     path = base / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

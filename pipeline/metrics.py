@@ -1,10 +1,20 @@
 """Classification metrics shared by training (validation ROC-AUC), evaluation and the promotion gate."""
 
+from typing import NamedTuple
+
 import numpy as np
 
 
 def macro_roc_auc(y: np.ndarray, proba: np.ndarray) -> float:
-    """Mean one-vs-rest ROC-AUC over the classes present with both outcomes (binary: class 1)."""
+    """Mean one-vs-rest ROC-AUC over the classes present with both outcomes (binary: class 1).
+
+    Args:
+        y: Integer labels.
+        proba: (N, classes) probabilities.
+
+    Returns:
+        The macro ROC-AUC; NaN when no class has both outcomes.
+    """
     from sklearn.metrics import roc_auc_score
 
     classes = [1] if proba.shape[1] == 2 else range(proba.shape[1])
@@ -20,22 +30,57 @@ def _one_vs_rest(y: np.ndarray, pred: np.ndarray, n: int) -> tuple[float, float]
     return float(np.mean(sens)), float(np.mean(spec))
 
 
-def confidence_bins(y: np.ndarray, proba: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-class confidence, whether it was right, and its equal-width bin index (0 .. bins-1)."""
+class ConfidenceBins(NamedTuple):
+    """Per image: the top-class confidence, whether that class was right, and its confidence bin."""
+
+    confidence: np.ndarray
+    correct: np.ndarray
+    bin_index: np.ndarray
+
+
+def confidence_bins(y: np.ndarray, proba: np.ndarray, bins: int) -> ConfidenceBins:
+    """Top-class confidence, whether it was right, and its equal-width bin index (0 .. bins-1).
+
+    Args:
+        y: Integer labels.
+        proba: (N, classes) probabilities.
+        bins: Number of equal-width bins on [0, 1].
+
+    Returns:
+        Per image: confidence, correct (bool) and bin index.
+    """
     conf, correct = proba.max(axis=1), proba.argmax(axis=1) == y
     edges = np.linspace(0.0, 1.0, bins + 1)
-    return conf, correct, np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    return ConfidenceBins(conf, correct, np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1))
 
 
 def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int) -> float:
-    """ECE of the top-class confidence over equal-width bins."""
+    """ECE of the top-class confidence over equal-width bins.
+
+    Args:
+        y: Integer labels.
+        proba: (N, classes) probabilities.
+        bins: Number of equal-width bins.
+
+    Returns:
+        The expected calibration error.
+    """
     conf, correct, idx = confidence_bins(y, proba, bins)
     return float(sum(abs(correct[idx == b].mean() - conf[idx == b].mean()) * (idx == b).mean()
                      for b in range(bins) if (idx == b).any()))
 
 
 def classification_metrics(y: np.ndarray, proba: np.ndarray, bins: int = 10) -> dict[str, float]:
-    """The headline metrics of DESIGN.md for integer labels and class probabilities."""
+    """The headline metrics of DESIGN.md for integer labels and class probabilities.
+
+    Args:
+        y: Integer labels.
+        proba: (N, classes) probabilities.
+        bins: ECE bins.
+
+    Returns:
+        accuracy, balanced_accuracy, roc_auc, pr_auc, sensitivity, specificity, log_loss, brier and ece.
+    """
     from sklearn.metrics import accuracy_score, average_precision_score, balanced_accuracy_score, log_loss
 
     n, pred = proba.shape[1], proba.argmax(axis=1)
@@ -51,7 +96,16 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, bins: int = 10) -> 
 
 
 def per_class_metrics(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, float]:
-    """Precision, recall, F1 and support of each class, keyed `<metric>_<class>`."""
+    """Precision, recall, F1 and support of each class, keyed `<metric>_<class>`.
+
+    Args:
+        y: Integer labels.
+        pred: Predicted integer labels.
+        classes: Class names in label order.
+
+    Returns:
+        `precision_<c>`, `recall_<c>`, `f1_<c>` and `support_<c>` per class.
+    """
     from sklearn.metrics import precision_recall_fscore_support
 
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=list(range(len(classes))), zero_division=0)
@@ -60,7 +114,17 @@ def per_class_metrics(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> di
 
 
 def bootstrap_ci(y: np.ndarray, proba: np.ndarray, n: int, seed: int) -> dict[str, float]:
-    """95% percentile bootstrap intervals of ROC-AUC and balanced accuracy (resampling images, seeded)."""
+    """95% percentile bootstrap intervals of ROC-AUC and balanced accuracy (resampling images, seeded).
+
+    Args:
+        y: Integer labels.
+        proba: (N, classes) probabilities.
+        n: Number of resamples.
+        seed: Seed of the resampling.
+
+    Returns:
+        `roc_auc_ci_low/high` and `balanced_accuracy_ci_low/high`.
+    """
     import warnings
 
     from sklearn.metrics import balanced_accuracy_score
@@ -78,7 +142,16 @@ def bootstrap_ci(y: np.ndarray, proba: np.ndarray, n: int, seed: int) -> dict[st
 
 
 def operating_threshold(y: np.ndarray, p1: np.ndarray, target_sensitivity: float | None) -> float:
-    """Binary decision threshold on P(class 1): Youden's J, or the highest reaching a target sensitivity."""
+    """Binary decision threshold on P(class 1): Youden's J, or the highest reaching a target sensitivity.
+
+    Args:
+        y: Binary labels.
+        p1: Probabilities of class 1.
+        target_sensitivity: The sensitivity to reach; None: maximise Youden's J.
+
+    Returns:
+        The threshold, at most 1.0.
+    """
     from sklearn.metrics import roc_curve
 
     fpr, tpr, thresholds = roc_curve(y, p1)
@@ -89,7 +162,18 @@ def operating_threshold(y: np.ndarray, p1: np.ndarray, target_sensitivity: float
 
 def threshold_metrics(y_val: np.ndarray, p_val: np.ndarray, y: np.ndarray, p: np.ndarray,
                       target: float | None) -> dict[str, float]:
-    """Choose the threshold on validation, report test sensitivity and specificity at it."""
+    """Choose the threshold on validation, report test sensitivity and specificity at it.
+
+    Args:
+        y_val: Validation labels (binary).
+        p_val: Validation probabilities (N, 2).
+        y: Test labels (binary).
+        p: Test probabilities (N, 2).
+        target: The target sensitivity; None: Youden's J.
+
+    Returns:
+        `threshold`, `sensitivity_at_threshold` and `specificity_at_threshold`.
+    """
     t = operating_threshold(y_val, p_val[:, 1], target)
     pred = (p[:, 1] >= t).astype(int)
     return {"threshold": t, "sensitivity_at_threshold": float(np.mean(pred[y == 1] == 1)),

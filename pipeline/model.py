@@ -30,6 +30,14 @@ class Standardize(layers.Layer):
         self.mode, self.mean, self.std = mode, float(mean), float(std)
 
     def call(self, x):
+        """Normalise a batch.
+
+        Args:
+            x: (batch, h, w, channels) images in [0, 1].
+
+        Returns:
+            The normalised batch (as is for `unit`).
+        """
         ops = keras.ops
         if self.mode == "zscore":
             mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
@@ -39,11 +47,26 @@ class Standardize(layers.Layer):
         return x
 
     def get_config(self) -> dict:
+        """The layer's config for saving.
+
+        Returns:
+            Keras' layer config plus mode, mean and std.
+        """
         return {**super().get_config(), "mode": self.mode, "mean": self.mean, "std": self.std}
 
 
-def seed_cnn(inputs, n_classes: int, mp: ModelParams, base: Path):
-    """The seed CNN, exactly: Conv32-Pool-Conv64-Pool-Dense128-softmax."""
+def seed_cnn(inputs, n_classes: int, model_params: ModelParams, base: Path):
+    """The seed CNN, exactly: Conv32-Pool-Conv64-Pool-Dense128-softmax.
+
+    Args:
+        inputs: The normalised input tensor.
+        n_classes: Number of classes (the head is added by build_model).
+        model_params: The model section (unused: the seed CNN is fixed).
+        base: The project folder (unused).
+
+    Returns:
+        The 128-unit feature tensor before the softmax head.
+    """
     x = layers.Conv2D(32, 3, activation="relu")(inputs)
     x = layers.MaxPooling2D(2)(x)
     x = layers.Conv2D(64, 3, activation="relu")(x)
@@ -63,59 +86,120 @@ def _residual(x, filters: int, stride: int):
     return layers.Activation("relu")(layers.Add()([y, shortcut]))
 
 
-def resnet_small(inputs, n_classes: int, mp: ModelParams, base: Path):
-    """A small ResNet: a 3x3 stem, residual stages of 32, 64 and 128 filters, global pooling, dropout."""
+def resnet_small(inputs, n_classes: int, model_params: ModelParams, base: Path):
+    """A small ResNet: a 3x3 stem, residual stages of 32, 64 and 128 filters, global pooling, dropout.
+
+    Args:
+        inputs: The normalised input tensor.
+        n_classes: Number of classes (the head is added by build_model).
+        model_params: The model section (dropout).
+        base: The project folder (unused).
+
+    Returns:
+        The pooled feature tensor after dropout.
+    """
     x = layers.Conv2D(32, 3, padding="same", use_bias=False)(inputs)
     x = layers.Activation("relu")(layers.BatchNormalization()(x))
     for filters, stride in ((32, 1), (64, 2), (128, 2)):
         x = _residual(x, filters, stride)
-    return layers.Dropout(mp.dropout)(layers.GlobalAveragePooling2D()(x))
+    return layers.Dropout(model_params.dropout)(layers.GlobalAveragePooling2D()(x))
 
 
-def application(inputs, n_classes: int, mp: ModelParams, base: Path):
-    """A keras.applications backbone: random weights, or a local weights file (never downloaded)."""
-    name, extra = APPLICATIONS[mp.name]
+def application(inputs, n_classes: int, model_params: ModelParams, base: Path):
+    """A keras.applications backbone: random weights, or a local weights file (never downloaded).
+
+    Args:
+        inputs: The normalised input tensor.
+        n_classes: Number of classes (the head is added by build_model).
+        model_params: The model section (name, weights, dropout).
+        base: The project folder a relative weights path is resolved against.
+
+    Returns:
+        The pooled feature tensor after dropout.
+
+    Raises:
+        ConfigError: model.weights names a file that does not exist.
+    """
+    name, extra = APPLICATIONS[model_params.name]
     weights = None
-    if mp.weights is not None:
-        weights = str(mp.weights if mp.weights.is_absolute() else base / mp.weights)
+    if model_params.weights is not None:
+        weights = str(model_params.weights if model_params.weights.is_absolute() else base / model_params.weights)
         if not Path(weights).is_file():
             raise ConfigError(weights, "model.weights file not found (weights are never downloaded)")
     x = inputs
     if weights is not None and inputs.shape[-1] == 1:
         x = layers.Concatenate()([x, x, x])  # pretrained backbones expect three channels
-    if mp.name == "efficientnet_b0":
+    if model_params.name == "efficientnet_b0":
         x = layers.Rescaling(255.0)(x)  # EfficientNet rescales 0-255 inputs itself
     # built on our tensor, so its layers join this model's graph (Grad-CAM can reach its last conv layer)
     backbone = getattr(keras.applications, name)(include_top=False, weights=weights, input_tensor=x, **extra)
-    return layers.Dropout(mp.dropout)(layers.GlobalAveragePooling2D()(backbone.output))
+    return layers.Dropout(model_params.dropout)(layers.GlobalAveragePooling2D()(backbone.output))
 
 
 def load_model(path: Path) -> keras.Model:
-    """Load a saved .keras model (Standardize is registered by importing this module)."""
+    """Load a saved .keras model (Standardize is registered by importing this module).
+
+    Args:
+        path: The .keras file.
+
+    Returns:
+        The model, uncompiled.
+    """
     return keras.models.load_model(path, compile=False)
 
 
-def input_params(model: keras.Model, pp):
-    """PreprocessParams adjusted to what a trained model takes (its input size and channels)."""
+def input_params(model: keras.Model, preprocessing):
+    """PreprocessParams adjusted to what a trained model takes (its input size and channels).
+
+    Args:
+        model: A built or loaded Keras model.
+        preprocessing: The preprocessing to adjust.
+
+    Returns:
+        A copy with `size` and `color` from the model's input shape.
+    """
     _, size, _, channels = model.input_shape
-    return pp.model_copy(update={"size": int(size), "color": "gray" if channels == 1 else "rgb"})
+    return preprocessing.model_copy(update={"size": int(size), "color": "gray" if channels == 1 else "rgb"})
 
 
 ARCHITECTURES = {"seed_cnn": seed_cnn, "resnet_small": resnet_small, **{name: application for name in APPLICATIONS}}
 
 
-def build_model(mp: ModelParams, input_shape: tuple[int, int, int], n_classes: int,
+def build_model(model_params: ModelParams, input_shape: tuple[int, int, int], n_classes: int,
                 norm: tuple[str, float, float] = ("unit", 0.0, 1.0), base: Path = Path(".")) -> keras.Model:
-    """Build an (uncompiled) model by its params name: Standardize, the body, a float32 softmax head."""
+    """Build an (uncompiled) model by its params name: Standardize, the body, a float32 softmax head.
+
+    Args:
+        model_params: The model section (which architecture).
+        input_shape: (size, size, channels).
+        n_classes: Number of classes.
+        norm: Standardize's (mode, mean, std).
+        base: The project folder (local weights files).
+
+    Returns:
+        The Keras model, named after the architecture.
+
+    Raises:
+        ConfigError: model.weights names a file that does not exist.
+    """
     inputs = keras.Input(shape=input_shape, name="image")
     x = Standardize(*norm, name="standardize")(inputs)
-    features = ARCHITECTURES[mp.name](x, n_classes, mp, base)
+    features = ARCHITECTURES[model_params.name](x, n_classes, model_params, base)
     outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(features)
-    return keras.Model(inputs, outputs, name=mp.name)
+    return keras.Model(inputs, outputs, name=model_params.name)
 
 
 def predict_uint8(model, x: np.ndarray, batch: int = 128) -> np.ndarray:
-    """Class probabilities for uint8 images, batch by batch (memory stays small), float64."""
+    """Class probabilities for uint8 images, batch by batch (memory stays small), float64.
+
+    Args:
+        model: The Keras model.
+        x: uint8 images (N, size, size, channels).
+        batch: Images per forward pass.
+
+    Returns:
+        (N, classes) float64 probabilities.
+    """
     parts = [np.asarray(model(x[i:i + batch].astype(np.float32) / 255.0, training=False), dtype=np.float64)
              for i in range(0, len(x), batch)]
     return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]))
@@ -123,6 +207,14 @@ def predict_uint8(model, x: np.ndarray, batch: int = 128) -> np.ndarray:
 
 def predict(model, x: np.ndarray) -> np.ndarray:
     """Class probabilities of uint8 images, batch by batch (a float copy of one batch at a time), as float64
-    rows summing to 1 (float32 softmax is off by ~1e-7)."""
+    rows summing to 1 (float32 softmax is off by ~1e-7).
+
+    Args:
+        model: The Keras model.
+        x: uint8 images (N, size, size, channels).
+
+    Returns:
+        (N, classes) float64 probabilities, rows renormalised.
+    """
     proba = predict_uint8(model, x)
     return proba / proba.sum(axis=1, keepdims=True)

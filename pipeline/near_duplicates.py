@@ -16,7 +16,7 @@ by union-find (transitive).
 
 from dataclasses import dataclass
 from itertools import combinations
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import cv2
 import numpy as np
@@ -62,13 +62,28 @@ def fingerprint(gray: np.ndarray) -> str:
 
 
 def to_words(hashes: "list[str] | np.ndarray") -> np.ndarray:
-    """Hex fingerprints as an (N, 4) uint64 array (callers drop empty ones first)."""
+    """Hex fingerprints as an (N, 4) uint64 array (callers drop empty ones first).
+
+    Args:
+        hashes: 64-hex-digit fingerprints, none empty.
+
+    Returns:
+        (N, 4) uint64, big-endian words of each hash.
+    """
     raw = b"".join(bytes.fromhex(h) for h in hashes)
     return np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(len(hashes), WORDS)
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamming distances between rows of (N, 4) uint64 arrays (broadcasting)."""
+    """Hamming distances between rows of (N, 4) uint64 arrays (broadcasting).
+
+    Args:
+        a: (..., 4) uint64 fingerprints.
+        b: (..., 4) uint64 fingerprints, broadcast against `a`.
+
+    Returns:
+        int64 bit counts over the last axis.
+    """
     return np.bitwise_count(np.bitwise_xor(a, b)).sum(axis=-1).astype(np.int64)
 
 
@@ -85,8 +100,16 @@ def _band(words: np.ndarray, band: int) -> np.ndarray:
     return ((words[:, word] >> np.uint64(part * BAND_BITS)) & np.uint64(0xFFFF)).astype(np.int64)
 
 
+class Pairs(NamedTuple):
+    """Pairs of rows within a Hamming distance: row indexes on either side and their distances (int64)."""
+
+    left: np.ndarray
+    right: np.ndarray
+    distance: np.ndarray
+
+
 def close_pairs(hashes: np.ndarray, threshold: int, others: np.ndarray | None = None,
-                block: int = 2_000_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                block: int = 2_000_000) -> Pairs:
     """Every pair of fingerprints within `threshold` bits, by multi-index hashing (never all pairs).
 
     Args:
@@ -96,7 +119,10 @@ def close_pairs(hashes: np.ndarray, threshold: int, others: np.ndarray | None = 
         block: candidate pairs verified at a time (bounds the memory).
 
     Returns:
-        (i, j, distance): i indexes `hashes`, j `others` (or `hashes`), each pair once.
+        (left, right, distance): left indexes `hashes`, right `others` (or `hashes`), each pair once.
+
+    Raises:
+        ValueError: `threshold` is outside 0 .. MAX_THRESHOLD.
     """
     if not 0 <= threshold <= MAX_THRESHOLD:
         raise ValueError(f"threshold must be 0..{MAX_THRESHOLD}, got {threshold}")
@@ -104,7 +130,7 @@ def close_pairs(hashes: np.ndarray, threshold: int, others: np.ndarray | None = 
     table = cast(np.ndarray, hashes if self_join else others)  # others is set unless self_join
     empty = np.zeros(0, np.int64)
     if len(hashes) == 0 or len(table) == 0:
-        return empty, empty, empty
+        return Pairs(empty, empty, empty)
     masks = _probe_masks(threshold // BANDS)
     qcols = [np.ascontiguousarray(hashes[:, w]) for w in range(WORDS)]
     tcols = qcols if self_join else [np.ascontiguousarray(table[:, w]) for w in range(WORDS)]
@@ -137,7 +163,7 @@ def close_pairs(hashes: np.ndarray, threshold: int, others: np.ndarray | None = 
         found.append(_verify(pending_i, pending_j, qcols, tcols, threshold))
     i, j, d = (np.concatenate([f[k] for f in found]) for k in range(3))
     first = np.unique(i * len(table) + j, return_index=True)[1]  # a pair can match in several bands
-    return i[first], j[first], d[first]
+    return Pairs(i[first], j[first], d[first])
 
 
 def _verify(pi: list, pj: list, q: list[np.ndarray], table: list[np.ndarray],
@@ -157,7 +183,16 @@ def _verify(pi: list, pj: list, q: list[np.ndarray], table: list[np.ndarray],
 
 def union_find(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Connected components of n items joined by the pairs (i, j): a group number per item (its smallest
-    member's index)."""
+    member's index).
+
+    Args:
+        n: The number of items.
+        i: One end of each pair (item indexes).
+        j: The other end of each pair.
+
+    Returns:
+        int64 component id per item: the smallest index in its component.
+    """
     parent = np.arange(n)
 
     def find(x: int) -> int:
@@ -197,7 +232,7 @@ class Groups:
     """Near-duplicate groups of a table's rows: a group id per row (-1: no near copy), and the pairs."""
 
     group: np.ndarray  # per row; -1 for rows without a near copy (or without a fingerprint)
-    pairs: "tuple[np.ndarray, np.ndarray, np.ndarray]"  # row i, row j, distance
+    pairs: Pairs  # row i, row j, distance
 
 
 def find_groups(fingerprints: "list[str] | np.ndarray", threshold: int) -> Groups:
@@ -218,4 +253,4 @@ def find_groups(fingerprints: "list[str] | np.ndarray", threshold: int) -> Group
     sizes = np.bincount(comp, minlength=len(rows)) if len(rows) else np.zeros(0, np.int64)
     group = np.full(len(fps), -1, dtype=np.int64)
     group[rows] = np.where(sizes[comp] > 1, rows[comp], -1) if len(rows) else []
-    return Groups(group, (rows[i], rows[j], d))
+    return Groups(group, Pairs(rows[i], rows[j], d))

@@ -19,6 +19,9 @@ def replace_dir(final: Path) -> Iterator[Path]:
     Returns:
         A context manager yielding the folder to write into. On an exception the temporary folder is
         removed and `final` is left as it was.
+
+    Yields:
+        The temporary folder.
     """
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -22,7 +22,17 @@ def _save(fig, path: Path) -> Path:
 
 
 def roc_pr_curves(y: np.ndarray, proba: np.ndarray, classes: list[str], path: Path) -> Path:
-    """One-vs-rest ROC and precision-recall curves per class (the positive class when binary)."""
+    """One-vs-rest ROC and precision-recall curves per class (the positive class when binary).
+
+    Args:
+        y: Integer labels.
+        proba: (N, classes) probabilities.
+        classes: Class names.
+        path: The PNG to write.
+
+    Returns:
+        The path.
+    """
     from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
     plt = _pyplot()
@@ -42,7 +52,17 @@ def roc_pr_curves(y: np.ndarray, proba: np.ndarray, classes: list[str], path: Pa
 
 
 def reliability(y: np.ndarray, proba: np.ndarray, bins: int, path: Path) -> Path:
-    """Reliability diagram of the top-class confidence: accuracy per confidence bin vs the diagonal."""
+    """Reliability diagram of the top-class confidence: accuracy per confidence bin vs the diagonal.
+
+    Args:
+        y: Integer labels.
+        proba: (N, classes) probabilities.
+        bins: Number of equal-width confidence bins.
+        path: The PNG to write.
+
+    Returns:
+        The path.
+    """
     from pipeline.metrics import confidence_bins
 
     plt = _pyplot()
@@ -58,7 +78,15 @@ def reliability(y: np.ndarray, proba: np.ndarray, bins: int, path: Path) -> Path
 
 
 def training_curves(history: dict[str, list[float]], path: Path) -> Path:
-    """Loss and validation ROC-AUC per epoch."""
+    """Loss and validation ROC-AUC per epoch.
+
+    Args:
+        history: Per-epoch `loss`, `val_loss` and `val_roc_auc`.
+        path: The PNG to write.
+
+    Returns:
+        The path.
+    """
     plt = _pyplot()
     fig, (loss_ax, auc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
     epochs = np.arange(1, len(history["loss"]) + 1)
@@ -72,7 +100,17 @@ def training_curves(history: dict[str, list[float]], path: Path) -> Path:
 
 
 def plot_confusion(y: np.ndarray, pred: np.ndarray, classes: list[str], path: Path) -> Path:
-    """Confusion matrix as counts and row-normalised rates, side by side, saved as PNG."""
+    """Confusion matrix as counts and row-normalised rates, side by side, saved as PNG.
+
+    Args:
+        y: Integer labels.
+        pred: Predicted integer labels.
+        classes: Class names.
+        path: The PNG to write.
+
+    Returns:
+        The path.
+    """
     from sklearn.metrics import confusion_matrix
 
     plt = _pyplot()

@@ -42,7 +42,14 @@ def _redact_pair(pair: str) -> str:
 
 
 def redact_params(value: object) -> object:
-    """A copy of a (nested) params dump with `redact_uri` applied to every string in it."""
+    """A copy of a (nested) params dump with `redact_uri` applied to every string in it.
+
+    Args:
+        value: A dict, list, string or other value (nested).
+
+    Returns:
+        The same structure, every string through redact_uri; other values as they were.
+    """
     if isinstance(value, dict):
         return {key: redact_params(sub) for key, sub in value.items()}
     if isinstance(value, list):

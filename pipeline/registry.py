@@ -13,13 +13,20 @@ from pipeline.config import Params, PreprocessParams, RegisterParams, Workspace
 log = logging.getLogger(__name__)
 
 
-def tracking_uri(reg: RegisterParams, base: Path) -> str:
+def tracking_uri(registry_params: RegisterParams, base: Path) -> str:
     """MLFLOW_TRACKING_URI if the user set it, else params' URI with a relative SQLite path made absolute.
 
     Read when called: medpipe never leaves its own store in os.environ (see setup_tracking), so the
     variable holds the user's choice, or nothing.
+
+    Args:
+        registry_params: The register section (its tracking_uri).
+        base: The project folder a relative SQLite path is resolved against (its folder is created).
+
+    Returns:
+        The tracking URI.
     """
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or reg.tracking_uri
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or registry_params.tracking_uri
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
         db = base / uri[len(prefix):]
@@ -28,21 +35,29 @@ def tracking_uri(reg: RegisterParams, base: Path) -> str:
     return uri
 
 
-def setup_tracking(reg: RegisterParams, base: Path) -> str:
-    """Point MLflow at the store and make sure the experiment exists; return its id."""
+def setup_tracking(registry_params: RegisterParams, base: Path) -> str:
+    """Point MLflow at the store and make sure the experiment exists; return its id.
+
+    Args:
+        registry_params: The register section (tracking URI, experiment, artifact root).
+        base: The project folder.
+
+    Returns:
+        The experiment id.
+    """
     import mlflow
 
     user = _env.user_uris()
-    uri = tracking_uri(reg, base)
+    uri = tracking_uri(registry_params, base)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # else the registry keeps the first store this process used
     _env.restore_user_uris(user)  # MLflow exported the URIs to os.environ; child processes must not inherit them
-    experiment = mlflow.get_experiment_by_name(reg.experiment)
+    experiment = mlflow.get_experiment_by_name(registry_params.experiment)
     if experiment is not None:
         return experiment.experiment_id
     local = uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
-    artifacts = (base / reg.artifact_root).resolve().as_uri() if local else None
-    return mlflow.create_experiment(reg.experiment, artifact_location=artifacts)
+    artifacts = (base / registry_params.artifact_root).resolve().as_uri() if local else None
+    return mlflow.create_experiment(registry_params.experiment, artifact_location=artifacts)
 
 
 # Every complete version has these (versions made since the signature also medpipe.task_signature and
@@ -52,21 +67,29 @@ COMPLETE_TAGS = ("medpipe.weights_sha256", "medpipe.data_md5", "medpipe.params_m
 PENDING = "pending"  # medpipe.promotion of a version the gate has not decided on yet
 
 
-def task_signature(classes: list[str], pp: PreprocessParams) -> dict:
+def task_signature(classes: list[str], preprocessing: PreprocessParams) -> dict:
     """What a model version is a model *of*: its classes in order and the input it takes.
 
     Args:
         classes: Class names in output order.
-        pp: The preprocessing it was trained with.
+        preprocessing: The preprocessing it was trained with.
 
     Returns:
         `{"classes", "size", "color", "normalize"}`, stored as the tag `medpipe.task_signature`.
     """
-    return {"classes": list(classes), "size": pp.size, "color": pp.color, "normalize": pp.normalize}
+    return {"classes": list(classes), "size": preprocessing.size, "color": preprocessing.color,
+            "normalize": preprocessing.normalize}
 
 
 def version_signature(version) -> dict:
-    """A registered version's task signature (versions from before the tag: their classes only)."""
+    """A registered version's task signature (versions from before the tag: their classes only).
+
+    Args:
+        version: An MLflow ModelVersion.
+
+    Returns:
+        The `medpipe.task_signature` dict, or `{"classes": [...]}` for older versions.
+    """
     if "medpipe.task_signature" in version.tags:
         return json.loads(version.tags["medpipe.task_signature"])
     return {"classes": _classes(version)}
@@ -77,6 +100,15 @@ def signature_conflict(candidate: dict, champion: dict, champion_version: int, m
 
     Input size, colour and normalisation may differ: the gate scores each version through its own
     preprocessing on the same test images.
+
+    Args:
+        candidate: The new version's task signature.
+        champion: The champion's task signature.
+        champion_version: The champion's version number (for the message).
+        model_name: The registered model's name (for the message).
+
+    Returns:
+        The reason, or None when the classes agree (or the champion names none).
     """
     if candidate.get("classes") == champion.get("classes") or not champion.get("classes"):
         return None
@@ -87,12 +119,26 @@ def signature_conflict(candidate: dict, champion: dict, champion_version: int, m
 
 
 def is_complete(version) -> bool:
-    """Whether a version carries every tag medpipe writes at registration (older partial ones do not)."""
+    """Whether a version carries every tag medpipe writes at registration (older partial ones do not).
+
+    Args:
+        version: An MLflow ModelVersion.
+
+    Returns:
+        True when every COMPLETE_TAGS tag is there.
+    """
     return all(k in version.tags for k in COMPLETE_TAGS)
 
 
 def file_sha256(*paths: Path) -> str:
-    """sha256 over files' bytes, in order: what a model version's artifact must still hold to be trusted."""
+    """sha256 over files' bytes, in order: what a model version's artifact must still hold to be trusted.
+
+    Args:
+        *paths: The files, in order.
+
+    Returns:
+        The hex digest over each file's sha256.
+    """
     import hashlib
 
     digest = hashlib.sha256()
@@ -101,15 +147,27 @@ def file_sha256(*paths: Path) -> str:
     return digest.hexdigest()
 
 
-def find_version(uri: str, reg: RegisterParams, base: Path):
+def find_version(uri: str, registry_params: RegisterParams, base: Path):
     """The registry's ModelVersion for `models:/NAME/VERSION`, `models:/NAME@ALIAS` or `models:/NAME/latest`
-    (the newest complete version)."""
+    (the newest complete version).
+
+    Args:
+        uri: The model URI.
+        registry_params: The register section (where the registry is).
+        base: The project folder.
+
+    Returns:
+        The MLflow ModelVersion.
+
+    Raises:
+        MedpipeError: no such version, alias or model, or no complete version for `latest`.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from pipeline.errors import MedpipeError
 
-    setup_tracking(reg, base)
+    setup_tracking(registry_params, base)
     client = mlflow.MlflowClient()
     name, _, ref = uri.removeprefix("models:/").replace("@", "/@").partition("/")
     try:
@@ -125,31 +183,51 @@ def find_version(uri: str, reg: RegisterParams, base: Path):
         raise MedpipeError(uri, "no such registered model version") from None
 
 
-def model_uri(reg: RegisterParams, ref: str | int = "@champion") -> str:
-    """`models:/<register.model_name>@alias` or `/<version>`: the default model of every command."""
+def model_uri(registry_params: RegisterParams, ref: str | int = "@champion") -> str:
+    """`models:/<register.model_name>@alias` or `/<version>`: the default model of every command.
+
+    Args:
+        registry_params: The register section (its model_name).
+        ref: An alias starting with `@`, or a version number.
+
+    Returns:
+        The model URI.
+    """
     ref = str(ref)
-    return f"models:/{reg.model_name}{ref if ref.startswith('@') else '/' + ref}"
+    return f"models:/{registry_params.model_name}{ref if ref.startswith('@') else '/' + ref}"
 
 
-def load_classifier(uri: str, reg: RegisterParams, base: Path, pp: PreprocessParams):
+def load_classifier(uri: str, registry_params: RegisterParams, base: Path, preprocessing: PreprocessParams):
     """The raw-image classifier behind a registered version (`.model`, `.classes`, `.pp`) and its number.
 
     Nothing from the artifact store is unpickled or executed: the version's Keras file is loaded in
     safe mode and its serving.json read as JSON, by this installed medpipe's code; their sha256 must
     match the version's `medpipe.model_sha256` tag. Versions logged before the raw-image pyfunc
-    (Keras flavour) get their class names from their tags and `pp` fitted to their input.
+    (Keras flavour) get their class names from their tags and `preprocessing` fitted to their input.
+
+    Args:
+        uri: The model URI (see find_version).
+        registry_params: The register section (where the registry is).
+        base: The project folder.
+        preprocessing: The preprocessing for legacy Keras-flavour versions (fitted to their input).
+
+    Returns:
+        The classifier and the version number.
+
+    Raises:
+        MedpipeError: no such version, no model in its artifacts, or artifacts changed since registration.
     """
     import tempfile
 
     import mlflow
 
-    version = find_version(uri, reg, base)
+    version = find_version(uri, registry_params, base)
     with tempfile.TemporaryDirectory(prefix="medpipe-model-") as tmp:  # loaded into memory, then removed
         folder = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}", dst_path=tmp))
-        return _load_folder(folder, version, pp), int(version.version)
+        return _load_folder(folder, version, preprocessing), int(version.version)
 
 
-def _load_folder(folder: Path, version, pp: PreprocessParams):
+def _load_folder(folder: Path, version, preprocessing: PreprocessParams):
     """The classifier in a downloaded model folder (see load_classifier)."""
     import yaml
 
@@ -165,7 +243,7 @@ def _load_folder(folder: Path, version, pp: PreprocessParams):
             raise MedpipeError(where, "no .keras file in its artifacts")
         model = load_model(files[0])
         classes = _classes(version) or [str(i) for i in range(model.output_shape[-1])]
-        return SimpleNamespace(model=model, classes=classes, pp=input_params(model, pp))
+        return SimpleNamespace(model=model, classes=classes, pp=input_params(model, preprocessing))
     artifacts = flavors.get("python_function", {}).get("artifacts", {})
     try:
         keras_file, config = (folder / artifacts[k]["path"] for k in ("keras_model", "config"))
@@ -178,10 +256,22 @@ def _load_folder(folder: Path, version, pp: PreprocessParams):
     return RawImageClassifier().load(keras_file, config)
 
 
-def load_registered(uri: str, reg: RegisterParams, base: Path):
+def load_registered(uri: str, registry_params: RegisterParams, base: Path):
     """A registered version's Keras model, class names (never empty: versions without names get "0", "1", ...)
-    and version number (loaded as load_classifier does)."""
-    classifier, number = load_classifier(uri, reg, base, PreprocessParams())
+    and version number (loaded as load_classifier does).
+
+    Args:
+        uri: The model URI (see find_version).
+        registry_params: The register section (where the registry is).
+        base: The project folder.
+
+    Returns:
+        (Keras model, class names, version number).
+
+    Raises:
+        MedpipeError: as load_classifier.
+    """
+    classifier, number = load_classifier(uri, registry_params, base, PreprocessParams())
     return classifier.model, classifier.classes, number
 
 
@@ -199,7 +289,11 @@ def _start_time(pid: int) -> str | None:
 
 
 def owner_tags() -> dict[str, str]:
-    """Which process holds an MLflow run open (`medpipe.host`, `medpipe.pid`, `medpipe.pid_start`)."""
+    """Which process holds an MLflow run open (`medpipe.host`, `medpipe.pid`, `medpipe.pid_start`).
+
+    Returns:
+        The three tags of this process (`medpipe.pid_start` empty where /proc is unavailable).
+    """
     import os
     import socket
 
@@ -207,11 +301,17 @@ def owner_tags() -> dict[str, str]:
             "medpipe.pid_start": _start_time(os.getpid()) or ""}
 
 
-def close_orphaned_runs(reg: RegisterParams, base: Path, say: Callable[[str], None] = log.info) -> list[str]:
+def close_orphaned_runs(registry_params: RegisterParams, base: Path,
+                        say: Callable[[str], None] = log.info) -> list[str]:
     """Mark as KILLED the RUNNING runs of this experiment whose process (on this host) is gone.
 
     A run killed with SIGKILL cannot end itself; the next medpipe command on the same host does.
     `--resume` reopens such a run and carries on in it. Runs owned by other hosts are left alone.
+
+    Args:
+        registry_params: The register section (where the runs are).
+        base: The project folder.
+        say: Where the one-line notice goes when runs were closed.
 
     Returns:
         The ids of the runs closed.
@@ -220,7 +320,7 @@ def close_orphaned_runs(reg: RegisterParams, base: Path, say: Callable[[str], No
 
     import mlflow
 
-    experiment = setup_tracking(reg, base)
+    experiment = setup_tracking(registry_params, base)
     client, host, closed = mlflow.MlflowClient(), socket.gethostname(), []
     for run in client.search_runs([experiment], "attributes.status = 'RUNNING'", max_results=200):
         tags = run.data.tags
@@ -246,6 +346,10 @@ def aliases_of(client, name: str) -> dict[str, int]:
 
 def check_task(params: Params, ws: Workspace) -> None:
     """Refuse, before any work, a run whose classes differ from the champion's of the same registered model.
+
+    Args:
+        params: The run's params (validate.labels, register section).
+        ws: The run's workspace.
 
     Raises:
         ConfigError: naming `register.model_name`, both class lists and what to do.

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import NamedTuple, cast
 
 import yaml
 
@@ -50,8 +50,35 @@ def _run(args: list[str], cwd: Path, env: dict | None = None, what: str = "") ->
     return done.stdout
 
 
-def original(params: Params, ws: Workspace, version: int) -> tuple[dict, dict, dict]:
-    """Version N's tags, its run's final metrics, and the params it was trained with."""
+class Original(NamedTuple):
+    """A registered version as it was made: its tags, its run's final metrics and the params it was trained with."""
+
+    tags: dict
+    metrics: dict
+    params: dict
+
+
+class Rebuilt(NamedTuple):
+    """What a rebuild made: the weights hash and the final metrics."""
+
+    weights_sha256: str
+    metrics: dict[str, float]
+
+
+def original(params: Params, ws: Workspace, version: int) -> Original:
+    """Version N's tags, its run's final metrics, and the params it was trained with.
+
+    Args:
+        params: This project's params (where the registry is, the model name).
+        ws: This project's workspace.
+        version: The registered version number.
+
+    Returns:
+        The version's tags, its run's `test_*`/`val_*` metrics and its logged params.yaml.
+
+    Raises:
+        MedpipeError: no such version, or its run has no params.yaml artifact.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -71,11 +98,26 @@ def original(params: Params, ws: Workspace, version: int) -> tuple[dict, dict, d
         raise MedpipeError(f"version {version}", "its run has no params.yaml artifact (trained before medpipe "
                                                  "logged it): it cannot be rebuilt") from None
     metrics = {k: v for k, v in run.data.metrics.items() if k.startswith(("test_", "val_"))}
-    return mv.tags, metrics, logged
+    return Original(mv.tags, metrics, logged)
 
 
 def checkout(base: Path, commit: str, data_md5: str, into: Path, data_root: str) -> list[str]:
-    """That commit's files into `into`, and its data version (DVC cache of `base`, else its remote)."""
+    """That commit's files into `into`, and its data version (DVC cache of `base`, else its remote).
+
+    Args:
+        base: This project's folder (git repository, DVC cache and remotes).
+        commit: The full commit id recorded on the version.
+        data_md5: The data hash recorded on the version.
+        into: The empty folder to rebuild in.
+        data_root: The data folder's name in that commit (its `<data_root>.dvc` pointer).
+
+    Returns:
+        Notes for the report (e.g. that the data was pulled from the remote).
+
+    Raises:
+        MedpipeError: no or no full commit id, a commit not in the repository, a missing or different data
+            pointer, or a DVC command that failed.
+    """
     notes = []
     if commit in ("", "unknown"):
         raise MedpipeError("lineage", "the version has no git commit recorded: it cannot be rebuilt")
@@ -113,9 +155,21 @@ def _remotes(base: Path) -> dict[str, str]:
         return {name: str(conf["url"]) for name, conf in repo.config.get("remote", {}).items()}
 
 
-def rebuild(into: Path, logged: dict, base: Path) -> tuple[str, dict[str, float]]:
+def rebuild(into: Path, logged: dict, base: Path) -> Rebuilt:
     """Run the steps up to evaluation in `into` with the code there (not the installed one) and a
-    throw-away MLflow store; return the weights hash and the final metrics."""
+    throw-away MLflow store; return the weights hash and the final metrics.
+
+    Args:
+        into: The checked-out workspace.
+        logged: The original's params (its register section is pointed at a local store).
+        base: This project's folder (its pseudonym salt is copied).
+
+    Returns:
+        The rebuilt weights' sha256 and outputs/metrics.json.
+
+    Raises:
+        MedpipeError: a step failed.
+    """
     raw = {**logged, "register": {**logged["register"], "tracking_uri": "sqlite:///mlflow/mlflow.db",
                                   "artifact_root": "mlflow/artifacts"}}
     (into / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -127,23 +181,54 @@ def rebuild(into: Path, logged: dict, base: Path) -> tuple[str, dict[str, float]
     for step in training_steps(into / "dvc.yaml"):
         _run([*command, "stage", step, "--params", "params.yaml"], into, env, f"rebuild step {step}")
     trained = json.loads((into / "outputs" / "train" / "run.json").read_text())
-    return trained["weights_sha256"], json.loads((into / "outputs" / "metrics.json").read_text())
+    return Rebuilt(trained["weights_sha256"], json.loads((into / "outputs" / "metrics.json").read_text()))
 
 
 def training_steps(dvc_file: Path) -> list[str]:
-    """The stages of a commit's dvc.yaml up to evaluation, in order: the steps its code declares."""
+    """The stages of a commit's dvc.yaml up to evaluation, in order: the steps its code declares.
+
+    Args:
+        dvc_file: The commit's dvc.yaml.
+
+    Returns:
+        The stage names, up to and including `evaluate`.
+    """
     names = list(yaml.safe_load(dvc_file.read_text())["stages"])
     return names[:names.index("evaluate") + 1]
 
 
 def compare(version: int, tags: dict, metrics: dict, sha: str, rebuilt: dict) -> Reproduction:
-    """Weights hash and every final metric both sides have, compared exactly."""
+    """Weights hash and every final metric both sides have, compared exactly.
+
+    Args:
+        version: The version number.
+        tags: The original's tags (git commit, weights hash).
+        metrics: The original's final metrics.
+        sha: The rebuilt weights' sha256.
+        rebuilt: The rebuilt final metrics.
+
+    Returns:
+        The comparison; `differences` maps each differing metric to (original, rebuilt).
+    """
     diffs = {k: (v, float(rebuilt[k])) for k, v in sorted(metrics.items()) if k in rebuilt and float(rebuilt[k]) != v}
     return Reproduction(version, tags.get("medpipe.git_commit", ""), sha == tags.get("medpipe.weights_sha256"), diffs)
 
 
 def reproduce(params: Params, ws: Workspace, version: int, keep: Path | None = None) -> Reproduction:
-    """Rebuild version `version` from its lineage in a temporary workspace and compare it with the original."""
+    """Rebuild version `version` from its lineage in a temporary workspace and compare it with the original.
+
+    Args:
+        params: This project's params.
+        ws: This project's workspace.
+        version: The registered version number.
+        keep: A folder to rebuild in and keep; None: a temporary one, removed afterwards.
+
+    Returns:
+        The comparison, with notes.
+
+    Raises:
+        MedpipeError: the version cannot be rebuilt (see original, checkout, rebuild).
+    """
     tags, metrics, logged = original(params, ws, version)
     folder = Path(tempfile.mkdtemp(prefix=f"medpipe-reproduce-v{version}-")) if keep is None else keep
     try:

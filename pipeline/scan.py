@@ -63,6 +63,13 @@ def data_salt(project: Path, create: bool) -> bytes:
     It stays out of git and out of the data folder (which stays untouched); it makes the
     pseudonyms in outputs, logs and MLflow irreversible for anyone without it. Teams that train
     in several places share it through the environment variable.
+
+    Args:
+        project: The project folder (where params.yaml is).
+        create: Write a new random salt file when there is none (and no environment variable).
+
+    Returns:
+        The salt; b"" when there is none and `create` is False.
     """
     if os.environ.get(SALT_ENV):
         return os.environ[SALT_ENV].encode()
@@ -78,7 +85,15 @@ def _resolved(root: Path) -> Path:
 
 
 def inside_root(root: Path, rel: str) -> bool:
-    """Whether `rel` stays inside `root` once resolved (no `../` escapes, absolute paths or symlinks out)."""
+    """Whether `rel` stays inside `root` once resolved (no `../` escapes, absolute paths or symlinks out).
+
+    Args:
+        root: The data root.
+        rel: A path from the manifest.
+
+    Returns:
+        True when `root / rel` resolves inside `root`.
+    """
     try:
         (root / rel).resolve().relative_to(_resolved(root))
         return True
@@ -95,6 +110,17 @@ def scan_file(root: Path, rel: str, salt: bytes, max_pixels: int = DEFAULT_MAX_P
 
     A file over `max_bytes` (by stat) is not read, one whose header declares more than `max_pixels`
     is not decoded (pipeline.limits): both are unreadable rows naming the cap.
+
+    Args:
+        root: The data root.
+        rel: The file's path relative to `root`.
+        salt: The pseudonymisation salt (DICOM patient keys).
+        max_pixels: Cap on the pixels its header declares.
+        max_bytes: Cap on its size in bytes.
+        with_fingerprint: Compute the perceptual fingerprint.
+
+    Returns:
+        The file's row (never raises for an unusable image).
     """
     path = root / rel
     if not inside_root(root, rel):
@@ -123,7 +149,14 @@ def scan_file(root: Path, rel: str, salt: bytes, max_pixels: int = DEFAULT_MAX_P
 
 
 def scan_chunk(args: tuple) -> list[ScanRow]:
-    """Scan a run of files, (root, relative paths, salt[, max_pixels, max_bytes]): one unit of parallel work."""
+    """Scan a run of files, (root, relative paths, salt[, max_pixels, max_bytes]): one unit of parallel work.
+
+    Args:
+        args: (root, relative paths, salt[, max_pixels, max_bytes]), as scan_file takes them.
+
+    Returns:
+        One row per path, in order.
+    """
     root, rels, salt, *caps = args
     before = cv2.getNumThreads()
     cv2.setNumThreads(1)  # one process per core already; the caller's setting comes back afterwards
@@ -199,6 +232,21 @@ def scan(root: Path, rels: list[str], cache: Path | None = None, workers: int | 
     only this module's light top (OpenCV, NumPy), not pandas. With a `mapper`, runs of `chunk_size`
     files go through it instead of this machine's worker processes. Files over `max_bytes`, or
     declaring more than `max_pixels`, are unreadable rows (the cache is redone when a cap changes).
+
+    Args:
+        root: The data root.
+        rels: The files, relative to `root`.
+        cache: The scan cache CSV (None: no cache).
+        workers: Worker processes; None: one per core.
+        progress: Show a progress bar.
+        project: Where the pseudonymisation salt lives.
+        mapper: An order-keeping map over units of work (e.g. Prefect tasks on Dask); None: local.
+        chunk_size: Files per unit of work given to `mapper`.
+        max_pixels: Cap on the pixels a header declares.
+        max_bytes: Cap on a file's size in bytes.
+
+    Returns:
+        The scan table (COLUMNS), one row per path of `rels`, in their order.
     """
     import pandas as pd
 

@@ -48,23 +48,35 @@ def _pixels_or_bytes(cell, row: int) -> bytes | np.ndarray:
     return pixels
 
 
-def model_input(cell, row: int, pp: PreprocessParams) -> np.ndarray:
-    """One cell as a model input: float32 (size, size, channels) in [0, 1]."""
+def model_input(cell, row: int, preprocessing: PreprocessParams) -> np.ndarray:
+    """One cell as a model input: float32 (size, size, channels) in [0, 1].
+
+    Args:
+        cell: Encoded image bytes, their base64, or a pixel array.
+        row: The cell's row (names it in errors as `image[row]`).
+        preprocessing: The preprocessing the model was trained with (and its caps).
+
+    Returns:
+        The preprocessed image, float32 in [0, 1].
+
+    Raises:
+        MedpipeError: the cell is not an image, over a cap, or cannot be decoded.
+    """
     from pipeline.preprocess import pixels_to_uint8, prepare_image, prepare_pixels
 
     name = f"image[{row}]"
     value = _pixels_or_bytes(cell, row)
     try:
         if isinstance(value, bytes):
-            return prepare_image(Path(name), pp, data=value).astype(np.float32) / 255.0
-        if value.size > pp.max_pixels:
+            return prepare_image(Path(name), preprocessing, data=value).astype(np.float32) / 255.0
+        if value.size > preprocessing.max_pixels:
             raise MedpipeError(name, f"pixel array of shape {value.shape} = {pixel_count(value.size)} exceeds the "
-                                     f"cap of {pixel_count(pp.max_pixels)} (preprocess.max_pixels)")
+                                     f"cap of {pixel_count(preprocessing.max_pixels)} (preprocess.max_pixels)")
         if value.dtype.kind in "iu" and value.dtype != np.uint8:
             value = value.astype(np.uint16)
         elif value.dtype.kind == "f":
             value = value.astype(np.float32)
-        return prepare_pixels(pixels_to_uint8(value, pp.color), pp).astype(np.float32) / 255.0
+        return prepare_pixels(pixels_to_uint8(value, preprocessing.color), preprocessing).astype(np.float32) / 255.0
     except MedpipeError:
         raise  # already names the row
     except Exception as err:  # any other decode failure is the caller's image too: HTTP 400, no traceback
@@ -72,7 +84,18 @@ def model_input(cell, row: int, pp: PreprocessParams) -> np.ndarray:
 
 
 def cells(data) -> list:
-    """The image cells of a pyfunc input: the `image` column of a DataFrame, or a list/array of images."""
+    """The image cells of a pyfunc input: the `image` column of a DataFrame, or a list/array of images.
+
+    Args:
+        data: A DataFrame, a dict with an `image` list, a list of `{"image": cell}` records, or a list/array
+            of cells.
+
+    Returns:
+        The cells, in order.
+
+    Raises:
+        MedpipeError: a DataFrame without an `image` column.
+    """
     if isinstance(data, pd.DataFrame):
         if INPUT_COLUMN not in data.columns:
             raise MedpipeError("input", f"expected a column named '{INPUT_COLUMN}', got {list(data.columns)}")
@@ -84,9 +107,22 @@ def cells(data) -> list:
     return list(data)
 
 
-def predict_table(model, classes: list[str], images: list, pp: PreprocessParams) -> pd.DataFrame:
-    """Labels and class probabilities of raw images."""
-    x = np.stack([model_input(cell, i, pp) for i, cell in enumerate(images)]) if images else np.zeros((0,))
+def predict_table(model, classes: list[str], images: list, preprocessing: PreprocessParams) -> pd.DataFrame:
+    """Labels and class probabilities of raw images.
+
+    Args:
+        model: The Keras model.
+        classes: Class names in output order.
+        images: The cells (see model_input).
+        preprocessing: The preprocessing the model was trained with.
+
+    Returns:
+        One row per image: `label` and a float64 probability column per class.
+
+    Raises:
+        MedpipeError: a cell that is not a usable image (see model_input).
+    """
+    x = np.stack([model_input(cell, i, preprocessing) for i, cell in enumerate(images)]) if images else np.zeros((0,))
     proba = np.asarray(model.predict(x, verbose=0), dtype=np.float64) if len(x) else np.zeros((0, len(classes)))
     return pd.DataFrame({"label": [classes[i] for i in proba.argmax(axis=1)],
                          **{c: proba[:, i] for i, c in enumerate(classes)}})
@@ -102,10 +138,23 @@ class RawImageClassifier(_python_model_base()):  # type: ignore[misc]  # mlflow'
     """medpipe's Keras model with its preprocessing: raw images in, labels and probabilities out."""
 
     def load_context(self, context) -> None:
+        """MLflow's hook: load the version's artifacts (see load).
+
+        Args:
+            context: MLflow's PythonModelContext (artifacts `keras_model` and `config`).
+        """
         self.load(Path(context.artifacts["keras_model"]), Path(context.artifacts["config"]))
 
     def load(self, keras_file: Path, config_file: Path) -> "RawImageClassifier":
-        """Load the Keras file (safe mode: no code in it runs) and the preprocessing it was trained with."""
+        """Load the Keras file (safe mode: no code in it runs) and the preprocessing it was trained with.
+
+        Args:
+            keras_file: The .keras model file.
+            config_file: serving.json (classes and preprocess params).
+
+        Returns:
+            This classifier, loaded.
+        """
         from pipeline.model import load_model
 
         self.model = load_model(keras_file)
@@ -114,6 +163,19 @@ class RawImageClassifier(_python_model_base()):  # type: ignore[misc]  # mlflow'
         return self
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        """MLflow's predict: labels and class probabilities of raw images (see predict_table).
+
+        Args:
+            context: MLflow's PythonModelContext (unused).
+            model_input: The images (see cells).
+            params: MLflow inference params (unused).
+
+        Returns:
+            One row per image: `label` and a probability column per class.
+
+        Raises:
+            MlflowException: INVALID_PARAMETER_VALUE (HTTP 400) for a bad image, INTERNAL_ERROR otherwise.
+        """
         from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
         try:
@@ -143,15 +205,28 @@ def _served_error():
     return ServedError
 
 
-def log_pyfunc(keras_path: Path, classes: list[str], pp: PreprocessParams, example: bytes, workdir: Path, **kwargs):
+def log_pyfunc(keras_path: Path, classes: list[str], preprocessing: PreprocessParams, example: bytes, workdir: Path,
+               **kwargs):
     """Log the model as a raw-image pyfunc to the active run: the Keras file, its preprocessing
-    (serving.json) and medpipe's code, as models from code (pipeline/served_model.py), so no pickle."""
+    (serving.json) and medpipe's code, as models from code (pipeline/served_model.py), so no pickle.
+
+    Args:
+        keras_path: The trained .keras file.
+        classes: Class names in output order.
+        preprocessing: The preprocessing it was trained with.
+        example: An encoded image for the input example.
+        workdir: Where serving.json is written.
+        **kwargs: Passed on to mlflow.pyfunc.log_model (e.g. registered_model_name).
+
+    Returns:
+        MLflow's ModelInfo.
+    """
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, Schema
 
     config = workdir / "serving.json"
-    config.write_text(json.dumps({"classes": classes, "preprocess": pp.model_dump(mode="json")}, indent=2))
+    config.write_text(json.dumps({"classes": classes, "preprocess": preprocessing.model_dump(mode="json")}, indent=2))
     signature = ModelSignature(Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
                                Schema([ColSpec(DataType.string, "label"),
                                        *[ColSpec(DataType.double, c) for c in classes]]))

@@ -3,16 +3,38 @@
 import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 
 def read_meta(folder: Path) -> dict:
-    """The shard folder's meta.json: key, classes, geometry, train mean/std, shard files per split."""
+    """The shard folder's meta.json: key, classes, geometry, train mean/std, shard files per split.
+
+    Args:
+        folder: The preprocess step's output folder.
+
+    Returns:
+        The parsed meta.json.
+    """
     return json.loads((folder / "meta.json").read_text())
 
 
-def _npy_layout(path: Path) -> tuple[tuple[int, ...], int]:
+class NpyLayout(NamedTuple):
+    """Where a .npy file's array is: its shape and the byte offset its data starts at."""
+
+    shape: tuple[int, ...]
+    offset: int
+
+
+class SplitArrays(NamedTuple):
+    """A whole split as model inputs: float32 images (N, size, size, channels) in [0, 1] and integer labels."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def _npy_layout(path: Path) -> NpyLayout:
     """Shape and data offset of a C-ordered uint8 .npy file, from its header."""
     with open(path, "rb") as f:
         major, _ = np.lib.format.read_magic(f)
@@ -20,7 +42,7 @@ def _npy_layout(path: Path) -> tuple[tuple[int, ...], int]:
         shape, fortran, dtype = read_header(f)
         if fortran or dtype != np.uint8:
             raise ValueError(f"{path}: not a C-ordered uint8 shard")
-        return shape, f.tell()
+        return NpyLayout(shape, f.tell())
 
 
 class Shards:
@@ -33,8 +55,8 @@ class Shards:
         self.files = [folder / f for f in entry["shards"]]
         self.shape = (meta["size"], meta["size"], meta["channels"])
         layouts = [_npy_layout(f) for f in self.files]
-        self.offsets = [offset for _, offset in layouts]
-        self.ends = np.cumsum([shape[0] for shape, _ in layouts], dtype=np.int64)
+        self.offsets = [layout.offset for layout in layouts]
+        self.ends = np.cumsum([layout.shape[0] for layout in layouts], dtype=np.int64)
         self.labels = np.load(folder / entry["labels"], allow_pickle=False)
         self._fds: dict[int, int] = {}
 
@@ -51,7 +73,14 @@ class Shards:
         return len(self) * int(np.prod(self.shape))
 
     def take(self, index: np.ndarray | list[int]) -> np.ndarray:
-        """The images at these positions, uint8 (len(index), size, size, channels)."""
+        """The images at these positions, uint8 (len(index), size, size, channels).
+
+        Args:
+            index: Positions in the split.
+
+        Returns:
+            The images, in the order of `index`.
+        """
         index = np.asarray(index, dtype=np.int64)
         row = int(np.prod(self.shape))
         part = np.searchsorted(self.ends, index, side="right")
@@ -64,12 +93,24 @@ class Shards:
         return np.frombuffer(b"".join(chunks), dtype=np.uint8).reshape(len(index), *self.shape)
 
     def read(self) -> np.ndarray:
-        """The whole split in memory, uint8."""
+        """The whole split in memory, uint8.
+
+        Returns:
+            (N, size, size, channels) uint8; empty with that geometry when the split has no shards.
+        """
         parts = [np.load(f, allow_pickle=False) for f in self.files]
         return np.concatenate(parts) if parts else np.zeros((0, *self.shape), dtype=np.uint8)
 
 
-def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """A whole split as model inputs: float32 (N, size, size, channels) in [0, 1], and integer labels."""
+def load_split(folder: Path, split: str) -> SplitArrays:
+    """A whole split as model inputs: float32 (N, size, size, channels) in [0, 1], and integer labels.
+
+    Args:
+        folder: The preprocess step's output folder.
+        split: `train`, `val` or `test`.
+
+    Returns:
+        The images and their labels.
+    """
     shards = Shards(folder, split)
-    return shards.read().astype(np.float32) / 255.0, shards.labels
+    return SplitArrays(shards.read().astype(np.float32) / 255.0, shards.labels)

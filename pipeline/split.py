@@ -12,7 +12,16 @@ SPLITS = ("train", "val", "test")
 
 def leakage_groups(patients: pd.Series, hashes: pd.Series, near: pd.Series | None = None) -> pd.Series:
     """Group images that must share a split: same patient, the same bytes (sha256) across patients, or
-    (with `near`, a near-duplicate group id per image, "" for none) near copies across patients."""
+    (with `near`, a near-duplicate group id per image, "" for none) near copies across patients.
+
+    Args:
+        patients: Patient id per image.
+        hashes: sha256 per image (a unique value where there is none).
+        near: Near-duplicate group id per image ("" for none); None: not grouped by near copies.
+
+    Returns:
+        Per image, `group`: a representative patient id shared by all images that must share a split.
+    """
     parent = {p: p for p in patients}
 
     def find(p: str) -> str:
@@ -37,6 +46,14 @@ def split_patients(manifest: pd.DataFrame, ratios: SplitRatios, seed: int) -> pd
 
     Groups take their most frequent label; within each label the shuffled groups are cut by the
     ratios (at least one group per split whenever a label has three or more).
+
+    Args:
+        manifest: Images with `label` and `patient_id` (or `group`).
+        ratios: The split ratios (val and test are cut; train takes the rest).
+        seed: Seed of the shuffle.
+
+    Returns:
+        Per image, `split`: train, val or test.
     """
     rng = np.random.default_rng(seed)
     key = manifest["group"] if "group" in manifest else manifest["patient_id"]

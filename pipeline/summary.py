@@ -17,7 +17,11 @@ class UpToDate:
     finished: str = ""  # what this run finished for it (e.g. the gate's decision after a crash)
 
     def message(self) -> str:
-        """One line for people and logs."""
+        """One line for people and logs.
+
+        Returns:
+            The up-to-date message, with what this run finished.
+        """
         done = f"; {self.finished}" if self.finished else ""
         return (f"up to date: {self.model_name} version {self.version} was trained on this data, params and code; "
                 f"nothing to retrain (--force retrains anyway){done}")
@@ -41,21 +45,43 @@ class TrainingSummary:
     @classmethod
     def collect(cls, params: Params, ws: Workspace, prepared, balanced, trained, evaluated,
                 registered, decision) -> "TrainingSummary":
-        """Gather the step results into one summary."""
+        """Gather the step results into one summary.
+
+        Args:
+            params: The run's params.
+            ws: The run's workspace.
+            prepared: The preprocess step's result (split sizes).
+            balanced: The balance step's result (train class counts).
+            trained: The train step's result (run id, epochs, data md5).
+            evaluated: The evaluate step's result (test metrics).
+            registered: The register step's result (model name, version).
+            decision: The promotion gate's decision (alias, reasons).
+
+        Returns:
+            The summary.
+        """
         test = {k: evaluated.metrics[f"test_{k}"] for k in HEADLINE}
         return cls(trained.run_id, registered.model_name, registered.version,
                    tracking_uri(params.register_, ws.base), prepared.split_sizes, balanced.counts_before,
                    trained.epochs_run, test, trained.data_md5, f"@{decision.alias}: " + "; ".join(decision.reasons))
 
     def markdown(self) -> str:
-        """A Markdown table for the Prefect UI."""
+        """A Markdown table for the Prefect UI.
+
+        Returns:
+            A heading, the run's facts and the headline test metrics as a table.
+        """
         rows = "\n".join(f"| test {k} | {v:.3f} |" for k, v in self.test_metrics.items())
         return (f"# {self.model_name} version {self.version}\n\nMLflow run `{self.run_id}`, data md5 "
                 f"`{self.data_md5}`, {self.epochs_run} epochs, splits {self.split_sizes}, "
                 f"train classes {self.class_counts}.\n\n{self.promotion}\n\n| metric | value |\n|---|---|\n{rows}\n")
 
     def ui_hint(self) -> str:
-        """How to look at the run in the MLflow UI."""
+        """How to look at the run in the MLflow UI.
+
+        Returns:
+            The `mlflow ui` command for a SQLite store, else the tracking URI to open.
+        """
         if self.tracking_uri.startswith("sqlite:"):
             return f"mlflow ui --backend-store-uri {self.tracking_uri}   (or: make mlflow-ui)"
         return f"open {self.tracking_uri}"

@@ -65,7 +65,13 @@ def _descendants(pid: int) -> dict[int, str]:
 
 def watch(pid: int, started: str, then: list[str] | None = None) -> None:
     """Record `pid`'s descendants until it is gone (or its pid was reused), then SIGKILL the survivors and
-    run `then` (a clean-up command, e.g. closing the dead run's MLflow runs), if given."""
+    run `then` (a clean-up command, e.g. closing the dead run's MLflow runs), if given.
+
+    Args:
+        pid: The process to watch.
+        started: Its start time (/proc stat field 22), to tell a reused pid.
+        then: A command to run once it is gone; None or empty: none.
+    """
     seen: dict[int, str] = {}
     while (stat := _stat(pid)) and stat[1] == started:
         seen.update(_descendants(pid))
