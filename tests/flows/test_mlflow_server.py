@@ -18,7 +18,10 @@ def test_flow_tracks_registers_and_promotes_on_a_tracking_server(prefect_harness
     port = free_port()
     server = start_process([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
                             "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port",
-                            str(port), "--workers", "1"], guarded_env(dict(os.environ), store / "netguard.log"), store)
+                            str(port), "--workers", "1"],
+                           # no job consumers (7 processes): medpipe starts no MLflow server jobs
+                           guarded_env({**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                                       store / "netguard.log"), store)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(f"{url}/health", server)
