@@ -100,18 +100,19 @@ def fit_to_size(img: np.ndarray, size: int, fit: str) -> np.ndarray:
     return img[top:top + size, left:left + size]
 
 
-def enhance(img: np.ndarray, pp: PreprocessParams) -> np.ndarray:
+def enhance(img: np.ndarray, preprocessing: PreprocessParams) -> np.ndarray:
     """Denoise (median, bilateral or non-local means), then CLAHE (on the L channel of colour images)."""
     rgb = img.ndim == 3
-    if pp.denoise == "median":
+    if preprocessing.denoise == "median":
         img = cv2.medianBlur(img, 3)
-    elif pp.denoise == "bilateral":
+    elif preprocessing.denoise == "bilateral":
         img = cv2.bilateralFilter(img, 5, 40, 5)
-    elif pp.denoise == "nlmeans":
+    elif preprocessing.denoise == "nlmeans":
         img = (cv2.fastNlMeansDenoisingColored(img, None, h=10, hColor=10) if rgb
                else cv2.fastNlMeansDenoising(img, None, h=10))
-    if pp.clahe.enabled:
-        clahe = cv2.createCLAHE(pp.clahe.clip_limit, (pp.clahe.tile_grid, pp.clahe.tile_grid))
+    if preprocessing.clahe.enabled:
+        grid = preprocessing.clahe.tile_grid
+        clahe = cv2.createCLAHE(preprocessing.clahe.clip_limit, (grid, grid))
         if not rgb:
             return clahe.apply(img)
         lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)
@@ -120,28 +121,29 @@ def enhance(img: np.ndarray, pp: PreprocessParams) -> np.ndarray:
     return img
 
 
-def prepare_image(path: Path, pp: PreprocessParams, data: bytes | None = None) -> np.ndarray:
+def prepare_image(path: Path, preprocessing: PreprocessParams, data: bytes | None = None) -> np.ndarray:
     """One image file (or its bytes) as the model's input pixels: uint8 (size, size, channels)."""
-    return prepare_pixels(decode_uint8(path, pp.color, data, pp.max_pixels, pp.max_file_mb * MB), pp)
+    img = decode_uint8(path, preprocessing.color, data, preprocessing.max_pixels, preprocessing.max_file_mb * MB)
+    return prepare_pixels(img, preprocessing)
 
 
-def prepare_pixels(img: np.ndarray, pp: PreprocessParams) -> np.ndarray:
+def prepare_pixels(img: np.ndarray, preprocessing: PreprocessParams) -> np.ndarray:
     """Decoded uint8 pixels in the wanted colour to the model's input pixels: fit, denoise, CLAHE."""
-    img = enhance(fit_to_size(img, pp.size, pp.fit), pp)
+    img = enhance(fit_to_size(img, preprocessing.size, preprocessing.fit), preprocessing)
     return img[:, :, None] if img.ndim == 2 else img
 
 
-def load_image(path: Path, pp: PreprocessParams) -> np.ndarray:
+def load_image(path: Path, preprocessing: PreprocessParams) -> np.ndarray:
     """One image as a model input: float32 (size, size, channels) in [0, 1]."""
-    return prepare_image(path, pp).astype(np.float32) / 255.0
+    return prepare_image(path, preprocessing).astype(np.float32) / 255.0
 
 
 def cache_key(params: Params, ws: Workspace) -> str:
     """Hash of what the shards depend on: the split table (paths, labels, splits, content sha256),
     the pixel-affecting params, the class list and the code version."""
-    pp = params.preprocess.model_dump(mode="json")
-    spec = {"code": CODE_VERSION, "labels": params.validate_.labels, "shard_size": pp["shard_size"],
-            "pixels": {k: pp[k] for k in _KEY_FIELDS},
+    preprocessing = params.preprocess.model_dump(mode="json")
+    spec = {"code": CODE_VERSION, "labels": params.validate_.labels, "shard_size": preprocessing["shard_size"],
+            "pixels": {k: preprocessing[k] for k in _KEY_FIELDS},
             "splits": hashlib.md5((ws.out / "validate" / "splits.csv").read_bytes()).hexdigest()}
     return hashlib.md5(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
@@ -168,13 +170,13 @@ def _decoder_pool(workers: int):
         cv2.setNumThreads(before)
 
 
-def prepare_many(paths: list[Path], pp: PreprocessParams, pool: ThreadPoolExecutor) -> np.ndarray:
+def prepare_many(paths: list[Path], preprocessing: PreprocessParams, pool: ThreadPoolExecutor) -> np.ndarray:
     """Prepare images into one uint8 array, each thread filling a contiguous run of rows."""
-    x = np.empty((len(paths), pp.size, pp.size, pp.channels), dtype=np.uint8)
+    x = np.empty((len(paths), preprocessing.size, preprocessing.size, preprocessing.channels), dtype=np.uint8)
 
     def fill(rows: range) -> None:
         for i in rows:
-            x[i] = prepare_image(paths[i], pp)
+            x[i] = prepare_image(paths[i], preprocessing)
 
     runs = max(1, min(len(paths), 64))  # a few per thread: balanced, with little hand-over cost
     list(pool.map(fill, (range(len(paths))[k::runs] for k in range(runs))))
@@ -184,21 +186,22 @@ def prepare_many(paths: list[Path], pp: PreprocessParams, pool: ThreadPoolExecut
 def write_shard(job: tuple[list[Path], Path, PreprocessParams]) -> tuple[float, float]:
     """Prepare one shard's images, (paths, .npy file, params), and save them; return their pixel sum and
     sum of squares on the [0, 1] scale. One unit of parallel work; memory is one shard."""
-    paths, file, pp = job
-    with _decoder_pool(pp.workers) as pool:
-        x = prepare_many(paths, pp, pool)
+    paths, file, preprocessing = job
+    with _decoder_pool(preprocessing.workers) as pool:
+        x = prepare_many(paths, preprocessing, pool)
     np.save(file, x)
     counts = np.bincount(x.ravel(), minlength=256)  # exact sums without a float copy of the shard
     return float(counts @ _LEVELS), float(counts @ np.square(_LEVELS))
 
 
-def write_split(paths: list[Path], labels: np.ndarray, name: str, folder: Path, pp: PreprocessParams,
+def write_split(paths: list[Path], labels: np.ndarray, name: str, folder: Path, preprocessing: PreprocessParams,
                 mapper: Mapper = map) -> dict:
     """Prepare one split shard by shard, the shards through `mapper` (by default one after the other, each
     on all cores); return its meta entry with the pixel sum and sum of squares (data-set statistics)."""
-    starts = range(0, len(paths), pp.shard_size)
+    starts = range(0, len(paths), preprocessing.shard_size)
     shards = [f"x_{name}_{i:05d}.npy" for i in range(len(starts))]
-    jobs = [(paths[start:start + pp.shard_size], folder / shard, pp) for start, shard in zip(starts, shards)]
+    jobs = [(paths[start:start + preprocessing.shard_size], folder / shard, preprocessing)
+            for start, shard in zip(starts, shards)]
     sums = list(mapper(write_shard, jobs))
     np.save(folder / f"y_{name}.npy", labels.astype(np.int64))
     faults.point("preprocess.split")
@@ -210,7 +213,7 @@ def run_step(params: Params, ws: Workspace, mapper: Mapper = map) -> PreprocessR
     """Preprocess the validated images, split as validation decided, into uint8 shards in outputs/preprocess
     (nothing recomputed when the cache key matches what is there). Shards go through `mapper` when one is
     given (a Dask cluster: flows/data.py)."""
-    folder, pp, key = ws.out / "preprocess", params.preprocess, cache_key(params, ws)
+    folder, preprocessing, key = ws.out / "preprocess", params.preprocess, cache_key(params, ws)
     if is_current(folder, key):
         return _result(folder, cached=True)
     manifest = pd.read_csv(ws.out / "validate" / "splits.csv", dtype=str, keep_default_na=False)
@@ -218,12 +221,12 @@ def run_step(params: Params, ws: Workspace, mapper: Mapper = map) -> PreprocessR
     with replace_dir(folder) as tmp:  # a crash leaves the old shards (or none), never a half-written set
         splits = {s: write_split([ws.data_root / p for p in part["path"]],
                                  part["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(), s,
-                                 tmp, pp, mapper)
+                                 tmp, preprocessing, mapper)
                   for s in SPLITS for part in [manifest[manifest["split"] == s]]}
-        pixels = max(splits["train"]["n"] * pp.size * pp.size * pp.channels, 1)
+        pixels = max(splits["train"]["n"] * preprocessing.size * preprocessing.size * preprocessing.channels, 1)
         mean = splits["train"]["sum"] / pixels
         std = float(np.sqrt(max(splits["train"]["sumsq"] / pixels - mean**2, 0.0)))
-        meta = {"key": key, "classes": classes, "size": pp.size, "channels": pp.channels,
+        meta = {"key": key, "classes": classes, "size": preprocessing.size, "channels": preprocessing.channels,
                 "mean": mean, "std": std, "splits": splits}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return _result(folder, cached=False)
