@@ -43,14 +43,14 @@ def oversample_plan(y: np.ndarray, target_ratio: float, rng: np.random.Generator
     return index, np.arange(len(index)) >= len(y)
 
 
-def make_plan(y: np.ndarray, bp: BalanceParams, n_classes: int) -> tuple[np.ndarray, np.ndarray, dict | None]:
+def make_plan(y: np.ndarray, balancing: BalanceParams, n_classes: int) -> tuple[np.ndarray, np.ndarray, dict | None]:
     """The sampling plan for a strategy: (index, augment flags, class weights or None)."""
-    if bp.strategy.startswith("oversample"):
-        index, copies = oversample_plan(y, bp.target_ratio, np.random.default_rng(bp.seed))
+    if balancing.strategy.startswith("oversample"):
+        index, copies = oversample_plan(y, balancing.target_ratio, np.random.default_rng(balancing.seed))
     else:
         index, copies = np.arange(len(y), dtype=np.int64), np.zeros(len(y), dtype=bool)
-    augment = copies | bp.augment_originals
-    weights = class_weights(y[index], n_classes) if bp.strategy.endswith("class_weight") else None
+    augment = copies | balancing.augment_originals
+    weights = class_weights(y[index], n_classes) if balancing.strategy.endswith("class_weight") else None
     return index, augment, weights
 
 
