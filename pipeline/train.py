@@ -76,36 +76,38 @@ def own_default_seeds(seed: int):
         seed_generator.python_random = shared
 
 
-def configure_devices(tp: TrainParams):
+def configure_devices(training: TrainParams):
     """GPU memory growth (before any GPU is touched), the precision policy, and the distribution strategy
     (MirroredStrategy over every visible GPU when there are several). Returns (strategy, mixed)."""
     import keras
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus if tp.memory_growth else []:
+    for gpu in gpus if training.memory_growth else []:
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:  # already initialised in this process: the setting stays as it was
             pass
     capable = bool(gpus) and all(tf.config.experimental.get_device_details(g).get("compute_capability", (0, 0))
                                  >= (7, 0) for g in gpus)
-    mixed = tp.mixed_precision == "on" or (tp.mixed_precision == "auto" and capable)
+    mixed = training.mixed_precision == "on" or (training.mixed_precision == "auto" and capable)
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
     return strategy, mixed
 
 
-def learning_rate(tp: TrainParams, steps_per_epoch: int):
+def learning_rate(training: TrainParams, steps_per_epoch: int):
     """A constant rate, cosine decay over the whole run, or a step decay every `step_epochs` epochs."""
     import keras
 
-    if tp.schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(tp.learning_rate, decay_steps=tp.epochs * steps_per_epoch)
-    if tp.schedule == "step":
-        return keras.optimizers.schedules.ExponentialDecay(tp.learning_rate, tp.step_epochs * steps_per_epoch,
-                                                           tp.step_gamma, staircase=True)
-    return tp.learning_rate
+    if training.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(training.learning_rate,
+                                                      decay_steps=training.epochs * steps_per_epoch)
+    if training.schedule == "step":
+        return keras.optimizers.schedules.ExponentialDecay(training.learning_rate,
+                                                           training.step_epochs * steps_per_epoch,
+                                                           training.step_gamma, staircase=True)
+    return training.learning_rate
 
 
 def _pixels(shards: Shards, in_memory: bool):
@@ -123,9 +125,9 @@ def _pixels(shards: Shards, in_memory: bool):
     return read
 
 
-def train_dataset(shards: Shards, plan: tuple[np.ndarray, np.ndarray], n_classes: int, tp: TrainParams,
-                  ap: AugmentParams, start_epoch: int = 0):
-    """Batches of (image in [0, 1], one-hot label) for epochs start_epoch..tp.epochs-1, as one dataset.
+def train_dataset(shards: Shards, plan: tuple[np.ndarray, np.ndarray], n_classes: int, training: TrainParams,
+                  augmentation: AugmentParams, start_epoch: int = 0):
+    """Batches of (image in [0, 1], one-hot label) for epochs start_epoch..training.epochs-1, as one dataset.
 
     Per epoch: a permutation of the plan drawn from (seed, epoch); images gathered, scaled, and the
     plan's flagged ones augmented with a seed drawn from (seed, epoch, batch). Returns (dataset, steps).
@@ -133,23 +135,24 @@ def train_dataset(shards: Shards, plan: tuple[np.ndarray, np.ndarray], n_classes
     import tensorflow as tf
 
     index, flags = (tf.constant(a) for a in plan)
-    labels, n, steps = tf.constant(shards.labels), len(plan[0]), math.ceil(len(plan[0]) / tp.batch_size)
-    pixels = _pixels(shards, shards.nbytes <= tp.in_memory_mb * 2**20)
-    augment = augments(ap) and bool(plan[1].any())
+    labels, n, steps = tf.constant(shards.labels), len(plan[0]), math.ceil(len(plan[0]) / training.batch_size)
+    pixels = _pixels(shards, shards.nbytes <= training.in_memory_mb * 2**20)
+    augment = augments(augmentation) and bool(plan[1].any())
 
     def load(epoch, batch, positions):
         idx = tf.gather(index, positions)
         x = tf.cast(pixels(idx), tf.float32) / 255.0
         if augment:
-            x = augment_batch(x, tf.gather(flags, positions), tf.stack([epoch, batch]) + tp.seed * 1_000_003, ap)
+            seed = tf.stack([epoch, batch]) + training.seed * 1_000_003
+            x = augment_batch(x, tf.gather(flags, positions), seed, augmentation)
         return x, tf.one_hot(tf.gather(labels, idx), n_classes)
 
     def epoch_batches(epoch):
-        order = tf.argsort(tf.random.stateless_uniform([n], tf.stack([tf.constant(tp.seed, tf.int64), epoch])))
-        batches = tf.data.Dataset.from_tensor_slices(order).batch(tp.batch_size).enumerate()
+        order = tf.argsort(tf.random.stateless_uniform([n], tf.stack([tf.constant(training.seed, tf.int64), epoch])))
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(training.batch_size).enumerate()
         return batches.map(lambda b, pos: load(epoch, b, pos), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-    return tf.data.Dataset.range(start_epoch, tp.epochs).flat_map(epoch_batches).prefetch(tf.data.AUTOTUNE), steps
+    return tf.data.Dataset.range(start_epoch, training.epochs).flat_map(epoch_batches).prefetch(tf.data.AUTOTUNE), steps
 
 
 def validation_logs(model, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, float]:
@@ -176,18 +179,18 @@ class Progress:
     history: dict[str, list[float]] | None = None
     rng: list[list[int]] | None = None  # dropout & co. random states: Keras does not save them with the model
 
-    def record(self, epoch: int, logs: dict[str, float], tp: TrainParams) -> bool:
+    def record(self, epoch: int, logs: dict[str, float], training: TrainParams) -> bool:
         """Add one epoch's curves and apply early stopping; True when this epoch is the new best."""
         self.history = self.history or {k: [] for k in CURVES}
         for k in CURVES:
             self.history[k].append(float(logs[k]))
         self.epoch, auc = epoch + 1, logs["val_roc_auc"]
-        if epoch < tp.min_epochs:
+        if epoch < training.min_epochs:
             return False
         improved = self.best_epoch < 0 or auc > self.best or (math.isnan(self.best) and not math.isnan(auc))
         self.best, self.best_epoch, self.wait = (auc, epoch, 0) if improved else (self.best, self.best_epoch,
                                                                                    self.wait + 1)
-        self.stopped = self.wait >= tp.patience
+        self.stopped = self.wait >= training.patience
         return improved
 
 
@@ -244,7 +247,7 @@ def epoch_line(epoch: int, epochs: int, logs: dict[str, float], improved: bool) 
     return f"epoch {epoch + 1}/{epochs}: {figures}" + (" *best" if improved else "")
 
 
-def epoch_monitor(val: tuple[np.ndarray, np.ndarray], tp: TrainParams, progress: Progress, folder: Path):
+def epoch_monitor(val: tuple[np.ndarray, np.ndarray], training: TrainParams, progress: Progress, folder: Path):
     """Keras callback: validation metrics, early stopping, a checkpoint, MLflow curves, after each epoch;
     the best epoch's weights restored at the end."""
     import keras
@@ -255,13 +258,13 @@ def epoch_monitor(val: tuple[np.ndarray, np.ndarray], tp: TrainParams, progress:
             logs = logs if logs is not None else {}
             logs.update(validation_logs(self.model, *val))
             logs["lr"] = float(np.asarray(self.model.optimizer.learning_rate))
-            improved = progress.record(epoch, logs, tp)
+            improved = progress.record(epoch, logs, training)
             self.model.stop_training = progress.stopped
             save_checkpoint(self.model, progress, folder, improved)
             faults.point("train.epoch")
             mlflow.log_metrics({f"train_{k}" if k in ("loss", "accuracy") else k: float(logs[k]) for k in CURVES},
                                step=epoch)
-            log.info(epoch_line(epoch, tp.epochs, logs, improved))  # DVC stages and the Prefect task log
+            log.info(epoch_line(epoch, training.epochs, logs, improved))  # DVC stages and the Prefect task log
 
         def on_train_end(self, logs: dict | None = None) -> None:
             if progress.best_epoch >= 0:
@@ -273,12 +276,12 @@ def epoch_monitor(val: tuple[np.ndarray, np.ndarray], tp: TrainParams, progress:
 def fit(model, shards: Shards, plan: tuple, val: tuple, params: Params, progress: Progress, folder: Path,
         class_weight: dict[int, float] | None, callbacks: tuple = ()) -> Progress:
     """Train from progress.epoch to the end (or early stop), checkpointing each epoch."""
-    tp, n_classes = params.train, int(model.output_shape[-1])
-    if progress.epoch < tp.epochs and not progress.stopped:
-        data, steps = train_dataset(shards, plan, n_classes, tp, params.balance.augment, progress.epoch)
-        model.fit(data, epochs=tp.epochs, initial_epoch=progress.epoch, steps_per_epoch=steps,
+    training, n_classes = params.train, int(model.output_shape[-1])
+    if progress.epoch < training.epochs and not progress.stopped:
+        data, steps = train_dataset(shards, plan, n_classes, training, params.balance.augment, progress.epoch)
+        model.fit(data, epochs=training.epochs, initial_epoch=progress.epoch, steps_per_epoch=steps,
                   class_weight=class_weight, verbose=1 if sys.stdout.isatty() else 0, shuffle=False,
-                  callbacks=[epoch_monitor(val, tp, progress, folder), *callbacks])
+                  callbacks=[epoch_monitor(val, training, progress, folder), *callbacks])
     elif progress.best_epoch >= 0:
         model.load_weights(folder / "best.weights.h5")
     return progress
@@ -296,13 +299,13 @@ def new_model(params: Params, meta: dict, base: Path, steps_per_epoch: int):
 
     from pipeline.model import build_model
 
-    tp = params.train
+    training = params.train
     shape = (meta["size"], meta["size"], meta["channels"])
-    with own_default_seeds(tp.seed):  # initial weights from tp.seed alone, whatever other threads draw
+    with own_default_seeds(training.seed):  # initial weights from training.seed alone, whatever other threads draw
         model = build_model(params.model, shape, len(meta["classes"]),
                             (params.preprocess.normalize, meta["mean"], meta["std"]), base)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate(tp, steps_per_epoch)),
-                  loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=tp.xla)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate(training, steps_per_epoch)),
+                  loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=training.xla)
     return model
 
 
@@ -362,15 +365,15 @@ def run_step(params: Params, ws: Workspace, resume: bool = False, callbacks: tup
     the last checkpoint of an interrupted run with the same inputs (else start afresh)."""
     import mlflow
 
-    meta, balance, tp = read_meta(ws.out / "preprocess"), load_balance(ws), params.train
+    meta, balance, training = read_meta(ws.out / "preprocess"), load_balance(ws), params.train
     shards, plan = Shards(ws.out / "preprocess", "train"), load_plan(balance.plan)
     val = Shards(ws.out / "preprocess", "val")
     folder, key = ws.out / "checkpoint", checkpoint_key(params, ws)
-    strategy, _ = configure_devices(tp)  # first: GPU settings only apply before a GPU is touched
-    configure_determinism(tp.seed, tp.determinism)
+    strategy, _ = configure_devices(training)  # first: GPU settings only apply before a GPU is touched
+    configure_determinism(training.seed, training.determinism)
     with strategy.scope():
         restored = load_checkpoint(folder, key) if resume else None
-        model, progress = restored or (new_model(params, meta, ws.base, math.ceil(len(plan[0]) / tp.batch_size)),
+        model, progress = restored or (new_model(params, meta, ws.base, math.ceil(len(plan[0]) / training.batch_size)),
                                        Progress(key))
     resumed_from = progress.epoch
     final = ws.out / "train"
