@@ -60,25 +60,27 @@ def run_step(params: Params, ws: Workspace) -> EvaluateResult:
     from pipeline.model import load_model, predict
     from pipeline.registry import owner_tags, setup_tracking
 
-    ep, folder = params.evaluate, ws.out / "preprocess"
+    evaluation, folder = params.evaluate, ws.out / "preprocess"
     classes = read_meta(folder)["classes"]
     shards = {s: Shards(folder, s) for s in ("val", "test")}  # uint8: a quarter of float32's memory
     data = {f"{k}_{s}": v for s, sh in shards.items() for k, v in (("x", sh.read()), ("y", sh.labels))}
     model = load_model(ws.out / "train" / "model.keras")
     proba = {s: predict(model, data[f"x_{s}"]) for s in ("val", "test")}
     metrics = {f"{s}_{k}": v for s in ("val", "test")
-               for k, v in classification_metrics(data[f"y_{s}"], proba[s], ep.ece_bins).items()}
+               for k, v in classification_metrics(data[f"y_{s}"], proba[s], evaluation.ece_bins).items()}
     y, p = data["y_test"], proba["test"]
     metrics.update({f"test_{k}": v for k, v in per_class_metrics(y, p.argmax(axis=1), classes).items()})
-    metrics.update({f"test_{k}": float(v) for k, v in bootstrap_ci(y, p, ep.bootstrap, ep.seed).items()})
+    metrics.update({f"test_{k}": float(v)
+                    for k, v in bootstrap_ci(y, p, evaluation.bootstrap, evaluation.seed).items()})
     if len(classes) == 2:
         metrics.update({f"test_{k}" if k != "threshold" else k: v for k, v in
-                        threshold_metrics(data["y_val"], proba["val"], y, p, ep.target_sensitivity).items()})
+                        threshold_metrics(data["y_val"], proba["val"], y, p, evaluation.target_sensitivity).items()})
     splits = pd.read_csv(ws.out / "validate" / "splits.csv", dtype=str, keep_default_na=False)
-    metrics.update(clean_metrics(y, p, clean_test_mask(splits, params.validate_.near_duplicates.clean), ep.ece_bins))
+    clean = clean_test_mask(splits, params.validate_.near_duplicates.clean)
+    metrics.update(clean_metrics(y, p, clean, evaluation.ece_bins))
     out = ws.out / "evaluate"
     with replace_dir(out) as tmp:  # nothing of an earlier run (e.g. its Grad-CAMs) survives
-        made = _figures(model, data, p, classes, ep, tmp, ws)
+        made = _figures(model, data, p, classes, evaluation, tmp, ws)
         write_report(metrics, classes, made, tmp)
         plots_made = [out / f.relative_to(tmp) for f in made]
     write_text(ws.out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
@@ -92,7 +94,7 @@ def run_step(params: Params, ws: Workspace) -> EvaluateResult:
     return EvaluateResult(metrics, ws.out / "metrics.json", plots_made)
 
 
-def _figures(model, data: dict, p: np.ndarray, classes: list[str], ep, out: Path, ws: Workspace) -> list[Path]:
+def _figures(model, data: dict, p: np.ndarray, classes: list[str], evaluation, out: Path, ws: Workspace) -> list[Path]:
     """The evaluation plots and Grad-CAM overlays, written into `out`."""
     from pipeline import plots
 
@@ -100,9 +102,9 @@ def _figures(model, data: dict, p: np.ndarray, classes: list[str], ep, out: Path
     history = json.loads((ws.out / "train" / "history.json").read_text())
     plots_made = [plots.plot_confusion(y, p.argmax(axis=1), classes, out / "confusion_matrix.png"),
                   plots.roc_pr_curves(y, p, classes, out / "roc_pr.png"),
-                  plots.reliability(y, p, ep.ece_bins, out / "reliability.png"),
+                  plots.reliability(y, p, evaluation.ece_bins, out / "reliability.png"),
                   plots.training_curves(history, out / "training_curves.png"),
-                  *explain_examples(model, data["x_test"], y, p, classes, ep.cam_per_class, out / "gradcam",
+                  *explain_examples(model, data["x_test"], y, p, classes, evaluation.cam_per_class, out / "gradcam",
                                     test_names(ws))]
     return plots_made
 
