@@ -51,14 +51,29 @@ class ValidationReport:
 
     @property
     def failed(self) -> list[Check]:
+        """The failed checks of severity error.
+
+        Returns:
+            Each error check that did not succeed, in check order.
+        """
         return [c for c in self.checks if not c.success and c.severity == "error"]
 
     @property
     def warnings(self) -> list[Check]:
+        """The failed checks of severity warning.
+
+        Returns:
+            Each warning check that did not succeed, in check order.
+        """
         return [c for c in self.checks if not c.success and c.severity == "warning"]
 
     def summary(self) -> str:
-        """One line: how many error checks failed, with the first offending value."""
+        """One line: how many error checks failed, with the first offending value.
+
+        Returns:
+            "<n> checks passed on <m> images" or "<k> of <n> checks failed: <first> (e.g. <value>)", with the
+            number of warnings appended when there are any.
+        """
         n_errors = sum(c.severity == "error" for c in self.checks)
         warned = f", {len(self.warnings)} warning(s)" if self.warnings else ""
         if self.success:
@@ -93,7 +108,15 @@ def check_labels(params: Params, data_root: Path) -> None:
 
 
 def failure(report: "ValidationReport", data_root: Path) -> DataError:
-    """The one-line error for a failed validation: `<data root>: <what failed>; report: <path>`."""
+    """The one-line error for a failed validation: `<data root>: <what failed>; report: <path>`.
+
+    Args:
+        report: The failed validation's report (its summary and report_md are quoted).
+        data_root: The data set validated.
+
+    Returns:
+        The DataError to raise (not raised here).
+    """
     return DataError(data_root, f"data validation failed, {report.summary()}; report: {report.report_md}")
 
 
@@ -101,7 +124,22 @@ def image_table(manifest: pd.DataFrame, root: Path, cache: Path | None, validati
                 project: Path = Path("."), mapper: Mapper | None = None, chunk_size: int = 1024,
                 preprocessing: PreprocessParams = PreprocessParams()) -> pd.DataFrame:
     """Manifest joined with the scan: per-image facts the expectations test (images over `preprocessing`'s caps,
-    max_pixels and max_file_mb, are unreadable)."""
+    max_pixels and max_file_mb, are unreadable).
+
+    Args:
+        manifest: The discovered manifest (path, label, split, patient_id, ...), one row per image.
+        root: The data root the paths are relative to.
+        cache: The scan cache CSV (None: no cache).
+        validation: The validate params (blank_std, blur_min).
+        project: The project root the scan cache names paths against.
+        mapper: Maps the scan over chunks (None: in this process).
+        chunk_size: Images per scan chunk.
+        preprocessing: The preprocess params (max_pixels, max_file_mb).
+
+    Returns:
+        The manifest with the scan's columns and inside_root, exists, reason, not_blank and sharp; patient_id
+        filled from patient_key or the path, and no fingerprint for unreadable images.
+    """
     table = scan(root, manifest["path"].tolist(), cache=cache, project=project, mapper=mapper,
                  chunk_size=chunk_size, max_pixels=preprocessing.max_pixels,
                  max_bytes=preprocessing.max_file_mb * MB).drop(columns="path")
@@ -136,7 +174,16 @@ def carved_check(published: pd.Series, images: pd.DataFrame) -> list[Check]:
 
 
 def derived_tables(images: pd.DataFrame, labels: list[str], empty_folders: list[str]) -> dict[str, pd.DataFrame]:
-    """Per patient, per image hash, per (split, hash) and per class views of the image table."""
+    """Per patient, per image hash, per (split, hash) and per class views of the image table.
+
+    Args:
+        images: The image table with splits assigned.
+        labels: The known classes (validate.labels), in order.
+        empty_folders: Classes whose folder holds no image (marked in the class table).
+
+    Returns:
+        Frames by name: patients, hashes, within, near, classes and balance (largest / smallest class ratio).
+    """
     readable = images[images["readable"]]
     counts = images["label"].value_counts()
     classes = pd.DataFrame({"label": labels, "count": [int(counts.get(lb, 0)) for lb in labels]})
@@ -156,7 +203,14 @@ def derived_tables(images: pd.DataFrame, labels: list[str], empty_folders: list[
 
 
 def near_table(images: pd.DataFrame) -> pd.DataFrame:
-    """One row per near-duplicate group: how many splits and labels it spans, and its paths."""
+    """One row per near-duplicate group: how many splits and labels it spans, and its paths.
+
+    Args:
+        images: The image table; `near_group` (-1: none) marks the groups, a missing column means none.
+
+    Returns:
+        Columns near_group, n_splits, n_labels and paths (joined by " ~ "); empty but typed when no group.
+    """
     members = images[images.get("near_group", pd.Series(-1, index=images.index)) >= 0]
     if members.empty:
         return pd.DataFrame({"near_group": pd.Series([], dtype="int64"), "n_splits": pd.Series([], dtype="int64"),
@@ -205,7 +259,17 @@ def drop_leaks(images: pd.DataFrame, validation: ValidateParams) -> tuple[pd.Dat
 def near_duplicate_summary(images: pd.DataFrame, validation: ValidateParams, dropped: pd.DataFrame,
                            max_groups: int = 50) -> dict:
     """What the report shows: groups across splits (members with distance to the first), counts per split
-    pair, label conflicts, a histogram of nearest-neighbour distances, and what was dropped."""
+    pair, label conflicts, a histogram of nearest-neighbour distances, and what was dropped.
+
+    Args:
+        images: The image table with `split`, `fingerprint` and `near_group`.
+        validation: The validate params (its near_duplicates section).
+        dropped: What drop_leaks removed.
+        max_groups: At most this many cross-split groups are listed.
+
+    Returns:
+        The dict stored as `near_duplicates` in report.json.
+    """
     near = validation.near_duplicates
     table = near_table(images)
     crossing = table[table["n_splits"] > 1]
@@ -300,7 +364,16 @@ def _offenders(result: dict, frame: pd.DataFrame, key: str) -> list[str]:
 
 
 def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, tuple[str, str, list]]) -> list[Check]:
-    """Run each suite on its frame with a GX Checkpoint; return one Check per expectation."""
+    """Run each suite on its frame with a GX Checkpoint; return one Check per expectation.
+
+    Args:
+        frames: The frames by name (the image table and derived_tables' views).
+        suites: By suite name: (frame name, column shown for offenders, expectations); names ending in
+            `_warnings` give warnings.
+
+    Returns:
+        One Check per expectation, with up to five offenders each.
+    """
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
         DataContextConfig,
@@ -331,7 +404,21 @@ def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, tuple[str, str
 def validate_data(root: Path, params: Params, out: Path, project: Path,
                   mapper: Mapper | None = None) -> tuple[ValidationReport, pd.DataFrame]:
     """Validate the data set under `root` (the scan through `mapper` if given); return the report and the
-    image table with splits."""
+    image table with splits.
+
+    Args:
+        root: The data root (manifest.csv or a folder per class).
+        params: The run's params.
+        out: The validate output folder (the scan cache lives in its parent's cache/).
+        project: The project root.
+        mapper: Maps the scan over chunks (None: in this process).
+
+    Returns:
+        The report, and the image table with splits assigned and leaks dropped.
+
+    Raises:
+        DataError: The data set cannot be read (from discover).
+    """
     manifest, empty_folders = discover(root)
     validation = params.validate_
     images = image_table(manifest, root, out.parent / "cache" / "scan.csv", validation, project, mapper,
@@ -479,7 +566,17 @@ def write_report(report: ValidationReport, out: Path, final: Path | None = None,
 
 def run_step(params: Params, ws: Workspace, out: Path | None = None, mapper: Mapper | None = None) -> ValidationReport:
     """Validate the workspace's data; write reports and the split table under outputs/validate/.
-    The image scan runs through `mapper` when one is given (a Dask cluster: flows/data.py)."""
+    The image scan runs through `mapper` when one is given (a Dask cluster: flows/data.py).
+
+    Args:
+        params: The run's params.
+        ws: The workspace (data root, outputs).
+        out: The folder written (None: outputs/validate).
+        mapper: Maps the scan over chunks (None: in this process).
+
+    Returns:
+        The report; an unreadable data set gives a failed report with one check, not an exception.
+    """
     final = out or ws.out / "validate"
     with replace_dir(final) as tmp:  # a crash leaves the previous reports and split, never half of them
         try:
