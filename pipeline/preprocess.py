@@ -53,6 +53,16 @@ def decode_uint8(path: Path, color: str, data: bytes | None = None, max_pixels: 
     A file over `max_bytes`, or whose header declares more than `max_pixels`, is refused before it
     decodes (pipeline.limits). OpenCV decodes rasters straight to the wanted colour; DICOM (and any
     file OpenCV refuses, to get the precise one-line error) goes through pipeline.imageio.
+
+    Args:
+        path: The image file (or, with `data`, its name).
+        color: "gray" or "rgb".
+        data: The file's bytes, if already read.
+        max_pixels: The most pixels a header may declare.
+        max_bytes: The largest file accepted.
+
+    Returns:
+        uint8 pixels, (H, W) for gray or (H, W, 3) RGB.
     """
     if data is not None or path.is_file():
         check_image(path, path if data is None else data, max_pixels, max_bytes)
@@ -71,7 +81,15 @@ def decode_uint8(path: Path, color: str, data: bytes | None = None, max_pixels: 
 
 
 def pixels_to_uint8(pixels: np.ndarray, color: str) -> np.ndarray:
-    """Pixels in [0, 1] (float) or uint8/uint16, (H, W) or (H, W, 1|3|4), to uint8 in the wanted colour."""
+    """Pixels in [0, 1] (float) or uint8/uint16, (H, W) or (H, W, 1|3|4), to uint8 in the wanted colour.
+
+    Args:
+        pixels: The decoded pixels.
+        color: "gray" or "rgb".
+
+    Returns:
+        uint8 pixels, (H, W) for gray or (H, W, 3) for rgb (other shapes as they come).
+    """
     if pixels.dtype == np.uint16:
         pixels = pixels / 65535.0
     if pixels.dtype != np.uint8:
@@ -87,7 +105,16 @@ def pixels_to_uint8(pixels: np.ndarray, color: str) -> np.ndarray:
 
 def fit_to_size(img: np.ndarray, size: int, fit: str) -> np.ndarray:
     """Resize to size x size: `pad` keeps the aspect ratio and pads with black, `crop` keeps it and
-    cuts the centre, `stretch` squashes. Area interpolation when shrinking, bilinear when growing."""
+    cuts the centre, `stretch` squashes. Area interpolation when shrinking, bilinear when growing.
+
+    Args:
+        img: The pixels, (H, W) or (H, W, C).
+        size: The side of the square output.
+        fit: "pad", "crop" or "stretch".
+
+    Returns:
+        The (size, size[, C]) image.
+    """
     h, w = img.shape[:2]
     scale = {"pad": size / max(h, w), "crop": size / min(h, w), "stretch": 1.0}[fit]
     nh, nw = (size, size) if fit == "stretch" else (max(1, round(h * scale)), max(1, round(w * scale)))
@@ -101,7 +128,15 @@ def fit_to_size(img: np.ndarray, size: int, fit: str) -> np.ndarray:
 
 
 def enhance(img: np.ndarray, preprocessing: PreprocessParams) -> np.ndarray:
-    """Denoise (median, bilateral or non-local means), then CLAHE (on the L channel of colour images)."""
+    """Denoise (median, bilateral or non-local means), then CLAHE (on the L channel of colour images).
+
+    Args:
+        img: uint8 pixels, (H, W) gray or (H, W, 3) RGB.
+        preprocessing: The preprocess params (denoise, clahe).
+
+    Returns:
+        The enhanced uint8 image, same shape.
+    """
     rgb = img.ndim == 3
     if preprocessing.denoise == "median":
         img = cv2.medianBlur(img, 3)
@@ -122,25 +157,58 @@ def enhance(img: np.ndarray, preprocessing: PreprocessParams) -> np.ndarray:
 
 
 def prepare_image(path: Path, preprocessing: PreprocessParams, data: bytes | None = None) -> np.ndarray:
-    """One image file (or its bytes) as the model's input pixels: uint8 (size, size, channels)."""
+    """One image file (or its bytes) as the model's input pixels: uint8 (size, size, channels).
+
+    Args:
+        path: The image file (or, with `data`, its name).
+        preprocessing: The preprocess params.
+        data: The file's bytes, if already read.
+
+    Returns:
+        uint8 (size, size, channels).
+    """
     img = decode_uint8(path, preprocessing.color, data, preprocessing.max_pixels, preprocessing.max_file_mb * MB)
     return prepare_pixels(img, preprocessing)
 
 
 def prepare_pixels(img: np.ndarray, preprocessing: PreprocessParams) -> np.ndarray:
-    """Decoded uint8 pixels in the wanted colour to the model's input pixels: fit, denoise, CLAHE."""
+    """Decoded uint8 pixels in the wanted colour to the model's input pixels: fit, denoise, CLAHE.
+
+    Args:
+        img: uint8 pixels, (H, W) gray or (H, W, 3) RGB.
+        preprocessing: The preprocess params.
+
+    Returns:
+        uint8 (size, size, channels).
+    """
     img = enhance(fit_to_size(img, preprocessing.size, preprocessing.fit), preprocessing)
     return img[:, :, None] if img.ndim == 2 else img
 
 
 def load_image(path: Path, preprocessing: PreprocessParams) -> np.ndarray:
-    """One image as a model input: float32 (size, size, channels) in [0, 1]."""
+    """One image as a model input: float32 (size, size, channels) in [0, 1].
+
+    Args:
+        path: The image file.
+        preprocessing: The preprocess params.
+
+    Returns:
+        float32 (size, size, channels) in [0, 1].
+    """
     return prepare_image(path, preprocessing).astype(np.float32) / 255.0
 
 
 def cache_key(params: Params, ws: Workspace) -> str:
     """Hash of what the shards depend on: the split table (paths, labels, splits, content sha256),
-    the pixel-affecting params, the class list and the code version."""
+    the pixel-affecting params, the class list and the code version.
+
+    Args:
+        params: The run's params.
+        ws: The workspace (outputs/validate/splits.csv is hashed).
+
+    Returns:
+        The md5 hex digest.
+    """
     preprocessing = params.preprocess.model_dump(mode="json")
     spec = {"code": CODE_VERSION, "labels": params.validate_.labels, "shard_size": preprocessing["shard_size"],
             "pixels": {k: preprocessing[k] for k in _KEY_FIELDS},
@@ -149,7 +217,15 @@ def cache_key(params: Params, ws: Workspace) -> str:
 
 
 def is_current(folder: Path, key: str) -> bool:
-    """Whether `folder` already holds complete shards for this cache key."""
+    """Whether `folder` already holds complete shards for this cache key.
+
+    Args:
+        folder: The preprocess output folder.
+        key: The wanted cache key.
+
+    Returns:
+        True when meta.json names `key` and every shard and label file it lists exists.
+    """
     try:
         meta = read_meta(folder)
     except (OSError, ValueError):
@@ -171,7 +247,16 @@ def _decoder_pool(workers: int):
 
 
 def prepare_many(paths: list[Path], preprocessing: PreprocessParams, pool: ThreadPoolExecutor) -> np.ndarray:
-    """Prepare images into one uint8 array, each thread filling a contiguous run of rows."""
+    """Prepare images into one uint8 array, each thread filling a contiguous run of rows.
+
+    Args:
+        paths: The image files.
+        preprocessing: The preprocess params.
+        pool: The decoding threads.
+
+    Returns:
+        uint8 (len(paths), size, size, channels).
+    """
     x = np.empty((len(paths), preprocessing.size, preprocessing.size, preprocessing.channels), dtype=np.uint8)
 
     def fill(rows: range) -> None:
@@ -185,7 +270,14 @@ def prepare_many(paths: list[Path], preprocessing: PreprocessParams, pool: Threa
 
 def write_shard(job: tuple[list[Path], Path, PreprocessParams]) -> tuple[float, float]:
     """Prepare one shard's images, (paths, .npy file, params), and save them; return their pixel sum and
-    sum of squares on the [0, 1] scale. One unit of parallel work; memory is one shard."""
+    sum of squares on the [0, 1] scale. One unit of parallel work; memory is one shard.
+
+    Args:
+        job: (image files, .npy file to write, preprocess params).
+
+    Returns:
+        (pixel sum, sum of squares) on the [0, 1] scale.
+    """
     paths, file, preprocessing = job
     with _decoder_pool(preprocessing.workers) as pool:
         x = prepare_many(paths, preprocessing, pool)
@@ -197,7 +289,19 @@ def write_shard(job: tuple[list[Path], Path, PreprocessParams]) -> tuple[float, 
 def write_split(paths: list[Path], labels: np.ndarray, name: str, folder: Path, preprocessing: PreprocessParams,
                 mapper: Mapper = map) -> dict:
     """Prepare one split shard by shard, the shards through `mapper` (by default one after the other, each
-    on all cores); return its meta entry with the pixel sum and sum of squares (data-set statistics)."""
+    on all cores); return its meta entry with the pixel sum and sum of squares (data-set statistics).
+
+    Args:
+        paths: The split's image files.
+        labels: Their class indices.
+        name: The split (train, val or test).
+        folder: Where the shards and labels are written.
+        preprocessing: The preprocess params.
+        mapper: Maps write_shard over the shards.
+
+    Returns:
+        The split's meta entry: n, shards, labels, sum and sumsq.
+    """
     starts = range(0, len(paths), preprocessing.shard_size)
     shards = [f"x_{name}_{i:05d}.npy" for i in range(len(starts))]
     jobs = [(paths[start:start + preprocessing.shard_size], folder / shard, preprocessing)
@@ -212,7 +316,16 @@ def write_split(paths: list[Path], labels: np.ndarray, name: str, folder: Path, 
 def run_step(params: Params, ws: Workspace, mapper: Mapper = map) -> PreprocessResult:
     """Preprocess the validated images, split as validation decided, into uint8 shards in outputs/preprocess
     (nothing recomputed when the cache key matches what is there). Shards go through `mapper` when one is
-    given (a Dask cluster: flows/data.py)."""
+    given (a Dask cluster: flows/data.py).
+
+    Args:
+        params: The run's params.
+        ws: The workspace.
+        mapper: Maps write_shard over the shards.
+
+    Returns:
+        Where the shards are, the split sizes, classes, cache key, whether cached, and the train mean/std.
+    """
     folder, preprocessing, key = ws.out / "preprocess", params.preprocess, cache_key(params, ws)
     if is_current(folder, key):
         return _result(folder, cached=True)
