@@ -49,7 +49,12 @@ class TrainResult:
 
 
 def configure_determinism(seed: int, enabled: bool) -> None:
-    """Seed Python, NumPy and TF; with `enabled`, make TF ops deterministic too."""
+    """Seed Python, NumPy and TF; with `enabled`, make TF ops deterministic too.
+
+    Args:
+        seed: The seed for Python, NumPy and TF.
+        enabled: Whether to turn on TF op determinism.
+    """
     import keras
     import tensorflow as tf
 
@@ -65,7 +70,14 @@ def own_default_seeds(seed: int):
     websockets keepalive ping of Prefect's events client calls random.getrandbits(32) every 20 s in its
     event-loop thread. A ping between keras.utils.set_random_seed and the model build (likelier on a
     busy machine) changed the initial weights. Inside this block Keras draws from a private generator
-    in the very state random.seed(seed) gives, so an undisturbed build gets the same weights as before."""
+    in the very state random.seed(seed) gives, so an undisturbed build gets the same weights as before.
+
+    Args:
+        seed: The private generator's seed.
+
+    Returns:
+        A context manager; Keras's shared generator is put back on exit.
+    """
     from keras.src.random import seed_generator
 
     shared = seed_generator.python_random  # AttributeError if Keras moves it: fail loudly, never silently
@@ -78,7 +90,14 @@ def own_default_seeds(seed: int):
 
 def configure_devices(training: TrainParams):
     """GPU memory growth (before any GPU is touched), the precision policy, and the distribution strategy
-    (MirroredStrategy over every visible GPU when there are several). Returns (strategy, mixed)."""
+    (MirroredStrategy over every visible GPU when there are several). Returns (strategy, mixed).
+
+    Args:
+        training: The train params (memory_growth, mixed_precision).
+
+    Returns:
+        (the distribution strategy, whether mixed precision is on).
+    """
     import keras
     import tensorflow as tf
 
@@ -97,7 +116,15 @@ def configure_devices(training: TrainParams):
 
 
 def learning_rate(training: TrainParams, steps_per_epoch: int):
-    """A constant rate, cosine decay over the whole run, or a step decay every `step_epochs` epochs."""
+    """A constant rate, cosine decay over the whole run, or a step decay every `step_epochs` epochs.
+
+    Args:
+        training: The train params (schedule, learning_rate, epochs, step_epochs, step_gamma).
+        steps_per_epoch: Batches per epoch.
+
+    Returns:
+        The float rate or a Keras learning-rate schedule.
+    """
     import keras
 
     if training.schedule == "cosine":
@@ -131,6 +158,17 @@ def train_dataset(shards: Shards, plan: tuple[np.ndarray, np.ndarray], n_classes
 
     Per epoch: a permutation of the plan drawn from (seed, epoch); images gathered, scaled, and the
     plan's flagged ones augmented with a seed drawn from (seed, epoch, batch). Returns (dataset, steps).
+
+    Args:
+        shards: The train split's shards.
+        plan: (index into the split, augment flags) from the balance step.
+        n_classes: How many classes (the one-hot width).
+        training: The train params (batch_size, epochs, seed, in_memory_mb).
+        augmentation: The augment params.
+        start_epoch: The first epoch (a resumed run's).
+
+    Returns:
+        (the tf.data dataset, steps per epoch).
     """
     import tensorflow as tf
 
@@ -156,7 +194,16 @@ def train_dataset(shards: Shards, plan: tuple[np.ndarray, np.ndarray], n_classes
 
 
 def validation_logs(model, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, float]:
-    """Validation loss, accuracy and macro ROC-AUC in one pass over the split."""
+    """Validation loss, accuracy and macro ROC-AUC in one pass over the split.
+
+    Args:
+        model: The Keras model.
+        x_val: The val images, uint8.
+        y_val: Their class indices.
+
+    Returns:
+        val_loss, val_accuracy and val_roc_auc.
+    """
     from pipeline.model import predict_uint8
 
     proba = predict_uint8(model, x_val)
@@ -180,7 +227,16 @@ class Progress:
     rng: list[list[int]] | None = None  # dropout & co. random states: Keras does not save them with the model
 
     def record(self, epoch: int, logs: dict[str, float], training: TrainParams) -> bool:
-        """Add one epoch's curves and apply early stopping; True when this epoch is the new best."""
+        """Add one epoch's curves and apply early stopping; True when this epoch is the new best.
+
+        Args:
+            epoch: The epoch just finished (0-based).
+            logs: Its figures (every key of CURVES).
+            training: The train params (min_epochs, patience).
+
+        Returns:
+            True when this epoch is the new best.
+        """
         self.history = self.history or {k: [] for k in CURVES}
         for k in CURVES:
             self.history[k].append(float(logs[k]))
@@ -199,7 +255,14 @@ def _seed_states(model) -> list:
 
 
 def save_checkpoint(model, progress: Progress, folder: Path, improved: bool) -> None:
-    """Model with optimizer state, best weights, random states and progress, into `folder` (swapped in whole)."""
+    """Model with optimizer state, best weights, random states and progress, into `folder` (swapped in whole).
+
+    Args:
+        model: The Keras model.
+        progress: Where the run stands (its rng is filled here).
+        folder: The checkpoint folder.
+        improved: Whether this epoch is the new best (its weights become best.weights.h5).
+    """
     progress.rng = [np.asarray(v).tolist() for v in _seed_states(model)]
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -214,7 +277,15 @@ def save_checkpoint(model, progress: Progress, folder: Path, improved: bool) -> 
 
 
 def load_checkpoint(folder: Path, key: str):
-    """(model, progress) from a checkpoint made for the same inputs (`key`), else None."""
+    """(model, progress) from a checkpoint made for the same inputs (`key`), else None.
+
+    Args:
+        folder: The checkpoint folder.
+        key: What the checkpoint must have been made for (checkpoint_key).
+
+    Returns:
+        (model, progress), or None when there is no readable checkpoint for `key`.
+    """
     import keras
 
     try:
@@ -249,7 +320,17 @@ def epoch_line(epoch: int, epochs: int, logs: dict[str, float], improved: bool) 
 
 def epoch_monitor(val: tuple[np.ndarray, np.ndarray], training: TrainParams, progress: Progress, folder: Path):
     """Keras callback: validation metrics, early stopping, a checkpoint, MLflow curves, after each epoch;
-    the best epoch's weights restored at the end."""
+    the best epoch's weights restored at the end.
+
+    Args:
+        val: (val images, val labels).
+        training: The train params.
+        progress: Where the run stands (updated each epoch).
+        folder: The checkpoint folder.
+
+    Returns:
+        The Keras callback.
+    """
     import keras
     import mlflow
 
@@ -275,7 +356,22 @@ def epoch_monitor(val: tuple[np.ndarray, np.ndarray], training: TrainParams, pro
 
 def fit(model, shards: Shards, plan: tuple, val: tuple, params: Params, progress: Progress, folder: Path,
         class_weight: dict[int, float] | None, callbacks: tuple = ()) -> Progress:
-    """Train from progress.epoch to the end (or early stop), checkpointing each epoch."""
+    """Train from progress.epoch to the end (or early stop), checkpointing each epoch.
+
+    Args:
+        model: The compiled Keras model.
+        shards: The train split's shards.
+        plan: (index, augment flags) from the balance step.
+        val: (val images, val labels).
+        params: The run's params.
+        progress: Where the run stands.
+        folder: The checkpoint folder.
+        class_weight: Weight by class index, or None.
+        callbacks: More Keras callbacks.
+
+    Returns:
+        `progress`, updated; the model holds the best epoch's weights.
+    """
     training, n_classes = params.train, int(model.output_shape[-1])
     if progress.epoch < training.epochs and not progress.stopped:
         data, steps = train_dataset(shards, plan, n_classes, training, params.balance.augment, progress.epoch)
@@ -294,7 +390,17 @@ def _flat(prefix: str, value: object) -> dict[str, object]:
 
 
 def new_model(params: Params, meta: dict, base: Path, steps_per_epoch: int):
-    """Build and compile params.model with its normalisation (train mean/std from the preprocess meta)."""
+    """Build and compile params.model with its normalisation (train mean/std from the preprocess meta).
+
+    Args:
+        params: The run's params.
+        meta: The preprocess meta (size, channels, classes, mean, std).
+        base: The project root (for local pretrained weights).
+        steps_per_epoch: Batches per epoch (for the learning-rate schedule).
+
+    Returns:
+        The compiled Keras model.
+    """
     import keras
 
     from pipeline.model import build_model
@@ -310,12 +416,28 @@ def new_model(params: Params, meta: dict, base: Path, steps_per_epoch: int):
 
 
 def dropped_count(report: dict) -> int:
-    """How many val/test images validation dropped as copies of others (report.json; 0 for older reports)."""
+    """How many val/test images validation dropped as copies of others (report.json; 0 for older reports).
+
+    Args:
+        report: The parsed outputs/validate/report.json.
+
+    Returns:
+        The number dropped.
+    """
     return int(report.get("near_duplicates", {}).get("n_dropped", 0))
 
 
 def start_run(params: Params, ws: Workspace, progress: Progress):
-    """Open a new MLflow run with lineage tags and params, or reopen the resumed one (an ActiveRun)."""
+    """Open a new MLflow run with lineage tags and params, or reopen the resumed one (an ActiveRun).
+
+    Args:
+        params: The run's params.
+        ws: The workspace.
+        progress: Where the run stands (a run_id: reopen that run).
+
+    Returns:
+        The mlflow ActiveRun.
+    """
     import mlflow
 
     from pipeline.redact import redact_params
@@ -337,7 +459,15 @@ def start_run(params: Params, ws: Workspace, progress: Progress):
 
 
 def checkpoint_key(params: Params, ws: Workspace) -> str:
-    """What a checkpoint must have been made for to be resumed: these params, shards and sampling plan."""
+    """What a checkpoint must have been made for to be resumed: these params, shards and sampling plan.
+
+    Args:
+        params: The run's params.
+        ws: The workspace.
+
+    Returns:
+        "<params md5>:<preprocess cache key>:<plan md5>".
+    """
     plan = load_plan(load_balance(ws).plan)
     plan_md5 = hashlib.md5(plan[0].tobytes() + plan[1].tobytes()).hexdigest()
     return f"{params.md5()}:{read_meta(ws.out / 'preprocess')['key']}:{plan_md5}"
@@ -362,7 +492,17 @@ def has_checkpoint(params: Params, ws: Workspace) -> bool:
 
 def run_step(params: Params, ws: Workspace, resume: bool = False, callbacks: tuple = ()) -> TrainResult:
     """Train params.model on the balanced train split inside an MLflow run; with `resume`, continue from
-    the last checkpoint of an interrupted run with the same inputs (else start afresh)."""
+    the last checkpoint of an interrupted run with the same inputs (else start afresh).
+
+    Args:
+        params: The run's params.
+        ws: The workspace.
+        resume: Continue from a matching checkpoint.
+        callbacks: More Keras callbacks.
+
+    Returns:
+        The run id, model path, epochs run, best epoch, weights sha256, data md5 and resume epoch.
+    """
     import mlflow
 
     meta, balance, training = read_meta(ws.out / "preprocess"), load_balance(ws), params.train
