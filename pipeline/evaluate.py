@@ -46,7 +46,17 @@ def clean_test_mask(splits: pd.DataFrame, threshold: int) -> np.ndarray:
 
 
 def clean_metrics(y: np.ndarray, p: np.ndarray, clean: np.ndarray, bins: int) -> dict[str, float]:
-    """`test_clean_<metric>` on the test images without a near copy in train, and `test_clean_n`."""
+    """`test_clean_<metric>` on the test images without a near copy in train, and `test_clean_n`.
+
+    Args:
+        y: The test labels.
+        p: The test class probabilities.
+        clean: Which test images have no near copy in train (clean_test_mask).
+        bins: Calibration bins for the ECE.
+
+    Returns:
+        test_clean_n, and the test_clean_ metrics when the clean images hold more than one class.
+    """
     out = {"test_clean_n": float(clean.sum())}
     if clean.sum() and len(np.unique(y[clean])) > 1:
         out.update({f"test_clean_{k}": v for k, v in classification_metrics(y[clean], p[clean], bins).items()})
@@ -54,7 +64,15 @@ def clean_metrics(y: np.ndarray, p: np.ndarray, clean: np.ndarray, bins: int) ->
 
 
 def run_step(params: Params, ws: Workspace) -> EvaluateResult:
-    """Evaluate the trained model on val and test; write metrics.json, plots and a report; log to MLflow."""
+    """Evaluate the trained model on val and test; write metrics.json, plots and a report; log to MLflow.
+
+    Args:
+        params: The run's params.
+        ws: The workspace (reads outputs/preprocess, outputs/train, outputs/validate).
+
+    Returns:
+        The metrics, where metrics.json is, and the plots made.
+    """
     import mlflow
 
     from pipeline.model import load_model, predict
@@ -111,7 +129,14 @@ def _figures(model, data: dict, p: np.ndarray, classes: list[str], evaluation, o
 
 def test_names(ws: Workspace) -> list[str]:
     """How to name each test image to people: its file name, or for DICOM (whose names may carry
-    identifiers) its pseudonymous patient key and row."""
+    identifiers) its pseudonymous patient key and row.
+
+    Args:
+        ws: The workspace (reads outputs/validate/splits.csv).
+
+    Returns:
+        One name per test image, in split-table order.
+    """
     import pandas as pd
 
     table = pd.read_csv(ws.out / "validate" / "splits.csv", dtype=str, keep_default_na=False)
@@ -123,7 +148,21 @@ def test_names(ws: Workspace) -> list[str]:
 def explain_examples(model, x: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: list[str], per_class: int,
                      out: Path, names: list[str] | None = None) -> list[Path]:
     """Grad-CAM overlays of up to `per_class` correct and misclassified test images (uint8) per true class,
-    captioned with the source, the true label, the prediction and its probability, and a colour scale."""
+    captioned with the source, the true label, the prediction and its probability, and a colour scale.
+
+    Args:
+        model: The Keras model.
+        x: The test images, uint8.
+        y: Their labels.
+        proba: Their class probabilities.
+        classes: The class names.
+        per_class: At most this many correct and this many wrong images per class.
+        out: The folder the PNGs are written to (created).
+        names: A name per image for captions and file names (None: "test image <i>").
+
+    Returns:
+        The PNGs written.
+    """
     import re
 
     import cv2
@@ -147,7 +186,17 @@ def explain_examples(model, x: np.ndarray, y: np.ndarray, proba: np.ndarray, cla
 
 
 def write_report(metrics: dict[str, float], classes: list[str], figures: list[Path], out: Path) -> Path:
-    """report.md: headline metrics with 95% intervals, per-class table, and the figures."""
+    """report.md: headline metrics with 95% intervals, per-class table, and the figures.
+
+    Args:
+        metrics: The evaluation metrics.
+        classes: The class names.
+        figures: The figures to embed (paths under `out`).
+        out: The folder report.md is written to.
+
+    Returns:
+        The report.md path.
+    """
     m = metrics
     lines = ["# Evaluation", "", "| metric | validation | test |", "|---|---|---|"]
     lines += [f"| {k} | {m[f'val_{k}']:.3f} | {m[f'test_{k}']:.3f} |" for k in
