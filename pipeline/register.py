@@ -28,7 +28,11 @@ class RegisterResult:
 
 
 def pip_requirements() -> list[str]:
-    """What a served model needs, given explicitly (inferring them costs seconds)."""
+    """What a served model needs, given explicitly (inferring them costs seconds).
+
+    Returns:
+        Pinned requirements (`name==version`) of the installed packages.
+    """
     from importlib.metadata import version
 
     import tensorflow as tf
@@ -38,7 +42,16 @@ def pip_requirements() -> list[str]:
 
 
 def describe(params: Params, meta: dict, tags: dict[str, str]) -> str:
-    """The model version's description: what it takes, what it says, where it came from."""
+    """The model version's description: what it takes, what it says, where it came from.
+
+    Args:
+        params: The run's params.
+        meta: The preprocess meta (classes).
+        tags: The version's tags (test metrics, data md5, git commit).
+
+    Returns:
+        The description text.
+    """
     preprocessing = params.preprocess
     metrics = ", ".join(f"{k.removeprefix('medpipe.test_')} {v}" for k, v in tags.items()
                         if k.removeprefix("medpipe.test_") in ("accuracy", "balanced_accuracy", "roc_auc"))
@@ -56,6 +69,15 @@ def register_model(params: Params, ws: Workspace, run_id: str, tags: dict[str, s
     The version is created with all its tags and its description in one registry call, marked
     `medpipe.promotion=pending` until the gate decides: a crash can leave an ungated version, never a
     half-tagged one, and an ungated version is finished (gated) by the next run.
+
+    Args:
+        params: The run's params.
+        ws: The workspace.
+        run_id: The MLflow run the model is logged to.
+        tags: The version's tags (the model sha256, task signature and pending promotion are added).
+
+    Returns:
+        The model name, new version, run id and models:/ URI.
     """
     import cv2
     import mlflow
@@ -91,7 +113,15 @@ def register_model(params: Params, ws: Workspace, run_id: str, tags: dict[str, s
 
 
 def run_step(params: Params, ws: Workspace) -> RegisterResult:
-    """Register the trained model with the lineage and metric tags of its run."""
+    """Register the trained model with the lineage and metric tags of its run.
+
+    Args:
+        params: The run's params.
+        ws: The workspace (reads outputs/train/run.json).
+
+    Returns:
+        The model name, new version, run id and models:/ URI (also written to model_version.json).
+    """
     import mlflow
 
     from pipeline.outputs import write_text
