@@ -21,12 +21,27 @@ PRELOAD = ["prefect", "pipeline.scan", "pipeline.preprocess"]  # imported as wor
 
 
 def scheduler_address(dp: DaskParams) -> str | None:
-    """The running Dask scheduler asked for: $MEDPIPE_DASK_ADDRESS, else params dask.address."""
+    """The running Dask scheduler asked for: $MEDPIPE_DASK_ADDRESS, else params dask.address.
+
+    Args:
+        dp: The dask params.
+
+    Returns:
+        The scheduler address, or None for none.
+    """
     return os.environ.get(ADDRESS_ENV) or dp.address
 
 
 def check_scheduler(dp: DaskParams, seconds: float = 5.0) -> None:
-    """Fail fast, with a one-line ConfigError, when the scheduler asked for does not answer."""
+    """Fail fast, with a one-line ConfigError, when the scheduler asked for does not answer.
+
+    Args:
+        dp: The dask params.
+        seconds: How long to wait for the connection.
+
+    Raises:
+        ConfigError: No scheduler answers at the address asked for.
+    """
     address = scheduler_address(dp)
     if not address:
         return
@@ -40,7 +55,14 @@ def check_scheduler(dp: DaskParams, seconds: float = 5.0) -> None:
 
 def dask_runner(dp: DaskParams) -> DaskTaskRunner | None:
     """The task runner `dp` asks for: a running scheduler ($MEDPIPE_DASK_ADDRESS, else `address`), a
-    LocalCluster of `workers` single-threaded processes on 127.0.0.1, or None (no Dask)."""
+    LocalCluster of `workers` single-threaded processes on 127.0.0.1, or None (no Dask).
+
+    Args:
+        dp: The dask params.
+
+    Returns:
+        The DaskTaskRunner, or None when no Dask is asked for.
+    """
     address = scheduler_address(dp)
     if address:
         return DaskTaskRunner(address=address)
@@ -56,7 +78,15 @@ def dask_runner(dp: DaskParams) -> DaskTaskRunner | None:
 
 
 def on_task_runner(fn, items: list) -> list:
-    """Map `fn` over `items` as Prefect tasks on the running flow's task runner; results in order."""
+    """Map `fn` over `items` as Prefect tasks on the running flow's task runner; results in order.
+
+    Args:
+        fn: The function mapped (its name names the tasks).
+        items: Its arguments, one per task.
+
+    Returns:
+        The results, in the order of `items`.
+    """
     # Prefect's overloads of task() omit task(fn, **options), which it accepts at runtime.
     futures = task(fn, name=fn.__name__.replace("_", "-"), cache_policy=NO_CACHE).map(items)  # type: ignore[attr-defined]
     return [future.result() for future in futures]
@@ -65,7 +95,15 @@ def on_task_runner(fn, items: list) -> list:
 @flow(name="medpipe-data", log_prints=True, validate_parameters=False)
 def data_flow(params: Params, ws: Workspace) -> tuple[ValidationReport, PreprocessResult | None]:
     """Validate and, if the data pass, preprocess, with the scan chunks and the shards as tasks on this
-    flow's task runner (each decoding on one thread: the cluster's workers are the parallelism)."""
+    flow's task runner (each decoding on one thread: the cluster's workers are the parallelism).
+
+    Args:
+        params: The run's params.
+        ws: The workspace.
+
+    Returns:
+        The validation report, and the preprocess result (None when validation failed).
+    """
     report = validate.run_step(params, ws, mapper=on_task_runner)
     if not report.success:
         return report, None
@@ -74,7 +112,15 @@ def data_flow(params: Params, ws: Workspace) -> tuple[ValidationReport, Preproce
 
 
 def run_on_dask(params: Params, ws: Workspace) -> tuple[ValidationReport, PreprocessResult | None] | None:
-    """The data steps on the Dask cluster params ask for, as a subflow; None when they ask for none."""
+    """The data steps on the Dask cluster params ask for, as a subflow; None when they ask for none.
+
+    Args:
+        params: The run's params.
+        ws: The workspace.
+
+    Returns:
+        What data_flow returns, or None when the params ask for no Dask.
+    """
     runner = dask_runner(params.dask)
     if runner is None:
         return None

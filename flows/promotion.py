@@ -16,7 +16,17 @@ gate_task = task(promote.promote, name="promotion-gate", cache_policy=NO_CACHE) 
 
 @flow(name="medpipe-promotion", log_prints=True)
 def promotion_flow(params: Params, ws: Workspace, version: int, force: bool = False) -> promote.Decision:
-    """Evaluate `version` and the current @champion on the same test split; move the aliases by the gate."""
+    """Evaluate `version` and the current @champion on the same test split; move the aliases by the gate.
+
+    Args:
+        params: The project's params.
+        ws: The workspace.
+        version: The registered version to gate.
+        force: Make it champion whatever the gate says.
+
+    Returns:
+        The decision (also written to outputs/promote and published as a Markdown artifact).
+    """
     decision = gate_task(params, ws, version, force)
     promote.write_decision(decision, ws)
     create_markdown_artifact(decision.markdown(), key="medpipe-promotion",
@@ -27,7 +37,16 @@ def promotion_flow(params: Params, ws: Workspace, version: int, force: bool = Fa
 
 @flow(name="medpipe-promote-version", log_prints=True)
 def promote_version(version: int, params_file: str = "params.yaml", force: bool = False) -> promote.Decision:
-    """The gate for one registered version, e.g. from a deployment or `prefect deployment run`."""
+    """The gate for one registered version, e.g. from a deployment or `prefect deployment run`.
+
+    Args:
+        version: The registered version to gate.
+        params_file: The params file.
+        force: Make it champion whatever the gate says.
+
+    Returns:
+        The decision.
+    """
     params = load_params(Path(params_file))
     ws = Workspace.create(params, Path(params_file))
     with project_lock(ws.base):  # never beside a training run's gate or a `medpipe promote` of this project

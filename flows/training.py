@@ -64,7 +64,19 @@ def training_flow(params_file: str = "params.yaml", data: str | None = None,
     """Train, evaluate, register and gate a classifier; stop before preprocessing if the data are invalid,
     and train nothing if the newest model already came from this data, params and code (unless `force`;
     a version a crash left ungated is gated instead). With `resume`, continue the interrupted training
-    run from its checkpoint. One run at a time per project: a second one waits for the first."""
+    run from its checkpoint. One run at a time per project: a second one waits for the first.
+
+    Args:
+        params_file: The params file.
+        data: The data root (None: the params' own).
+        overrides: `--set` overrides of params, dotted key to value.
+        resume: Continue an interrupted training run from its checkpoint.
+        force: Train even when the newest model already came from this data, params and code.
+
+    Returns:
+        The run's summary, UpToDate when nothing needed training, or a Failed state with the one-line
+        error of a MedpipeError.
+    """
     params: Params = load_params(Path(params_file), overrides)
     ws = Workspace.create(params, Path(params_file), Path(data) if data else None)
     with project_lock(ws.base):

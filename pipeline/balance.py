@@ -28,14 +28,31 @@ class BalanceResult:
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
-    """Weights n / (k * count_c), so every class contributes equally to the loss."""
+    """Weights n / (k * count_c), so every class contributes equally to the loss.
+
+    Args:
+        y: Class indices.
+        n_classes: How many classes (k).
+
+    Returns:
+        Weight by class index (0.0 for a class with no image).
+    """
     counts = np.bincount(y, minlength=n_classes)
     return {c: float(len(y) / (n_classes * counts[c])) if counts[c] else 0.0 for c in range(n_classes)}
 
 
 def oversample_plan(y: np.ndarray, target_ratio: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Every image once, plus randomly drawn copies of each smaller class until it has
-    `target_ratio` x the largest class's count. Returns (index into the split, is-a-copy flags)."""
+    `target_ratio` x the largest class's count. Returns (index into the split, is-a-copy flags).
+
+    Args:
+        y: Class indices.
+        target_ratio: Each smaller class is filled up to this fraction of the largest.
+        rng: Draws the copies.
+
+    Returns:
+        (index into the split, is-a-copy flags).
+    """
     counts = np.bincount(y)
     target = math.ceil(target_ratio * counts.max())
     extra = [rng.choice(np.flatnonzero(y == c), size=target - n) for c, n in enumerate(counts) if 0 < n < target]
@@ -43,14 +60,23 @@ def oversample_plan(y: np.ndarray, target_ratio: float, rng: np.random.Generator
     return index, np.arange(len(index)) >= len(y)
 
 
-def make_plan(y: np.ndarray, bp: BalanceParams, n_classes: int) -> tuple[np.ndarray, np.ndarray, dict | None]:
-    """The sampling plan for a strategy: (index, augment flags, class weights or None)."""
-    if bp.strategy.startswith("oversample"):
-        index, copies = oversample_plan(y, bp.target_ratio, np.random.default_rng(bp.seed))
+def make_plan(y: np.ndarray, balancing: BalanceParams, n_classes: int) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """The sampling plan for a strategy: (index, augment flags, class weights or None).
+
+    Args:
+        y: The train split's class indices.
+        balancing: The balance params (strategy, target_ratio, seed, augment_originals).
+        n_classes: How many classes.
+
+    Returns:
+        (index, augment flags, class weights or None).
+    """
+    if balancing.strategy.startswith("oversample"):
+        index, copies = oversample_plan(y, balancing.target_ratio, np.random.default_rng(balancing.seed))
     else:
         index, copies = np.arange(len(y), dtype=np.int64), np.zeros(len(y), dtype=bool)
-    augment = copies | bp.augment_originals
-    weights = class_weights(y[index], n_classes) if bp.strategy.endswith("class_weight") else None
+    augment = copies | balancing.augment_originals
+    weights = class_weights(y[index], n_classes) if balancing.strategy.endswith("class_weight") else None
     return index, augment, weights
 
 
@@ -59,7 +85,15 @@ def _counts(y: np.ndarray, classes: list[str]) -> dict[str, int]:
 
 
 def run_step(params: Params, ws: Workspace) -> BalanceResult:
-    """Write the training plan to outputs/balance/{plan.npz,balance.json}."""
+    """Write the training plan to outputs/balance/{plan.npz,balance.json}.
+
+    Args:
+        params: The run's params.
+        ws: The workspace (reads outputs/preprocess).
+
+    Returns:
+        The class counts before and after, the plan's path and the class weights.
+    """
     shards = Shards(ws.out / "preprocess", "train")
     classes = read_meta(ws.out / "preprocess")["classes"]
     y = shards.labels
@@ -75,13 +109,27 @@ def run_step(params: Params, ws: Workspace) -> BalanceResult:
 
 
 def load_balance(ws: Workspace) -> BalanceResult:
-    """Read back what run_step wrote (for the train step run on its own, e.g. by DVC)."""
+    """Read back what run_step wrote (for the train step run on its own, e.g. by DVC).
+
+    Args:
+        ws: The workspace.
+
+    Returns:
+        The BalanceResult run_step returned.
+    """
     raw = json.loads((ws.out / "balance" / "balance.json").read_text())
     weights = {int(k): v for k, v in raw["class_weight"].items()} if raw["class_weight"] else None
     return BalanceResult(ws.out / "balance" / "plan.npz", raw["counts_before"], raw["counts_after"], weights)
 
 
 def load_plan(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(index, augment flags) from plan.npz (no pickles)."""
+    """(index, augment flags) from plan.npz (no pickles).
+
+    Args:
+        path: The plan.npz file.
+
+    Returns:
+        (index, augment flags).
+    """
     with np.load(path, allow_pickle=False) as f:
         return f["index"], f["augment"]

@@ -46,7 +46,17 @@ def clean_test_mask(splits: pd.DataFrame, threshold: int) -> np.ndarray:
 
 
 def clean_metrics(y: np.ndarray, p: np.ndarray, clean: np.ndarray, bins: int) -> dict[str, float]:
-    """`test_clean_<metric>` on the test images without a near copy in train, and `test_clean_n`."""
+    """`test_clean_<metric>` on the test images without a near copy in train, and `test_clean_n`.
+
+    Args:
+        y: The test labels.
+        p: The test class probabilities.
+        clean: Which test images have no near copy in train (clean_test_mask).
+        bins: Calibration bins for the ECE.
+
+    Returns:
+        test_clean_n, and the test_clean_ metrics when the clean images hold more than one class.
+    """
     out = {"test_clean_n": float(clean.sum())}
     if clean.sum() and len(np.unique(y[clean])) > 1:
         out.update({f"test_clean_{k}": v for k, v in classification_metrics(y[clean], p[clean], bins).items()})
@@ -54,31 +64,41 @@ def clean_metrics(y: np.ndarray, p: np.ndarray, clean: np.ndarray, bins: int) ->
 
 
 def run_step(params: Params, ws: Workspace) -> EvaluateResult:
-    """Evaluate the trained model on val and test; write metrics.json, plots and a report; log to MLflow."""
+    """Evaluate the trained model on val and test; write metrics.json, plots and a report; log to MLflow.
+
+    Args:
+        params: The run's params.
+        ws: The workspace (reads outputs/preprocess, outputs/train, outputs/validate).
+
+    Returns:
+        The metrics, where metrics.json is, and the plots made.
+    """
     import mlflow
 
     from pipeline.model import load_model, predict
     from pipeline.registry import owner_tags, setup_tracking
 
-    ep, folder = params.evaluate, ws.out / "preprocess"
+    evaluation, folder = params.evaluate, ws.out / "preprocess"
     classes = read_meta(folder)["classes"]
     shards = {s: Shards(folder, s) for s in ("val", "test")}  # uint8: a quarter of float32's memory
     data = {f"{k}_{s}": v for s, sh in shards.items() for k, v in (("x", sh.read()), ("y", sh.labels))}
     model = load_model(ws.out / "train" / "model.keras")
     proba = {s: predict(model, data[f"x_{s}"]) for s in ("val", "test")}
     metrics = {f"{s}_{k}": v for s in ("val", "test")
-               for k, v in classification_metrics(data[f"y_{s}"], proba[s], ep.ece_bins).items()}
+               for k, v in classification_metrics(data[f"y_{s}"], proba[s], evaluation.ece_bins).items()}
     y, p = data["y_test"], proba["test"]
     metrics.update({f"test_{k}": v for k, v in per_class_metrics(y, p.argmax(axis=1), classes).items()})
-    metrics.update({f"test_{k}": float(v) for k, v in bootstrap_ci(y, p, ep.bootstrap, ep.seed).items()})
+    metrics.update({f"test_{k}": float(v)
+                    for k, v in bootstrap_ci(y, p, evaluation.bootstrap, evaluation.seed).items()})
     if len(classes) == 2:
         metrics.update({f"test_{k}" if k != "threshold" else k: v for k, v in
-                        threshold_metrics(data["y_val"], proba["val"], y, p, ep.target_sensitivity).items()})
+                        threshold_metrics(data["y_val"], proba["val"], y, p, evaluation.target_sensitivity).items()})
     splits = pd.read_csv(ws.out / "validate" / "splits.csv", dtype=str, keep_default_na=False)
-    metrics.update(clean_metrics(y, p, clean_test_mask(splits, params.validate_.near_duplicates.clean), ep.ece_bins))
+    clean = clean_test_mask(splits, params.validate_.near_duplicates.clean)
+    metrics.update(clean_metrics(y, p, clean, evaluation.ece_bins))
     out = ws.out / "evaluate"
     with replace_dir(out) as tmp:  # nothing of an earlier run (e.g. its Grad-CAMs) survives
-        made = _figures(model, data, p, classes, ep, tmp, ws)
+        made = _figures(model, data, p, classes, evaluation, tmp, ws)
         write_report(metrics, classes, made, tmp)
         plots_made = [out / f.relative_to(tmp) for f in made]
     write_text(ws.out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
@@ -92,7 +112,7 @@ def run_step(params: Params, ws: Workspace) -> EvaluateResult:
     return EvaluateResult(metrics, ws.out / "metrics.json", plots_made)
 
 
-def _figures(model, data: dict, p: np.ndarray, classes: list[str], ep, out: Path, ws: Workspace) -> list[Path]:
+def _figures(model, data: dict, p: np.ndarray, classes: list[str], evaluation, out: Path, ws: Workspace) -> list[Path]:
     """The evaluation plots and Grad-CAM overlays, written into `out`."""
     from pipeline import plots
 
@@ -100,16 +120,23 @@ def _figures(model, data: dict, p: np.ndarray, classes: list[str], ep, out: Path
     history = json.loads((ws.out / "train" / "history.json").read_text())
     plots_made = [plots.plot_confusion(y, p.argmax(axis=1), classes, out / "confusion_matrix.png"),
                   plots.roc_pr_curves(y, p, classes, out / "roc_pr.png"),
-                  plots.reliability(y, p, ep.ece_bins, out / "reliability.png"),
+                  plots.reliability(y, p, evaluation.ece_bins, out / "reliability.png"),
                   plots.training_curves(history, out / "training_curves.png"),
-                  *explain_examples(model, data["x_test"], y, p, classes, ep.cam_per_class, out / "gradcam",
+                  *explain_examples(model, data["x_test"], y, p, classes, evaluation.cam_per_class, out / "gradcam",
                                     test_names(ws))]
     return plots_made
 
 
 def test_names(ws: Workspace) -> list[str]:
     """How to name each test image to people: its file name, or for DICOM (whose names may carry
-    identifiers) its pseudonymous patient key and row."""
+    identifiers) its pseudonymous patient key and row.
+
+    Args:
+        ws: The workspace (reads outputs/validate/splits.csv).
+
+    Returns:
+        One name per test image, in split-table order.
+    """
     import pandas as pd
 
     table = pd.read_csv(ws.out / "validate" / "splits.csv", dtype=str, keep_default_na=False)
@@ -121,7 +148,21 @@ def test_names(ws: Workspace) -> list[str]:
 def explain_examples(model, x: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: list[str], per_class: int,
                      out: Path, names: list[str] | None = None) -> list[Path]:
     """Grad-CAM overlays of up to `per_class` correct and misclassified test images (uint8) per true class,
-    captioned with the source, the true label, the prediction and its probability, and a colour scale."""
+    captioned with the source, the true label, the prediction and its probability, and a colour scale.
+
+    Args:
+        model: The Keras model.
+        x: The test images, uint8.
+        y: Their labels.
+        proba: Their class probabilities.
+        classes: The class names.
+        per_class: At most this many correct and this many wrong images per class.
+        out: The folder the PNGs are written to (created).
+        names: A name per image for captions and file names (None: "test image <i>").
+
+    Returns:
+        The PNGs written.
+    """
     import re
 
     import cv2
@@ -145,7 +186,17 @@ def explain_examples(model, x: np.ndarray, y: np.ndarray, proba: np.ndarray, cla
 
 
 def write_report(metrics: dict[str, float], classes: list[str], figures: list[Path], out: Path) -> Path:
-    """report.md: headline metrics with 95% intervals, per-class table, and the figures."""
+    """report.md: headline metrics with 95% intervals, per-class table, and the figures.
+
+    Args:
+        metrics: The evaluation metrics.
+        classes: The class names.
+        figures: The figures to embed (paths under `out`).
+        out: The folder report.md is written to.
+
+    Returns:
+        The report.md path.
+    """
     m = metrics
     lines = ["# Evaluation", "", "| metric | validation | test |", "|---|---|---|"]
     lines += [f"| {k} | {m[f'val_{k}']:.3f} | {m[f'test_{k}']:.3f} |" for k in

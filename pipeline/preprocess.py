@@ -53,6 +53,16 @@ def decode_uint8(path: Path, color: str, data: bytes | None = None, max_pixels: 
     A file over `max_bytes`, or whose header declares more than `max_pixels`, is refused before it
     decodes (pipeline.limits). OpenCV decodes rasters straight to the wanted colour; DICOM (and any
     file OpenCV refuses, to get the precise one-line error) goes through pipeline.imageio.
+
+    Args:
+        path: The image file (or, with `data`, its name).
+        color: "gray" or "rgb".
+        data: The file's bytes, if already read.
+        max_pixels: The most pixels a header may declare.
+        max_bytes: The largest file accepted.
+
+    Returns:
+        uint8 pixels, (H, W) for gray or (H, W, 3) RGB.
     """
     if data is not None or path.is_file():
         check_image(path, path if data is None else data, max_pixels, max_bytes)
@@ -71,7 +81,15 @@ def decode_uint8(path: Path, color: str, data: bytes | None = None, max_pixels: 
 
 
 def pixels_to_uint8(pixels: np.ndarray, color: str) -> np.ndarray:
-    """Pixels in [0, 1] (float) or uint8/uint16, (H, W) or (H, W, 1|3|4), to uint8 in the wanted colour."""
+    """Pixels in [0, 1] (float) or uint8/uint16, (H, W) or (H, W, 1|3|4), to uint8 in the wanted colour.
+
+    Args:
+        pixels: The decoded pixels.
+        color: "gray" or "rgb".
+
+    Returns:
+        uint8 pixels, (H, W) for gray or (H, W, 3) for rgb (other shapes as they come).
+    """
     if pixels.dtype == np.uint16:
         pixels = pixels / 65535.0
     if pixels.dtype != np.uint8:
@@ -87,7 +105,16 @@ def pixels_to_uint8(pixels: np.ndarray, color: str) -> np.ndarray:
 
 def fit_to_size(img: np.ndarray, size: int, fit: str) -> np.ndarray:
     """Resize to size x size: `pad` keeps the aspect ratio and pads with black, `crop` keeps it and
-    cuts the centre, `stretch` squashes. Area interpolation when shrinking, bilinear when growing."""
+    cuts the centre, `stretch` squashes. Area interpolation when shrinking, bilinear when growing.
+
+    Args:
+        img: The pixels, (H, W) or (H, W, C).
+        size: The side of the square output.
+        fit: "pad", "crop" or "stretch".
+
+    Returns:
+        The (size, size[, C]) image.
+    """
     h, w = img.shape[:2]
     scale = {"pad": size / max(h, w), "crop": size / min(h, w), "stretch": 1.0}[fit]
     nh, nw = (size, size) if fit == "stretch" else (max(1, round(h * scale)), max(1, round(w * scale)))
@@ -100,18 +127,27 @@ def fit_to_size(img: np.ndarray, size: int, fit: str) -> np.ndarray:
     return img[top:top + size, left:left + size]
 
 
-def enhance(img: np.ndarray, pp: PreprocessParams) -> np.ndarray:
-    """Denoise (median, bilateral or non-local means), then CLAHE (on the L channel of colour images)."""
+def enhance(img: np.ndarray, preprocessing: PreprocessParams) -> np.ndarray:
+    """Denoise (median, bilateral or non-local means), then CLAHE (on the L channel of colour images).
+
+    Args:
+        img: uint8 pixels, (H, W) gray or (H, W, 3) RGB.
+        preprocessing: The preprocess params (denoise, clahe).
+
+    Returns:
+        The enhanced uint8 image, same shape.
+    """
     rgb = img.ndim == 3
-    if pp.denoise == "median":
+    if preprocessing.denoise == "median":
         img = cv2.medianBlur(img, 3)
-    elif pp.denoise == "bilateral":
+    elif preprocessing.denoise == "bilateral":
         img = cv2.bilateralFilter(img, 5, 40, 5)
-    elif pp.denoise == "nlmeans":
+    elif preprocessing.denoise == "nlmeans":
         img = (cv2.fastNlMeansDenoisingColored(img, None, h=10, hColor=10) if rgb
                else cv2.fastNlMeansDenoising(img, None, h=10))
-    if pp.clahe.enabled:
-        clahe = cv2.createCLAHE(pp.clahe.clip_limit, (pp.clahe.tile_grid, pp.clahe.tile_grid))
+    if preprocessing.clahe.enabled:
+        grid = preprocessing.clahe.tile_grid
+        clahe = cv2.createCLAHE(preprocessing.clahe.clip_limit, (grid, grid))
         if not rgb:
             return clahe.apply(img)
         lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)
@@ -120,34 +156,76 @@ def enhance(img: np.ndarray, pp: PreprocessParams) -> np.ndarray:
     return img
 
 
-def prepare_image(path: Path, pp: PreprocessParams, data: bytes | None = None) -> np.ndarray:
-    """One image file (or its bytes) as the model's input pixels: uint8 (size, size, channels)."""
-    return prepare_pixels(decode_uint8(path, pp.color, data, pp.max_pixels, pp.max_file_mb * MB), pp)
+def prepare_image(path: Path, preprocessing: PreprocessParams, data: bytes | None = None) -> np.ndarray:
+    """One image file (or its bytes) as the model's input pixels: uint8 (size, size, channels).
+
+    Args:
+        path: The image file (or, with `data`, its name).
+        preprocessing: The preprocess params.
+        data: The file's bytes, if already read.
+
+    Returns:
+        uint8 (size, size, channels).
+    """
+    img = decode_uint8(path, preprocessing.color, data, preprocessing.max_pixels, preprocessing.max_file_mb * MB)
+    return prepare_pixels(img, preprocessing)
 
 
-def prepare_pixels(img: np.ndarray, pp: PreprocessParams) -> np.ndarray:
-    """Decoded uint8 pixels in the wanted colour to the model's input pixels: fit, denoise, CLAHE."""
-    img = enhance(fit_to_size(img, pp.size, pp.fit), pp)
+def prepare_pixels(img: np.ndarray, preprocessing: PreprocessParams) -> np.ndarray:
+    """Decoded uint8 pixels in the wanted colour to the model's input pixels: fit, denoise, CLAHE.
+
+    Args:
+        img: uint8 pixels, (H, W) gray or (H, W, 3) RGB.
+        preprocessing: The preprocess params.
+
+    Returns:
+        uint8 (size, size, channels).
+    """
+    img = enhance(fit_to_size(img, preprocessing.size, preprocessing.fit), preprocessing)
     return img[:, :, None] if img.ndim == 2 else img
 
 
-def load_image(path: Path, pp: PreprocessParams) -> np.ndarray:
-    """One image as a model input: float32 (size, size, channels) in [0, 1]."""
-    return prepare_image(path, pp).astype(np.float32) / 255.0
+def load_image(path: Path, preprocessing: PreprocessParams) -> np.ndarray:
+    """One image as a model input: float32 (size, size, channels) in [0, 1].
+
+    Args:
+        path: The image file.
+        preprocessing: The preprocess params.
+
+    Returns:
+        float32 (size, size, channels) in [0, 1].
+    """
+    return prepare_image(path, preprocessing).astype(np.float32) / 255.0
 
 
 def cache_key(params: Params, ws: Workspace) -> str:
     """Hash of what the shards depend on: the split table (paths, labels, splits, content sha256),
-    the pixel-affecting params, the class list and the code version."""
-    pp = params.preprocess.model_dump(mode="json")
-    spec = {"code": CODE_VERSION, "labels": params.validate_.labels, "shard_size": pp["shard_size"],
-            "pixels": {k: pp[k] for k in _KEY_FIELDS},
+    the pixel-affecting params, the class list and the code version.
+
+    Args:
+        params: The run's params.
+        ws: The workspace (outputs/validate/splits.csv is hashed).
+
+    Returns:
+        The md5 hex digest.
+    """
+    preprocessing = params.preprocess.model_dump(mode="json")
+    spec = {"code": CODE_VERSION, "labels": params.validate_.labels, "shard_size": preprocessing["shard_size"],
+            "pixels": {k: preprocessing[k] for k in _KEY_FIELDS},
             "splits": hashlib.md5((ws.out / "validate" / "splits.csv").read_bytes()).hexdigest()}
     return hashlib.md5(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
 def is_current(folder: Path, key: str) -> bool:
-    """Whether `folder` already holds complete shards for this cache key."""
+    """Whether `folder` already holds complete shards for this cache key.
+
+    Args:
+        folder: The preprocess output folder.
+        key: The wanted cache key.
+
+    Returns:
+        True when meta.json names `key` and every shard and label file it lists exists.
+    """
     try:
         meta = read_meta(folder)
     except (OSError, ValueError):
@@ -168,13 +246,22 @@ def _decoder_pool(workers: int):
         cv2.setNumThreads(before)
 
 
-def prepare_many(paths: list[Path], pp: PreprocessParams, pool: ThreadPoolExecutor) -> np.ndarray:
-    """Prepare images into one uint8 array, each thread filling a contiguous run of rows."""
-    x = np.empty((len(paths), pp.size, pp.size, pp.channels), dtype=np.uint8)
+def prepare_many(paths: list[Path], preprocessing: PreprocessParams, pool: ThreadPoolExecutor) -> np.ndarray:
+    """Prepare images into one uint8 array, each thread filling a contiguous run of rows.
+
+    Args:
+        paths: The image files.
+        preprocessing: The preprocess params.
+        pool: The decoding threads.
+
+    Returns:
+        uint8 (len(paths), size, size, channels).
+    """
+    x = np.empty((len(paths), preprocessing.size, preprocessing.size, preprocessing.channels), dtype=np.uint8)
 
     def fill(rows: range) -> None:
         for i in rows:
-            x[i] = prepare_image(paths[i], pp)
+            x[i] = prepare_image(paths[i], preprocessing)
 
     runs = max(1, min(len(paths), 64))  # a few per thread: balanced, with little hand-over cost
     list(pool.map(fill, (range(len(paths))[k::runs] for k in range(runs))))
@@ -183,22 +270,42 @@ def prepare_many(paths: list[Path], pp: PreprocessParams, pool: ThreadPoolExecut
 
 def write_shard(job: tuple[list[Path], Path, PreprocessParams]) -> tuple[float, float]:
     """Prepare one shard's images, (paths, .npy file, params), and save them; return their pixel sum and
-    sum of squares on the [0, 1] scale. One unit of parallel work; memory is one shard."""
-    paths, file, pp = job
-    with _decoder_pool(pp.workers) as pool:
-        x = prepare_many(paths, pp, pool)
+    sum of squares on the [0, 1] scale. One unit of parallel work; memory is one shard.
+
+    Args:
+        job: (image files, .npy file to write, preprocess params).
+
+    Returns:
+        (pixel sum, sum of squares) on the [0, 1] scale.
+    """
+    paths, file, preprocessing = job
+    with _decoder_pool(preprocessing.workers) as pool:
+        x = prepare_many(paths, preprocessing, pool)
     np.save(file, x)
     counts = np.bincount(x.ravel(), minlength=256)  # exact sums without a float copy of the shard
     return float(counts @ _LEVELS), float(counts @ np.square(_LEVELS))
 
 
-def write_split(paths: list[Path], labels: np.ndarray, name: str, folder: Path, pp: PreprocessParams,
+def write_split(paths: list[Path], labels: np.ndarray, name: str, folder: Path, preprocessing: PreprocessParams,
                 mapper: Mapper = map) -> dict:
     """Prepare one split shard by shard, the shards through `mapper` (by default one after the other, each
-    on all cores); return its meta entry with the pixel sum and sum of squares (data-set statistics)."""
-    starts = range(0, len(paths), pp.shard_size)
+    on all cores); return its meta entry with the pixel sum and sum of squares (data-set statistics).
+
+    Args:
+        paths: The split's image files.
+        labels: Their class indices.
+        name: The split (train, val or test).
+        folder: Where the shards and labels are written.
+        preprocessing: The preprocess params.
+        mapper: Maps write_shard over the shards.
+
+    Returns:
+        The split's meta entry: n, shards, labels, sum and sumsq.
+    """
+    starts = range(0, len(paths), preprocessing.shard_size)
     shards = [f"x_{name}_{i:05d}.npy" for i in range(len(starts))]
-    jobs = [(paths[start:start + pp.shard_size], folder / shard, pp) for start, shard in zip(starts, shards)]
+    jobs = [(paths[start:start + preprocessing.shard_size], folder / shard, preprocessing)
+            for start, shard in zip(starts, shards)]
     sums = list(mapper(write_shard, jobs))
     np.save(folder / f"y_{name}.npy", labels.astype(np.int64))
     faults.point("preprocess.split")
@@ -209,8 +316,17 @@ def write_split(paths: list[Path], labels: np.ndarray, name: str, folder: Path, 
 def run_step(params: Params, ws: Workspace, mapper: Mapper = map) -> PreprocessResult:
     """Preprocess the validated images, split as validation decided, into uint8 shards in outputs/preprocess
     (nothing recomputed when the cache key matches what is there). Shards go through `mapper` when one is
-    given (a Dask cluster: flows/data.py)."""
-    folder, pp, key = ws.out / "preprocess", params.preprocess, cache_key(params, ws)
+    given (a Dask cluster: flows/data.py).
+
+    Args:
+        params: The run's params.
+        ws: The workspace.
+        mapper: Maps write_shard over the shards.
+
+    Returns:
+        Where the shards are, the split sizes, classes, cache key, whether cached, and the train mean/std.
+    """
+    folder, preprocessing, key = ws.out / "preprocess", params.preprocess, cache_key(params, ws)
     if is_current(folder, key):
         return _result(folder, cached=True)
     manifest = pd.read_csv(ws.out / "validate" / "splits.csv", dtype=str, keep_default_na=False)
@@ -218,12 +334,12 @@ def run_step(params: Params, ws: Workspace, mapper: Mapper = map) -> PreprocessR
     with replace_dir(folder) as tmp:  # a crash leaves the old shards (or none), never a half-written set
         splits = {s: write_split([ws.data_root / p for p in part["path"]],
                                  part["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(), s,
-                                 tmp, pp, mapper)
+                                 tmp, preprocessing, mapper)
                   for s in SPLITS for part in [manifest[manifest["split"] == s]]}
-        pixels = max(splits["train"]["n"] * pp.size * pp.size * pp.channels, 1)
+        pixels = max(splits["train"]["n"] * preprocessing.size * preprocessing.size * preprocessing.channels, 1)
         mean = splits["train"]["sum"] / pixels
         std = float(np.sqrt(max(splits["train"]["sumsq"] / pixels - mean**2, 0.0)))
-        meta = {"key": key, "classes": classes, "size": pp.size, "channels": pp.channels,
+        meta = {"key": key, "classes": classes, "size": preprocessing.size, "channels": preprocessing.channels,
                 "mean": mean, "std": std, "splits": splits}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return _result(folder, cached=False)

@@ -40,11 +40,19 @@ class Decision:
 
     @property
     def alias(self) -> str:
-        """The alias the candidate ended with: champion or challenger."""
+        """The alias the candidate ended with: champion or challenger.
+
+        Returns:
+            CHAMPION when promoted, else CHALLENGER.
+        """
         return CHAMPION if self.promoted else CHALLENGER
 
     def markdown(self) -> str:
-        """The decision for people (a Prefect artifact)."""
+        """The decision for people (a Prefect artifact).
+
+        Returns:
+            A Markdown heading with the version and alias, and one bullet per reason.
+        """
         return (f"# Promotion of version {self.version}: @{self.alias}\n\n"
                 + "\n".join(f"- {r}" for r in self.reasons) + "\n")
 
@@ -93,7 +101,18 @@ class TestSplit:
 
 
 def test_split(params: Params, ws: Workspace) -> TestSplit:
-    """The prepared test split of the workspace (one-line error when it has not been prepared)."""
+    """The prepared test split of the workspace (one-line error when it has not been prepared).
+
+    Args:
+        params: The project's params (the pixel-affecting preprocess fields are recorded).
+        ws: The workspace (reads outputs/preprocess and outputs/validate/splits.csv).
+
+    Returns:
+        The test pixels, labels, source files, classes and pixel params.
+
+    Raises:
+        MedpipeError: The test split has not been prepared.
+    """
     import pandas as pd
 
     from pipeline.shards import Shards, read_meta
@@ -113,7 +132,15 @@ def test_split(params: Params, ws: Workspace) -> TestSplit:
 
 def score(classifier, split: TestSplit) -> dict[str, float]:
     """A registered classifier's test metrics: on the prepared pixels when it was trained with the same
-    preprocessing, else on the same source images through its own preprocessing."""
+    preprocessing, else on the same source images through its own preprocessing.
+
+    Args:
+        classifier: A loaded registered classifier (model, classes, pp).
+        split: The workspace's test split.
+
+    Returns:
+        Its classification metrics on the test split.
+    """
     from pipeline.metrics import classification_metrics
     from pipeline.model import predict
     from pipeline.preprocess import prepare_image
@@ -164,7 +191,16 @@ def _execute(client, name: str, plan: dict) -> None:
 
 
 def recover(client, name: str, say: Callable[[str], None] = log.info) -> bool:
-    """Finish an alias change a crash interrupted (the journal on the registered model); True if one was."""
+    """Finish an alias change a crash interrupted (the journal on the registered model); True if one was.
+
+    Args:
+        client: An MlflowClient.
+        name: The registered model.
+        say: Where the message about a finished change goes.
+
+    Returns:
+        True when an interrupted change was finished.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
@@ -259,7 +295,18 @@ def promote(params: Params, ws: Workspace, version: int, force: bool = False) ->
 
 
 def rollback(params: Params, ws: Workspace) -> dict[str, int | None]:
-    """champion <- previous (and previous <- the demoted champion, so a second rollback undoes it)."""
+    """champion <- previous (and previous <- the demoted champion, so a second rollback undoes it).
+
+    Args:
+        params: The project's params.
+        ws: The workspace.
+
+    Returns:
+        The versions now at champion and previous (None: no previous).
+
+    Raises:
+        MedpipeError: There is no @previous version.
+    """
     import mlflow
 
     from pipeline.registry import setup_tracking
@@ -284,7 +331,15 @@ def rollback(params: Params, ws: Workspace) -> dict[str, int | None]:
 
 
 def run_step(params: Params, ws: Workspace) -> Decision:
-    """Gate the version the register step just made; the decision goes to outputs/promote/decision.json."""
+    """Gate the version the register step just made; the decision goes to outputs/promote/decision.json.
+
+    Args:
+        params: The project's params.
+        ws: The workspace (reads outputs/register/model_version.json).
+
+    Returns:
+        The decision.
+    """
     version = json.loads((ws.out / "register" / "model_version.json").read_text())["version"]
     decision = promote(params, ws, version)
     write_decision(decision, ws)
@@ -292,7 +347,12 @@ def run_step(params: Params, ws: Workspace) -> Decision:
 
 
 def write_decision(decision: Decision, ws: Workspace) -> None:
-    """outputs/promote/decision.json: the decision, its reasons and both sides' metrics."""
+    """outputs/promote/decision.json: the decision, its reasons and both sides' metrics.
+
+    Args:
+        decision: The gate's decision.
+        ws: The workspace.
+    """
     from pipeline.outputs import write_text
 
     write_text(ws.step_dir("promote") / "decision.json", json.dumps(asdict(decision), indent=2) + "\n")

@@ -28,7 +28,11 @@ class RegisterResult:
 
 
 def pip_requirements() -> list[str]:
-    """What a served model needs, given explicitly (inferring them costs seconds)."""
+    """What a served model needs, given explicitly (inferring them costs seconds).
+
+    Returns:
+        Pinned requirements (`name==version`) of the installed packages.
+    """
     from importlib.metadata import version
 
     import tensorflow as tf
@@ -38,14 +42,24 @@ def pip_requirements() -> list[str]:
 
 
 def describe(params: Params, meta: dict, tags: dict[str, str]) -> str:
-    """The model version's description: what it takes, what it says, where it came from."""
-    pp = params.preprocess
+    """The model version's description: what it takes, what it says, where it came from.
+
+    Args:
+        params: The run's params.
+        meta: The preprocess meta (classes).
+        tags: The version's tags (test metrics, data md5, git commit).
+
+    Returns:
+        The description text.
+    """
+    preprocessing = params.preprocess
     metrics = ", ".join(f"{k.removeprefix('medpipe.test_')} {v}" for k, v in tags.items()
                         if k.removeprefix("medpipe.test_") in ("accuracy", "balanced_accuracy", "roc_auc"))
     return (f"{params.model.name} classifying {', '.join(meta['classes'])}. Input: raw PNG/JPEG/DICOM images (bytes or "
-            f"base64 in column 'image') or pixel arrays; preprocessed as trained ({pp.color}, {pp.size}x{pp.size}, "
-            f"fit {pp.fit}, CLAHE {'on' if pp.clahe.enabled else 'off'}, denoise {pp.denoise}, normalise "
-            f"{pp.normalize}). Output: label and class probabilities. Test: {metrics or 'n/a'}. "
+            f"base64 in column 'image') or pixel arrays; preprocessed as trained ({preprocessing.color}, "
+            f"{preprocessing.size}x{preprocessing.size}, fit {preprocessing.fit}, "
+            f"CLAHE {'on' if preprocessing.clahe.enabled else 'off'}, denoise {preprocessing.denoise}, normalise "
+            f"{preprocessing.normalize}). Output: label and class probabilities. Test: {metrics or 'n/a'}. "
             f"Data md5 {tags.get('medpipe.data_md5', '?')}, git {tags.get('medpipe.git_commit', '?')[:12]}.")
 
 
@@ -55,6 +69,15 @@ def register_model(params: Params, ws: Workspace, run_id: str, tags: dict[str, s
     The version is created with all its tags and its description in one registry call, marked
     `medpipe.promotion=pending` until the gate decides: a crash can leave an ungated version, never a
     half-tagged one, and an ungated version is finished (gated) by the next run.
+
+    Args:
+        params: The run's params.
+        ws: The workspace.
+        run_id: The MLflow run the model is logged to.
+        tags: The version's tags (the model sha256, task signature and pending promotion are added).
+
+    Returns:
+        The model name, new version, run id and models:/ URI.
     """
     import cv2
     import mlflow
@@ -64,8 +87,8 @@ def register_model(params: Params, ws: Workspace, run_id: str, tags: dict[str, s
     from pipeline.serving import log_pyfunc
     from pipeline.shards import Shards, read_meta
 
-    reg, meta = params.register_, read_meta(ws.out / "preprocess")
-    setup_tracking(reg, ws.base)
+    registry_params, meta = params.register_, read_meta(ws.out / "preprocess")
+    setup_tracking(registry_params, ws.base)
     test = Shards(ws.out / "preprocess", "test")
     example = cv2.imencode(".png", test.take([0])[0])[1].tobytes()  # preprocessed pixels: no DICOM header
     workdir = ws.step_dir("register")
@@ -74,22 +97,31 @@ def register_model(params: Params, ws: Workspace, run_id: str, tags: dict[str, s
                           workdir, pip_requirements=pip_requirements())
     client = mlflow.MlflowClient()
     try:
-        client.create_registered_model(reg.model_name)
+        client.create_registered_model(registry_params.model_name)
     except MlflowException:
         pass  # it exists
     tags = {**tags, "medpipe.model_sha256": file_sha256(ws.out / "train" / "model.keras", workdir / "serving.json"),
             "medpipe.task_signature": json.dumps(task_signature(meta["classes"], params.preprocess)),
             "medpipe.promotion": PENDING}
-    mv = client.create_model_version(reg.model_name, source=info.model_uri, run_id=run_id, tags=tags,
+    mv = client.create_model_version(registry_params.model_name, source=info.model_uri, run_id=run_id, tags=tags,
                                      description=describe(params, meta, tags), model_id=info.model_id)
     version = int(mv.version)
-    log.info("Created version %s of %s (pending the promotion gate)", version, reg.model_name)
+    log.info("Created version %s of %s (pending the promotion gate)", version, registry_params.model_name)
     faults.point("register.created")
-    return RegisterResult(reg.model_name, version, run_id, f"models:/{reg.model_name}/{version}")
+    name = registry_params.model_name
+    return RegisterResult(name, version, run_id, f"models:/{name}/{version}")
 
 
 def run_step(params: Params, ws: Workspace) -> RegisterResult:
-    """Register the trained model with the lineage and metric tags of its run."""
+    """Register the trained model with the lineage and metric tags of its run.
+
+    Args:
+        params: The run's params.
+        ws: The workspace (reads outputs/train/run.json).
+
+    Returns:
+        The model name, new version, run id and models:/ URI (also written to model_version.json).
+    """
     import mlflow
 
     from pipeline.outputs import write_text

@@ -49,7 +49,12 @@ class TrainResult:
 
 
 def configure_determinism(seed: int, enabled: bool) -> None:
-    """Seed Python, NumPy and TF; with `enabled`, make TF ops deterministic too."""
+    """Seed Python, NumPy and TF; with `enabled`, make TF ops deterministic too.
+
+    Args:
+        seed: The seed for Python, NumPy and TF.
+        enabled: Whether to turn on TF op determinism.
+    """
     import keras
     import tensorflow as tf
 
@@ -65,7 +70,14 @@ def own_default_seeds(seed: int):
     websockets keepalive ping of Prefect's events client calls random.getrandbits(32) every 20 s in its
     event-loop thread. A ping between keras.utils.set_random_seed and the model build (likelier on a
     busy machine) changed the initial weights. Inside this block Keras draws from a private generator
-    in the very state random.seed(seed) gives, so an undisturbed build gets the same weights as before."""
+    in the very state random.seed(seed) gives, so an undisturbed build gets the same weights as before.
+
+    Args:
+        seed: The private generator's seed.
+
+    Returns:
+        A context manager; Keras's shared generator is put back on exit.
+    """
     from keras.src.random import seed_generator
 
     shared = seed_generator.python_random  # AttributeError if Keras moves it: fail loudly, never silently
@@ -76,36 +88,53 @@ def own_default_seeds(seed: int):
         seed_generator.python_random = shared
 
 
-def configure_devices(tp: TrainParams):
+def configure_devices(training: TrainParams):
     """GPU memory growth (before any GPU is touched), the precision policy, and the distribution strategy
-    (MirroredStrategy over every visible GPU when there are several). Returns (strategy, mixed)."""
+    (MirroredStrategy over every visible GPU when there are several). Returns (strategy, mixed).
+
+    Args:
+        training: The train params (memory_growth, mixed_precision).
+
+    Returns:
+        (the distribution strategy, whether mixed precision is on).
+    """
     import keras
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus if tp.memory_growth else []:
+    for gpu in gpus if training.memory_growth else []:
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:  # already initialised in this process: the setting stays as it was
             pass
     capable = bool(gpus) and all(tf.config.experimental.get_device_details(g).get("compute_capability", (0, 0))
                                  >= (7, 0) for g in gpus)
-    mixed = tp.mixed_precision == "on" or (tp.mixed_precision == "auto" and capable)
+    mixed = training.mixed_precision == "on" or (training.mixed_precision == "auto" and capable)
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
     return strategy, mixed
 
 
-def learning_rate(tp: TrainParams, steps_per_epoch: int):
-    """A constant rate, cosine decay over the whole run, or a step decay every `step_epochs` epochs."""
+def learning_rate(training: TrainParams, steps_per_epoch: int):
+    """A constant rate, cosine decay over the whole run, or a step decay every `step_epochs` epochs.
+
+    Args:
+        training: The train params (schedule, learning_rate, epochs, step_epochs, step_gamma).
+        steps_per_epoch: Batches per epoch.
+
+    Returns:
+        The float rate or a Keras learning-rate schedule.
+    """
     import keras
 
-    if tp.schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(tp.learning_rate, decay_steps=tp.epochs * steps_per_epoch)
-    if tp.schedule == "step":
-        return keras.optimizers.schedules.ExponentialDecay(tp.learning_rate, tp.step_epochs * steps_per_epoch,
-                                                           tp.step_gamma, staircase=True)
-    return tp.learning_rate
+    if training.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(training.learning_rate,
+                                                      decay_steps=training.epochs * steps_per_epoch)
+    if training.schedule == "step":
+        return keras.optimizers.schedules.ExponentialDecay(training.learning_rate,
+                                                           training.step_epochs * steps_per_epoch,
+                                                           training.step_gamma, staircase=True)
+    return training.learning_rate
 
 
 def _pixels(shards: Shards, in_memory: bool):
@@ -123,37 +152,58 @@ def _pixels(shards: Shards, in_memory: bool):
     return read
 
 
-def train_dataset(shards: Shards, plan: tuple[np.ndarray, np.ndarray], n_classes: int, tp: TrainParams,
-                  ap: AugmentParams, start_epoch: int = 0):
-    """Batches of (image in [0, 1], one-hot label) for epochs start_epoch..tp.epochs-1, as one dataset.
+def train_dataset(shards: Shards, plan: tuple[np.ndarray, np.ndarray], n_classes: int, training: TrainParams,
+                  augmentation: AugmentParams, start_epoch: int = 0):
+    """Batches of (image in [0, 1], one-hot label) for epochs start_epoch..training.epochs-1, as one dataset.
 
     Per epoch: a permutation of the plan drawn from (seed, epoch); images gathered, scaled, and the
     plan's flagged ones augmented with a seed drawn from (seed, epoch, batch). Returns (dataset, steps).
+
+    Args:
+        shards: The train split's shards.
+        plan: (index into the split, augment flags) from the balance step.
+        n_classes: How many classes (the one-hot width).
+        training: The train params (batch_size, epochs, seed, in_memory_mb).
+        augmentation: The augment params.
+        start_epoch: The first epoch (a resumed run's).
+
+    Returns:
+        (the tf.data dataset, steps per epoch).
     """
     import tensorflow as tf
 
     index, flags = (tf.constant(a) for a in plan)
-    labels, n, steps = tf.constant(shards.labels), len(plan[0]), math.ceil(len(plan[0]) / tp.batch_size)
-    pixels = _pixels(shards, shards.nbytes <= tp.in_memory_mb * 2**20)
-    augment = augments(ap) and bool(plan[1].any())
+    labels, n, steps = tf.constant(shards.labels), len(plan[0]), math.ceil(len(plan[0]) / training.batch_size)
+    pixels = _pixels(shards, shards.nbytes <= training.in_memory_mb * 2**20)
+    augment = augments(augmentation) and bool(plan[1].any())
 
     def load(epoch, batch, positions):
         idx = tf.gather(index, positions)
         x = tf.cast(pixels(idx), tf.float32) / 255.0
         if augment:
-            x = augment_batch(x, tf.gather(flags, positions), tf.stack([epoch, batch]) + tp.seed * 1_000_003, ap)
+            seed = tf.stack([epoch, batch]) + training.seed * 1_000_003
+            x = augment_batch(x, tf.gather(flags, positions), seed, augmentation)
         return x, tf.one_hot(tf.gather(labels, idx), n_classes)
 
     def epoch_batches(epoch):
-        order = tf.argsort(tf.random.stateless_uniform([n], tf.stack([tf.constant(tp.seed, tf.int64), epoch])))
-        batches = tf.data.Dataset.from_tensor_slices(order).batch(tp.batch_size).enumerate()
+        order = tf.argsort(tf.random.stateless_uniform([n], tf.stack([tf.constant(training.seed, tf.int64), epoch])))
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(training.batch_size).enumerate()
         return batches.map(lambda b, pos: load(epoch, b, pos), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-    return tf.data.Dataset.range(start_epoch, tp.epochs).flat_map(epoch_batches).prefetch(tf.data.AUTOTUNE), steps
+    return tf.data.Dataset.range(start_epoch, training.epochs).flat_map(epoch_batches).prefetch(tf.data.AUTOTUNE), steps
 
 
 def validation_logs(model, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, float]:
-    """Validation loss, accuracy and macro ROC-AUC in one pass over the split."""
+    """Validation loss, accuracy and macro ROC-AUC in one pass over the split.
+
+    Args:
+        model: The Keras model.
+        x_val: The val images, uint8.
+        y_val: Their class indices.
+
+    Returns:
+        val_loss, val_accuracy and val_roc_auc.
+    """
     from pipeline.model import predict_uint8
 
     proba = predict_uint8(model, x_val)
@@ -176,18 +226,27 @@ class Progress:
     history: dict[str, list[float]] | None = None
     rng: list[list[int]] | None = None  # dropout & co. random states: Keras does not save them with the model
 
-    def record(self, epoch: int, logs: dict[str, float], tp: TrainParams) -> bool:
-        """Add one epoch's curves and apply early stopping; True when this epoch is the new best."""
+    def record(self, epoch: int, logs: dict[str, float], training: TrainParams) -> bool:
+        """Add one epoch's curves and apply early stopping; True when this epoch is the new best.
+
+        Args:
+            epoch: The epoch just finished (0-based).
+            logs: Its figures (every key of CURVES).
+            training: The train params (min_epochs, patience).
+
+        Returns:
+            True when this epoch is the new best.
+        """
         self.history = self.history or {k: [] for k in CURVES}
         for k in CURVES:
             self.history[k].append(float(logs[k]))
         self.epoch, auc = epoch + 1, logs["val_roc_auc"]
-        if epoch < tp.min_epochs:
+        if epoch < training.min_epochs:
             return False
         improved = self.best_epoch < 0 or auc > self.best or (math.isnan(self.best) and not math.isnan(auc))
         self.best, self.best_epoch, self.wait = (auc, epoch, 0) if improved else (self.best, self.best_epoch,
                                                                                    self.wait + 1)
-        self.stopped = self.wait >= tp.patience
+        self.stopped = self.wait >= training.patience
         return improved
 
 
@@ -196,7 +255,14 @@ def _seed_states(model) -> list:
 
 
 def save_checkpoint(model, progress: Progress, folder: Path, improved: bool) -> None:
-    """Model with optimizer state, best weights, random states and progress, into `folder` (swapped in whole)."""
+    """Model with optimizer state, best weights, random states and progress, into `folder` (swapped in whole).
+
+    Args:
+        model: The Keras model.
+        progress: Where the run stands (its rng is filled here).
+        folder: The checkpoint folder.
+        improved: Whether this epoch is the new best (its weights become best.weights.h5).
+    """
     progress.rng = [np.asarray(v).tolist() for v in _seed_states(model)]
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -211,7 +277,15 @@ def save_checkpoint(model, progress: Progress, folder: Path, improved: bool) -> 
 
 
 def load_checkpoint(folder: Path, key: str):
-    """(model, progress) from a checkpoint made for the same inputs (`key`), else None."""
+    """(model, progress) from a checkpoint made for the same inputs (`key`), else None.
+
+    Args:
+        folder: The checkpoint folder.
+        key: What the checkpoint must have been made for (checkpoint_key).
+
+    Returns:
+        (model, progress), or None when there is no readable checkpoint for `key`.
+    """
     import keras
 
     try:
@@ -244,9 +318,19 @@ def epoch_line(epoch: int, epochs: int, logs: dict[str, float], improved: bool) 
     return f"epoch {epoch + 1}/{epochs}: {figures}" + (" *best" if improved else "")
 
 
-def epoch_monitor(val: tuple[np.ndarray, np.ndarray], tp: TrainParams, progress: Progress, folder: Path):
+def epoch_monitor(val: tuple[np.ndarray, np.ndarray], training: TrainParams, progress: Progress, folder: Path):
     """Keras callback: validation metrics, early stopping, a checkpoint, MLflow curves, after each epoch;
-    the best epoch's weights restored at the end."""
+    the best epoch's weights restored at the end.
+
+    Args:
+        val: (val images, val labels).
+        training: The train params.
+        progress: Where the run stands (updated each epoch).
+        folder: The checkpoint folder.
+
+    Returns:
+        The Keras callback.
+    """
     import keras
     import mlflow
 
@@ -255,13 +339,13 @@ def epoch_monitor(val: tuple[np.ndarray, np.ndarray], tp: TrainParams, progress:
             logs = logs if logs is not None else {}
             logs.update(validation_logs(self.model, *val))
             logs["lr"] = float(np.asarray(self.model.optimizer.learning_rate))
-            improved = progress.record(epoch, logs, tp)
+            improved = progress.record(epoch, logs, training)
             self.model.stop_training = progress.stopped
             save_checkpoint(self.model, progress, folder, improved)
             faults.point("train.epoch")
             mlflow.log_metrics({f"train_{k}" if k in ("loss", "accuracy") else k: float(logs[k]) for k in CURVES},
                                step=epoch)
-            log.info(epoch_line(epoch, tp.epochs, logs, improved))  # DVC stages and the Prefect task log
+            log.info(epoch_line(epoch, training.epochs, logs, improved))  # DVC stages and the Prefect task log
 
         def on_train_end(self, logs: dict | None = None) -> None:
             if progress.best_epoch >= 0:
@@ -272,13 +356,28 @@ def epoch_monitor(val: tuple[np.ndarray, np.ndarray], tp: TrainParams, progress:
 
 def fit(model, shards: Shards, plan: tuple, val: tuple, params: Params, progress: Progress, folder: Path,
         class_weight: dict[int, float] | None, callbacks: tuple = ()) -> Progress:
-    """Train from progress.epoch to the end (or early stop), checkpointing each epoch."""
-    tp, n_classes = params.train, int(model.output_shape[-1])
-    if progress.epoch < tp.epochs and not progress.stopped:
-        data, steps = train_dataset(shards, plan, n_classes, tp, params.balance.augment, progress.epoch)
-        model.fit(data, epochs=tp.epochs, initial_epoch=progress.epoch, steps_per_epoch=steps,
+    """Train from progress.epoch to the end (or early stop), checkpointing each epoch.
+
+    Args:
+        model: The compiled Keras model.
+        shards: The train split's shards.
+        plan: (index, augment flags) from the balance step.
+        val: (val images, val labels).
+        params: The run's params.
+        progress: Where the run stands.
+        folder: The checkpoint folder.
+        class_weight: Weight by class index, or None.
+        callbacks: More Keras callbacks.
+
+    Returns:
+        `progress`, updated; the model holds the best epoch's weights.
+    """
+    training, n_classes = params.train, int(model.output_shape[-1])
+    if progress.epoch < training.epochs and not progress.stopped:
+        data, steps = train_dataset(shards, plan, n_classes, training, params.balance.augment, progress.epoch)
+        model.fit(data, epochs=training.epochs, initial_epoch=progress.epoch, steps_per_epoch=steps,
                   class_weight=class_weight, verbose=1 if sys.stdout.isatty() else 0, shuffle=False,
-                  callbacks=[epoch_monitor(val, tp, progress, folder), *callbacks])
+                  callbacks=[epoch_monitor(val, training, progress, folder), *callbacks])
     elif progress.best_epoch >= 0:
         model.load_weights(folder / "best.weights.h5")
     return progress
@@ -291,28 +390,54 @@ def _flat(prefix: str, value: object) -> dict[str, object]:
 
 
 def new_model(params: Params, meta: dict, base: Path, steps_per_epoch: int):
-    """Build and compile params.model with its normalisation (train mean/std from the preprocess meta)."""
+    """Build and compile params.model with its normalisation (train mean/std from the preprocess meta).
+
+    Args:
+        params: The run's params.
+        meta: The preprocess meta (size, channels, classes, mean, std).
+        base: The project root (for local pretrained weights).
+        steps_per_epoch: Batches per epoch (for the learning-rate schedule).
+
+    Returns:
+        The compiled Keras model.
+    """
     import keras
 
     from pipeline.model import build_model
 
-    tp = params.train
+    training = params.train
     shape = (meta["size"], meta["size"], meta["channels"])
-    with own_default_seeds(tp.seed):  # initial weights from tp.seed alone, whatever other threads draw
+    with own_default_seeds(training.seed):  # initial weights from training.seed alone, whatever other threads draw
         model = build_model(params.model, shape, len(meta["classes"]),
                             (params.preprocess.normalize, meta["mean"], meta["std"]), base)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate(tp, steps_per_epoch)),
-                  loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=tp.xla)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate(training, steps_per_epoch)),
+                  loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=training.xla)
     return model
 
 
 def dropped_count(report: dict) -> int:
-    """How many val/test images validation dropped as copies of others (report.json; 0 for older reports)."""
+    """How many val/test images validation dropped as copies of others (report.json; 0 for older reports).
+
+    Args:
+        report: The parsed outputs/validate/report.json.
+
+    Returns:
+        The number dropped.
+    """
     return int(report.get("near_duplicates", {}).get("n_dropped", 0))
 
 
 def start_run(params: Params, ws: Workspace, progress: Progress):
-    """Open a new MLflow run with lineage tags and params, or reopen the resumed one (an ActiveRun)."""
+    """Open a new MLflow run with lineage tags and params, or reopen the resumed one (an ActiveRun).
+
+    Args:
+        params: The run's params.
+        ws: The workspace.
+        progress: Where the run stands (a run_id: reopen that run).
+
+    Returns:
+        The mlflow ActiveRun.
+    """
     import mlflow
 
     from pipeline.redact import redact_params
@@ -334,7 +459,15 @@ def start_run(params: Params, ws: Workspace, progress: Progress):
 
 
 def checkpoint_key(params: Params, ws: Workspace) -> str:
-    """What a checkpoint must have been made for to be resumed: these params, shards and sampling plan."""
+    """What a checkpoint must have been made for to be resumed: these params, shards and sampling plan.
+
+    Args:
+        params: The run's params.
+        ws: The workspace.
+
+    Returns:
+        "<params md5>:<preprocess cache key>:<plan md5>".
+    """
     plan = load_plan(load_balance(ws).plan)
     plan_md5 = hashlib.md5(plan[0].tobytes() + plan[1].tobytes()).hexdigest()
     return f"{params.md5()}:{read_meta(ws.out / 'preprocess')['key']}:{plan_md5}"
@@ -359,18 +492,28 @@ def has_checkpoint(params: Params, ws: Workspace) -> bool:
 
 def run_step(params: Params, ws: Workspace, resume: bool = False, callbacks: tuple = ()) -> TrainResult:
     """Train params.model on the balanced train split inside an MLflow run; with `resume`, continue from
-    the last checkpoint of an interrupted run with the same inputs (else start afresh)."""
+    the last checkpoint of an interrupted run with the same inputs (else start afresh).
+
+    Args:
+        params: The run's params.
+        ws: The workspace.
+        resume: Continue from a matching checkpoint.
+        callbacks: More Keras callbacks.
+
+    Returns:
+        The run id, model path, epochs run, best epoch, weights sha256, data md5 and resume epoch.
+    """
     import mlflow
 
-    meta, balance, tp = read_meta(ws.out / "preprocess"), load_balance(ws), params.train
+    meta, balance, training = read_meta(ws.out / "preprocess"), load_balance(ws), params.train
     shards, plan = Shards(ws.out / "preprocess", "train"), load_plan(balance.plan)
     val = Shards(ws.out / "preprocess", "val")
     folder, key = ws.out / "checkpoint", checkpoint_key(params, ws)
-    strategy, _ = configure_devices(tp)  # first: GPU settings only apply before a GPU is touched
-    configure_determinism(tp.seed, tp.determinism)
+    strategy, _ = configure_devices(training)  # first: GPU settings only apply before a GPU is touched
+    configure_determinism(training.seed, training.determinism)
     with strategy.scope():
         restored = load_checkpoint(folder, key) if resume else None
-        model, progress = restored or (new_model(params, meta, ws.base, math.ceil(len(plan[0]) / tp.batch_size)),
+        model, progress = restored or (new_model(params, meta, ws.base, math.ceil(len(plan[0]) / training.batch_size)),
                                        Progress(key))
     resumed_from = progress.epoch
     final = ws.out / "train"

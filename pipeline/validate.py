@@ -51,14 +51,29 @@ class ValidationReport:
 
     @property
     def failed(self) -> list[Check]:
+        """The failed checks of severity error.
+
+        Returns:
+            Each error check that did not succeed, in check order.
+        """
         return [c for c in self.checks if not c.success and c.severity == "error"]
 
     @property
     def warnings(self) -> list[Check]:
+        """The failed checks of severity warning.
+
+        Returns:
+            Each warning check that did not succeed, in check order.
+        """
         return [c for c in self.checks if not c.success and c.severity == "warning"]
 
     def summary(self) -> str:
-        """One line: how many error checks failed, with the first offending value."""
+        """One line: how many error checks failed, with the first offending value.
+
+        Returns:
+            "<n> checks passed on <m> images" or "<k> of <n> checks failed: <first> (e.g. <value>)", with the
+            number of warnings appended when there are any.
+        """
         n_errors = sum(c.severity == "error" for c in self.checks)
         warned = f", {len(self.warnings)} warning(s)" if self.warnings else ""
         if self.success:
@@ -93,24 +108,48 @@ def check_labels(params: Params, data_root: Path) -> None:
 
 
 def failure(report: "ValidationReport", data_root: Path) -> DataError:
-    """The one-line error for a failed validation: `<data root>: <what failed>; report: <path>`."""
+    """The one-line error for a failed validation: `<data root>: <what failed>; report: <path>`.
+
+    Args:
+        report: The failed validation's report (its summary and report_md are quoted).
+        data_root: The data set validated.
+
+    Returns:
+        The DataError to raise (not raised here).
+    """
     return DataError(data_root, f"data validation failed, {report.summary()}; report: {report.report_md}")
 
 
-def image_table(manifest: pd.DataFrame, root: Path, cache: Path | None, vp: ValidateParams,
+def image_table(manifest: pd.DataFrame, root: Path, cache: Path | None, validation: ValidateParams,
                 project: Path = Path("."), mapper: Mapper | None = None, chunk_size: int = 1024,
-                pp: PreprocessParams = PreprocessParams()) -> pd.DataFrame:
-    """Manifest joined with the scan: per-image facts the expectations test (images over `pp`'s caps,
-    max_pixels and max_file_mb, are unreadable)."""
+                preprocessing: PreprocessParams = PreprocessParams()) -> pd.DataFrame:
+    """Manifest joined with the scan: per-image facts the expectations test (images over `preprocessing`'s caps,
+    max_pixels and max_file_mb, are unreadable).
+
+    Args:
+        manifest: The discovered manifest (path, label, split, patient_id, ...), one row per image.
+        root: The data root the paths are relative to.
+        cache: The scan cache CSV (None: no cache).
+        validation: The validate params (blank_std, blur_min).
+        project: The project root the scan cache names paths against.
+        mapper: Maps the scan over chunks (None: in this process).
+        chunk_size: Images per scan chunk.
+        preprocessing: The preprocess params (max_pixels, max_file_mb).
+
+    Returns:
+        The manifest with the scan's columns and inside_root, exists, reason, not_blank and sharp; patient_id
+        filled from patient_key or the path, and no fingerprint for unreadable images.
+    """
     table = scan(root, manifest["path"].tolist(), cache=cache, project=project, mapper=mapper,
-                 chunk_size=chunk_size, max_pixels=pp.max_pixels, max_bytes=pp.max_file_mb * MB).drop(columns="path")
+                 chunk_size=chunk_size, max_pixels=preprocessing.max_pixels,
+                 max_bytes=preprocessing.max_file_mb * MB).drop(columns="path")
     df = pd.concat([manifest.reset_index(drop=True), table], axis=1)
     df["inside_root"] = [inside_root(root, p) for p in df["path"]]
     df["exists"] = [ok and (root / p).is_file() for ok, p in zip(df["inside_root"], df["path"])]
     df["reason"] = [f"{p}: {e}" if e else p for p, e in zip(df["path"], df["error"])]
     df["patient_id"] = [pid or key or p for pid, key, p in zip(df["patient_id"], df["patient_key"], df["path"])]
-    df["not_blank"] = ~df["readable"] | (df["std"] >= vp.blank_std)
-    df["sharp"] = ~df["readable"] | (df["blur"] >= vp.blur_min)
+    df["not_blank"] = ~df["readable"] | (df["std"] >= validation.blank_std)
+    df["sharp"] = ~df["readable"] | (df["blur"] >= validation.blur_min)
     df["fingerprint"] = df["fingerprint"].where(df["readable"], "")
     return df.drop(columns=["patient_key", "error"])
 
@@ -135,7 +174,16 @@ def carved_check(published: pd.Series, images: pd.DataFrame) -> list[Check]:
 
 
 def derived_tables(images: pd.DataFrame, labels: list[str], empty_folders: list[str]) -> dict[str, pd.DataFrame]:
-    """Per patient, per image hash, per (split, hash) and per class views of the image table."""
+    """Per patient, per image hash, per (split, hash) and per class views of the image table.
+
+    Args:
+        images: The image table with splits assigned.
+        labels: The known classes (validate.labels), in order.
+        empty_folders: Classes whose folder holds no image (marked in the class table).
+
+    Returns:
+        Frames by name: patients, hashes, within, near, classes and balance (largest / smallest class ratio).
+    """
     readable = images[images["readable"]]
     counts = images["label"].value_counts()
     classes = pd.DataFrame({"label": labels, "count": [int(counts.get(lb, 0)) for lb in labels]})
@@ -155,7 +203,14 @@ def derived_tables(images: pd.DataFrame, labels: list[str], empty_folders: list[
 
 
 def near_table(images: pd.DataFrame) -> pd.DataFrame:
-    """One row per near-duplicate group: how many splits and labels it spans, and its paths."""
+    """One row per near-duplicate group: how many splits and labels it spans, and its paths.
+
+    Args:
+        images: The image table; `near_group` (-1: none) marks the groups, a missing column means none.
+
+    Returns:
+        Columns near_group, n_splits, n_labels and paths (joined by " ~ "); empty but typed when no group.
+    """
     members = images[images.get("near_group", pd.Series(-1, index=images.index)) >= 0]
     if members.empty:
         return pd.DataFrame({"near_group": pd.Series([], dtype="int64"), "n_splits": pd.Series([], dtype="int64"),
@@ -169,13 +224,13 @@ DROPPED_COLUMNS = ["path", "label", "split", "kind", "kept"]
 SPLIT_RANK = {s: i for i, s in enumerate(SPLITS)}
 
 
-def drop_leaks(images: pd.DataFrame, vp: ValidateParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+def drop_leaks(images: pd.DataFrame, validation: ValidateParams) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Remove the val/test members of groups that cross splits (train kept; else the earliest split kept),
     for exact copies when `exact_duplicates: drop` and near copies when `near_duplicates.action: drop`.
 
     Args:
         images: the image table with `split`, `sha256`, `readable` and `near_group` (-1: none).
-        vp: the validate params.
+        validation: the validate params.
 
     Returns:
         The kept images, and the dropped ones (path, label, split, kind, kept: a kept member's path).
@@ -184,9 +239,9 @@ def drop_leaks(images: pd.DataFrame, vp: ValidateParams) -> tuple[pd.DataFrame, 
     drop = pd.Series(False, index=images.index)
     records = []
     keys = []
-    if vp.exact_duplicates == "drop":
+    if validation.exact_duplicates == "drop":
         keys.append(("exact", images["sha256"].where(images["readable"] & (images["sha256"] != ""))))
-    if vp.near_duplicates.enabled and vp.near_duplicates.action == "drop":
+    if validation.near_duplicates.enabled and validation.near_duplicates.action == "drop":
         keys.append(("near", images["near_group"].where(images["near_group"] >= 0)))
     for kind, key in keys:
         valid = key.notna() & ~drop
@@ -201,16 +256,26 @@ def drop_leaks(images: pd.DataFrame, vp: ValidateParams) -> tuple[pd.DataFrame, 
     return images[~drop].reset_index(drop=True), dropped
 
 
-def near_duplicate_summary(images: pd.DataFrame, vp: ValidateParams, dropped: pd.DataFrame,
+def near_duplicate_summary(images: pd.DataFrame, validation: ValidateParams, dropped: pd.DataFrame,
                            max_groups: int = 50) -> dict:
     """What the report shows: groups across splits (members with distance to the first), counts per split
-    pair, label conflicts, a histogram of nearest-neighbour distances, and what was dropped."""
-    nd = vp.near_duplicates
+    pair, label conflicts, a histogram of nearest-neighbour distances, and what was dropped.
+
+    Args:
+        images: The image table with `split`, `fingerprint` and `near_group`.
+        validation: The validate params (its near_duplicates section).
+        dropped: What drop_leaks removed.
+        max_groups: At most this many cross-split groups are listed.
+
+    Returns:
+        The dict stored as `near_duplicates` in report.json.
+    """
+    near = validation.near_duplicates
     table = near_table(images)
     crossing = table[table["n_splits"] > 1]
     fps = images["fingerprint"]
     have = fps != ""
-    radius = nd.clean
+    radius = near.clean
     nn: np.ndarray | list[int] = nearest_distances(to_words(list(fps[have])), radius) if have.sum() > 1 else []
     pairs: dict[str, int] = {}
     groups: list[list[dict[str, Any]]] = []
@@ -227,14 +292,14 @@ def near_duplicate_summary(images: pd.DataFrame, vp: ValidateParams, dropped: pd
             groups.append([{"path": p, "label": lb, "split": sp, "distance": int(d)}
                            for p, lb, sp, d in zip(rows["path"], rows["label"], rows["split"], dist)])
     hist = [int(c) for c in pd.Series(nn, dtype="int64").value_counts().reindex(range(radius + 2), fill_value=0)]
-    return {"enabled": nd.enabled, "threshold": nd.threshold, "action": nd.action, "n_groups": int(len(table)),
+    return {"enabled": near.enabled, "threshold": near.threshold, "action": near.action, "n_groups": int(len(table)),
             "n_images_in_groups": int((images["near_group"] >= 0).sum()), "n_cross_split": int(len(crossing)),
             "split_pairs": pairs, "label_conflicts": int((table["n_labels"] > 1).sum()), "cross_split_groups": groups,
             "nn_histogram": hist, "nn_radius": radius,
             "dropped": dropped.to_dict("records"), "n_dropped": int(len(dropped))}
 
 
-def _expectations(vp: ValidateParams) -> dict[str, tuple[str, str, list]]:
+def _expectations(validation: ValidateParams) -> dict[str, tuple[str, str, list]]:
     """Suites as (frame, column shown for offenders, expectations); warnings live in their own suites."""
     import great_expectations.expectations as gxe
 
@@ -245,41 +310,43 @@ def _expectations(vp: ValidateParams) -> dict[str, tuple[str, str, list]]:
         "images": ("images", "reason", [
             gxe.ExpectColumnValuesToBeUnique(column="path", description="path listed once"),
             gxe.ExpectColumnValuesToNotBeNull(column="label", description="label given"),
-            in_set("label", vp.labels, "label known"),
+            in_set("label", validation.labels, "label known"),
             in_set("inside_root", [True], "path inside the data root"),
             in_set("exists", [True], "file exists"),
             in_set("readable", [True], "image readable"),
             in_set("split", list(SPLITS), "split is train, val or test")]
-            + ([in_set("not_blank", [True], "not blank")] if vp.blank == "error" else [])),
+            + ([in_set("not_blank", [True], "not blank")] if validation.blank == "error" else [])),
         "patients": ("patients", "patient_id", [in_set("n_splits", [1], "each patient in one split")]),
         "hashes": ("hashes", "path", [in_set("n_splits", [1], "each image (sha256) in one split")]),
         "classes": ("classes", "label", [gxe.ExpectColumnValuesToBeBetween(
-            column="count", min_value=vp.min_per_class, description=f"at least {vp.min_per_class} images per class")]),
+            column="count", min_value=validation.min_per_class,
+            description=f"at least {validation.min_per_class} images per class")]),
         "image_warnings": ("images", "path", [in_set("sharp", [True], "not blurry (warning)")]
-                           + ([in_set("not_blank", [True], "not blank (warning)")] if vp.blank == "warning" else [])),
+                           + ([in_set("not_blank", [True], "not blank (warning)")]
+                              if validation.blank == "warning" else [])),
         "split_warnings": ("within", "paths", [gxe.ExpectColumnValuesToBeBetween(
             column="copies", max_value=1, description="no duplicate images within a split (warning)")]),
-        **_near_suites(vp),
+        **_near_suites(validation),
         "balance_warnings": ("balance", "what", [gxe.ExpectColumnValuesToBeBetween(
-            column="ratio", max_value=vp.max_imbalance, description=f"class imbalance at most {vp.max_imbalance:g}:1 "
-                                                                    "(warning)")]),
+            column="ratio", max_value=validation.max_imbalance,
+            description=f"class imbalance at most {validation.max_imbalance:g}:1 (warning)")]),
     }
 
 
-def _near_suites(vp: ValidateParams) -> dict[str, tuple[str, str, list]]:
+def _near_suites(validation: ValidateParams) -> dict[str, tuple[str, str, list]]:
     """Near-duplicate groups in one split (error, or warning with `action: warning`); one label per group."""
     import great_expectations.expectations as gxe
 
-    nd = vp.near_duplicates
-    if not nd.enabled:
+    near = validation.near_duplicates
+    if not near.enabled:
         return {}
     one_split = gxe.ExpectColumnValuesToBeInSet(
-        column="n_splits", value_set=[1], description=f"each near-duplicate group (distance <= {nd.threshold}) in "
-                                                      f"one split{' (warning)' if nd.action == 'warning' else ''}")
+        column="n_splits", value_set=[1], description=f"each near-duplicate group (distance <= {near.threshold}) in "
+                                                      f"one split{' (warning)' if near.action == 'warning' else ''}")
     one_label = gxe.ExpectColumnValuesToBeInSet(
         column="n_labels", value_set=[1], description="one label per near-duplicate group (else probable label "
                                                       "errors, warning)")
-    name = "near_warnings" if nd.action == "warning" else "near"
+    name = "near_warnings" if near.action == "warning" else "near"
     return {name: ("near", "paths", [one_split]), "near_label_warnings": ("near", "paths", [one_label])}
 
 
@@ -297,7 +364,16 @@ def _offenders(result: dict, frame: pd.DataFrame, key: str) -> list[str]:
 
 
 def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, tuple[str, str, list]]) -> list[Check]:
-    """Run each suite on its frame with a GX Checkpoint; return one Check per expectation."""
+    """Run each suite on its frame with a GX Checkpoint; return one Check per expectation.
+
+    Args:
+        frames: The frames by name (the image table and derived_tables' views).
+        suites: By suite name: (frame name, column shown for offenders, expectations); names ending in
+            `_warnings` give warnings.
+
+    Returns:
+        One Check per expectation, with up to five offenders each.
+    """
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
         DataContextConfig,
@@ -328,22 +404,36 @@ def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, tuple[str, str
 def validate_data(root: Path, params: Params, out: Path, project: Path,
                   mapper: Mapper | None = None) -> tuple[ValidationReport, pd.DataFrame]:
     """Validate the data set under `root` (the scan through `mapper` if given); return the report and the
-    image table with splits."""
+    image table with splits.
+
+    Args:
+        root: The data root (manifest.csv or a folder per class).
+        params: The run's params.
+        out: The validate output folder (the scan cache lives in its parent's cache/).
+        project: The project root.
+        mapper: Maps the scan over chunks (None: in this process).
+
+    Returns:
+        The report, and the image table with splits assigned and leaks dropped.
+
+    Raises:
+        DataError: The data set cannot be read (from discover).
+    """
     manifest, empty_folders = discover(root)
-    vp = params.validate_
-    images = image_table(manifest, root, out.parent / "cache" / "scan.csv", vp, project, mapper,
+    validation = params.validate_
+    images = image_table(manifest, root, out.parent / "cache" / "scan.csv", validation, project, mapper,
                          params.dask.chunk_size, params.preprocess)
-    nd = vp.near_duplicates
-    images["near_group"] = find_groups(images["fingerprint"].tolist(), nd.threshold).group if nd.enabled else -1
+    near = validation.near_duplicates
+    images["near_group"] = find_groups(images["fingerprint"].tolist(), near.threshold).group if near.enabled else -1
     published = images["split"].copy()
     images["split"] = assign_splits(images, params).fillna("")
-    images, dropped = drop_leaks(images, vp)
-    frames = {"images": images, **derived_tables(images, vp.labels, empty_folders)}
-    checks = run_suites(frames, _expectations(vp)) + carved_check(published, images)
+    images, dropped = drop_leaks(images, validation)
+    frames = {"images": images, **derived_tables(images, validation.labels, empty_folders)}
+    checks = run_suites(frames, _expectations(validation)) + carved_check(published, images)
     counts = images["label"].value_counts().to_dict()
     report = ValidationReport(all(c.success for c in checks if c.severity == "error"), checks, len(images),
-                              {lb: int(counts.get(lb, 0)) for lb in vp.labels},
-                              near_duplicates=near_duplicate_summary(images, vp, dropped) if nd.enabled else
+                              {lb: int(counts.get(lb, 0)) for lb in validation.labels},
+                              near_duplicates=near_duplicate_summary(images, validation, dropped) if near.enabled else
                               {"enabled": False, "dropped": dropped.to_dict("records"), "n_dropped": len(dropped)})
     return report, images
 
@@ -476,7 +566,17 @@ def write_report(report: ValidationReport, out: Path, final: Path | None = None,
 
 def run_step(params: Params, ws: Workspace, out: Path | None = None, mapper: Mapper | None = None) -> ValidationReport:
     """Validate the workspace's data; write reports and the split table under outputs/validate/.
-    The image scan runs through `mapper` when one is given (a Dask cluster: flows/data.py)."""
+    The image scan runs through `mapper` when one is given (a Dask cluster: flows/data.py).
+
+    Args:
+        params: The run's params.
+        ws: The workspace (data root, outputs).
+        out: The folder written (None: outputs/validate).
+        mapper: Maps the scan over chunks (None: in this process).
+
+    Returns:
+        The report; an unreadable data set gives a failed report with one check, not an exception.
+    """
     final = out or ws.out / "validate"
     with replace_dir(final) as tmp:  # a crash leaves the previous reports and split, never half of them
         try:
