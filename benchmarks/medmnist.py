@@ -48,16 +48,17 @@ def run_once(data: Path, labels: list[str], seed: int, settings: dict[str, str],
                  "register.artifact_root": str(work / "artifacts")}
     params = load_params(REPO / "params.yaml", overrides)
     ws = Workspace(base=work, data_root=data, out=work / "outputs")
-    if not validate.run_step(params, ws).success:
+    validated = validate.run_step(params, ws)
+    if not validated.success:
         raise SystemExit(f"{data}: validation failed (see {work}/outputs/validate/report.md)")
-    preprocess.run_step(params, ws)
-    balance.run_step(params, ws)
+    prepared = preprocess.run_step(params, ws, validated)
+    balanced = balance.run_step(params, ws, prepared)
     start = time.perf_counter()
-    trained = train.run_step(params, ws)
+    trained = train.run_step(params, ws, validated, prepared, balanced)
     seconds = time.perf_counter() - start
-    metrics = evaluate.run_step(params, ws).metrics
-    x_test, _ = shards.load_split(ws.out / "preprocess", "test")
-    proba = load_model(ws.out / "train" / "model.keras").predict(x_test, verbose=0)
+    metrics = evaluate.run_step(params, ws, validated, prepared, trained).metrics
+    x_test, _ = shards.load_split(prepared.folder, "test")
+    proba = load_model(ws.base / trained.model_path).predict(x_test, verbose=0)
     return {"seed": seed, "test_roc_auc": round(metrics["test_roc_auc"], 4),
             "test_accuracy": round(metrics["test_accuracy"], 4), "epochs": trained.epochs_run,
             "train_seconds": round(seconds, 1)}, proba

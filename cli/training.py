@@ -108,9 +108,9 @@ def stage(step: Annotated[StepName, typer.Argument(help="Which step to run.")],
     show_library_log()  # epoch lines, registrations: what a DVC stage prints
     p = load_params(params)
     ws = Workspace.create(p, params)
-    run_step = declared(step.value).run
+    options = {"resume": True} if resume and step.value == "train" else {}
     with project_lock(ws.base, say=say):  # never under a running flow's feet
-        result = run_step(p, ws, resume=True) if resume and step.value == "train" else run_step(p, ws)
+        result = declared(step.value).stage(p, ws, **options)
     if step.value == "validate" and not result.success:
         from pipeline.validate import failure
 

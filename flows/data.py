@@ -108,7 +108,7 @@ def data_flow(params: Params, ws: Workspace) -> tuple[ValidationReport, Preproce
     if not report.success:
         return report, None
     one_thread = params.model_copy(update={"preprocess": params.preprocess.model_copy(update={"workers": 1})})
-    return report, preprocess.run_step(one_thread, ws, mapper=on_task_runner)
+    return report, preprocess.run_step(one_thread, ws, report, mapper=on_task_runner)
 
 
 def run_on_dask(params: Params, ws: Workspace) -> tuple[ValidationReport, PreprocessResult | None] | None:

@@ -20,7 +20,7 @@ from pipeline.summary import TrainingSummary, UpToDate
 # The tasks are made as task(fn, **options): Prefect accepts that form at runtime, but its typed
 # overloads of task() do not declare it (hence the call-overload ignores).
 def _step(name: str):
-    """A Prefect task running one declared step's `run_step(params, workspace)` (pipeline/steps.py)."""
+    """A Prefect task running one declared step's `run_step(params, workspace, *results)` (pipeline/steps.py)."""
     return task(step(name).run, name=name, cache_policy=NO_CACHE)  # type: ignore[call-overload]
 
 
@@ -44,7 +44,7 @@ def _preprocess_key(context, arguments: dict) -> str | None:
     """Cache key of the preprocess task: its outputs' folder and the data + params hash, as long as
     those outputs are still there (else None: run, and the step rebuilds them)."""
     params, ws = arguments["params"], arguments["ws"]
-    key = preprocess.cache_key(params, ws)
+    key = preprocess.cache_key(params, arguments["validated"])
     return f"preprocess-{ws.out}-{key}" if preprocess.is_current(ws.out / "preprocess", key) else None
 
 
@@ -132,18 +132,19 @@ def _data_steps(params: Params, ws: Workspace) -> tuple[validate.ValidationRepor
     prefix = f"{ws.data_root}: "
     if state.is_failed() and (state.message or "").startswith(prefix + "data validation failed"):
         raise DataError(ws.data_root, state.message.removeprefix(prefix))
-    return state.result(), preprocess_task(params, ws)  # result() re-raises any other failure
+    report = state.result()  # re-raises any failure other than invalid data
+    return report, preprocess_task(params, ws, report)
 
 
 def _train_and_promote(params: Params, ws: Workspace, params_file: str, overrides: dict[str, str] | None,
                        resume: bool) -> TrainingSummary:
     report, prepared = _data_steps(params, ws)
-    balanced = balance_task(params, ws)
-    trained = train_task(params, ws, resume=resume)
-    evaluated = evaluate_task(params, ws)
-    create_markdown_artifact((ws.out / "evaluate" / "report.md").read_text(), key="medpipe-evaluation",
+    balanced = balance_task(params, ws, prepared)
+    trained = train_task(params, ws, report, prepared, balanced, resume=resume)
+    evaluated = evaluate_task(params, ws, report, prepared, trained)
+    create_markdown_artifact(evaluated.report_md.read_text(), key="medpipe-evaluation",
                              description="test and validation metrics with 95% intervals (figures in MLflow)")
-    registered = register_task(params, ws)
+    registered = register_task(params, ws, prepared, trained)
     decision = promotion_flow(params, ws, registered.version)
     print(record_dvc_task(params, ws, Path(params_file), overrides))
     summary = TrainingSummary.collect(params, ws, prepared, balanced, trained, evaluated, registered, decision)

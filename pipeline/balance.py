@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import BalanceParams, Params, Workspace
+from pipeline.errors import MedpipeError
 from pipeline.outputs import replace_dir
-from pipeline.shards import Shards, read_meta
+from pipeline.preprocess import PreprocessResult
+from pipeline.shards import Shards
 
 
 @dataclass(frozen=True)
@@ -84,19 +86,19 @@ def _counts(y: np.ndarray, classes: list[str]) -> dict[str, int]:
     return {c: int(n) for c, n in zip(classes, np.bincount(y, minlength=len(classes)))}
 
 
-def run_step(params: Params, ws: Workspace) -> BalanceResult:
+def run_step(params: Params, ws: Workspace, prepared: PreprocessResult) -> BalanceResult:
     """Write the training plan to outputs/balance/{plan.npz,balance.json}.
 
     Args:
-        params: The run's params.
-        ws: The workspace (reads outputs/preprocess).
+        params: The run's params (balance).
+        ws: The workspace (writes outputs/balance).
+        prepared: The preprocess step's result (the train shards).
 
     Returns:
         The class counts before and after, the plan's path and the class weights.
     """
-    shards = Shards(ws.out / "preprocess", "train")
-    classes = read_meta(ws.out / "preprocess")["classes"]
-    y = shards.labels
+    y = Shards(prepared.folder, "train").labels
+    classes = prepared.classes
     index, augment, weights = make_plan(y, params.balance, len(classes))
     final = ws.out / "balance"
     result = BalanceResult(final / "plan.npz", _counts(y, classes), _counts(y[index], classes), weights)
@@ -108,18 +110,25 @@ def run_step(params: Params, ws: Workspace) -> BalanceResult:
     return result
 
 
-def load_balance(ws: Workspace) -> BalanceResult:
-    """Read back what run_step wrote (for the train step run on its own, e.g. by DVC).
+def load_result(ws: Workspace) -> BalanceResult:
+    """Read back what run_step wrote (for a step run on its own, e.g. by DVC).
 
     Args:
-        ws: The workspace.
+        ws: The workspace (reads outputs/balance/balance.json).
 
     Returns:
         The BalanceResult run_step returned.
+
+    Raises:
+        MedpipeError: No training plan has been made in this workspace.
     """
-    raw = json.loads((ws.out / "balance" / "balance.json").read_text())
+    path = ws.out / "balance" / "balance.json"
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise MedpipeError(path, "no training plan: run `medpipe stage balance` first") from None
     weights = {int(k): v for k, v in raw["class_weight"].items()} if raw["class_weight"] else None
-    return BalanceResult(ws.out / "balance" / "plan.npz", raw["counts_before"], raw["counts_after"], weights)
+    return BalanceResult(path.parent / "plan.npz", raw["counts_before"], raw["counts_after"], weights)
 
 
 def load_plan(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,10 @@ import pandas as pd
 from pipeline.config import Params, Workspace
 from pipeline.metrics import bootstrap_ci, classification_metrics, per_class_metrics, threshold_metrics
 from pipeline.outputs import replace_dir, write_text
-from pipeline.shards import Shards, read_meta
+from pipeline.preprocess import PreprocessResult
+from pipeline.shards import Shards
+from pipeline.train import TrainResult
+from pipeline.validate import ValidationReport
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,7 @@ class EvaluateResult:
     metrics: dict[str, float]
     metrics_file: Path
     plots: list[Path]
+    report_md: Path
 
 
 def clean_test_mask(splits: pd.DataFrame, threshold: int) -> np.ndarray:
@@ -63,12 +67,16 @@ def clean_metrics(y: np.ndarray, p: np.ndarray, clean: np.ndarray, bins: int) ->
     return out
 
 
-def run_step(params: Params, ws: Workspace) -> EvaluateResult:
+def run_step(params: Params, ws: Workspace, validated: ValidationReport, prepared: PreprocessResult,
+             trained: TrainResult) -> EvaluateResult:
     """Evaluate the trained model on val and test; write metrics.json, plots and a report; log to MLflow.
 
     Args:
-        params: The run's params.
-        ws: The workspace (reads outputs/preprocess, outputs/train, outputs/validate).
+        params: The run's params (evaluate, validate.near_duplicates, register).
+        ws: The workspace (writes outputs/evaluate and outputs/metrics.json).
+        validated: The validate step's report (the split table: near copies, test file names).
+        prepared: The preprocess step's result (the val and test shards).
+        trained: The train step's result (the model and its MLflow run).
 
     Returns:
         The metrics, where metrics.json is, and the plots made.
@@ -78,11 +86,11 @@ def run_step(params: Params, ws: Workspace) -> EvaluateResult:
     from pipeline.model import load_model, predict
     from pipeline.registry import owner_tags, setup_tracking
 
-    evaluation, folder = params.evaluate, ws.out / "preprocess"
-    classes = read_meta(folder)["classes"]
+    evaluation, folder = params.evaluate, prepared.folder
+    classes = prepared.classes
     shards = {s: Shards(folder, s) for s in ("val", "test")}  # uint8: a quarter of float32's memory
     data = {f"{k}_{s}": v for s, sh in shards.items() for k, v in (("x", sh.read()), ("y", sh.labels))}
-    model = load_model(ws.out / "train" / "model.keras")
+    model = load_model(ws.base / trained.model_path)
     proba = {s: predict(model, data[f"x_{s}"]) for s in ("val", "test")}
     metrics = {f"{s}_{k}": v for s in ("val", "test")
                for k, v in classification_metrics(data[f"y_{s}"], proba[s], evaluation.ece_bins).items()}
@@ -93,53 +101,50 @@ def run_step(params: Params, ws: Workspace) -> EvaluateResult:
     if len(classes) == 2:
         metrics.update({f"test_{k}" if k != "threshold" else k: v for k, v in
                         threshold_metrics(data["y_val"], proba["val"], y, p, evaluation.target_sensitivity).items()})
-    splits = pd.read_csv(ws.out / "validate" / "splits.csv", dtype=str, keep_default_na=False)
+    splits = validated.split_table()
     clean = clean_test_mask(splits, params.validate_.near_duplicates.clean)
     metrics.update(clean_metrics(y, p, clean, evaluation.ece_bins))
     out = ws.out / "evaluate"
     with replace_dir(out) as tmp:  # nothing of an earlier run (e.g. its Grad-CAMs) survives
-        made = _figures(model, data, p, classes, evaluation, tmp, ws)
+        history = json.loads((trained.folder(ws.base) / "history.json").read_text())
+        made = _figures(model, data, p, classes, evaluation, tmp, history, test_names(splits))
         write_report(metrics, classes, made, tmp)
         plots_made = [out / f.relative_to(tmp) for f in made]
     write_text(ws.out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    trained = json.loads((ws.out / "train" / "run.json").read_text())
     setup_tracking(params.register_, ws.base)
-    with mlflow.start_run(run_id=trained["run_id"]):
+    with mlflow.start_run(run_id=trained.run_id):
         # after the per-epoch curves (val_roc_auc shares its name), so the final value is the latest
         mlflow.set_tags(owner_tags())
-        mlflow.log_metrics(metrics, step=trained["epochs_run"])
+        mlflow.log_metrics(metrics, step=trained.epochs_run)
         mlflow.log_artifacts(str(out), "evaluation")
-    return EvaluateResult(metrics, ws.out / "metrics.json", plots_made)
+    return EvaluateResult(metrics, ws.out / "metrics.json", plots_made, out / "report.md")
 
 
-def _figures(model, data: dict, p: np.ndarray, classes: list[str], evaluation, out: Path, ws: Workspace) -> list[Path]:
+def _figures(model, data: dict, p: np.ndarray, classes: list[str], evaluation, out: Path, history: dict,
+             names: list[str]) -> list[Path]:
     """The evaluation plots and Grad-CAM overlays, written into `out`."""
     from pipeline import plots
 
     y = data["y_test"]
-    history = json.loads((ws.out / "train" / "history.json").read_text())
     plots_made = [plots.plot_confusion(y, p.argmax(axis=1), classes, out / "confusion_matrix.png"),
                   plots.roc_pr_curves(y, p, classes, out / "roc_pr.png"),
                   plots.reliability(y, p, evaluation.ece_bins, out / "reliability.png"),
                   plots.training_curves(history, out / "training_curves.png"),
                   *explain_examples(model, data["x_test"], y, p, classes, evaluation.cam_per_class, out / "gradcam",
-                                    test_names(ws))]
+                                    names)]
     return plots_made
 
 
-def test_names(ws: Workspace) -> list[str]:
+def test_names(table: pd.DataFrame) -> list[str]:
     """How to name each test image to people: its file name, or for DICOM (whose names may carry
     identifiers) its pseudonymous patient key and row.
 
     Args:
-        ws: The workspace (reads outputs/validate/splits.csv).
+        table: The split table (ValidationReport.split_table()).
 
     Returns:
         One name per test image, in split-table order.
     """
-    import pandas as pd
-
-    table = pd.read_csv(ws.out / "validate" / "splits.csv", dtype=str, keep_default_na=False)
     test = table[table["split"] == "test"].reset_index(drop=True)
     return [f"{pid}-{i}" if path.lower().endswith(".dcm") else Path(path).name
             for i, (path, pid) in enumerate(zip(test["path"], test["patient_id"]))]

@@ -16,13 +16,10 @@ by union-find (transitive).
 
 from dataclasses import dataclass
 from itertools import combinations
-from typing import TYPE_CHECKING, NamedTuple, cast
+from typing import NamedTuple, cast
 
 import cv2
 import numpy as np
-
-if TYPE_CHECKING:
-    pass
 
 HASH_BITS = 256
 WORDS = HASH_BITS // 64

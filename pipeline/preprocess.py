@@ -16,16 +16,17 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 
 from pipeline import faults
 from pipeline.config import Params, PreprocessParams, Workspace
+from pipeline.errors import MedpipeError
 from pipeline.imageio import imdecode, read_dicom, read_image
 from pipeline.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, MB, check_image
 from pipeline.outputs import replace_dir
 from pipeline.scan import Mapper
 from pipeline.shards import read_meta
 from pipeline.split import SPLITS
+from pipeline.validate import ValidationReport
 
 CODE_VERSION = "2"  # part of the cache key: bump whenever the pixel transform changes
 _KEY_FIELDS = ("size", "color", "fit", "clahe", "denoise")
@@ -198,13 +199,13 @@ def load_image(path: Path, preprocessing: PreprocessParams) -> np.ndarray:
     return prepare_image(path, preprocessing).astype(np.float32) / 255.0
 
 
-def cache_key(params: Params, ws: Workspace) -> str:
+def cache_key(params: Params, validated: ValidationReport) -> str:
     """Hash of what the shards depend on: the split table (paths, labels, splits, content sha256),
     the pixel-affecting params, the class list and the code version.
 
     Args:
         params: The run's params.
-        ws: The workspace (outputs/validate/splits.csv is hashed).
+        validated: The validate step's report (its split table is hashed).
 
     Returns:
         The md5 hex digest.
@@ -212,7 +213,7 @@ def cache_key(params: Params, ws: Workspace) -> str:
     preprocessing = params.preprocess.model_dump(mode="json")
     spec = {"code": CODE_VERSION, "labels": params.validate_.labels, "shard_size": preprocessing["shard_size"],
             "pixels": {k: preprocessing[k] for k in _KEY_FIELDS},
-            "splits": hashlib.md5((ws.out / "validate" / "splits.csv").read_bytes()).hexdigest()}
+            "splits": hashlib.md5(validated.splits_csv.read_bytes()).hexdigest()}
     return hashlib.md5(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
@@ -313,23 +314,24 @@ def write_split(paths: list[Path], labels: np.ndarray, name: str, folder: Path, 
             "sum": sum(s for s, _ in sums), "sumsq": sum(q for _, q in sums)}
 
 
-def run_step(params: Params, ws: Workspace, mapper: Mapper = map) -> PreprocessResult:
+def run_step(params: Params, ws: Workspace, validated: ValidationReport, mapper: Mapper = map) -> PreprocessResult:
     """Preprocess the validated images, split as validation decided, into uint8 shards in outputs/preprocess
     (nothing recomputed when the cache key matches what is there). Shards go through `mapper` when one is
     given (a Dask cluster: flows/data.py).
 
     Args:
         params: The run's params.
-        ws: The workspace.
+        ws: The workspace (the data root; writes outputs/preprocess).
+        validated: The validate step's report (its split table).
         mapper: Maps write_shard over the shards.
 
     Returns:
         Where the shards are, the split sizes, classes, cache key, whether cached, and the train mean/std.
     """
-    folder, preprocessing, key = ws.out / "preprocess", params.preprocess, cache_key(params, ws)
+    folder, preprocessing, key = ws.out / "preprocess", params.preprocess, cache_key(params, validated)
     if is_current(folder, key):
         return _result(folder, cached=True)
-    manifest = pd.read_csv(ws.out / "validate" / "splits.csv", dtype=str, keep_default_na=False)
+    manifest = validated.split_table()
     classes = list(params.validate_.labels)
     with replace_dir(folder) as tmp:  # a crash leaves the old shards (or none), never a half-written set
         splits = {s: write_split([ws.data_root / p for p in part["path"]],
@@ -343,6 +345,25 @@ def run_step(params: Params, ws: Workspace, mapper: Mapper = map) -> PreprocessR
                 "mean": mean, "std": std, "splits": splits}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return _result(folder, cached=False)
+
+
+def load_result(ws: Workspace) -> PreprocessResult:
+    """Read back what the preprocess step wrote (for a step run on its own, e.g. by DVC).
+
+    Args:
+        ws: The workspace (reads outputs/preprocess/meta.json).
+
+    Returns:
+        The result, as run_step returned it for cached shards.
+
+    Raises:
+        MedpipeError: The data have not been preprocessed in this workspace.
+    """
+    folder = ws.out / "preprocess"
+    try:
+        return _result(folder, cached=True)
+    except (OSError, KeyError, ValueError):
+        raise MedpipeError(folder, "no preprocessed shards: run `medpipe stage preprocess` first") from None
 
 
 def _result(folder: Path, cached: bool) -> PreprocessResult:

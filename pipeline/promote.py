@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.config import LOWER_IS_BETTER, Params, PromoteParams, Workspace
 from pipeline.errors import MedpipeError
+from pipeline.register import RegisterResult
 from pipeline.registry import aliases_of
 
 log = logging.getLogger(__name__)
@@ -113,21 +114,20 @@ def test_split(params: Params, ws: Workspace) -> TestSplit:
     Raises:
         MedpipeError: The test split has not been prepared.
     """
-    import pandas as pd
+    from pipeline import preprocess, validate
+    from pipeline.shards import Shards
 
-    from pipeline.shards import Shards, read_meta
-
-    folder = ws.out / "preprocess"
     try:
-        meta, test = read_meta(folder), Shards(folder, "test")
+        prepared, validated = preprocess.load_result(ws), validate.load_result(ws)
+        test = Shards(prepared.folder, "test")
         x = test.read()
-    except (OSError, KeyError, ValueError):
-        raise MedpipeError(folder, "no prepared test split: run `medpipe run`, or `medpipe stage validate` and "
+        table = validated.split_table()
+    except (MedpipeError, OSError, KeyError, ValueError):
+        raise MedpipeError(ws.out, "no prepared test split: run `medpipe run`, or `medpipe stage validate` and "
                                    "`medpipe stage preprocess`") from None
-    table = pd.read_csv(ws.out / "validate" / "splits.csv", dtype=str, keep_default_na=False)
     files = [ws.data_root / p for p in table.loc[table["split"] == "test", "path"]]
     pixels = params.preprocess.model_dump(mode="json", include=set(PIXEL_FIELDS))
-    return TestSplit(x, test.labels, files, list(meta["classes"]), pixels)
+    return TestSplit(x, test.labels, files, list(prepared.classes), pixels)
 
 
 def score(classifier, split: TestSplit) -> dict[str, float]:
@@ -330,18 +330,18 @@ def rollback(params: Params, ws: Workspace) -> dict[str, int | None]:
     return {CHAMPION: after[CHAMPION], PREVIOUS: after.get(PREVIOUS)}
 
 
-def run_step(params: Params, ws: Workspace) -> Decision:
+def run_step(params: Params, ws: Workspace, registered: RegisterResult) -> Decision:
     """Gate the version the register step just made; the decision goes to outputs/promote/decision.json.
 
     Args:
         params: The project's params.
-        ws: The workspace (reads outputs/register/model_version.json).
+        ws: The workspace (the prepared test split; writes outputs/promote).
+        registered: The register step's result (the version to gate).
 
     Returns:
         The decision.
     """
-    version = json.loads((ws.out / "register" / "model_version.json").read_text())["version"]
-    decision = promote(params, ws, version)
+    decision = promote(params, ws, registered.version)
     write_decision(decision, ws)
     return decision
 
@@ -385,7 +385,7 @@ def gate_version(params: Params, ws: Workspace, version: int, force: bool = Fals
         report = validate.run_step(params, ws)
         if not report.success:
             raise validate.failure(report, ws.data_root)
-        preprocess.run_step(params, ws)
+        preprocess.run_step(params, ws, report)
         decision = promote(params, ws, version, force)
         write_decision(decision, ws)
     return decision

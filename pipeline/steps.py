@@ -23,14 +23,16 @@ class Step:
 
     Attributes:
         name: The step's name (task, DVC stage and `medpipe stage` argument).
-        module: The library module holding its `run_step(params, workspace)`.
+        module: The library module holding its `run_step(params, workspace, *results)` and, when a later step
+            reads its outputs, `load_result(workspace)`.
         params: The params.yaml keys it reads (DVC params: a section or a dotted key).
-        inputs: What it reads: `data` or earlier steps' outputs (paths relative to the project).
+        inputs: What it reads: `data` or earlier steps' outputs (paths relative to the project; DVC deps).
         outputs: What it writes (relative to the project).
         cached: Whether DVC caches its outputs (False: recorded in dvc.lock only).
         metrics: A metrics file it writes (DVC metrics), if any.
         note: A one-line comment for dvc.yaml.
         files: Library files it runs without importing them (the models-from-code file it logs).
+        after: The earlier steps whose typed results `run_step` receives, in its argument order.
     """
 
     name: str
@@ -42,11 +44,37 @@ class Step:
     metrics: str | None = None
     note: str = ""
     files: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
 
     @property
     def run(self) -> Callable[..., Any]:
-        """The step's `run_step` function (its module is imported on first use)."""
+        """The step's `run_step(params, workspace, *results)` (its module is imported on first use)."""
         return importlib.import_module(f"{PACKAGE}.{self.module}").run_step
+
+    def load(self, ws: Any) -> Any:
+        """The result this step wrote in a workspace, read back (its module's `load_result`).
+
+        Args:
+            ws: The workspace.
+
+        Returns:
+            The step's typed result.
+        """
+        return importlib.import_module(f"{PACKAGE}.{self.module}").load_result(ws)
+
+    def stage(self, params: Any, ws: Any, **options: Any) -> Any:
+        """Run the step on its own (`medpipe stage`, a DVC stage): the results of the steps it comes
+        after are read back from the workspace, where those steps wrote them.
+
+        Args:
+            params: The project's params.
+            ws: The workspace.
+            **options: Keyword options of its run_step (e.g. `resume` for train).
+
+        Returns:
+            The step's typed result.
+        """
+        return self.run(params, ws, *(step(name).load(ws) for name in self.after), **options)
 
     def code(self) -> list[str]:
         """The library files this step runs: its module and every module it imports, transitively."""
@@ -61,18 +89,20 @@ STEPS: tuple[Step, ...] = (
     Step("preprocess", "preprocess",
          ("preprocess.size", "preprocess.color", "preprocess.fit", "preprocess.clahe", "preprocess.denoise",
           "preprocess.shard_size", "validate.labels"),
-         ("data", "outputs/validate"), ("outputs/preprocess",)),
-    Step("balance", "balance", ("balance",), ("outputs/preprocess",), ("outputs/balance",)),
+         ("data", "outputs/validate"), ("outputs/preprocess",), after=("validate",)),
+    Step("balance", "balance", ("balance",), ("outputs/preprocess",), ("outputs/balance",), after=("preprocess",)),
     Step("train", "train", ("model", "train", "balance.augment", "preprocess.normalize"),
-         ("outputs/balance", "outputs/preprocess"), ("outputs/train",),
-         note="`medpipe stage train --resume` continues an interrupted run"),
+         ("outputs/balance", "outputs/preprocess", "outputs/validate"), ("outputs/train",),
+         note="`medpipe stage train --resume` continues an interrupted run",
+         after=("validate", "preprocess", "balance")),
     Step("evaluate", "evaluate", ("evaluate", "validate.near_duplicates"),
          ("outputs/preprocess", "outputs/train", "outputs/validate"), ("outputs/evaluate",), cached=False,
-         metrics="outputs/metrics.json"),
-    Step("register", "register", ("register",), ("outputs/train", "outputs/metrics.json"), ("outputs/register",),
-         cached=False, files=("pipeline/served_model.py",)),
+         metrics="outputs/metrics.json", after=("validate", "preprocess", "train")),
+    Step("register", "register", ("register",), ("outputs/preprocess", "outputs/train", "outputs/metrics.json"),
+         ("outputs/register",),
+         cached=False, files=("pipeline/served_model.py",), after=("preprocess", "train")),
     Step("promote", "promote", ("promote",), ("outputs/register",), ("outputs/promote",), cached=False,
-         note="@champion only if it beats the current one (params promote)"),
+         note="@champion only if it beats the current one (params promote)", after=("register",)),
 )
 
 

@@ -22,13 +22,16 @@ import numpy as np
 
 from pipeline import faults
 from pipeline.augment import augment_batch, augments
-from pipeline.balance import load_balance, load_plan
+from pipeline.balance import BalanceResult, load_plan
 from pipeline.config import AugmentParams, Params, TrainParams, Workspace
+from pipeline.errors import MedpipeError
 from pipeline.lineage import lineage_tags, weights_sha256
 from pipeline.metrics import macro_roc_auc
 from pipeline.outputs import replace_dir, swap_in
+from pipeline.preprocess import PreprocessResult
 from pipeline.registry import owner_tags, setup_tracking
 from pipeline.shards import Shards, read_meta
+from pipeline.validate import ValidationReport
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,17 @@ class TrainResult:
     weights_sha256: str
     data_md5: str
     resumed_from: int = 0
+
+    def folder(self, base: Path) -> Path:
+        """The train step's output folder: model.keras, run.json and history.json.
+
+        Args:
+            base: The project folder (model_path is relative to it).
+
+        Returns:
+            The folder.
+        """
+        return (base / self.model_path).parent
 
 
 def configure_determinism(seed: int, enabled: bool) -> None:
@@ -415,24 +429,25 @@ def new_model(params: Params, meta: dict, base: Path, steps_per_epoch: int):
     return model
 
 
-def dropped_count(report: dict) -> int:
-    """How many val/test images validation dropped as copies of others (report.json; 0 for older reports).
+def dropped_count(near_duplicates: dict) -> int:
+    """How many val/test images validation dropped as copies of others (0 for older reports).
 
     Args:
-        report: The parsed outputs/validate/report.json.
+        near_duplicates: What validation found (ValidationReport.near_duplicates, report.json's entry).
 
     Returns:
         The number dropped.
     """
-    return int(report.get("near_duplicates", {}).get("n_dropped", 0))
+    return int(near_duplicates.get("n_dropped", 0))
 
 
-def start_run(params: Params, ws: Workspace, progress: Progress):
+def start_run(params: Params, ws: Workspace, validated: ValidationReport, progress: Progress):
     """Open a new MLflow run with lineage tags and params, or reopen the resumed one (an ActiveRun).
 
     Args:
         params: The run's params.
         ws: The workspace.
+        validated: The validate step's report (its outcome is tagged, its folder logged).
         progress: Where the run stands (a run_id: reopen that run).
 
     Returns:
@@ -445,32 +460,32 @@ def start_run(params: Params, ws: Workspace, progress: Progress):
     experiment = setup_tracking(params.register_, ws.base)
     if progress.run_id:
         return mlflow.start_run(run_id=progress.run_id)
-    report = json.loads((ws.out / "validate" / "report.json").read_text())
-    tags = {**lineage_tags(params, ws), "medpipe.validation": "passed" if report["success"] else "failed",
-            "medpipe.near_duplicates_dropped": str(dropped_count(report))}
+    tags = {**lineage_tags(params, ws), "medpipe.validation": "passed" if validated.success else "failed",
+            "medpipe.near_duplicates_dropped": str(dropped_count(validated.near_duplicates))}
     name = f"{params.model.name}-data-{tags['medpipe.data_md5'][:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = mlflow.start_run(experiment_id=experiment, tags=tags, run_name=name)  # not a random (seeded) name
     # no credentials of a tracking URI (a dict in, a dict out)
     logged = cast(dict[str, Any], redact_params(params.model_dump(mode="json", by_alias=True)))
     mlflow.log_params(_flat("params", logged))
     mlflow.log_dict(logged, "params.yaml")  # the exact params (reproduce sets its own tracking_uri)
-    mlflow.log_artifacts(str(ws.out / "validate"), "validation")  # reports + the exact split
+    mlflow.log_artifacts(str(validated.folder), "validation")  # reports + the exact split
     return run
 
 
-def checkpoint_key(params: Params, ws: Workspace) -> str:
+def checkpoint_key(params: Params, prepared: PreprocessResult, balanced: BalanceResult) -> str:
     """What a checkpoint must have been made for to be resumed: these params, shards and sampling plan.
 
     Args:
         params: The run's params.
-        ws: The workspace.
+        prepared: The preprocess step's result (its cache key).
+        balanced: The balance step's result (its plan).
 
     Returns:
         "<params md5>:<preprocess cache key>:<plan md5>".
     """
-    plan = load_plan(load_balance(ws).plan)
+    plan = load_plan(balanced.plan)
     plan_md5 = hashlib.md5(plan[0].tobytes() + plan[1].tobytes()).hexdigest()
-    return f"{params.md5()}:{read_meta(ws.out / 'preprocess')['key']}:{plan_md5}"
+    return f"{params.md5()}:{prepared.key}:{plan_md5}"
 
 
 def has_checkpoint(params: Params, ws: Workspace) -> bool:
@@ -490,13 +505,17 @@ def has_checkpoint(params: Params, ws: Workspace) -> bool:
     return bool(progress.get("run_id")) and not progress.get("finished", False)
 
 
-def run_step(params: Params, ws: Workspace, resume: bool = False, callbacks: tuple = ()) -> TrainResult:
+def run_step(params: Params, ws: Workspace, validated: ValidationReport, prepared: PreprocessResult,
+             balanced: BalanceResult, resume: bool = False, callbacks: tuple = ()) -> TrainResult:
     """Train params.model on the balanced train split inside an MLflow run; with `resume`, continue from
     the last checkpoint of an interrupted run with the same inputs (else start afresh).
 
     Args:
-        params: The run's params.
-        ws: The workspace.
+        params: The run's params (all of them are logged to the run).
+        ws: The workspace (writes outputs/train and, while training, outputs/checkpoint).
+        validated: The validate step's report.
+        prepared: The preprocess step's result (the shards).
+        balanced: The balance step's result (the sampling plan, class weights).
         resume: Continue from a matching checkpoint.
         callbacks: More Keras callbacks.
 
@@ -505,10 +524,10 @@ def run_step(params: Params, ws: Workspace, resume: bool = False, callbacks: tup
     """
     import mlflow
 
-    meta, balance, training = read_meta(ws.out / "preprocess"), load_balance(ws), params.train
-    shards, plan = Shards(ws.out / "preprocess", "train"), load_plan(balance.plan)
-    val = Shards(ws.out / "preprocess", "val")
-    folder, key = ws.out / "checkpoint", checkpoint_key(params, ws)
+    meta, balance, training = read_meta(prepared.folder), balanced, params.train
+    shards, plan = Shards(prepared.folder, "train"), load_plan(balance.plan)
+    val = Shards(prepared.folder, "val")
+    folder, key = ws.out / "checkpoint", checkpoint_key(params, prepared, balanced)
     strategy, _ = configure_devices(training)  # first: GPU settings only apply before a GPU is touched
     configure_determinism(training.seed, training.determinism)
     with strategy.scope():
@@ -517,7 +536,8 @@ def run_step(params: Params, ws: Workspace, resume: bool = False, callbacks: tup
                                        Progress(key))
     resumed_from = progress.epoch
     final = ws.out / "train"
-    with start_run(params, ws, progress) as run, replace_dir(final) as out:  # an exception marks the run FAILED
+    # an exception marks the run FAILED
+    with start_run(params, ws, validated, progress) as run, replace_dir(final) as out:
         progress.run_id = run.info.run_id
         mlflow.set_tags(owner_tags())  # a killed process's run is closed as KILLED by the next command
         mlflow.log_dict({"before": balance.counts_before, "after": balance.counts_after}, "balance/class_counts.json")
@@ -533,3 +553,22 @@ def run_step(params: Params, ws: Workspace, resume: bool = False, callbacks: tup
         (out / "history.json").write_text(json.dumps(progress.history or {k: [] for k in CURVES}) + "\n")
     shutil.rmtree(folder, ignore_errors=True)  # finished: nothing left to resume
     return result
+
+
+def load_result(ws: Workspace) -> TrainResult:
+    """Read back what the train step wrote (for a step run on its own, e.g. by DVC).
+
+    Args:
+        ws: The workspace (reads outputs/train/run.json).
+
+    Returns:
+        The TrainResult run_step returned.
+
+    Raises:
+        MedpipeError: No model has been trained in this workspace.
+    """
+    path = ws.out / "train" / "run.json"
+    try:
+        return TrainResult(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        raise MedpipeError(path, "no trained model: run `medpipe stage train` first") from None

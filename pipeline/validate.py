@@ -17,7 +17,7 @@ import pandas as pd
 from pipeline import faults
 from pipeline.config import Params, PreprocessParams, ValidateParams, Workspace
 from pipeline.data import discover
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, MedpipeError
 from pipeline.limits import MB
 from pipeline.near_duplicates import find_groups, hamming, nearest_distances, to_words
 from pipeline.outputs import replace_dir
@@ -81,6 +81,24 @@ class ValidationReport:
         first = self.failed[0]
         example = f" (e.g. {first.unexpected[0]})" if first.unexpected else ""
         return f"{len(self.failed)} of {n_errors} checks failed: {first.name}{example}{warned}"
+
+    @property
+    def folder(self) -> Path:
+        """The folder holding the reports and, for readable data, the split table (splits.csv)."""
+        return Path(self.report_md).parent
+
+    @property
+    def splits_csv(self) -> Path:
+        """The split table the later steps read: path, label, patient_id, split, sha256, fingerprint."""
+        return self.folder / "splits.csv"
+
+    def split_table(self) -> pd.DataFrame:
+        """The split table, every column as text.
+
+        Returns:
+            One row per image, in the order the later steps use.
+        """
+        return pd.read_csv(self.splits_csv, dtype=str, keep_default_na=False)
 
 
 def check_labels(params: Params, data_root: Path) -> None:
@@ -592,3 +610,23 @@ def run_step(params: Params, ws: Workspace, out: Path | None = None, mapper: Map
                     tmp / DROPPED_CSV, index=False, lineterminator="\n")
         write_report(report, tmp, final, ws.data_root)
     return report
+
+
+def load_result(ws: Workspace) -> ValidationReport:
+    """Read back the report the validate step wrote (for a step run on its own, e.g. by DVC).
+
+    Args:
+        ws: The workspace (reads outputs/validate/report.json).
+
+    Returns:
+        The report, as run_step returned it.
+
+    Raises:
+        MedpipeError: The data have not been validated in this workspace.
+    """
+    path = ws.out / "validate" / "report.json"
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise MedpipeError(path, "no validation report: run `medpipe stage validate` first") from None
+    return ValidationReport(**{**raw, "checks": [Check(**c) for c in raw["checks"]]})

@@ -170,6 +170,7 @@ def test_kill_in_validate_keeps_the_last_split_and_leaves_no_server(chain):
 
 
 def test_kill_in_preprocess_leaves_complete_shards(chain):
+    from pipeline import validate
     from pipeline.config import Workspace, load_params
     from pipeline.preprocess import cache_key, is_current
 
@@ -177,8 +178,8 @@ def test_kill_in_preprocess_leaves_complete_shards(chain):
     _kill_at(chain, "preprocess.split", "run", "--force", "--set", "preprocess.shard_size=8")
     assert _state(chain, "preprocess") == before
     params = load_params(chain.project / "params.yaml")
-    assert is_current(chain.project / "outputs" / "preprocess", cache_key(params, Workspace.create(
-        params, chain.project / "params.yaml")))
+    validated = validate.load_result(Workspace.create(params, chain.project / "params.yaml"))
+    assert is_current(chain.project / "outputs" / "preprocess", cache_key(params, validated))
     _invariants(chain)
 
 

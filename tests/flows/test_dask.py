@@ -48,8 +48,9 @@ def test_local_cluster_gives_the_default_runners_outputs(tmp_path, tiny_data, pr
     shutil.copytree(tiny_data, tmp_path / "data")
     params = load_params(write_params(tmp_path, **SMALL_UNITS))
     default = Workspace(base=tmp_path, data_root=tmp_path / "data", out=tmp_path / "default")
-    assert validate.run_step(params, default).success
-    preprocess.run_step(params, default)
+    report = validate.run_step(params, default)
+    assert report.success
+    preprocess.run_step(params, default, report)
 
     on_dask = Workspace(base=tmp_path, data_root=tmp_path / "data", out=tmp_path / "dask")
 

@@ -7,6 +7,7 @@ from pipeline.config import ClaheParams, Params, PreprocessParams, Workspace
 from pipeline.errors import DataError
 from pipeline.preprocess import decode_uint8, enhance, fit_to_size, load_image, run_step
 from pipeline.shards import Shards, load_split, read_meta
+from pipeline.validate import ValidationReport
 
 
 def test_load_image_resizes_and_scales(tiny_data):
@@ -51,18 +52,19 @@ def test_clahe_lifts_contrast_and_denoising_smooths():
         assert enhance(noisy, PreprocessParams(denoise=method)).std() < 0.8 * noisy.std(), method
 
 
-def _validated(tmp_path, tiny_data, **preprocess) -> tuple[Params, Workspace]:
+def _validated(tmp_path, tiny_data, **preprocess) -> tuple[Params, Workspace, ValidationReport]:
     from pipeline import validate
 
     params = Params.model_validate({"preprocess": {"size": 16, **preprocess}})
     ws = Workspace(base=tmp_path, data_root=tiny_data, out=tmp_path / "out")
-    assert validate.run_step(params, ws).success  # validation decides the split
-    return params, ws
+    report = validate.run_step(params, ws)
+    assert report.success  # validation decides the split
+    return params, ws, report
 
 
 def test_run_step_writes_uint8_shards_and_train_statistics(tmp_path, tiny_data):
-    params, ws = _validated(tmp_path, tiny_data, shard_size=16)
-    result = run_step(params, ws)
+    params, ws, report = _validated(tmp_path, tiny_data, shard_size=16)
+    result = run_step(params, ws, report)
     assert not result.cached and sum(result.split_sizes.values()) == len(pd.read_csv(tiny_data / "manifest.csv"))
     train = Shards(result.folder, "train")
     assert len(train.files) == -(-len(train) // 16) > 1 and train.take([0]).dtype == np.uint8
@@ -75,14 +77,14 @@ def test_run_step_writes_uint8_shards_and_train_statistics(tmp_path, tiny_data):
 
 
 def test_unchanged_inputs_come_from_the_cache(tmp_path, tiny_data):
-    params, ws = _validated(tmp_path, tiny_data)
-    first = run_step(params, ws)
+    params, ws, report = _validated(tmp_path, tiny_data)
+    first = run_step(params, ws, report)
     stamp = (first.folder / "meta.json").stat().st_mtime_ns
-    again = run_step(params, ws)
+    again = run_step(params, ws, report)
     assert again.cached and again.key == first.key and (first.folder / "meta.json").stat().st_mtime_ns == stamp
     changed = params.model_copy(update={"preprocess": params.preprocess.model_copy(
         update={"clahe": ClaheParams(enabled=True)})})
-    redone = run_step(changed, ws)
+    redone = run_step(changed, ws, report)
     assert not redone.cached and redone.key != first.key
     (first.folder / "y_val.npy").unlink()  # a damaged cache is rebuilt, not trusted
-    assert not run_step(changed, ws).cached
+    assert not run_step(changed, ws, report).cached

@@ -44,11 +44,12 @@ from pathlib import Path
 import mlflow, yaml
 from pipeline.config import Workspace, load_params
 from pipeline.train import Progress, start_run
+from pipeline.validate import ValidationReport
 
 params = load_params(Path("params.yaml"), {"register.tracking_uri": sys.argv[1]})
 ws = Workspace.create(params, Path("params.yaml"))
-ws.step_dir("validate").joinpath("report.json").write_text(json.dumps({"success": True}))
-with start_run(params, ws, Progress(key="k")) as run:
+validated = ValidationReport(True, [], 0, {}, report_md=str(ws.step_dir("validate") / "report.md"))
+with start_run(params, ws, validated, Progress(key="k")) as run:
     pass
 logged = mlflow.get_run(run.info.run_id)
 artifact = yaml.safe_load(Path(mlflow.artifacts.download_artifacts(f"{run.info.artifact_uri}/params.yaml")).read_text())

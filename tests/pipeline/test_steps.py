@@ -32,3 +32,56 @@ def test_code_deps_follow_imports_inside_functions(tmp_path):
 
 def test_every_step_runs_a_run_step_function():
     assert all(callable(s.run) and s.run.__name__ == "run_step" for s in STEPS)
+
+
+def test_each_step_receives_the_results_of_the_steps_it_comes_after():
+    import inspect
+
+    names = [s.name for s in STEPS]
+    for s in STEPS:
+        params = list(inspect.signature(s.run).parameters)
+        assert params[:2] == ["params", "ws"], s.name
+        received = params[2:2 + len(s.after)]
+        assert len(received) == len(s.after) and all(names.index(a) < names.index(s.name) for a in s.after), s.name
+        for earlier in s.after:  # DVC reruns it when what it receives changes
+            assert set(step(earlier).outputs) <= set(s.inputs), (s.name, earlier)
+            assert callable(step(earlier).load), earlier
+
+
+def test_only_a_step_names_its_own_output_folder():
+    # Steps get the folders of earlier steps from their typed results, never by a guessed path.
+    import re
+
+    own = {s.module: s.name for s in STEPS}
+    for path in sorted((ROOT / "pipeline").glob("*.py")):
+        if path.stem == "steps":
+            continue
+        named = set(re.findall(r'\.out / "(\w+)"', path.read_text()))
+        allowed = {own[path.stem], "checkpoint"} if path.stem == "train" else {own.get(path.stem)}
+        assert named <= allowed, f"{path.name} names {sorted(named - allowed)}"
+
+
+def test_load_result_reads_back_what_each_step_returned(tmp_path, tiny_data):
+    from pipeline import balance, preprocess, validate
+    from pipeline.config import Params, Workspace
+
+    params = Params.model_validate({"preprocess": {"size": 16}})
+    ws = Workspace(base=tmp_path, data_root=tiny_data, out=tmp_path / "outputs")
+    validated = validate.run_step(params, ws)
+    prepared = preprocess.run_step(params, ws, validated)
+    balanced = step("balance").stage(params, ws)  # its input read back from outputs/preprocess
+    assert step("validate").load(ws) == validated and step("balance").load(ws) == balanced
+    assert step("preprocess").load(ws) == prepared.__class__(**{**prepared.__dict__, "cached": True})
+    assert balanced == balance.run_step(params, ws, prepared)
+    assert len(validated.split_table()) == sum(prepared.split_sizes.values())
+
+
+def test_a_step_run_alone_before_its_inputs_exist_says_which_to_run(tmp_path, tiny_data):
+    import pytest
+
+    from pipeline.config import Params, Workspace
+    from pipeline.errors import MedpipeError
+
+    ws = Workspace(base=tmp_path, data_root=tiny_data, out=tmp_path / "outputs")
+    with pytest.raises(MedpipeError, match="run `medpipe stage validate` first"):
+        step("preprocess").stage(Params(), ws)

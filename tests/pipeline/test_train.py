@@ -14,17 +14,18 @@ from pipeline.train import configure_determinism, configure_devices, learning_ra
 TRAIN = {"epochs": 4, "batch_size": 16, "min_epochs": 0, "patience": 10, "schedule": "cosine"}
 
 
-def _workspace(tmp_path, tiny_data, **sections) -> tuple[Params, Workspace]:
-    """A workspace with validate, preprocess and balance done on the tiny data; MLflow in tmp_path."""
+def _workspace(tmp_path, tiny_data, **sections) -> tuple[Params, Workspace, tuple]:
+    """A workspace with validate, preprocess and balance done on the tiny data, and their results
+    (train's inputs); MLflow in tmp_path."""
     raw = {"preprocess": {"size": 24}, "train": TRAIN,
            "register": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifact_root": str(tmp_path / "art")},
            **sections}
     params = Params.model_validate(raw)
     ws = Workspace(base=tmp_path, data_root=tiny_data, out=tmp_path / "out")
-    assert validate.run_step(params, ws).success
-    preprocess.run_step(params, ws)
-    balance.run_step(params, ws)
-    return params, ws
+    validated = validate.run_step(params, ws)
+    assert validated.success
+    prepared = preprocess.run_step(params, ws, validated)
+    return params, ws, (validated, prepared, balance.run_step(params, ws, prepared))
 
 
 def _batches(dataset, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -32,9 +33,9 @@ def _batches(dataset, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def test_each_epoch_is_a_function_of_seed_and_epoch(tmp_path, tiny_data):
-    params, ws = _workspace(tmp_path, tiny_data)
-    shards = Shards(ws.out / "preprocess", "train")
-    plan = balance.load_plan(ws.out / "balance" / "plan.npz")
+    params, ws, (_, prepared, balanced) = _workspace(tmp_path, tiny_data)
+    shards = Shards(prepared.folder, "train")
+    plan = balance.load_plan(balanced.plan)
     tp, ap = params.train, params.balance.augment
     full, steps = train_dataset(shards, plan, 3, tp, ap)
     batches = _batches(full, 3 * steps)
@@ -104,15 +105,15 @@ def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, tiny_dat
     import mlflow
 
     model = {"name": "resnet_small", "dropout": 0.3}  # batch norm, dropout, augmentation, cosine schedule
-    params, ws = _workspace(tmp_path / "a", tiny_data, model=model)
-    whole = run_step(params, ws)
+    params, ws, inputs = _workspace(tmp_path / "a", tiny_data, model=model)
+    whole = run_step(params, ws, *inputs)
     history = json.loads((ws.out / "train" / "history.json").read_text())
 
-    params, ws = _workspace(tmp_path / "b", tiny_data, model=model)
+    params, ws, inputs = _workspace(tmp_path / "b", tiny_data, model=model)
     with pytest.raises(_Interrupt):
-        run_step(params, ws, callbacks=(_interrupt_after(2),))
+        run_step(params, ws, *inputs, callbacks=(_interrupt_after(2),))
     assert json.loads((ws.out / "checkpoint" / "progress.json").read_text())["epoch"] == 2
-    resumed = run_step(params, ws, resume=True)
+    resumed = run_step(params, ws, *inputs, resume=True)
     assert resumed.resumed_from == 2 and resumed.epochs_run == whole.epochs_run == 4
     assert resumed.weights_sha256 == whole.weights_sha256
     assert json.loads((ws.out / "train" / "history.json").read_text()) == history
