@@ -12,6 +12,8 @@ OFFLINE_DEFAULTS: dict[str, str] = {
     # The ephemeral Prefect server can take > 20 s to start on a loaded 2-core machine.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "TF_CPP_MIN_LOG_LEVEL": "3",
+    # No "Downloading artifacts" progress bars in logs (the gate and evaluation read artifacts back).
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     # OpenCV's own pixel limit, read once when cv2 loads: the backstop behind pipeline.limits' header checks,
     # for formats whose header medpipe does not read (BMP, TIFF, WebP...). 2**28 = 16384^2 (OpenCV: 2**30);
     # raise it with preprocess.max_pixels beyond that.

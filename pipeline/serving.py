@@ -13,6 +13,7 @@ a cap, or undecodable) is a 400 naming the row and the reason.
 import base64
 import binascii
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -230,10 +231,12 @@ def log_pyfunc(keras_path: Path, classes: list[str], preprocessing: PreprocessPa
     signature = ModelSignature(Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
                                Schema([ColSpec(DataType.string, "label"),
                                        *[ColSpec(DataType.double, c) for c in classes]]))
-    return mlflow.pyfunc.log_model(name="model", python_model=str(Path(__file__).with_name("served_model.py")),
-                                   artifacts={"keras_model": str(keras_path), "config": str(config)},
-                                   code_paths=[str(Path(__file__).parent)], signature=signature,
-                                   input_example=pd.DataFrame({INPUT_COLUMN: [example]}), **kwargs)
+    with warnings.catch_warnings():  # the signature above is explicit: no type hints needed to infer one
+        warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
+        return mlflow.pyfunc.log_model(name="model", python_model=str(Path(__file__).with_name("served_model.py")),
+                                       artifacts={"keras_model": str(keras_path), "config": str(config)},
+                                       code_paths=[str(Path(__file__).parent)], signature=signature,
+                                       input_example=pd.DataFrame({INPUT_COLUMN: [example]}), **kwargs)
 
 
 def predict_files(classifier, paths: list[Path]) -> list[dict]:
