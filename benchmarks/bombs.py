@@ -7,6 +7,10 @@ that reports its own peak RSS (getrusage ru_maxrss). Prints one JSON object per 
 Goal: every case <= 1 GiB. Usage: python benchmarks/bombs.py
 """
 
+from pipeline import configure_offline
+
+configure_offline()  # medpipe's offline defaults, before Prefect, MLflow, DVC, GX, TF or OpenCV load
+
 import json
 import resource
 import subprocess

@@ -11,6 +11,10 @@ task runs: the temporary one starts unless PREFECT_API_URL names one.
 Prints one JSON object (see docs/benchmarks.md). Usage: python benchmarks/dask_steps.py [--images 5000]
 """
 
+from pipeline import configure_offline
+
+configure_offline()  # medpipe's offline defaults, before Prefect, MLflow, DVC, GX, TF or OpenCV load
+
 import argparse
 import json
 import os

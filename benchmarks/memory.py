@@ -7,6 +7,10 @@ reported. The goal (docs/benchmarks.md) is on preprocess and the training epoch:
 Prints one JSON object per line. Usage: python benchmarks/memory.py [--images 100000] [--size 128]
 """
 
+from pipeline import configure_offline
+
+configure_offline()  # medpipe's offline defaults, before Prefect, MLflow, DVC, GX, TF or OpenCV load
+
 import argparse
 import json
 import os

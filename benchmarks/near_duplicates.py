@@ -5,6 +5,10 @@ Prints one JSON object per line (see docs/benchmarks.md). Needs /work/shared/dat
 Usage: python benchmarks/near_duplicates.py [--every 10] [--n 100000]
 """
 
+from pipeline import configure_offline
+
+configure_offline()  # medpipe's offline defaults, before Prefect, MLflow, DVC, GX, TF or OpenCV load
+
 import argparse
 import json
 import time

@@ -10,6 +10,10 @@ Prints one JSON object per line (see docs/benchmarks.md).
 Usage: python benchmarks/preprocess.py [--images 5000] [--source 256] [--size 64]
 """
 
+from pipeline import configure_offline
+
+configure_offline()  # medpipe's offline defaults, before Prefect, MLflow, DVC, GX, TF or OpenCV load
+
 import argparse
 import json
 import os

@@ -3,6 +3,10 @@
 Prints one JSON object per line (see docs/benchmarks.md). Usage: python benchmarks/scan.py [--images N]
 """
 
+from pipeline import configure_offline
+
+configure_offline()  # medpipe's offline defaults, before Prefect, MLflow, DVC, GX, TF or OpenCV load
+
 import argparse
 import hashlib
 import json

@@ -9,6 +9,10 @@ Prints one JSON object per line (see docs/benchmarks.md).
 Usage: python benchmarks/training.py [--images 20000] [--size 28] [--batch 128] [--epochs 4]
 """
 
+from pipeline import configure_offline
+
+configure_offline()  # medpipe's offline defaults, before Prefect, MLflow, DVC, GX, TF or OpenCV load
+
 import argparse
 import json
 import os

@@ -2,6 +2,10 @@
 plain pandas (the baseline). Prints one JSON object per line. Usage: python benchmarks/validate.py [--rows N]
 """
 
+from pipeline import configure_offline
+
+configure_offline()  # medpipe's offline defaults, before Prefect, MLflow, DVC, GX, TF or OpenCV load
+
 import argparse
 import json
 import os

@@ -24,7 +24,9 @@ os.environ["GIT_CONFIG_GLOBAL"] = str(_SANDBOX / "home" / ".gitconfig")
 os.environ.update(GIT_AUTHOR_NAME="medpipe tests", GIT_AUTHOR_EMAIL="tests@medpipe.invalid",
                   GIT_COMMITTER_NAME="medpipe tests", GIT_COMMITTER_EMAIL="tests@medpipe.invalid")
 
-import pipeline  # noqa: E402, F401  (sets the offline defaults)
+from pipeline import configure_offline  # noqa: E402
+
+configure_offline()  # as the command and the flows do, before any tool loads
 from tests.helpers import TINY_PATIENTS, TINY_SIZE, write_params  # noqa: E402
 
 # Registered before Prefect's own exit hooks, so it runs after them (atexit is last-in, first-out).

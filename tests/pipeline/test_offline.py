@@ -9,18 +9,31 @@ import tomllib
 from tests.helpers import REPO
 
 
-def test_importing_medpipe_switches_telemetry_off_without_overriding_the_user():
-    code = ("import os, pipeline; print(os.environ['MLFLOW_DISABLE_TELEMETRY'], os.environ['DVC_NO_ANALYTICS'], "
-            "os.environ['GX_ANALYTICS_ENABLED'], os.environ['PREFECT_SERVER_ANALYTICS_ENABLED'], "
-            "os.environ['DO_NOT_TRACK'])")
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_DISABLE_TELEMETRY", "DVC_NO_ANALYTICS",
-                                                            "GX_ANALYTICS_ENABLED", "DO_NOT_TRACK",
-                                                            "PREFECT_SERVER_ANALYTICS_ENABLED")}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO)
-    assert out.stdout.split() == ["true", "1", "false", "false", "true"]
+TELEMETRY = ("MLFLOW_DISABLE_TELEMETRY", "DVC_NO_ANALYTICS", "GX_ANALYTICS_ENABLED", "PREFECT_SERVER_ANALYTICS_ENABLED",
+             "DO_NOT_TRACK")
+
+
+def _child(code: str, env: dict) -> str:
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO).stdout
+
+
+def test_the_command_and_the_flows_switch_telemetry_off_without_overriding_the_user():
+    env = {k: v for k, v in os.environ.items() if k not in TELEMETRY}
+    show = "print(*(os.environ[k] for k in %r))" % (TELEMETRY,)
+    for entry in ("cli", "flows"):  # `medpipe ...`; Prefect workers and deployments
+        assert _child(f"import os, {entry}; {show}", env).split() == ["true", "1", "false", "false", "true"], entry
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "123"
-    code = "import os, pipeline; print(os.environ['PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS'])"
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "123"
+    code = "import os, cli; print(os.environ['PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS'])"
+    assert _child(code, env).strip() == "123"
+
+
+def test_importing_the_library_changes_no_environment():
+    from pipeline._env import OFFLINE_DEFAULTS
+
+    env = {k: v for k, v in os.environ.items() if k not in OFFLINE_DEFAULTS}
+    code = ("import os; before = dict(os.environ); import pipeline, pipeline.steps, pipeline.preprocess, pipeline.autoparams; "
+            "print(dict(os.environ) == before)")
+    assert _child(code, env).strip() == "True"
 
 
 def test_project_config_files_switch_analytics_off():
