@@ -10,6 +10,10 @@ models), and the published MedMNIST v2 baselines beside them. Needs ../shared/da
 Prints one JSON object per line. Usage: python benchmarks/medmnist.py [--seeds 0 1 2] [--set KEY=VALUE ...]
 """
 
+from pipeline import configure_offline
+
+configure_offline()  # medpipe's offline defaults, before Prefect, MLflow, DVC, GX, TF or OpenCV load
+
 import argparse
 import json
 import os
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.autoparams import resolve
 from pipeline.config import Workspace, load_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +53,7 @@ def run_once(data: Path, labels: list[str], seed: int, settings: dict[str, str],
                  "register.artifact_root": str(work / "artifacts")}
     params = load_params(REPO / "params.yaml", overrides)
     ws = Workspace(base=work, data_root=data, out=work / "outputs")
+    params = resolve(params, data).params  # colour `auto`
     validated = validate.run_step(params, ws)
     if not validated.success:
         raise SystemExit(f"{data}: validation failed (see {work}/outputs/validate/report.md)")

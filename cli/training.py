@@ -40,10 +40,12 @@ def run(data: Annotated[Path | None, typer.Option(help="Data root holding manife
     if data is not None and not data.is_dir():  # before any server starts
         raise ConfigError(data, f"data folder not found (looked in {data.resolve().parent})")
     check_scheduler(config.dask)  # and on a Dask scheduler that does not answer
+    from pipeline.autoparams import labels_from_data, resolve
     from pipeline.config import Workspace
-    from pipeline.validate import check_labels
 
-    check_labels(config, Workspace.create(config, params, data).data_root)  # another task's classes: say so now
+    # another task's classes: say so now (the flow decides labels and colour `auto` again, as it must
+    # for scheduled runs; it is cheap)
+    resolve(config, Workspace.create(config, params, data).data_root, labels_from_data(data is not None, overrides))
     from pipeline.watchdog import guard_descendants
 
     # a killed run takes Prefect's temporary server (and any Dask cluster) with it, and its MLflow run is
@@ -83,11 +85,13 @@ def validate(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv 
              ) -> None:
     """Validate a data set with Great Expectations; exit 1 if any error check fails."""
     from pipeline import validate as step
+    from pipeline.autoparams import labels_from_data, resolve
     from pipeline.config import Workspace, load_params
 
-    p = load_params(params, parse_overrides(set_))
+    overrides = parse_overrides(set_)
+    p = load_params(params, overrides)
     ws = Workspace.create(p, params, data)
-    step.check_labels(p, ws.data_root)
+    p = resolve(p, ws.data_root, labels_from_data(True, overrides)).params
     report = step.run_step(p, ws, report_dir or ws.out / "reports" / ws.data_root.name)
     for check in report.warnings:
         err_console.print(f"warning: {check.name}: {'; '.join(check.unexpected[:3])}", markup=False, soft_wrap=True)

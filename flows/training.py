@@ -9,7 +9,7 @@ from prefect.states import Failed
 
 from flows.data import run_on_dask
 from flows.promotion import promotion_flow
-from pipeline import lineage, preprocess, promote, registry, train, validate
+from pipeline import autoparams, lineage, preprocess, promote, registry, train, validate
 from pipeline.config import Params, Workspace, load_params
 from pipeline.errors import DataError, MedpipeError
 from pipeline.lock import project_lock
@@ -81,9 +81,11 @@ def training_flow(params_file: str = "params.yaml", data: str | None = None,
     ws = Workspace.create(params, Path(params_file), Path(data) if data else None)
     with project_lock(ws.base):
         try:
+            # labels and colour `auto` (or --data without pinned labels): decided before anything is hashed
+            params = autoparams.resolve(params, ws.data_root, autoparams.labels_from_data(data is not None,
+                                                                                          overrides)).params
             recover_task(params, ws)
             registry.check_task(params, ws)
-            validate.check_labels(params, ws.data_root)
             resuming = resume and train.has_checkpoint(params, ws)
             if resume and not resuming:
                 print("nothing to resume (no checkpoint of an interrupted run): training afresh")

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipeline.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
+AUTO = "auto"  # validate.labels and preprocess.color: found in the data when a run opens it (pipeline.autoparams)
 
 
 class Section(BaseModel):
@@ -49,7 +50,7 @@ class NearDuplicateParams(Section):
 class ValidateParams(Section):
     """Data-validation thresholds."""
 
-    labels: list[str] = ["normal", "nodule", "effusion"]
+    labels: list[str] | Literal["auto"] = ["normal", "nodule", "effusion"]  # auto: the classes the data hold
     min_per_class: int = Field(5, ge=1)
     blank_std: float = Field(1.0, ge=0)       # intensity std (0-255 scale) below this is blank ...
     blank: Literal["error", "warning"] = "error"  # ... and stops the flow, or is only recorded
@@ -58,6 +59,17 @@ class ValidateParams(Section):
     exact_duplicates: Literal["error", "drop"] = "error"  # same bytes across fixed splits: stop, or drop val/test
     # copies
     near_duplicates: NearDuplicateParams = NearDuplicateParams()
+
+    @property
+    def classes(self) -> list[str]:
+        """The class names, in class-index order.
+
+        Raises:
+            ConfigError: `labels` is still `auto` (pipeline.autoparams.resolve replaces it).
+        """
+        if self.labels == AUTO:
+            raise ConfigError("validate.labels", "'auto' must be resolved from the data before use")
+        return list(self.labels)
 
 
 class SplitRatios(Section):
@@ -86,7 +98,7 @@ class PreprocessParams(Section):
     """Image geometry, colour, quality fixes, normalisation; the patient-grouped split; the shard cache."""
 
     size: int = Field(64, ge=8, le=1024)
-    color: Literal["gray", "rgb"] = "gray"
+    color: Literal["gray", "rgb", "auto"] = "gray"  # auto: RGB when the images carry colour (params.yaml's choice)
     fit: Literal["pad", "crop", "stretch"] = "pad"   # keep aspect and pad, keep aspect and centre-crop, or squash
     clahe: ClaheParams = ClaheParams()
     denoise: Literal["none", "median", "bilateral", "nlmeans"] = "none"
@@ -102,7 +114,13 @@ class PreprocessParams(Section):
 
     @property
     def channels(self) -> int:
-        """Channels of the model input: 1 (gray) or 3 (RGB)."""
+        """Channels of the model input: 1 (gray) or 3 (RGB).
+
+        Raises:
+            ConfigError: `color` is still `auto` (pipeline.autoparams.resolve replaces it).
+        """
+        if self.color == AUTO:
+            raise ConfigError("preprocess.color", "'auto' must be resolved from the data before use")
         return 1 if self.color == "gray" else 3
 
 

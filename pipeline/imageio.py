@@ -16,6 +16,7 @@ from pipeline.errors import ImageError
 from pipeline.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, MB, check_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
+CHROMA_MIN = 4 / 255  # mean (max - min channel) above which an image carries colour, not gray stored as RGB
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,21 @@ def read_image(path: Path, salt: bytes = b"", data: bytes | None = None, max_pix
     if path.suffix.lower() == ".dcm":
         return read_dicom(path, salt, data, max_pixels, max_bytes)
     return read_raster(path, data, max_pixels, max_bytes)
+
+
+def chroma(pixels: np.ndarray) -> float:
+    """How much colour an image carries: the mean over pixels of its largest minus its smallest channel.
+
+    Args:
+        pixels: (h, w) or (h, w, c) in [0, 1].
+
+    Returns:
+        0 for one channel; near 0 for gray stored as RGB; larger for coloured images.
+    """
+    if pixels.ndim < 3 or pixels.shape[2] < 3:
+        return 0.0
+    rgb = pixels[:, :, :3]
+    return float((rgb.max(axis=2) - rgb.min(axis=2)).mean())
 
 
 def to_gray(pixels: np.ndarray) -> np.ndarray:

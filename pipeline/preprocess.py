@@ -211,7 +211,7 @@ def cache_key(params: Params, validated: ValidationReport) -> str:
         The md5 hex digest.
     """
     preprocessing = params.preprocess.model_dump(mode="json")
-    spec = {"code": CODE_VERSION, "labels": params.validate_.labels, "shard_size": preprocessing["shard_size"],
+    spec = {"code": CODE_VERSION, "labels": params.validate_.classes, "shard_size": preprocessing["shard_size"],
             "pixels": {k: preprocessing[k] for k in _KEY_FIELDS},
             "splits": hashlib.md5(validated.splits_csv.read_bytes()).hexdigest()}
     return hashlib.md5(json.dumps(spec, sort_keys=True).encode()).hexdigest()
@@ -332,7 +332,7 @@ def run_step(params: Params, ws: Workspace, validated: ValidationReport, mapper:
     if is_current(folder, key):
         return _result(folder, cached=True)
     manifest = validated.split_table()
-    classes = list(params.validate_.labels)
+    classes = params.validate_.classes
     with replace_dir(folder) as tmp:  # a crash leaves the old shards (or none), never a half-written set
         splits = {s: write_split([ws.data_root / p for p in part["path"]],
                                  part["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(), s,

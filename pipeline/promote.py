@@ -377,9 +377,11 @@ def gate_version(params: Params, ws: Workspace, version: int, force: bool = Fals
         DataError: The current data fail validation.
     """
     from pipeline import preprocess, validate
+    from pipeline.autoparams import resolve
     from pipeline.lock import project_lock
     from pipeline.registry import close_orphaned_runs
 
+    params = resolve(params, ws.data_root).params
     with project_lock(ws.base, say=say):
         close_orphaned_runs(params.register_, ws.base, say=say)
         report = validate.run_step(params, ws)

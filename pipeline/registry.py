@@ -364,7 +364,7 @@ def check_task(params: Params, ws: Workspace) -> None:
     if number is None:
         return
     champion = client.get_model_version(name, str(number))
-    mine = {"classes": list(params.validate_.labels)}
+    mine = {"classes": params.validate_.classes}
     conflict = signature_conflict(mine, version_signature(champion), int(champion.version), name)
     if conflict:
         raise ConfigError("register.model_name", f"this run {conflict}")

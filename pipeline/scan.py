@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import cv2
 
 from pipeline.errors import ImageError
-from pipeline.imageio import read_image, to_gray
+from pipeline.imageio import chroma, read_image, to_gray
 from pipeline.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, MB, check_size
 from pipeline.near_duplicates import find_groups, fingerprint
 
@@ -50,6 +50,7 @@ class ScanRow(NamedTuple):
     error: str
     patient_key: str
     fingerprint: str  # perceptual hash of the decoded pixels (pipeline.near_duplicates), "" when unreadable
+    chroma: float = 0.0  # how much colour it carries (pipeline.imageio.chroma); 0 for one channel
 
 
 COLUMNS = list(ScanRow._fields)
@@ -145,7 +146,7 @@ def scan_file(root: Path, rel: str, salt: bytes, max_pixels: int = DEFAULT_MAX_P
     blur = float(cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_32F))[1][0, 0] ** 2)  # variance of the Laplacian
     h, w = image.pixels.shape[:2]
     return ScanRow(rel, size, mtime, sha, w, h, image.channels, image.bit_depth, mean, std, blur, True, "",
-                   image.patient_key or "", fingerprint(gray) if with_fingerprint else "")
+                   image.patient_key or "", fingerprint(gray) if with_fingerprint else "", chroma(image.pixels))
 
 
 def scan_chunk(args: tuple) -> list[ScanRow]:

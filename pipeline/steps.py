@@ -63,8 +63,9 @@ class Step:
         return importlib.import_module(f"{PACKAGE}.{self.module}").load_result(ws)
 
     def stage(self, params: Any, ws: Any, **options: Any) -> Any:
-        """Run the step on its own (`medpipe stage`, a DVC stage): the results of the steps it comes
-        after are read back from the workspace, where those steps wrote them.
+        """Run the step on its own (`medpipe stage`, a DVC stage): labels and colour `auto` are decided
+        from the data as a whole run decides them, and the results of the steps it comes after are read
+        back from the workspace, where those steps wrote them.
 
         Args:
             params: The project's params.
@@ -74,11 +75,15 @@ class Step:
         Returns:
             The step's typed result.
         """
+        from pipeline.autoparams import resolve
+
+        params = resolve(params, ws.data_root).params
         return self.run(params, ws, *(step(name).load(ws) for name in self.after), **options)
 
     def code(self) -> list[str]:
-        """The library files this step runs: its module and every module it imports, transitively."""
-        return sorted({*code_deps(f"{PACKAGE}.{self.module}"), *self.files})
+        """The library files this step runs: its module and every module it imports, transitively, and
+        pipeline.autoparams with its imports (`stage` decides labels and colour `auto` with it)."""
+        return sorted({*code_deps(f"{PACKAGE}.{self.module}"), *code_deps(f"{PACKAGE}.autoparams"), *self.files})
 
 
 STEPS: tuple[Step, ...] = (

@@ -17,7 +17,8 @@ import pandas as pd
 from pipeline import faults
 from pipeline.config import Params, PreprocessParams, ValidateParams, Workspace
 from pipeline.data import discover
-from pipeline.errors import ConfigError, DataError, MedpipeError
+from pipeline.errors import DataError, MedpipeError
+from pipeline.imageio import CHROMA_MIN
 from pipeline.limits import MB
 from pipeline.near_duplicates import find_groups, hamming, nearest_distances, to_words
 from pipeline.outputs import replace_dir
@@ -48,6 +49,7 @@ class ValidationReport:
     class_counts: dict[str, int]
     report_md: str = ""
     near_duplicates: dict = field(default_factory=dict)  # what near_duplicate_summary found (report.json)
+    color: str = ""  # the colour the images are trained in (preprocess.color, resolved)
 
     @property
     def failed(self) -> list[Check]:
@@ -99,30 +101,6 @@ class ValidationReport:
             One row per image, in the order the later steps use.
         """
         return pd.read_csv(self.splits_csv, dtype=str, keep_default_na=False)
-
-
-def check_labels(params: Params, data_root: Path) -> None:
-    """Refuse, before any work, data whose classes share none with `validate.labels` (another task's params).
-
-    A few unknown labels among known ones are left to the checks, which name each file.
-
-    Args:
-        params: The run's params.
-        data_root: The data set (manifest.csv or a folder per class).
-
-    Raises:
-        ConfigError: One line listing the pinned and the found classes and the `--set` that fixes it.
-    """
-    try:
-        manifest, empty = discover(data_root)
-    except DataError:
-        return  # unreadable data: validation reports them, naming the file
-    found = sorted({*manifest["label"].astype(str), *empty})
-    pinned = list(params.validate_.labels)
-    if found and not set(found) & set(pinned):
-        raise ConfigError("validate.labels", f"params pin the classes {', '.join(pinned)} but {data_root} holds "
-                          f"{', '.join(found)}: run with --set validate.labels={','.join(found)} (or set them in "
-                          "params.yaml)")
 
 
 def failure(report: "ValidationReport", data_root: Path) -> DataError:
@@ -189,6 +167,27 @@ def carved_check(published: pd.Series, images: pd.DataFrame) -> list[Check]:
         f"the manifest has no val rows: {len(carved)} of its train images ({carved['patient_id'].nunique()} "
         "patients, whole patients and copies together, stratified by label, seeded by preprocess.seed) "
         "are the validation split"], severity="warning")]
+
+
+def color_check(images: pd.DataFrame, preprocessing: PreprocessParams) -> list[Check]:
+    """A warning when gray training would throw the colour of most images away (else none).
+
+    Args:
+        images: The image table (its scan `chroma` column).
+        preprocessing: The preprocess params (color, resolved).
+
+    Returns:
+        One warning check with the share of images that carry colour, or [].
+    """
+    from pipeline.autoparams import COLOR_SHARE
+
+    readable = images[images["readable"]]
+    colored = int((readable["chroma"] > CHROMA_MIN).sum())
+    if preprocessing.color != "gray" or not len(readable) or colored < COLOR_SHARE * len(readable):
+        return []
+    return [Check("colour kept", False, [
+        f"{colored} of {len(readable)} images carry colour but preprocess.color is gray, so training sees them in "
+        "gray: set preprocess.color: auto (or rgb) to keep it"], severity="warning")]
 
 
 def derived_tables(images: pd.DataFrame, labels: list[str], empty_folders: list[str]) -> dict[str, pd.DataFrame]:
@@ -328,7 +327,7 @@ def _expectations(validation: ValidateParams) -> dict[str, tuple[str, str, list]
         "images": ("images", "reason", [
             gxe.ExpectColumnValuesToBeUnique(column="path", description="path listed once"),
             gxe.ExpectColumnValuesToNotBeNull(column="label", description="label given"),
-            in_set("label", validation.labels, "label known"),
+            in_set("label", validation.classes, "label known"),
             in_set("inside_root", [True], "path inside the data root"),
             in_set("exists", [True], "file exists"),
             in_set("readable", [True], "image readable"),
@@ -446,13 +445,15 @@ def validate_data(root: Path, params: Params, out: Path, project: Path,
     published = images["split"].copy()
     images["split"] = assign_splits(images, params).fillna("")
     images, dropped = drop_leaks(images, validation)
-    frames = {"images": images, **derived_tables(images, validation.labels, empty_folders)}
-    checks = run_suites(frames, _expectations(validation)) + carved_check(published, images)
+    frames = {"images": images, **derived_tables(images, validation.classes, empty_folders)}
+    checks = (run_suites(frames, _expectations(validation)) + carved_check(published, images)
+              + color_check(images, params.preprocess))
     counts = images["label"].value_counts().to_dict()
     report = ValidationReport(all(c.success for c in checks if c.severity == "error"), checks, len(images),
-                              {lb: int(counts.get(lb, 0)) for lb in validation.labels},
+                              {lb: int(counts.get(lb, 0)) for lb in validation.classes},
                               near_duplicates=near_duplicate_summary(images, validation, dropped) if near.enabled else
-                              {"enabled": False, "dropped": dropped.to_dict("records"), "n_dropped": len(dropped)})
+                              {"enabled": False, "dropped": dropped.to_dict("records"), "n_dropped": len(dropped)},
+                              color=params.preprocess.color)
     return report, images
 
 
@@ -561,6 +562,7 @@ def write_report(report: ValidationReport, out: Path, final: Path | None = None,
     (out / "report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     title = f"Data validation: {'PASSED' if report.success else 'FAILED'}"
     lines = [f"# {title}", "", report.summary(), "", f"Class counts: {report.class_counts}", "",
+             *([f"Colour: {report.color}", ""] if report.color else []),
              "| check | result | examples |", "|---|---|---|"]
     lines += [f"| {c.name} | {_status(c)} | {'; '.join(c.unexpected)} |" for c in report.checks]
     near = report.near_duplicates

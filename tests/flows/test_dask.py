@@ -15,6 +15,7 @@ from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
 from flows.data import ADDRESS_ENV, dask_runner, run_on_dask
 from pipeline import preprocess, validate
+from pipeline.autoparams import resolve
 from pipeline.config import DaskParams, Workspace, load_params
 from tests.helpers import BIN, free_port, write_params
 
@@ -46,7 +47,7 @@ def test_a_scheduler_that_does_not_answer_is_a_one_line_error(project):
 
 def test_local_cluster_gives_the_default_runners_outputs(tmp_path, tiny_data, prefect_harness):
     shutil.copytree(tiny_data, tmp_path / "data")
-    params = load_params(write_params(tmp_path, **SMALL_UNITS))
+    params = resolve(load_params(write_params(tmp_path, **SMALL_UNITS)), tmp_path / "data").params
     default = Workspace(base=tmp_path, data_root=tmp_path / "data", out=tmp_path / "default")
     report = validate.run_step(params, default)
     assert report.success

@@ -22,6 +22,7 @@ def _aliases(root):
 def test_promotion_gate_rollback_and_force(prefect_harness, tmp_path, tiny_data):
     from flows.training import training_flow
     from pipeline import promote
+    from pipeline.autoparams import resolve
     from pipeline.config import Workspace, load_params
 
     shutil.copytree(tiny_data, tmp_path / "data")
@@ -38,6 +39,7 @@ def test_promotion_gate_rollback_and_force(prefect_harness, tmp_path, tiny_data)
 
     params = load_params(tmp_path / "params.yaml")
     ws = Workspace.create(params, tmp_path / "params.yaml")
+    params = resolve(params, ws.data_root).params  # colour `auto`, as the runs decided it
     assert promote.rollback(params, ws) == {"champion": 1, "previous": 2}
     forced = promote.promote(params, ws, 3, force=True)
     assert forced.promoted and forced.forced and _aliases(tmp_path)["champion"] == 3

@@ -78,19 +78,11 @@ def test_import_npz_then_validate_with_a_label_override(tmp_path):
     ok = medpipe("validate", tmp_path / "d", "--params", tmp_path / "params.yaml", "--set",
                  "validate.labels=[neg, pos]", "--set", "validate.min_per_class=3")
     assert ok.returncode == 0, ok.stderr
-    # the repo's params pin the built-in classes: one line names both sets and the fix, before any work
-    _one_error_line(medpipe("validate", tmp_path / "d", "--params", tmp_path / "params.yaml"), 2,
-                    "validate.labels: params pin the classes normal, nodule, effusion but",
+    # classes pinned on the command line that the data do not hold: one line with both sets and the fix
+    _one_error_line(medpipe("validate", tmp_path / "d", "--params", tmp_path / "params.yaml", "--set",
+                            "validate.labels=normal,nodule"), 2,
+                    "validate.labels: params pin the classes normal, nodule but",
                     "holds neg, pos: run with --set validate.labels=neg,pos")
-
-
-def test_a_few_unknown_labels_are_left_to_the_checks_that_name_the_files(tmp_path, tiny_data):
-    from pipeline.config import Params
-    from pipeline.validate import check_labels
-
-    check_labels(Params(), tiny_data)  # the built-in classes: nothing to say
-    check_labels(Params.model_validate({"validate": {"labels": ["normal", "other"]}}), tiny_data)  # overlap
-    check_labels(Params(), tmp_path / "missing")  # unreadable data: validation reports them
 
 
 def test_bad_set_value_blames_the_flag_not_params_yaml(project):
@@ -116,15 +108,22 @@ def test_missing_data_and_params_are_usage_errors_saying_where_medpipe_looked(tm
                     "params.yaml", "looked in", "-p/--params")
 
 
-def test_run_on_other_classes_stops_before_any_server_with_the_fix(project):
+def test_own_class_folders_bring_their_classes_and_a_wrong_pin_stops_before_any_server(project):
     import cv2
     import numpy as np
 
-    for label in ("benign", "malignant"):  # own class folders; params.yaml still pins the built-in classes
+    rng = np.random.default_rng(0)
+    for label in ("benign", "malignant"):  # own class folders; params.yaml pins the built-in set's classes
         (project / "mine" / label).mkdir(parents=True)
-        for i in range(3):
-            cv2.imwrite(str(project / "mine" / label / f"{i}.png"), np.full((8, 8), 40 * i, np.uint8))
-    done = medpipe("run", "--data", project / "mine", "--params", project / "params.yaml")
+        for i in range(5):
+            cv2.imwrite(str(project / "mine" / label / f"{i}.png"), rng.integers(0, 256, (32, 32), dtype=np.uint8))
+    found = medpipe("validate", project / "mine", "--params", project / "params.yaml")
+    assert found.returncode == 0, found.stderr
+    report = (project / "outputs" / "reports" / "mine" / "report.md").read_text()
+    assert "Class counts: {'benign': 5, 'malignant': 5}" in report and "Colour: gray" in report
+    shutil.rmtree(project / "outputs")
+    done = medpipe("run", "--data", project / "mine", "--params", project / "params.yaml",
+                   "--set", "validate.labels=normal,nodule")
     _one_error_line(done, 2, "validate.labels:", "holds benign, malignant",
                     "--set validate.labels=benign,malignant")
     assert not (project / "outputs").exists() and not (project / "mlflow" / "mlflow.db").exists()

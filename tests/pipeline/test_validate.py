@@ -146,3 +146,27 @@ def test_a_published_split_without_test_rows_is_one_failed_check(data, tmp_path)
     assert not report.success
     reason = report.failed[0].unexpected[0]
     assert "its split column has no test rows" in reason and "\n" not in reason
+
+
+def test_colour_trained_in_gray_is_a_warning_and_the_report_names_the_colour(tmp_path):
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "stained"
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(6):
+            gray = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+            cv2.imwrite(str(root / label / f"{i}.png"), np.dstack([gray, gray // 2, 255 - gray]))
+
+    def validated(color: str):
+        params = Params.model_validate({"validate": {"labels": ["a", "b"]}, "preprocess": {"color": color}})
+        return run_step(params, Workspace(base=tmp_path, data_root=root, out=tmp_path / color))
+
+    gray = validated("gray")
+    kept = [c for c in gray.warnings if c.name == "colour kept"]
+    assert gray.success and len(kept) == 1 and kept[0].unexpected[0].startswith("12 of 12 images carry colour")
+    assert "Colour: gray" in (tmp_path / "gray/validate/report.md").read_text()
+    rgb = validated("rgb")
+    assert not [c for c in rgb.warnings if c.name == "colour kept"] and rgb.color == "rgb"
