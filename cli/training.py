@@ -91,7 +91,9 @@ def validate(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv 
     overrides = parse_overrides(set_)
     p = load_params(params, overrides)
     ws = Workspace.create(p, params, data)
-    p = resolve(p, ws.data_root, labels_from_data(True, overrides)).params
+    p, notes = resolve(p, ws.data_root, labels_from_data(True, overrides))
+    for note in notes:
+        console.print(note, markup=False, soft_wrap=True)
     report = step.run_step(p, ws, report_dir or ws.out / "reports" / ws.data_root.name)
     for check in report.warnings:
         err_console.print(f"warning: {check.name}: {'; '.join(check.unexpected[:3])}", markup=False, soft_wrap=True)

@@ -50,6 +50,6 @@ def promote_version(version: int, params_file: str = "params.yaml", force: bool 
     """
     params = load_params(Path(params_file))
     ws = Workspace.create(params, Path(params_file))
-    params = resolve(params, ws.data_root).params  # labels and colour `auto`, as the training run decided them
+    params = resolve(params, ws.data_root).params  # labels and colour `auto`, as the training runs decide them
     with project_lock(ws.base):  # never beside a training run's gate or a `medpipe promote` of this project
         return promotion_flow(params, ws, version, force)

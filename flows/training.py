@@ -82,8 +82,11 @@ def training_flow(params_file: str = "params.yaml", data: str | None = None,
     with project_lock(ws.base):
         try:
             # labels and colour `auto` (or --data without pinned labels): decided before anything is hashed
-            params = autoparams.resolve(params, ws.data_root, autoparams.labels_from_data(data is not None,
-                                                                                          overrides)).params
+            resolved = autoparams.resolve(params, ws.data_root, autoparams.labels_from_data(data is not None,
+                                                                                            overrides))
+            params = resolved.params
+            for note in resolved.notes:
+                print(note)
             recover_task(params, ws)
             registry.check_task(params, ws)
             resuming = resume and train.has_checkpoint(params, ws)

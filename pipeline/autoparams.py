@@ -8,7 +8,6 @@ The colour is judged on a fixed sample of the images (evenly spaced over the sor
 costs well under a second where a full scan would decode every image before validation does.
 """
 
-import logging
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,14 +20,12 @@ from pipeline.imageio import CHROMA_MIN, chroma, read_image
 from pipeline.limits import MB
 from pipeline.scan import inside_root
 
-log = logging.getLogger(__name__)
-
 COLOR_SAMPLE = 32        # images decoded to judge the colour
 COLOR_SHARE = 0.5        # RGB when at least this share of the readable sample carries colour
 
 
 class Resolved(NamedTuple):
-    """The params with every `auto` replaced, and one line per decision for the log."""
+    """The params with every `auto` replaced, and one line per decision (the caller logs them)."""
 
     params: Params
     notes: list[str]
@@ -71,9 +68,10 @@ def resolve(params: Params, data_root: Path, labels_from_data: bool = False) -> 
 
     Returns:
         The concrete params and what was decided. Data that cannot be read are left to validation
-        (labels: none found, colour: gray), which names the file and the reason.
+        (colour: gray), which names the file and the reason, unless their classes were wanted.
 
     Raises:
+        DataError: `validate.labels: auto` and the data set cannot be read (no classes to find).
         ConfigError: Params pin classes of which the data hold none (another task's params): one line with
             both lists and the `--set` that fixes it. A few unknown labels among known ones are left to
             validation, which names each file.
@@ -83,6 +81,8 @@ def resolve(params: Params, data_root: Path, labels_from_data: bool = False) -> 
         manifest, empty = discover(data_root)
         found = sorted({*manifest["label"].astype(str), *empty})
     except DataError:
+        if pinned == AUTO:
+            raise  # no classes to find: the one-line reason (e.g. "data folder not found")
         manifest, found = None, []
     notes: list[str] = []
     update: dict[str, object] = {}
@@ -100,8 +100,6 @@ def resolve(params: Params, data_root: Path, labels_from_data: bool = False) -> 
         update["preprocess"] = params.preprocess.model_copy(update={"color": decided})
         notes.append(f"colour: {decided} ({colored} of {readable} sampled images carry colour; "
                      "preprocess.color: auto)")
-    for note in notes:
-        log.info(note)
     return Resolved(params.model_copy(update=update) if update else params, notes)
 
 

@@ -381,7 +381,9 @@ def gate_version(params: Params, ws: Workspace, version: int, force: bool = Fals
     from pipeline.lock import project_lock
     from pipeline.registry import close_orphaned_runs
 
-    params = resolve(params, ws.data_root).params
+    params, notes = resolve(params, ws.data_root)
+    for note in notes:
+        say(note)
     with project_lock(ws.base, say=say):
         close_orphaned_runs(params.register_, ws.base, say=say)
         report = validate.run_step(params, ws)

@@ -8,11 +8,13 @@ to any module a step runs makes `dvc repro` rerun it.
 
 import ast
 import importlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "pipeline"
 
@@ -77,7 +79,9 @@ class Step:
         """
         from pipeline.autoparams import resolve
 
-        params = resolve(params, ws.data_root).params
+        params, notes = resolve(params, ws.data_root)
+        for note in notes:
+            log.info(note)
         return self.run(params, ws, *(step(name).load(ws) for name in self.after), **options)
 
     def code(self) -> list[str]:

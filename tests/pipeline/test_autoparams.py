@@ -78,6 +78,13 @@ def test_dicom_and_unreadable_files_count_as_gray(tmp_path):
     assert sample_color(root, ["a/x.dcm", "a/broken.png", "../outside.png"], Params()) == ("gray", 0, 1)
 
 
+def test_auto_labels_of_unreadable_data_are_the_reason_in_one_line(tmp_path):
+    from pipeline.errors import DataError
+
+    with pytest.raises(DataError, match="data folder not found"):
+        resolve(_params(color="gray"), tmp_path / "missing")
+
+
 def test_auto_is_refused_until_resolved():
     with pytest.raises(ConfigError, match="preprocess.color: 'auto' must be resolved"):
         _ = _params().preprocess.channels
