@@ -70,20 +70,25 @@ def prefect_harness():
 
 # The longest modules first (longest-processing-time first), so that `make test`'s two xdist workers,
 # which take a module at a time in collection order, end together instead of one waiting on the other.
-# Seconds are from a serial run on 2 cores; the order within a module is kept (the fault chain needs it).
+# Seconds: rough, `--durations` of a busy `make test` run scaled by 1365/2011 (an idle one); the order in a module
+# is kept (the fault chain and the module-scoped projects need it).
 LONGEST_FIRST = (
-    "tests/faults/test_kill_points.py",  # ~600 s
-    "tests/flows/test_retraining.py",  # ~340 s
-    "tests/flows/test_dvc_lineage.py",  # ~220 s
-    "tests/flows/test_mlflow_server.py",  # ~190 s
-    "tests/flows/test_work_pool.py",  # ~160 s
-    "tests/flows/test_bad_input.py",  # ~150 s
-    "tests/pipeline/test_cli.py",  # ~150 s
+    "tests/flows/test_retraining.py",  # ~560 s (two runs at once, reproduce, dvc repro)
+    "tests/faults/test_kill_points.py",  # ~470 s
+    "tests/flows/test_training_flow.py",  # ~180 s
+    "tests/flows/test_serving.py",  # ~170 s
+    "tests/flows/test_work_pool.py",  # ~145 s
+    "tests/flows/test_promotion.py",  # ~130 s
     "tests/flows/test_schedule.py",  # ~110 s
-    "tests/flows/test_training_flow.py",
-    "tests/flows/test_promotion.py",
-    "tests/flows/test_serving.py",
-    "tests/pipeline/test_train.py",
+    "tests/flows/test_mlflow_server.py",  # ~90 s
+    "tests/flows/test_bad_input.py",  # ~90 s
+    "tests/flows/test_real_data.py",  # ~80 s
+    "tests/pipeline/test_cli.py",  # ~75 s
+    "tests/pipeline/test_train.py",  # ~65 s
+    "tests/flows/test_privacy.py",
+    "tests/pipeline/test_explain.py",
+    "tests/flows/test_dask.py",
+    "tests/flows/test_dvc_lineage.py",
 )
 
 

@@ -1,4 +1,5 @@
-"""Real DVC in a temporary git repo: data.dvc, `dvc status` after a flow run, `dvc repro`."""
+"""Real DVC in a temporary git repo: data.dvc, data versions pushed and pulled (`dvc status` after a flow
+run and `dvc repro`: tests/flows/test_retraining.py)."""
 
 import os
 import shutil
@@ -61,29 +62,6 @@ def test_committed_data_dvc_matches_the_built_in_data_set(tmp_path):
     committed = yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]
     assert (fresh["md5"], fresh["nfiles"]) == (committed["md5"], committed["nfiles"])
     assert "analytics = false" in (tmp_path / ".dvc" / "config").read_text()
-
-
-def test_flow_run_leaves_dvc_up_to_date_and_dvc_repro_runs_the_stages(prefect_harness, tmp_path, tiny_data):
-    import mlflow
-
-    from flows.training import training_flow
-
-    tiny_project(tmp_path, tiny_data)
-
-    first = training_flow(params_file=str(tmp_path / "params.yaml"))
-    assert "up to date" in sh(tmp_path, str(BIN / "dvc"), "status")
-    uri = f"sqlite:///{tmp_path}/mlflow/mlflow.db"
-    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    tags = client.get_model_version("medpipe-classifier", str(first.version)).tags
-    assert tags["medpipe.git_commit"] == sh(tmp_path, "git", "rev-parse", "HEAD").strip()
-    assert tags["medpipe.git_dirty"] == "false"
-    assert tags["medpipe.data_md5"] == yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"]
-
-    out = sh(tmp_path, str(BIN / "dvc"), "repro", "--force")
-    for stage in ("validate", "preprocess", "balance", "train", "evaluate", "register", "promote"):
-        assert f"Running stage '{stage}'" in out
-    assert client.get_model_version("medpipe-classifier", "2").tags["medpipe.data_md5"] == tags["medpipe.data_md5"]
-    assert "up to date" in sh(tmp_path, str(BIN / "dvc"), "status")
 
 
 def test_data_add_push_and_pull_through_the_default_local_remote(tmp_path, tiny_data):
