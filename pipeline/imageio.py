@@ -130,8 +130,12 @@ def read_raster(path: Path, data: bytes | None = None, max_pixels: int | None = 
     return Image(_scale(rgb), bits, channels)
 
 
+COLOR_PHOTOMETRIC = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")  # pydicom gives these as RGB
+
+
 def _dicom_pixels(ds, path: Path) -> np.ndarray:
-    """Modality LUT (rescale slope/intercept), VOI windowing when present, MONOCHROME1 inverted."""
+    """Grayscale: modality LUT (rescale slope/intercept), VOI windowing when present, MONOCHROME1 inverted.
+    Colour (RGB, YBR: ultrasound, dermatology, endoscopy): RGB scaled by BitsStored."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     if "PixelData" not in ds:
@@ -143,6 +147,10 @@ def _dicom_pixels(ds, path: Path) -> np.ndarray:
         arr = ds.pixel_array
     except Exception as err:  # pydicom raises many types for broken pixel data
         raise ImageError(path, f"DICOM pixel data cannot be decoded ({err.__class__.__name__})") from None
+    photometric = str(getattr(ds, "PhotometricInterpretation", ""))
+    if int(getattr(ds, "SamplesPerPixel", 1) or 1) == 3 and photometric in COLOR_PHOTOMETRIC and arr.ndim == 3:
+        top = float(2 ** int(getattr(ds, "BitsStored", 8) or 8) - 1)
+        return np.clip(arr.astype(np.float32) / top, 0.0, 1.0)
     arr = apply_modality_lut(arr, ds).astype(np.float64)
     if "WindowCenter" in ds and "WindowWidth" in ds:
         arr = apply_voi_lut(arr, ds).astype(np.float64)
@@ -155,8 +163,8 @@ def _dicom_pixels(ds, path: Path) -> np.ndarray:
 
 def read_dicom(path: Path, salt: bytes, data: bytes | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                max_bytes: int | None = DEFAULT_MAX_FILE_MB * MB) -> Image:
-    """A single-frame grayscale DICOM, with its PatientID turned into a pseudonymous key (caps as read_raster;
-    a deflated one must not inflate beyond what `max_pixels` need).
+    """A single-frame grayscale or colour (RGB/YBR) DICOM, with its PatientID turned into a pseudonymous key
+    (caps as read_raster; a deflated one must not inflate beyond what `max_pixels` need).
 
     Args:
         path: The file.
@@ -166,12 +174,12 @@ def read_dicom(path: Path, salt: bytes, data: bytes | None = None, max_pixels: i
         max_bytes: Cap on its size in bytes; None: not checked here.
 
     Returns:
-        The pixels in [0, 1] (modality LUT, VOI window, MONOCHROME1 inverted), BitsStored, one channel
-        and the pseudonymous patient key (None without a PatientID).
+        The pixels in [0, 1] (gray: modality LUT, VOI window, MONOCHROME1 inverted; colour: RGB), BitsStored,
+        the channel count (1 or 3) and the pseudonymous patient key (None without a PatientID).
 
     Raises:
         ImageError: the file is over a cap, empty, not a readable DICOM, without (decodable) pixel data,
-            multi-frame, or not a single grayscale image.
+            multi-frame, or neither a grayscale nor an RGB/YBR image.
     """
     import io
 
@@ -186,10 +194,11 @@ def read_dicom(path: Path, salt: bytes, data: bytes | None = None, max_pixels: i
     except (InvalidDicomError, EOFError, OSError, ValueError) as err:
         raise ImageError(path, f"not a readable DICOM file ({err.__class__.__name__})") from None
     pixels = _dicom_pixels(ds, path)
-    if pixels.ndim != 2:
-        raise ImageError(path, f"DICOM pixel array of shape {pixels.shape} is not a single grayscale image")
+    if pixels.ndim != 2 and not (pixels.ndim == 3 and pixels.shape[2] == 3):
+        raise ImageError(path, f"DICOM pixel array of shape {pixels.shape} is neither a grayscale nor an RGB image")
     patient = str(getattr(ds, "PatientID", "") or "")
-    return Image(pixels, int(getattr(ds, "BitsStored", 16)), 1, pseudonym(patient, salt) if patient else None)
+    channels = 1 if pixels.ndim == 2 else 3
+    return Image(pixels, int(getattr(ds, "BitsStored", 16)), channels, pseudonym(patient, salt) if patient else None)
 
 
 def read_image(path: Path, salt: bytes = b"", data: bytes | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,

@@ -38,7 +38,8 @@ IDENTIFIERS = {"PatientName": "Doe^Jane^Quincy", "PatientID": "MRN-99417-XQ", "P
 def write_dicom(path: Path, pixels, *, photometric: str = "MONOCHROME2", slope: float = 1.0,
                 intercept: float = 0.0, window: tuple[float, float] | None = None, frames: int = 1,
                 with_pixels: bool = True, **identifiers: str) -> Path:
-    """A real single- or multi-frame DICOM file (uncompressed, explicit VR little endian)."""
+    """A real single- or multi-frame DICOM file (uncompressed, explicit VR little endian); (H, W, 3) uint8
+    pixels make a colour one (`photometric` RGB, or YBR_FULL: stored as YBR)."""
     import numpy as np
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -52,7 +53,15 @@ def write_dicom(path: Path, pixels, *, photometric: str = "MONOCHROME2", slope: 
     ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "CR"
     for key, value in {**IDENTIFIERS, **identifiers}.items():
         setattr(ds, key, value)
-    if with_pixels:
+    if with_pixels and pixels.ndim == 3:
+        from pydicom.pixels import convert_color_space
+
+        ds.Rows, ds.Columns = pixels.shape[:2]
+        ds.SamplesPerPixel, ds.PlanarConfiguration, ds.PhotometricInterpretation = 3, 0, photometric
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        stored = convert_color_space(pixels, "RGB", photometric) if photometric.startswith("YBR") else pixels
+        ds.PixelData = np.ascontiguousarray(stored, dtype=np.uint8).tobytes()
+    elif with_pixels:
         ds.Rows, ds.Columns = pixels.shape[-2:]
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
         bits = 16 if pixels.dtype == np.uint16 else 8

@@ -46,6 +46,50 @@ def test_dicom_rescale_window_monochrome1_and_pseudonym(tmp_path):
     assert 0 < windowed.pixels[1, 0] < 1
 
 
+@pytest.mark.parametrize("photometric", ["RGB", "YBR_FULL"])
+def test_colour_dicom_reads_as_rgb(tmp_path, photometric):
+    from pipeline.preprocess import decode_uint8
+
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 60, 20  # a stained or Doppler colour
+    image = read_image(write_dicom(tmp_path / "c.dcm", rgb, photometric=photometric), salt=b"s")
+    assert image.channels == 3 and image.pixels.shape == (6, 8, 3) and image.patient_key.startswith("P-")
+    assert np.abs(image.pixels * 255 - rgb).max() <= 2  # YBR_FULL round trip: within 2 levels
+    assert np.abs(decode_uint8(tmp_path / "c.dcm", "rgb").astype(int) - rgb).max() <= 2
+    assert decode_uint8(tmp_path / "c.dcm", "gray").shape == (6, 8)
+
+
+@pytest.mark.parametrize("syntax", ["RLELossless", "JPEG2000Lossless", "JPEGLSLossless"])
+def test_compressed_dicom_decodes_to_the_same_pixels(tmp_path, syntax):
+    import pydicom
+    import pydicom.uid
+
+    ramp = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16  # JPEG 2000's levels need >= 64 px
+    plain = write_dicom(tmp_path / "plain.dcm", ramp)
+    ds = pydicom.dcmread(plain)
+    ds.compress(getattr(pydicom.uid, syntax))  # as a scanner or PACS stores it
+    ds.save_as(tmp_path / "packed.dcm", enforce_file_format=True)
+    assert pydicom.dcmread(tmp_path / "packed.dcm").file_meta.TransferSyntaxUID.is_compressed
+    assert np.array_equal(read_image(tmp_path / "packed.dcm").pixels, read_image(plain).pixels)
+
+
+def test_jpeg_baseline_dicom_decodes(tmp_path):
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    gray = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (16, 1))
+    path = write_dicom(tmp_path / "j.dcm", gray)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate([cv2.imencode(".jpg", gray, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()])
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+    pixels = read_image(path).pixels
+    expected = gray.astype(np.float64) * 255 / gray.max()  # medpipe scales DICOM gray to its own range
+    assert pixels.shape == (16, 16) and np.abs(pixels * 255 - expected).max() < 12
+
+
 def test_dicom_errors(tmp_path):
     frame = np.zeros((4, 4), np.uint16)
     with pytest.raises(ImageError, match="no pixel data"):
