@@ -469,7 +469,30 @@ def start_run(params: Params, ws: Workspace, validated: ValidationReport, progre
     mlflow.log_params(_flat("params", logged))
     mlflow.log_dict(logged, "params.yaml")  # the exact params (reproduce sets its own tracking_uri)
     mlflow.log_artifacts(str(validated.folder), "validation")  # reports + the exact split
+    log_data_input(validated, ws.data_root, tags["medpipe.data_md5"])
     return run
+
+
+def log_data_input(validated: ValidationReport, data_root: Path, data_md5: str) -> None:
+    """The active run's dataset input: the data version, its labels and splits, and the images per split.
+
+    Only the label and split columns go in (MLflow keeps their schema and row count, not the rows):
+    file names can carry patient names.
+
+    Args:
+        validated: The validate step's report (its split table).
+        data_root: The data set (its name and location are the dataset's name and source).
+        data_md5: The data version (`medpipe.data_md5`); its first 8 characters are the dataset digest.
+    """
+    import mlflow
+    from mlflow.data.pandas_dataset import from_pandas
+
+    table = validated.split_table()[["label", "split"]]
+    counts = table["split"].value_counts()
+    dataset = from_pandas(table, source=str(data_root), targets="label", name=data_root.name,
+                                      digest=data_md5[:8] or None)
+    mlflow.log_input(dataset, context="training", tags={"data_md5": data_md5, **{
+        f"{split}_images": str(int(counts.get(split, 0))) for split in ("train", "val", "test")}})
 
 
 def checkpoint_key(params: Params, prepared: PreprocessResult, balanced: BalanceResult) -> str:

@@ -48,6 +48,12 @@ def test_flow_trains_registers_and_is_deterministic(prefect_harness, project):
     assert len(v1.tags["medpipe.params_md5"]) == 32
 
     run = client.get_run(first.run_id)
+    (data_input,) = run.inputs.dataset_inputs  # the data version, with its split counts
+    assert data_input.dataset.name == "data" and data_input.dataset.digest == v1.tags["medpipe.data_md5"][:8]
+    tags = {t.key: t.value for t in data_input.tags}
+    assert tags["mlflow.data.context"] == "training" and tags["data_md5"] == v1.tags["medpipe.data_md5"]
+    n_images = len(pd.read_csv(project / "data/manifest.csv"))
+    assert sum(int(tags[f"{s}_images"]) for s in ("train", "val", "test")) == n_images
     for key in ("test_accuracy", "test_balanced_accuracy", "test_roc_auc", "val_roc_auc", "test_recall_nodule"):
         assert run.data.metrics[key] == pytest.approx(metrics[key])
     # two epochs of curve, then the final value (restored best weights) as the latest step
