@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import BalanceParams, Params, Workspace
-from pipeline.errors import MedpipeError
-from pipeline.outputs import replace_dir
+from pipeline.outputs import read_result, replace_dir
 from pipeline.preprocess import PreprocessResult
 from pipeline.shards import Shards
 
@@ -122,13 +121,13 @@ def load_result(ws: Workspace) -> BalanceResult:
     Raises:
         MedpipeError: No training plan has been made in this workspace.
     """
-    path = ws.out / "balance" / "balance.json"
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise MedpipeError(path, "no training plan: run `medpipe stage balance` first") from None
-    weights = {int(k): v for k, v in raw["class_weight"].items()} if raw["class_weight"] else None
-    return BalanceResult(path.parent / "plan.npz", raw["counts_before"], raw["counts_after"], weights)
+    folder = ws.out / "balance"
+
+    def build(raw: dict) -> BalanceResult:
+        weights = {int(k): v for k, v in raw["class_weight"].items()} if raw["class_weight"] else None
+        return BalanceResult(folder / "plan.npz", raw["counts_before"], raw["counts_after"], weights)
+
+    return read_result(folder / "balance.json", "balance", build)
 
 
 def load_plan(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -2,11 +2,17 @@
 folder only once complete, so a crash at any moment leaves either the old outputs or the new ones,
 never a mixture, and no file of an earlier run leaks into a later one."""
 
+import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
+
+from pipeline.errors import MedpipeError
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -66,6 +72,26 @@ def write_text(path: Path, text: str) -> Path:
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def read_result(path: Path, step: str, build: Callable[[dict], T]) -> T:
+    """A step's result read back from the JSON file it wrote (for a later step run on its own).
+
+    Args:
+        path: The JSON file (e.g. outputs/train/run.json).
+        step: The step that writes it (named in the error).
+        build: Makes the typed result from the parsed JSON.
+
+    Returns:
+        The result.
+
+    Raises:
+        MedpipeError: The file is missing or not what the step writes: one line naming the stage to run.
+    """
+    try:
+        return build(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
+        raise MedpipeError(path, f"no {step} output: run `medpipe stage {step}` first") from None
 
 
 def _alive(pid: str) -> bool:

@@ -6,7 +6,6 @@ import logging
 from dataclasses import asdict, dataclass
 
 from pipeline.config import Params, Workspace
-from pipeline.errors import MedpipeError
 from pipeline.preprocess import PreprocessResult
 from pipeline.registry import (
     PENDING,
@@ -159,8 +158,6 @@ def load_result(ws: Workspace) -> RegisterResult:
     Raises:
         MedpipeError: No model has been registered from this workspace.
     """
-    path = ws.out / "register" / "model_version.json"
-    try:
-        return RegisterResult(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        raise MedpipeError(path, "no registered version: run `medpipe stage register` first") from None
+    from pipeline.outputs import read_result
+
+    return read_result(ws.out / "register" / "model_version.json", "register", lambda raw: RegisterResult(**raw))

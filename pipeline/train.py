@@ -24,10 +24,9 @@ from pipeline import faults
 from pipeline.augment import augment_batch, augments
 from pipeline.balance import BalanceResult, load_plan
 from pipeline.config import AugmentParams, Params, TrainParams, Workspace
-from pipeline.errors import MedpipeError
 from pipeline.lineage import lineage_tags, weights_sha256
 from pipeline.metrics import macro_roc_auc
-from pipeline.outputs import replace_dir, swap_in
+from pipeline.outputs import read_result, replace_dir, swap_in
 from pipeline.preprocess import PreprocessResult
 from pipeline.registry import owner_tags, setup_tracking
 from pipeline.shards import Shards, read_meta
@@ -590,8 +589,4 @@ def load_result(ws: Workspace) -> TrainResult:
     Raises:
         MedpipeError: No model has been trained in this workspace.
     """
-    path = ws.out / "train" / "run.json"
-    try:
-        return TrainResult(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        raise MedpipeError(path, "no trained model: run `medpipe stage train` first") from None
+    return read_result(ws.out / "train" / "run.json", "train", lambda raw: TrainResult(**raw))

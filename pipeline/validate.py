@@ -17,11 +17,11 @@ import pandas as pd
 from pipeline import faults
 from pipeline.config import Params, PreprocessParams, ValidateParams, Workspace
 from pipeline.data import discover
-from pipeline.errors import DataError, MedpipeError
+from pipeline.errors import DataError
 from pipeline.imageio import CHROMA_MIN
 from pipeline.limits import MB
 from pipeline.near_duplicates import find_groups, hamming, nearest_distances, to_words
-from pipeline.outputs import replace_dir
+from pipeline.outputs import read_result, replace_dir
 from pipeline.scan import Mapper, inside_root, scan
 from pipeline.split import SPLITS, assign_splits
 
@@ -626,9 +626,5 @@ def load_result(ws: Workspace) -> ValidationReport:
     Raises:
         MedpipeError: The data have not been validated in this workspace.
     """
-    path = ws.out / "validate" / "report.json"
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise MedpipeError(path, "no validation report: run `medpipe stage validate` first") from None
-    return ValidationReport(**{**raw, "checks": [Check(**c) for c in raw["checks"]]})
+    return read_result(ws.out / "validate" / "report.json", "validate",
+                       lambda raw: ValidationReport(**{**raw, "checks": [Check(**c) for c in raw["checks"]]}))
