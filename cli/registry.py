@@ -17,12 +17,13 @@ def promote(version: Annotated[int, typer.Option(help="Model version to gate.")]
     """
     from pipeline.config import Workspace, load_params
     from pipeline.promote import gate_version
+    from pipeline.validate import counts_text
 
     show_library_log()
     p = load_params(params)
     decision = gate_version(p, Workspace.create(p, params), version, force, say=say)
     console.print(f"version {version}: {decision.alias}" + (" (forced)" if decision.forced else "")
-                  + f" — {'; '.join(decision.reasons)}; aliases {decision.aliases}", soft_wrap=True)
+                  + f" — {'; '.join(decision.reasons)}; aliases {counts_text(decision.aliases)}", soft_wrap=True)
 
 
 def rollback(params: ParamsOpt = Path("params.yaml")) -> None:

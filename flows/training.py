@@ -14,7 +14,7 @@ from pipeline.config import Params, Workspace, load_params
 from pipeline.errors import DataError, MedpipeError
 from pipeline.lock import project_lock
 from pipeline.steps import step
-from pipeline.summary import TrainingSummary, UpToDate
+from pipeline.summary import TrainingSummary, UpToDate, evaluation_markdown
 
 
 # The tasks are made as task(fn, **options): Prefect accepts that form at runtime, but its typed
@@ -147,7 +147,9 @@ def _train_and_promote(params: Params, ws: Workspace, params_file: str, override
     balanced = balance_task(params, ws, prepared)
     trained = train_task(params, ws, report, prepared, balanced, resume=resume)
     evaluated = evaluate_task(params, ws, report, prepared, trained)
-    create_markdown_artifact(evaluated.report_md.read_text(), key="medpipe-evaluation",
+    create_markdown_artifact(evaluation_markdown(evaluated.report_md, trained.run_id,
+                                                 registry.tracking_uri(params.register_, ws.base)),
+                             key="medpipe-evaluation",
                              description="test and validation metrics with 95% intervals (figures in MLflow)")
     registered = register_task(params, ws, prepared, trained)
     decision = promotion_flow(params, ws, registered.version)

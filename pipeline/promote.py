@@ -77,7 +77,10 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, pp: P
     if champion is None:
         misses = [f"{m} {candidate[m]:.3f} misses the floor {f}" for m, f in pp.floors.items()
                   if _better(m, candidate[m], f) < 0]
-        return not misses, misses or [f"first model: clears the floors {pp.floors}"]
+        cleared = ", ".join(f"{m} {candidate[m]:.3f} {'<=' if m in LOWER_IS_BETTER else '>='} {f:g}"
+                            for m, f in pp.floors.items())
+        return not misses, misses or [f"first model: clears the floors ({cleared})" if cleared else
+                                      "first model: no floors set (promote.floors)"]
     gain = _better(pp.metric, candidate[pp.metric], champion[pp.metric])
     reasons = [f"{pp.metric} {candidate[pp.metric]:.4f} vs champion {champion[pp.metric]:.4f} "
                f"({gain:+.4f} better, margin {pp.margin})"]

@@ -1,9 +1,11 @@
 """What a training run tells its user at the end: model version, lineage and test metrics."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.config import Params, Workspace
 from pipeline.registry import tracking_uri
+from pipeline.validate import counts_text
 
 HEADLINE = ("accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity")
 
@@ -73,8 +75,9 @@ class TrainingSummary:
         """
         rows = "\n".join(f"| test {k} | {v:.3f} |" for k, v in self.test_metrics.items())
         return (f"# {self.model_name} version {self.version}\n\nMLflow run `{self.run_id}`, data md5 "
-                f"`{self.data_md5}`, {self.epochs_run} epochs, splits {self.split_sizes}, "
-                f"train classes {self.class_counts}.\n\n{self.promotion}\n\n| metric | value |\n|---|---|\n{rows}\n")
+                f"`{self.data_md5}`, {self.epochs_run} epochs, images {counts_text(self.split_sizes)}, "
+                f"train classes {counts_text(self.class_counts)}.\n\n{self.promotion}\n\n"
+                f"| metric | value |\n|---|---|\n{rows}\n")
 
     def ui_hint(self) -> str:
         """How to look at the run in the MLflow UI.
@@ -82,6 +85,40 @@ class TrainingSummary:
         Returns:
             The `mlflow ui` command for a SQLite store, else the tracking URI to open.
         """
-        if self.tracking_uri.startswith("sqlite:"):
-            return f"mlflow ui --backend-store-uri {self.tracking_uri}   (or: make mlflow-ui)"
-        return f"open {self.tracking_uri}"
+        return ui_hint(self.tracking_uri)
+
+
+def ui_hint(uri: str) -> str:
+    """How to look at a tracking store in the MLflow UI.
+
+    Args:
+        uri: The tracking URI.
+
+    Returns:
+        The `mlflow ui` command for a SQLite store, else the URI to open.
+    """
+    if uri.startswith("sqlite:"):
+        return f"mlflow ui --backend-store-uri {uri}   (or: make mlflow-ui)"
+    return f"open {uri}"
+
+
+def evaluation_markdown(report_md: Path, run_id: str, uri: str) -> str:
+    """The evaluation report for the Prefect UI: its tables, and where its figures are (the Markdown
+    report's relative image links would not load there).
+
+    Args:
+        report_md: The evaluate step's report.md.
+        run_id: The MLflow run holding the figures (artifacts `evaluation/`).
+        uri: The tracking URI.
+
+    Returns:
+        report.md without its image lines, ending with the MLflow run and how to open it.
+    """
+    lines = report_md.read_text().splitlines()
+    figures = [line for line in lines if line.startswith("![")]
+    kept = [line for line in lines if not line.startswith("![")]
+    while kept and not kept[-1].strip():
+        kept.pop()
+    where = (f"{len(figures)} figures (confusion matrix, ROC/PR, reliability, training curves, Grad-CAM overlays) "
+             f"are in MLflow run `{run_id}`, artifacts `evaluation/`: {ui_hint(uri)}")
+    return "\n".join([*kept, "", where]) + "\n"

@@ -543,6 +543,18 @@ def _near_html(near: dict, root: Path | None) -> str:
     return "".join(parts)
 
 
+def counts_text(counts: dict[str, int]) -> str:
+    """Counts for people: `normal 409, nodule 133` (no Python dict).
+
+    Args:
+        counts: Name to count, in the order shown.
+
+    Returns:
+        The comma-separated pairs (`none` when empty).
+    """
+    return ", ".join(f"{name} {n}" for name, n in counts.items()) or "none"
+
+
 def write_report(report: ValidationReport, out: Path, final: Path | None = None, data_root: Path | None = None) -> Path:
     """Write report.json, report.md and a self-contained report.html into `out`.
 
@@ -561,7 +573,7 @@ def write_report(report: ValidationReport, out: Path, final: Path | None = None,
     report.report_md = str((final or out) / "report.md")
     (out / "report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     title = f"Data validation: {'PASSED' if report.success else 'FAILED'}"
-    lines = [f"# {title}", "", report.summary(), "", f"Class counts: {report.class_counts}", "",
+    lines = [f"# {title}", "", report.summary(), "", f"Class counts: {counts_text(report.class_counts)}", "",
              *([f"Colour: {report.color}", ""] if report.color else []),
              "| check | result | examples |", "|---|---|---|"]
     lines += [f"| {c.name} | {_status(c)} | {'; '.join(c.unexpected)} |" for c in report.checks]
@@ -579,7 +591,7 @@ def write_report(report: ValidationReport, out: Path, final: Path | None = None,
     (out / "report.html").write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{_CSS}</style></head>"
         f"<body><h1>{title}</h1><p>{escape(report.summary())}</p><p>Class counts: "
-        f"{escape(str(report.class_counts))}</p><table><tr><th>check</th><th>result</th><th>examples</th></tr>"
+        f"{escape(counts_text(report.class_counts))}</p><table><tr><th>check</th><th>result</th><th>examples</th></tr>"
         f"{rows}</table>{_near_html(near, data_root)}</body></html>\n")
     return md
 

@@ -120,7 +120,7 @@ def test_own_class_folders_bring_their_classes_and_a_wrong_pin_stops_before_any_
     found = medpipe("validate", project / "mine", "--params", project / "params.yaml")
     assert found.returncode == 0, found.stderr
     report = (project / "outputs" / "reports" / "mine" / "report.md").read_text()
-    assert "Class counts: {'benign': 5, 'malignant': 5}" in report and "Colour: gray" in report
+    assert "Class counts: benign 5, malignant 5" in report and "Colour: gray" in report
     shutil.rmtree(project / "outputs")
     done = medpipe("run", "--data", project / "mine", "--params", project / "params.yaml",
                    "--set", "validate.labels=normal,nodule")

@@ -10,7 +10,12 @@ PP = PromoteParams(metric="roc_auc", margin=0.01, guards={"sensitivity": 0.05}, 
 
 
 def test_first_model_needs_the_floors():
-    assert decide({"roc_auc": 0.8, "sensitivity": 0.5}, None, PP)[0]
+    assert decide({"roc_auc": 0.8, "sensitivity": 0.5}, None, PP) == (
+        True, ["first model: clears the floors (roc_auc 0.800 >= 0.7)"])  # readable, not a dict repr
+    assert decide({"ece": 0.02}, None, PromoteParams(floors={"ece": 0.05})) == (
+        True, ["first model: clears the floors (ece 0.020 <= 0.05)"])
+    unset = decide({"roc_auc": 0.5}, None, PromoteParams(floors={}))
+    assert unset[1] == ["first model: no floors set (promote.floors)"]
     ok, reasons = decide({"roc_auc": 0.65, "sensitivity": 0.5}, None, PP)
     assert not ok and "roc_auc 0.650 misses the floor 0.7" in reasons[0]
 
