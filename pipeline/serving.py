@@ -232,7 +232,7 @@ def log_pyfunc(keras_path: Path, classes: list[str], preprocessing: PreprocessPa
                                Schema([ColSpec(DataType.string, "label"),
                                        *[ColSpec(DataType.double, c) for c in classes]]))
     with warnings.catch_warnings():  # the signature above is explicit: no type hints needed to infer one
-        warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
+        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")  # after ANSI codes
         return mlflow.pyfunc.log_model(name="model", python_model=str(Path(__file__).with_name("served_model.py")),
                                        artifacts={"keras_model": str(keras_path), "config": str(config)},
                                        code_paths=[str(Path(__file__).parent)], signature=signature,

@@ -10,7 +10,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_repo_params_file_is_valid_and_matches_defaults():
     params = load_params(REPO / "params.yaml")
-    assert params == Params()
+    # but for the colour: `auto` in the project's file; the library default stays explicit (gray) for
+    # programs that build Params themselves and decide nothing from data
+    assert params.preprocess.color == "auto"
+    assert params.model_copy(update={"preprocess": params.preprocess.model_copy(update={"color": "gray"})}) == Params()
 
 
 def test_unknown_key_is_rejected_by_name():

@@ -49,6 +49,7 @@ from pipeline.validate import ValidationReport
 params = load_params(Path("params.yaml"), {"register.tracking_uri": sys.argv[1]})
 ws = Workspace.create(params, Path("params.yaml"))
 validated = ValidationReport(True, [], 0, {}, report_md=str(ws.step_dir("validate") / "report.md"))
+validated.splits_csv.write_text("path,label,patient_id,split,sha256,fingerprint\\na.png,x,p,train,,\\n")
 with start_run(params, ws, validated, Progress(key="k")) as run:
     pass
 logged = mlflow.get_run(run.info.run_id)
