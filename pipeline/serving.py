@@ -13,7 +13,6 @@ a cap, or undecodable) is a 400 naming the row and the reason.
 import base64
 import binascii
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +162,9 @@ class RawImageClassifier(_python_model_base()):  # type: ignore[misc]  # mlflow'
         self.classes, self.pp = config["classes"], PreprocessParams.model_validate(config["preprocess"])
         return self
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    # The DataFrame hint tells MLflow not to infer a schema from it (the signature is explicit) and so not to
+    # print its advice to add type hints when this class is defined.
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         """MLflow's predict: labels and class probabilities of raw images (see predict_table).
 
         Args:
@@ -231,12 +232,10 @@ def log_pyfunc(keras_path: Path, classes: list[str], preprocessing: PreprocessPa
     signature = ModelSignature(Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
                                Schema([ColSpec(DataType.string, "label"),
                                        *[ColSpec(DataType.double, c) for c in classes]]))
-    with warnings.catch_warnings():  # the signature above is explicit: no type hints needed to infer one
-        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")  # after ANSI codes
-        return mlflow.pyfunc.log_model(name="model", python_model=str(Path(__file__).with_name("served_model.py")),
-                                       artifacts={"keras_model": str(keras_path), "config": str(config)},
-                                       code_paths=[str(Path(__file__).parent)], signature=signature,
-                                       input_example=pd.DataFrame({INPUT_COLUMN: [example]}), **kwargs)
+    return mlflow.pyfunc.log_model(name="model", python_model=str(Path(__file__).with_name("served_model.py")),
+                                   artifacts={"keras_model": str(keras_path), "config": str(config)},
+                                   code_paths=[str(Path(__file__).parent)], signature=signature,
+                                   input_example=pd.DataFrame({INPUT_COLUMN: [example]}), **kwargs)
 
 
 def predict_files(classifier, paths: list[Path]) -> list[dict]:
