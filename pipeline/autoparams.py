@@ -63,8 +63,10 @@ def resolve(params: Params, data_root: Path, labels_from_data: bool = False) -> 
     Args:
         params: The run's params.
         data_root: The data set (manifest.csv or a folder per class).
-        labels_from_data: Take the classes from the data even when params pin others (`--data` without
-            `--set validate.labels`); pinned classes naming exactly the data's keep their order.
+        labels_from_data: Take the classes from the data when params pin none of them (`--data` without
+            `--set validate.labels`: params.yaml's classes are data.root's). Pinned classes that share some
+            with the data stay: a label outside them is then an error naming its files (a typo is not a
+            new class), and the error says how to train on the data's classes instead.
 
     Returns:
         The concrete params and what was decided. Data that cannot be read are left to validation
@@ -86,7 +88,7 @@ def resolve(params: Params, data_root: Path, labels_from_data: bool = False) -> 
         manifest, found = None, []
     notes: list[str] = []
     update: dict[str, object] = {}
-    if found and (pinned == AUTO or (labels_from_data and set(pinned) != set(found))):
+    if found and (pinned == AUTO or (labels_from_data and not set(pinned) & set(found))):
         update["validate_"] = params.validate_.model_copy(update={"labels": found})
         notes.append(f"classes found in {data_root.name}: {', '.join(found)}"
                      + ("" if pinned == AUTO else f" (params pin {', '.join(pinned)} for data.root)"))
@@ -104,8 +106,8 @@ def resolve(params: Params, data_root: Path, labels_from_data: bool = False) -> 
 
 
 def labels_from_data(data_given: bool, overrides: dict[str, str] | None) -> bool:
-    """Whether a run takes its classes from the data: it names its data (`--data`) and does not pin the
-    classes on the command line (`--set validate.labels=...`); params.yaml's classes are data.root's.
+    """Whether a run may take its classes from the data (see resolve): it names its data (`--data`) and
+    does not pin the classes on the command line (`--set validate.labels=...`).
 
     Args:
         data_given: The run names a data folder other than data.root.

@@ -111,9 +111,18 @@ def failure(report: "ValidationReport", data_root: Path) -> DataError:
         data_root: The data set validated.
 
     Returns:
-        The DataError to raise (not raised here).
+        The DataError to raise (not raised here). When labels outside validate.labels failed the check
+        "label known", it also names the data's classes and how to train on them.
     """
-    return DataError(data_root, f"data validation failed, {report.summary()}; report: {report.report_md}")
+    hint = ""
+    if any(c.name == "label known" for c in report.failed):
+        try:
+            manifest, empty = discover(data_root)
+            found = ",".join(sorted({*manifest["label"].astype(str), *empty}))
+            hint = f"; the data hold the classes {found}: to train on them, --set validate.labels={found}"
+        except DataError:
+            pass
+    return DataError(data_root, f"data validation failed, {report.summary()}{hint}; report: {report.report_md}")
 
 
 def image_table(manifest: pd.DataFrame, root: Path, cache: Path | None, validation: ValidateParams,

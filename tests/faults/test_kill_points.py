@@ -171,6 +171,7 @@ def test_kill_in_validate_keeps_the_last_split_and_leaves_no_server(chain):
 
 def test_kill_in_preprocess_leaves_complete_shards(chain):
     from pipeline import validate
+    from pipeline.autoparams import resolve
     from pipeline.config import Workspace, load_params
     from pipeline.preprocess import cache_key, is_current
 
@@ -178,7 +179,8 @@ def test_kill_in_preprocess_leaves_complete_shards(chain):
     _kill_at(chain, "preprocess.split", "run", "--force", "--set", "preprocess.shard_size=8")
     assert _state(chain, "preprocess") == before
     params = load_params(chain.project / "params.yaml")
-    validated = validate.load_result(Workspace.create(params, chain.project / "params.yaml"))
+    ws = Workspace.create(params, chain.project / "params.yaml")
+    validated, params = validate.load_result(ws), resolve(params, ws.data_root).params  # colour `auto`, as run
     assert is_current(chain.project / "outputs" / "preprocess", cache_key(params, validated))
     _invariants(chain)
 

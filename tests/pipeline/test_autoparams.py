@@ -46,6 +46,9 @@ def test_data_given_on_the_command_line_brings_its_classes(tmp_path):
     other = resolve(_params(["normal", "nodule"], "gray"), root, labels_from_data=True)
     assert other.params.validate_.classes == ["benign", "malignant"]
     assert "params pin normal, nodule for data.root" in other.notes[0]
+    typo = resolve(_params(["benign", "malignant", "other"], "gray"), _folders(tmp_path / "t", ("benign", "malign")),
+                   labels_from_data=True)  # some in common: pinned stay, validation names the unknown files
+    assert typo.params.validate_.classes == ["benign", "malignant", "other"] and typo.notes == []
     assert labels_from_data(True, {}) and not labels_from_data(True, {"validate.labels": "a,b"})
     assert not labels_from_data(False, None)
 

@@ -170,3 +170,15 @@ def test_colour_trained_in_gray_is_a_warning_and_the_report_names_the_colour(tmp
     assert "Colour: gray" in (tmp_path / "gray/validate/report.md").read_text()
     rgb = validated("rgb")
     assert not [c for c in rgb.warnings if c.name == "colour kept"] and rgb.color == "rgb"
+
+
+def test_unknown_labels_fail_naming_the_files_and_the_data_classes(data, tmp_path):
+    from pipeline.validate import failure
+
+    manifest = pd.read_csv(data / "manifest.csv", dtype=str)
+    manifest.loc[3, "label"] = "pneumothorax"  # one image of a class params do not pin
+    manifest.to_csv(data / "manifest.csv", index=False)
+    report = _run(data, tmp_path)
+    message = str(failure(report, data))
+    assert "label known" in message and manifest.loc[3, "path"] in message and "\n" not in message
+    assert "--set validate.labels=effusion,nodule,normal,pneumothorax" in message
