@@ -13,6 +13,7 @@ import random
 import shutil
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -488,8 +489,10 @@ def log_data_input(validated: ValidationReport, data_root: Path, data_md5: str) 
 
     table = validated.split_table()[["label", "split"]]
     counts = table["split"].value_counts()
-    dataset = from_pandas(table, source=str(data_root), targets="label", name=data_root.name,
-                                      digest=data_md5[:8] or None)
+    with warnings.catch_warnings():  # MLflow registers its local artifact source twice and says so
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        dataset = from_pandas(table, source=str(data_root), targets="label", name=data_root.name,
+                              digest=data_md5[:8] or None)
     mlflow.log_input(dataset, context="training", tags={"data_md5": data_md5, **{
         f"{split}_images": str(int(counts.get(split, 0))) for split in ("train", "val", "test")}})
 

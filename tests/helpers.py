@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -100,12 +101,19 @@ def wait_until_up(url: str, process, seconds: int = 180) -> None:
 BIN = Path(sys.executable).parent  # the venv's bin/: medpipe, prefect, mlflow
 
 
-def api_call(url: str, body: dict | None = None):
-    """GET (or POST `body` as JSON to) a Prefect API URL; the decoded JSON answer."""
+def api_call(url: str, body: dict | None = None, attempts: int = 5):
+    """GET (or POST `body` as JSON to) a Prefect API URL; the decoded JSON answer. A 503 (the server's
+    SQLite busy under load) is retried after a pause, as Prefect's own client retries it."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+    for attempt in range(attempts):
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            if err.code != 503 or attempt == attempts - 1:
+                raise
+            time.sleep(2 * (attempt + 1))
 
 
 def wait_for(check, seconds: int, what: str, *processes: subprocess.Popen):
