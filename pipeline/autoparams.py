@@ -80,8 +80,8 @@ def resolve(params: Params, data_root: Path, labels_from_data: bool = False) -> 
     """
     pinned, color = params.validate_.labels, params.preprocess.color
     try:
-        manifest, empty = discover(data_root)
-        found = sorted({*manifest["label"].astype(str), *empty})
+        discovery = discover(data_root)
+        manifest, found = discovery.manifest, discovery.classes
     except DataError:
         if pinned == AUTO:
             raise  # no classes to find: the one-line reason (e.g. "data folder not found")

@@ -234,6 +234,11 @@ class Discovery(NamedTuple):
     manifest: pd.DataFrame
     empty_folders: list[str]
 
+    @property
+    def classes(self) -> list[str]:
+        """The classes the data hold: the manifest's labels and the empty class folders, sorted."""
+        return sorted({*self.manifest["label"].astype(str), *self.empty_folders})
+
 
 def scan_folders(root: Path) -> Discovery:
     """A folder per class: `root/<label>/**/*.{png,jpg,jpeg,dcm}`. Returns the manifest and empty class folders.

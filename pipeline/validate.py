@@ -117,8 +117,7 @@ def failure(report: "ValidationReport", data_root: Path) -> DataError:
     hint = ""
     if any(c.name == "label known" for c in report.failed):
         try:
-            manifest, empty = discover(data_root)
-            found = ",".join(sorted({*manifest["label"].astype(str), *empty}))
+            found = ",".join(discover(data_root).classes)
             hint = f"; the data hold the classes {found}: to train on them, --set validate.labels={found}"
         except DataError:
             pass
