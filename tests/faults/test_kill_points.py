@@ -130,7 +130,8 @@ def _invariants(chain, killed: bool = True) -> None:
     assert "champion" in aliases
     for alias, version in aliases.items():
         mv = client.get_model_version(NAME, str(version))
-        assert is_complete(mv) and mv.tags["medpipe.promotion"] != PENDING, (alias, version, mv.tags)
+        assert is_complete(mv), (alias, version, mv.tags)
+        assert mv.tags["medpipe.promotion"] != PENDING, (alias, version, mv.tags)
     if len(client.search_model_versions(f"name='{NAME}'")) > 1 and any(
             "promoted" in v.tags.get("medpipe.promotion", "") or "roll" in v.tags.get("medpipe.promotion", "")
             for v in client.search_model_versions(f"name='{NAME}'") if int(v.version) > 1):
@@ -213,11 +214,13 @@ def test_resume_in_a_fresh_process_reaches_the_uninterrupted_weights_then_kill_a
     client = _client(chain)
     v2 = client.get_model_version(NAME, "2")
     assert v2.run_id == chain.killed[0]  # the interrupted MLflow run, continued
-    assert v2.tags["medpipe.promotion"] == "pending" and "medpipe.task_signature" in v2.tags
+    assert v2.tags["medpipe.promotion"] == "pending"
+    assert "medpipe.task_signature" in v2.tags
     assert v2.tags["medpipe.weights_sha256"] == chain.weights  # resumed == uninterrupted
     assert client.get_run(v2.run_id).info.status == "FINISHED"
     logged = [a.path for a in client.list_artifacts(v2.run_id, "evaluation/gradcam")]
-    assert logged and not any("stale" in path for path in logged)
+    assert logged
+    assert not any("stale" in path for path in logged)
     assert _aliases(chain) == {"champion": 1}  # an ungated version is nobody's alias
     _invariants(chain)
 
@@ -242,12 +245,14 @@ def test_promote_and_stage_wait_for_the_run_gate_and_end_consistent(chain):
             assert process.poll() is None, _output(process)
             time.sleep(0.1)
         assert "waiting for it to finish" in _output(process)
-    assert _aliases(chain) == {"champion": 1} and _state(chain, "preprocess") == shards
+    assert _aliases(chain) == {"champion": 1}
+    assert _state(chain, "preprocess") == shards
     marker.with_name(marker.name + ".go").write_text("")
     for process in (run, forced, stage):
         process.wait(timeout=900)
         assert process.returncode == 0, _output(process)[-3000:]
-    assert "up to date" in _output(run) and "@challenger" in _output(run)  # a tie does not promote
+    assert "up to date" in _output(run)
+    assert "@challenger" in _output(run)  # a tie does not promote
     assert _aliases(chain) == {"champion": 2, "previous": 1}  # the forced promotion came after, whole
     assert _client(chain).get_model_version(NAME, "2").tags["medpipe.promotion"] == "promoted (forced)"
     _invariants(chain, killed=False)
@@ -256,14 +261,16 @@ def test_promote_and_stage_wait_for_the_run_gate_and_end_consistent(chain):
 def test_kill_between_alias_writes_keeps_a_rollback_target(chain):
     _kill_at(chain, "promote.aliases", "rollback")
     aliases = _aliases(chain)
-    assert aliases["champion"] == 1 and "previous" in aliases
+    assert aliases["champion"] == 1
+    assert "previous" in aliases
     assert "medpipe.alias_journal" in _client(chain).get_registered_model(NAME).tags
     _invariants(chain)
 
 
 def test_next_run_finishes_the_alias_change_and_says_up_to_date(chain):
     out = _finish(chain, "run")
-    assert "finished an interrupted alias change" in out and "up to date" in out, out[-3000:]
+    assert "finished an interrupted alias change" in out, out[-3000:]
+    assert "up to date" in out, out[-3000:]
     assert _aliases(chain) == {"champion": 1, "previous": 2}
     assert _client(chain).get_model_version(NAME, "2").tags["medpipe.promotion"] == "rolled back"
     _invariants(chain, killed=False)

@@ -128,12 +128,14 @@ def test_bad_input_stops_the_flow_and_keeps_everything(trained, tmp_path, tiny_d
     data, fragments = case(tmp_path / "data")
     before, model_before, data_before = _registry(trained), _snapshot(trained / "outputs/train"), _snapshot(data)
     state = training_flow(params_file=str(trained / "params.yaml"), data=str(data), return_state=True)
-    assert state.is_failed() and "\n" not in state.message
+    assert state.is_failed()
+    assert "\n" not in state.message
     for fragment in fragments:
         assert fragment in state.message or fragment in (trained / "outputs/validate/report.md").read_text()
     assert fragments[0] in (trained / "outputs/validate/report.md").read_text()
     assert _registry(trained) == before
-    assert _snapshot(trained / "outputs/train") == model_before and _snapshot(data) == data_before
+    assert _snapshot(trained / "outputs/train") == model_before
+    assert _snapshot(data) == data_before
 
 
 def test_cli_prints_one_line_and_no_traceback(trained, tmp_path, tiny_data):
@@ -148,4 +150,5 @@ def test_cli_prints_one_line_and_no_traceback(trained, tmp_path, tiny_data):
     assert done.returncode == 1
     assert "Traceback" not in done.stdout + done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: {data}: data validation failed") and fragments[0] in last
+    assert last.startswith(f"error: {data}: data validation failed")
+    assert fragments[0] in last

@@ -70,7 +70,8 @@ def test_data_add_push_and_pull_through_the_default_local_remote(tmp_path, tiny_
     shutil.copytree(tiny_data, tmp_path / "data")
     added = subprocess.run([str(BIN / "medpipe"), "data", "add", "data"], cwd=tmp_path, env=ENV,
                            capture_output=True, text=True, timeout=300)
-    assert added.returncode == 0 and "data.dvc" in added.stdout, added.stderr
+    assert added.returncode == 0, added.stderr
+    assert "data.dvc" in added.stdout, added.stderr
     sh(tmp_path, "git", "add", "-A")
     sh(tmp_path, "git", "commit", "-qm", "data v1")
     sh(tmp_path, str(BIN / "dvc"), "push", "-q")
@@ -81,7 +82,8 @@ def test_data_add_push_and_pull_through_the_default_local_remote(tmp_path, tiny_
     shutil.rmtree(tmp_path / ".dvc" / "cache")
     sh(tmp_path, str(BIN / "dvc"), "pull", "-q")
     restored = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file()}
-    assert restored == original and "up to date" in sh(tmp_path, str(BIN / "dvc"), "status")
+    assert restored == original
+    assert "up to date" in sh(tmp_path, str(BIN / "dvc"), "status")
 
     (tmp_path / "data" / "manifest.csv").write_text("path,label\n")  # a new data version
     assert subprocess.run([str(BIN / "medpipe"), "data", "add", "data"], cwd=tmp_path, env=ENV,
@@ -97,7 +99,8 @@ def test_data_remote_add_push_and_pull(tmp_path, tiny_data):
     sh(tmp_path, str(BIN / "dvc"), "add", "-q", "data")
     store = tmp_path.parent / f"{tmp_path.name}-team-store"
     out = sh(tmp_path, str(BIN / "medpipe"), "data", "remote", "add", "team", str(store))
-    assert "(default)" in out and "team" in sh(tmp_path, str(BIN / "medpipe"), "data", "remote", "list")
+    assert "(default)" in out
+    assert "team" in sh(tmp_path, str(BIN / "medpipe"), "data", "remote", "list")
     sh(tmp_path, str(BIN / "dvc"), "push", "-q")
     assert any(store.rglob("*"))
     shutil.rmtree(tmp_path / "data")

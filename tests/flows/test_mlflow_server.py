@@ -35,10 +35,12 @@ def test_flow_tracks_registers_and_promotes_on_a_tracking_server(prefect_harness
         assert {a: int(v) for a, v in client.get_registered_model("medpipe-classifier").aliases.items()} == {
             "champion": 1, "challenger": 2}
         version = client.get_model_version("medpipe-classifier", "2")
-        assert version.tags["medpipe.promotion"] == "challenger" and version.description.startswith("seed_cnn")
+        assert version.tags["medpipe.promotion"] == "challenger"
+        assert version.description.startswith("seed_cnn")
         artifacts = {a.path for a in client.list_artifacts(first.run_id, "evaluation")}
         assert "evaluation/report.md" in artifacts  # artifacts went through the server
-        assert (store / "artifacts").is_dir() and not (project / "mlflow").exists()  # nothing local
+        assert (store / "artifacts").is_dir()
+        assert not (project / "mlflow").exists()  # nothing local
         assert client.get_run(first.run_id).data.metrics["test_roc_auc"] == pytest.approx(first.test_metrics["roc_auc"])
     finally:
         stop(server)

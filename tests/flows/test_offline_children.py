@@ -26,7 +26,9 @@ def test_the_guard_refuses_and_logs_in_a_child_process(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.stdout.split("\n")[:2] == ["connect refused True", "lookup refused True"], done.stdout + done.stderr
     lines = log.read_text().splitlines()
-    assert len(lines) == 2 and "'203.0.113.1'" in lines[0] and "'example.com'" in lines[1]
+    assert len(lines) == 2
+    assert "'203.0.113.1'" in lines[0]
+    assert "'example.com'" in lines[1]
     assert all("argv0=-c" in line for line in lines)
     with pytest.raises(AssertionError, match="203.0.113.1"):
         assert_offline(log)

@@ -30,9 +30,11 @@ def test_promotion_gate_rollback_and_force(prefect_harness, tmp_path, tiny_data)
     params_file = str(tmp_path / "params.yaml")
 
     first = training_flow(params_file=params_file, overrides=AWFUL)
-    assert first.promotion.startswith("@champion: first model") and _aliases(tmp_path) == {"champion": 1}
+    assert first.promotion.startswith("@champion: first model")
+    assert _aliases(tmp_path) == {"champion": 1}
     better = training_flow(params_file=params_file, overrides=GOOD)
-    assert better.promotion.startswith("@champion") and _aliases(tmp_path) == {"champion": 2, "previous": 1}
+    assert better.promotion.startswith("@champion")
+    assert _aliases(tmp_path) == {"champion": 2, "previous": 1}
     worse = training_flow(params_file=params_file, overrides=AWFUL)
     assert worse.promotion.startswith("@challenger")
     assert _aliases(tmp_path) == {"champion": 2, "previous": 1, "challenger": 3}
@@ -42,7 +44,9 @@ def test_promotion_gate_rollback_and_force(prefect_harness, tmp_path, tiny_data)
     params = resolve(params, ws.data_root).params  # colour `auto`, as the runs decided it
     assert promote.rollback(params, ws) == {"champion": 1, "previous": 2}
     forced = promote.promote(params, ws, 3, force=True)
-    assert forced.promoted and forced.forced and _aliases(tmp_path)["champion"] == 3
+    assert forced.promoted
+    assert forced.forced
+    assert _aliases(tmp_path)["champion"] == 3
     assert _aliases(tmp_path)["previous"] == 1
 
     import subprocess
@@ -51,8 +55,10 @@ def test_promotion_gate_rollback_and_force(prefect_harness, tmp_path, tiny_data)
 
     medpipe = str(Path(sys.executable).with_name("medpipe"))
     done = subprocess.run([medpipe, "rollback", "--params", params_file], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and _aliases(tmp_path)["champion"] == 1
+    assert done.returncode == 0
+    assert _aliases(tmp_path)["champion"] == 1
     done = subprocess.run([medpipe, "promote", "--version", "2", "--params", params_file], capture_output=True,
                           text=True, timeout=300)
-    assert done.returncode == 0 and "version 2: champion" in done.stdout, done.stderr
+    assert done.returncode == 0, done.stderr
+    assert "version 2: champion" in done.stdout, done.stderr
     assert _aliases(tmp_path) == {"champion": 2, "previous": 1}  # the forced champion 3 lost @challenger

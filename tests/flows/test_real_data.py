@@ -43,7 +43,8 @@ def test_jpeg_folder_tree_with_mixed_modes(prefect_harness, tmp_path):
     assert modes == {2, 3}
     write_params(tmp_path, validate={"labels": labels}, preprocess={"size": 28})
     summary = training_flow(params_file=str(tmp_path / "params.yaml"), data=str(tmp_path / "jpegs"))
-    assert summary.version == 1 and sum(summary.split_sizes.values()) == 160
+    assert summary.version == 1
+    assert sum(summary.split_sizes.values()) == 160
     assert summary.test_metrics["roc_auc"] > 0.5
 
 
@@ -55,20 +56,25 @@ def test_imported_medmnist_keeps_official_splits_and_catches_its_leak(prefect_ha
     # BreastMNIST as published has one image in both train and test (with different labels)
     import_npz(BREAST, tmp_path / "leaky", ["malignant", "benign"])
     state = training_flow(params_file=str(tmp_path / "params.yaml"), data=str(tmp_path / "leaky"), return_state=True)
-    assert state.is_failed() and "each image (sha256) in one split" in state.message
+    assert state.is_failed()
+    assert "each image (sha256) in one split" in state.message
 
     manifest, dropped = import_npz(BREAST, tmp_path / "breast", ["malignant", "benign"], drop_duplicates=True)
     assert dropped == 1
     # it also has near copies across its official splits: an error by default ...
     state = training_flow(params_file=str(tmp_path / "params.yaml"), data=str(tmp_path / "breast"), return_state=True)
-    assert state.is_failed() and "each near-duplicate group" in state.message
+    assert state.is_failed()
+    assert "each near-duplicate group" in state.message
     # ... or, with action drop, their val/test members leave (train is kept whole)
     summary = training_flow(params_file=str(tmp_path / "params.yaml"), data=str(tmp_path / "breast"),
                             overrides={"validate.near_duplicates.action": "drop"})
     dropped = pd.read_csv(tmp_path / "outputs/validate/duplicates_dropped.csv")
-    assert summary.split_sizes["train"] == 546 and len(dropped) > 0 and set(dropped["split"]) <= {"val", "test"}
+    assert summary.split_sizes["train"] == 546
+    assert len(dropped) > 0
+    assert set(dropped["split"]) <= {"val", "test"}
     assert summary.split_sizes["val"] + summary.split_sizes["test"] == 78 + 155 - len(dropped)
     splits = pd.read_csv(tmp_path / "outputs/validate/splits.csv")
     assert not set(dropped["path"]) & set(splits["path"])
     metrics = json.loads((tmp_path / "outputs/metrics.json").read_text())
-    assert 0 < metrics["threshold"] <= 1 and 0 <= metrics["test_sensitivity_at_threshold"] <= 1
+    assert 0 < metrics["threshold"] <= 1
+    assert 0 <= metrics["test_sensitivity_at_threshold"] <= 1

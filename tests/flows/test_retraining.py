@@ -81,7 +81,9 @@ def test_an_unchanged_project_trains_nothing(retrained):
         "name='medpipe-classifier'"))
     skip = _medpipe(retrained.project, "run", env=retrained.env)
     out, err = skip.communicate(timeout=900)
-    assert skip.returncode == 0 and "up to date" in out and f"version {newest}" in out, out + err
+    assert skip.returncode == 0, out + err
+    assert "up to date" in out, out + err
+    assert f"version {newest}" in out, out + err
     assert len(_client(retrained.project).search_model_versions("name='medpipe-classifier'")) == newest
 
 

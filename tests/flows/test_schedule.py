@@ -27,7 +27,8 @@ def test_schedule_serves_a_cron_deployment_that_retrains(project, tmp_path):
     env = guarded_env(env, tmp_path / "netguard.log")
     bad = subprocess.run([str(BIN / "medpipe"), "schedule", "--cron", "every monday", "--params",
                           str(project / "params.yaml")], env=env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "error: --cron: not a valid cron schedule" in bad.stderr
+    assert bad.returncode == 2
+    assert "error: --cron: not a valid cron schedule" in bad.stderr
     server = start_prefect_server(api, env, tmp_path)
     served = None
     try:

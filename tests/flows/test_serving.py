@@ -43,30 +43,37 @@ def test_served_champion_takes_raw_images(prefect_harness, project):
                                json.dumps({"dataframe_split": {"columns": ["image"], "data": [[png], [png]]}}).encode())
         assert status == 200, answer
         rows = answer["predictions"]
-        assert len(rows) == 2 and rows[0]["label"] in ("normal", "nodule", "effusion")
+        assert len(rows) == 2
+        assert rows[0]["label"] in ("normal", "nodule", "effusion")
         assert sum(rows[0][c] for c in ("normal", "nodule", "effusion")) == pytest.approx(1, abs=1e-5)
         done = subprocess.run([str(bin_dir / "medpipe"), "predict", str(path),
                                "--params", str(project / "params.yaml")],
                               capture_output=True, text=True, timeout=300,
                               env=guarded_env(dict(os.environ), project / "netguard.log"))  # as the server says
         local = json.loads(done.stdout)
-        assert local["version"] == summary.version and local["predictions"][0]["label"] == rows[0]["label"]
+        assert local["version"] == summary.version
+        assert local["predictions"][0]["label"] == rows[0]["label"]
         assert np.allclose(list(local["predictions"][0]["probabilities"].values()),
                            [rows[0][c] for c in ("normal", "nodule", "effusion")], atol=1e-4)
 
         status, answer = _post(f"{url}/invocations", json.dumps({"instances": [{"image": png}]}).encode())
-        assert status == 200 and answer["predictions"][0]["label"] == rows[0]["label"]  # base64 in every form
+        assert status == 200
+        assert answer["predictions"][0]["label"] == rows[0]["label"]  # base64 in every form
         bomb = base64.b64encode(bomb_png(project / "bomb.png", 20000).read_bytes()).decode()
         status, answer = _post(f"{url}/invocations",
                                json.dumps({"dataframe_split": {"columns": ["image"], "data": [[bomb]]}}).encode())
-        assert status == 400 and answer["message"].startswith("image[0]: image of 20000x20000"), answer
-        assert "stack_trace" not in answer and bomb[:100] not in answer["message"]  # no trace, no echo
+        assert status == 400, answer
+        assert answer["message"].startswith("image[0]: image of 20000x20000"), answer
+        assert "stack_trace" not in answer
+        assert bomb[:100] not in answer["message"]  # no trace, no echo
         bad = base64.b64encode(b"not an image").decode()
         status, answer = _post(f"{url}/invocations",
                                json.dumps({"dataframe_split": {"columns": ["image"], "data": [[bad]]}}).encode())
-        assert status == 400 and "image[0]: not a decodable image" in answer["message"]
+        assert status == 400
+        assert "image[0]: not a decodable image" in answer["message"]
         status, answer = _post(f"{url}/invocations", b"this is not json")
-        assert status == 400 and "valid JSON" in answer["message"]
+        assert status == 400
+        assert "valid JSON" in answer["message"]
     finally:
         stop(server)
     assert_offline(project / "netguard.log")

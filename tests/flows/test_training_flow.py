@@ -44,14 +44,17 @@ def test_flow_trains_registers_and_is_deterministic(prefect_harness, project):
     v1, v2 = (client.get_model_version("medpipe-classifier", v) for v in ("1", "2"))
     assert v1.tags["medpipe.weights_sha256"] == v2.tags["medpipe.weights_sha256"]
     assert v1.tags["medpipe.data_md5"] == content_hash(project / "data")[0]
-    assert v1.tags["medpipe.validation"] == "passed" and v1.tags["medpipe.git_commit"] == "unknown"
+    assert v1.tags["medpipe.validation"] == "passed"
+    assert v1.tags["medpipe.git_commit"] == "unknown"
     assert len(v1.tags["medpipe.params_md5"]) == 32
 
     run = client.get_run(first.run_id)
     (data_input,) = run.inputs.dataset_inputs  # the data version, with its split counts
-    assert data_input.dataset.name == "data" and data_input.dataset.digest == v1.tags["medpipe.data_md5"][:8]
+    assert data_input.dataset.name == "data"
+    assert data_input.dataset.digest == v1.tags["medpipe.data_md5"][:8]
     tags = {t.key: t.value for t in data_input.tags}
-    assert tags["mlflow.data.context"] == "training" and tags["data_md5"] == v1.tags["medpipe.data_md5"]
+    assert tags["mlflow.data.context"] == "training"
+    assert tags["data_md5"] == v1.tags["medpipe.data_md5"]
     n_images = len(pd.read_csv(project / "data/manifest.csv"))
     assert sum(int(tags[f"{s}_images"]) for s in ("train", "val", "test")) == n_images
     for key in ("test_accuracy", "test_balanced_accuracy", "test_roc_auc", "val_roc_auc", "test_recall_nodule"):
@@ -62,7 +65,8 @@ def test_flow_trains_registers_and_is_deterministic(prefect_harness, project):
     for name in ("confusion_matrix.png", "roc_pr.png", "reliability.png", "training_curves.png", "report.md"):
         assert f"evaluation/{name}" in artifacts
     overlays = [a.path for a in client.list_artifacts(first.run_id, "evaluation/gradcam")]
-    assert overlays and all(p.endswith(".png") for p in overlays)
+    assert overlays
+    assert all(p.endswith(".png") for p in overlays)
     assert metrics["test_roc_auc_ci_low"] <= metrics["test_roc_auc"] <= metrics["test_roc_auc_ci_high"]
     assert run.data.tags["medpipe.data_md5"] == v1.tags["medpipe.data_md5"]
 
@@ -71,7 +75,8 @@ def test_flow_trains_registers_and_is_deterministic(prefect_harness, project):
                            "--model", "models:/medpipe-classifier/1", "--out", str(project / "cam.png"),
                            "--params", str(project / "params.yaml")], capture_output=True, text=True, timeout=300)
     answer = json.loads(done.stdout)
-    assert answer["version"] == 1 and answer["predictions"][0]["label"] in ("normal", "nodule", "effusion")
+    assert answer["version"] == 1
+    assert answer["predictions"][0]["label"] in ("normal", "nodule", "effusion")
     assert sum(answer["predictions"][0]["probabilities"].values()) == pytest.approx(1, abs=1e-3)
     assert (project / "cam.png").read_bytes()[:4] == b"\x89PNG"
     done = subprocess.run([str(Path(sys.executable).with_name("medpipe")), "label", "suggest", "--images",
@@ -79,17 +84,21 @@ def test_flow_trains_registers_and_is_deterministic(prefect_harness, project):
                            "--out", str(project / "queue.csv"), "--params", str(project / "params.yaml")],
                           capture_output=True, text=True, timeout=300)
     queue = pd.read_csv(project / "queue.csv")
-    assert done.returncode == 0 and len(queue) == len(pd.read_csv(project / "data/manifest.csv"))
-    assert queue["entropy"].is_monotonic_decreasing and Path(queue["gradcam"][0]).is_file()
+    assert done.returncode == 0
+    assert len(queue) == len(pd.read_csv(project / "data/manifest.csv"))
+    assert queue["entropy"].is_monotonic_decreasing
+    assert Path(queue["gradcam"][0]).is_file()
 
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow/mlflow.db")
     model = mlflow.pyfunc.load_model("models:/medpipe-classifier/1")  # raw images in, labels out
-    assert model.metadata.signature.inputs.input_names() == ["image"] and model.metadata.get_input_schema()
+    assert model.metadata.signature.inputs.input_names() == ["image"]
+    assert model.metadata.get_input_schema()
     files = [project / "data" / p for p in pd.read_csv(project / "outputs/validate/splits.csv").query(
         "split == 'test'")["path"]]
     table = model.predict(pd.DataFrame({"image": [f.read_bytes() for f in files]}))
     proba = table[["normal", "nodule", "effusion"]].to_numpy()
-    assert len(table) == len(files) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
+    assert len(table) == len(files)
+    assert np.allclose(proba.sum(axis=1), 1, atol=1e-5)
     x = load_split(project / "outputs/preprocess", "test")[0]  # the very inputs evaluation used
     assert np.allclose(proba, trained_model(project).predict(x, verbose=0), atol=1e-5)
 
@@ -105,7 +114,9 @@ def test_invalid_data_stops_before_preprocessing_and_keeps_the_registry(prefect_
 
     state = training_flow(params_file=str(project / "params.yaml"), return_state=True)
     assert state.is_failed()
-    assert "data validation failed" in state.message and bad in state.message and "image readable" in state.message
+    assert "data validation failed" in state.message
+    assert bad in state.message
+    assert "image readable" in state.message
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 

@@ -28,7 +28,8 @@ def _params(labels="auto", color="auto") -> Params:
 
 def test_chroma_tells_colour_from_gray_stored_as_rgb():
     gray = np.random.default_rng(1).random((8, 8))
-    assert chroma(gray) == 0.0 and chroma(np.dstack([gray] * 3)) == 0.0
+    assert chroma(gray) == 0.0
+    assert chroma(np.dstack([gray] * 3)) == 0.0
     assert chroma(np.dstack([gray, gray * 0.5, 1 - gray])) > CHROMA_MIN
 
 
@@ -42,14 +43,17 @@ def test_auto_labels_are_the_sorted_class_folders(tmp_path):
 def test_data_given_on_the_command_line_brings_its_classes(tmp_path):
     root = _folders(tmp_path / "d")
     same_set = resolve(_params(["malignant", "benign"], "gray"), root, labels_from_data=True)
-    assert same_set.params.validate_.classes == ["malignant", "benign"] and same_set.notes == []  # order kept
+    assert same_set.params.validate_.classes == ["malignant", "benign"]
+    assert same_set.notes == []  # order kept
     other = resolve(_params(["normal", "nodule"], "gray"), root, labels_from_data=True)
     assert other.params.validate_.classes == ["benign", "malignant"]
     assert "params pin normal, nodule for data.root" in other.notes[0]
     typo = resolve(_params(["benign", "malignant", "other"], "gray"), _folders(tmp_path / "t", ("benign", "malign")),
                    labels_from_data=True)  # some in common: pinned stay, validation names the unknown files
-    assert typo.params.validate_.classes == ["benign", "malignant", "other"] and typo.notes == []
-    assert labels_from_data(True, {}) and not labels_from_data(True, {"validate.labels": "a,b"})
+    assert typo.params.validate_.classes == ["benign", "malignant", "other"]
+    assert typo.notes == []
+    assert labels_from_data(True, {})
+    assert not labels_from_data(True, {"validate.labels": "a,b"})
     assert not labels_from_data(False, None)
 
 
@@ -67,10 +71,12 @@ def test_pinned_classes_the_data_do_not_hold_are_one_line_with_the_fix(tmp_path)
 
 def test_auto_colour_is_rgb_only_for_images_that_carry_colour(tmp_path):
     coloured = resolve(_params(["benign", "malignant"]), _folders(tmp_path / "c", colour=True))
-    assert coloured.params.preprocess.color == "rgb" and coloured.params.preprocess.channels == 3
+    assert coloured.params.preprocess.color == "rgb"
+    assert coloured.params.preprocess.channels == 3
     assert coloured.notes == ["colour: rgb (8 of 8 sampled images carry colour; preprocess.color: auto)"]
     gray = resolve(_params(["benign", "malignant"]), _folders(tmp_path / "g"))
-    assert gray.params.preprocess.color == "gray" and gray.params.preprocess.channels == 1
+    assert gray.params.preprocess.color == "gray"
+    assert gray.params.preprocess.channels == 1
 
 
 def test_dicom_and_unreadable_files_count_as_gray(tmp_path):
@@ -99,5 +105,7 @@ def test_auto_is_refused_until_resolved():
 def test_the_real_sets_get_their_colour():
     stained = resolve(_params(), SHARED_DATASETS / "blood_cells_pbc").params
     xray = resolve(_params(), SHARED_DATASETS / "chest_xray_kermany224").params
-    assert stained.preprocess.color == "rgb" and len(stained.validate_.classes) == 8
-    assert xray.preprocess.color == "gray" and xray.validate_.classes == ["NORMAL", "PNEUMONIA"]
+    assert stained.preprocess.color == "rgb"
+    assert len(stained.validate_.classes) == 8
+    assert xray.preprocess.color == "gray"
+    assert xray.validate_.classes == ["NORMAL", "PNEUMONIA"]

@@ -16,7 +16,9 @@ def test_oversample_plan_reaches_the_target_ratio_with_flagged_copies():
     y = np.array([0] * 8 + [1] * 2 + [2] * 1)
     index, copies = oversample_plan(y, 1.0, np.random.default_rng(1))
     assert np.bincount(y[index]).tolist() == [8, 8, 8]
-    assert np.array_equal(index[:11], np.arange(11)) and not copies[:11].any() and copies[11:].all()
+    assert np.array_equal(index[:11], np.arange(11))
+    assert not copies[:11].any()
+    assert copies[11:].all()
     assert set(index[11:]) <= {8, 9, 10}  # copies come from the smaller classes only
     half, _ = oversample_plan(y, 0.5, np.random.default_rng(1))
     assert np.bincount(y[half]).tolist() == [8, 4, 4]
@@ -29,7 +31,8 @@ def test_oversample_plan_reaches_the_target_ratio_with_flagged_copies():
 def test_strategies(strategy, total, weighted):
     y = np.array([0] * 8 + [1] * 2 + [2] * 1)
     index, augment, weights = make_plan(y, BalanceParams(strategy=strategy, target_ratio=0.75), 3)
-    assert len(index) == total and (weights is not None) == weighted
+    assert len(index) == total
+    assert (weights is not None) == weighted
     if weighted:  # weights balance what training actually sees
         counts = np.bincount(y[index])
         assert np.allclose([weights[c] * counts[c] for c in range(3)], len(index) / 3)

@@ -20,7 +20,8 @@ def medpipe(*args, cwd=None):
 def _one_error_line(done, code, *fragments):
     assert done.returncode == code, done.stderr
     lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: "), done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     for fragment in fragments:
         assert fragment in lines[0]
@@ -45,7 +46,8 @@ def test_validate_good_and_bad_data(tmp_path, tiny_data):
     repo_params = Path(__file__).resolve().parents[2] / "params.yaml"
     shutil.copy(repo_params, tmp_path / "params.yaml")
     good = medpipe("validate", data, "--params", tmp_path / "params.yaml")
-    assert good.returncode == 0 and "checks passed" in good.stdout
+    assert good.returncode == 0
+    assert "checks passed" in good.stdout
     rel = pd.read_csv(data / "manifest.csv")["path"][0]
     (data / rel).write_bytes(b"")
     # the synthetic patients are near copies of each other (README): their mixed-label groups add a warning line
@@ -73,7 +75,8 @@ def test_import_npz_then_validate_with_a_label_override(tmp_path):
     arrays.update({f"{s}_labels": np.arange(n) % 2 for s, n in (("train", 12), ("val", 6), ("test", 6))})
     np.savez(tmp_path / "m.npz", **arrays)
     done = medpipe("data", "import-npz", tmp_path / "m.npz", "--out", tmp_path / "d", "--labels", "neg,pos")
-    assert done.returncode == 0 and "--set 'validate.labels=[neg, pos]'" in done.stdout
+    assert done.returncode == 0
+    assert "--set 'validate.labels=[neg, pos]'" in done.stdout
     shutil.copy(Path(__file__).resolve().parents[2] / "params.yaml", tmp_path / "params.yaml")
     ok = medpipe("validate", tmp_path / "d", "--params", tmp_path / "params.yaml", "--set",
                  "validate.labels=[neg, pos]", "--set", "validate.min_per_class=3")
@@ -95,10 +98,14 @@ def test_bad_set_value_blames_the_flag_not_params_yaml(project):
 
 def test_version_short_help_and_plain_help():
     done = medpipe("--version")
-    assert done.returncode == 0 and done.stdout.startswith("medpipe ")
+    assert done.returncode == 0
+    assert done.stdout.startswith("medpipe ")
     done = medpipe("run", "-h")
-    assert done.returncode == 0 and "--resume" in done.stdout and "KEY=VALUE" in done.stdout
-    assert "<list[str]>" not in done.stdout and done.stdout.count("<bool>") <= 1  # only --help's own
+    assert done.returncode == 0
+    assert "--resume" in done.stdout
+    assert "KEY=VALUE" in done.stdout
+    assert "<list[str]>" not in done.stdout
+    assert done.stdout.count("<bool>") <= 1  # only --help's own
 
 
 def test_missing_data_and_params_are_usage_errors_saying_where_medpipe_looked(tmp_path, project):
@@ -120,10 +127,12 @@ def test_own_class_folders_bring_their_classes_and_a_wrong_pin_stops_before_any_
     found = medpipe("validate", project / "mine", "--params", project / "params.yaml")
     assert found.returncode == 0, found.stderr
     report = (project / "outputs" / "reports" / "mine" / "report.md").read_text()
-    assert "Class counts: benign 5, malignant 5" in report and "Colour: gray" in report
+    assert "Class counts: benign 5, malignant 5" in report
+    assert "Colour: gray" in report
     shutil.rmtree(project / "outputs")
     done = medpipe("run", "--data", project / "mine", "--params", project / "params.yaml",
                    "--set", "validate.labels=normal,nodule")
     _one_error_line(done, 2, "validate.labels:", "holds benign, malignant",
                     "--set validate.labels=benign,malignant")
-    assert not (project / "outputs").exists() and not (project / "mlflow" / "mlflow.db").exists()
+    assert not (project / "outputs").exists()
+    assert not (project / "mlflow" / "mlflow.db").exists()

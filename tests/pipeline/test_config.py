@@ -34,7 +34,8 @@ def test_overrides_apply_dotted_keys_with_yaml_types(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text((REPO / "params.yaml").read_text())
     params = load_params(path, {"train.epochs": "3", "balance.strategy": "class_weight"})
-    assert params.train.epochs == 3 and params.balance.strategy == "class_weight"
+    assert params.train.epochs == 3
+    assert params.balance.strategy == "class_weight"
     assert params.md5() != Params().md5()
 
 
@@ -48,7 +49,8 @@ def test_missing_and_broken_files_are_config_errors(tmp_path):
 
 def test_workspace_resolves_against_params_folder(tmp_path):
     ws = Workspace.create(Params(), tmp_path / "params.yaml")
-    assert ws.data_root == (tmp_path / "data").resolve() and ws.out == tmp_path.resolve() / "outputs"
+    assert ws.data_root == (tmp_path / "data").resolve()
+    assert ws.out == tmp_path.resolve() / "outputs"
     assert Workspace.create(Params(), tmp_path / "params.yaml", tmp_path / "x").data_root == (tmp_path / "x")
 
 
@@ -67,7 +69,8 @@ def test_bad_overrides_blame_the_set_flag(tmp_path, overrides, blamed, reason):
     path.write_text((REPO / "params.yaml").read_text())
     with pytest.raises(ConfigError, match=reason) as caught:
         load_params(path, overrides)
-    assert caught.value.file == blamed and "\n" not in str(caught.value)
+    assert caught.value.file == blamed
+    assert "\n" not in str(caught.value)
 
 
 def test_errors_outside_the_overrides_still_blame_the_file(tmp_path):

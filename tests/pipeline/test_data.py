@@ -24,12 +24,16 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
 def test_default_set_shape_classes_and_patients(tmp_path):
     manifest = synthesize(tmp_path, 200, 64, seed=0)
     assert list(manifest.columns) == ["path", "label", "patient_id"]
-    assert 500 <= len(manifest) <= 700 and manifest["patient_id"].nunique() == 200
+    assert 500 <= len(manifest) <= 700
+    assert manifest["patient_id"].nunique() == 200
     shares = manifest.groupby("patient_id")["label"].first().value_counts(normalize=True)
-    assert shares["normal"] == pytest.approx(0.7, abs=0.01) and shares["effusion"] == pytest.approx(0.1, abs=0.01)
+    assert shares["normal"] == pytest.approx(0.7, abs=0.01)
+    assert shares["effusion"] == pytest.approx(0.1, abs=0.01)
     assert (manifest.groupby("patient_id")["label"].nunique() == 1).all()  # a patient keeps one finding
     img = cv2.imread(str(tmp_path / manifest["path"][0]), cv2.IMREAD_UNCHANGED)
-    assert img.shape == (64, 64) and img.dtype == np.uint8 and img.std() > 10
+    assert img.shape == (64, 64)
+    assert img.dtype == np.uint8
+    assert img.std() > 10
 
 
 def test_findings_change_the_lung_not_a_global_threshold(tmp_path):
@@ -53,7 +57,8 @@ def test_read_manifest_errors_name_the_file(tmp_path):
 def test_optional_manifest_columns_come_back_empty(tmp_path):
     (tmp_path / "manifest.csv").write_text("path,label\na.png,normal\nb.png,nodule\n")
     manifest = read_manifest(tmp_path)
-    assert manifest["patient_id"].tolist() == ["", ""] and manifest["split"].tolist() == ["", ""]
+    assert manifest["patient_id"].tolist() == ["", ""]
+    assert manifest["split"].tolist() == ["", ""]
 
 
 def test_class_folders_nested_any_suffix_case_and_empty_ones(tmp_path):
@@ -110,7 +115,8 @@ def test_import_npz_refuses_class_names_that_are_not_plain_folder_names(tmp_path
     (tmp_path / "work").mkdir()
     with pytest.raises(ConfigError, match="class name") as caught:
         import_npz(source, tmp_path / "work" / "out", labels=["ok", bad])
-    assert caught.value.file == "--labels" and "\n" not in caught.value.reason
+    assert caught.value.file == "--labels"
+    assert "\n" not in caught.value.reason
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["m.npz", "work"]  # nothing written anywhere
 
 

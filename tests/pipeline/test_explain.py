@@ -47,7 +47,8 @@ def test_grad_cam_mass_sits_on_the_nodule(tmp_path):
     assert len(ratios) >= 5, "the model should find most held-out nodules"
     assert np.median(ratios) > 3.0, f"Grad-CAM mass on the nodule vs its area share: {np.round(ratios, 1)}"
     picture = overlay(x[i], cam)
-    assert picture.shape == (48 * 4, 48 * 8, 3) and picture.dtype == np.uint8
+    assert picture.shape == (48 * 4, 48 * 8, 3)
+    assert picture.dtype == np.uint8
 
 
 def test_captioned_overlay_keeps_low_evidence_anatomy_visible():
@@ -61,4 +62,6 @@ def test_captioned_overlay_keeps_low_evidence_anatomy_visible():
     assert np.array_equal(base[32:, 32:], blend[32:, 32:])  # no evidence: the anatomy untinted
     assert not np.array_equal(base[:8, :8], blend[:8, :8])
     framed = captioned(picture, ["IM-0001.jpeg", "true: nodule   predicted: nodule (p = 0.91)"])
-    assert framed.shape[1] == picture.shape[1] and framed.shape[0] > picture.shape[0] and framed.dtype == np.uint8
+    assert framed.shape[1] == picture.shape[1]
+    assert framed.shape[0] > picture.shape[0]
+    assert framed.dtype == np.uint8

@@ -11,19 +11,26 @@ def test_png_8_and_16_bit_gray_rgb_rgba(tmp_path):
     gray16 = np.array([[0, 65535], [32768, 1000]], np.uint16)
     cv2.imwrite(str(tmp_path / "g16.png"), gray16)
     img = read_image(tmp_path / "g16.png")
-    assert img.bit_depth == 16 and img.channels == 1 and img.pixels[0, 1] == 1.0 and img.pixels[0, 0] == 0.0
+    assert img.bit_depth == 16
+    assert img.channels == 1
+    assert img.pixels[0, 1] == 1.0
+    assert img.pixels[0, 0] == 0.0
     bgra = np.zeros((3, 3, 4), np.uint8)
     bgra[..., 2] = 255  # red in OpenCV's BGR(A) order
     cv2.imwrite(str(tmp_path / "rgba.png"), bgra)
     rgba = read_image(tmp_path / "rgba.png")
-    assert rgba.channels == 4 and rgba.pixels.shape == (3, 3, 3) and rgba.pixels[0, 0].tolist() == [1, 0, 0]
+    assert rgba.channels == 4
+    assert rgba.pixels.shape == (3, 3, 3)
+    assert rgba.pixels[0, 0].tolist() == [1, 0, 0]
     assert to_gray(rgba.pixels)[0, 0] == pytest.approx(0.299, abs=1e-3)
 
 
 def test_jpeg_colour(tmp_path):
     cv2.imwrite(str(tmp_path / "c.jpg"), np.full((8, 8, 3), (255, 0, 0), np.uint8))  # blue
     img = read_image(tmp_path / "c.jpg")
-    assert img.channels == 3 and img.pixels[4, 4, 2] > 0.9 and img.pixels[4, 4, 0] < 0.1
+    assert img.channels == 3
+    assert img.pixels[4, 4, 2] > 0.9
+    assert img.pixels[4, 4, 0] < 0.1
 
 
 @pytest.mark.parametrize("content, reason", [(b"", "empty file"), (b"hello", "not a decodable image")])
@@ -37,12 +44,16 @@ def test_bad_raster_files(tmp_path, content, reason):
 def test_dicom_rescale_window_monochrome1_and_pseudonym(tmp_path):
     ramp = np.arange(16, dtype=np.uint16).reshape(4, 4) * 1000
     plain = read_image(write_dicom(tmp_path / "a.dcm", ramp, slope=2.0, intercept=-100), salt=b"s")
-    assert plain.pixels.min() == 0 and plain.pixels.max() == 1 and plain.pixels[0, 1] > plain.pixels[0, 0]
-    assert plain.bit_depth == 16 and plain.patient_key == pseudonym("MRN-99417-XQ", b"s") != "MRN-99417-XQ"
+    assert plain.pixels.min() == 0
+    assert plain.pixels.max() == 1
+    assert plain.pixels[0, 1] > plain.pixels[0, 0]
+    assert plain.bit_depth == 16
+    assert plain.patient_key == pseudonym("MRN-99417-XQ", b"s") != "MRN-99417-XQ"
     inverted = read_image(write_dicom(tmp_path / "b.dcm", ramp, photometric="MONOCHROME1"))
     assert np.allclose(inverted.pixels, 1 - plain.pixels)
     windowed = read_image(write_dicom(tmp_path / "c.dcm", ramp, window=(4000, 2000)))
-    assert windowed.pixels[0, 0] == 0 and windowed.pixels[3, 3] == 1  # clipped outside the window
+    assert windowed.pixels[0, 0] == 0
+    assert windowed.pixels[3, 3] == 1  # clipped outside the window
     assert 0 < windowed.pixels[1, 0] < 1
 
 
@@ -53,7 +64,9 @@ def test_colour_dicom_reads_as_rgb(tmp_path, photometric):
     rgb = np.zeros((6, 8, 3), np.uint8)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 60, 20  # a stained or Doppler colour
     image = read_image(write_dicom(tmp_path / "c.dcm", rgb, photometric=photometric), salt=b"s")
-    assert image.channels == 3 and image.pixels.shape == (6, 8, 3) and image.patient_key.startswith("P-")
+    assert image.channels == 3
+    assert image.pixels.shape == (6, 8, 3)
+    assert image.patient_key.startswith("P-")
     assert np.abs(image.pixels * 255 - rgb).max() <= 2  # YBR_FULL round trip: within 2 levels
     assert np.abs(decode_uint8(tmp_path / "c.dcm", "rgb").astype(int) - rgb).max() <= 2
     assert decode_uint8(tmp_path / "c.dcm", "gray").shape == (6, 8)
@@ -87,7 +100,8 @@ def test_jpeg_baseline_dicom_decodes(tmp_path):
     ds.save_as(path, enforce_file_format=True)
     pixels = read_image(path).pixels
     expected = gray.astype(np.float64) * 255 / gray.max()  # medpipe scales DICOM gray to its own range
-    assert pixels.shape == (16, 16) and np.abs(pixels * 255 - expected).max() < 12
+    assert pixels.shape == (16, 16)
+    assert np.abs(pixels * 255 - expected).max() < 12
 
 
 def test_dicom_errors(tmp_path):

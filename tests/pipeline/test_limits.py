@@ -62,7 +62,8 @@ def test_header_dimensions_of_real_files(tmp_path):
 def test_caps_are_params_outside_the_cache_key():
     pp = Params().preprocess
     assert (pp.max_pixels, pp.max_file_mb) == (DEFAULT_MAX_PIXELS, DEFAULT_MAX_FILE_MB) == (50_000_000, 512)
-    assert "max_pixels" not in _KEY_FIELDS and "max_file_mb" not in _KEY_FIELDS
+    assert "max_pixels" not in _KEY_FIELDS
+    assert "max_file_mb" not in _KEY_FIELDS
     old = {k: v for k, v in pp.model_dump(mode="json").items() if k not in ("max_pixels", "max_file_mb")}
     assert PreprocessParams.model_validate(old) == pp  # an older serving.json gets the defaults
 
@@ -72,9 +73,12 @@ def test_a_png_bomb_is_refused_from_its_header_everywhere(bombs, tmp_path):
     assert png.stat().st_size < 500_000
     with pytest.raises(ImageError) as err:
         check_image("bomb.png", png)
-    assert str(err.value) == f"bomb.png: {BOMB_REASON}" and "\n" not in str(err.value)
+    assert str(err.value) == f"bomb.png: {BOMB_REASON}"
+    assert "\n" not in str(err.value)
     row = scan_file(png.parent, "bomb.png", b"")
-    assert not row.readable and row.error == BOMB_REASON and row.size == png.stat().st_size
+    assert not row.readable
+    assert row.error == BOMB_REASON
+    assert row.size == png.stat().st_size
     with pytest.raises(ImageError, match="exceeds the cap of 50.0 Mpx"):
         decode_uint8(png, "gray")
     with pytest.raises(ImageError, match="exceeds the cap"):
@@ -119,7 +123,9 @@ def test_file_size_cap_is_checked_before_reading(tmp_path):
     cv2.imwrite(str(tmp_path / "a.png"), np.full((40, 50), 128, np.uint8))
     size = (tmp_path / "a.png").stat().st_size
     row = scan_file(tmp_path, "a.png", b"", max_bytes=100)
-    assert not row.readable and row.sha256 == "" and row.size == size
+    assert not row.readable
+    assert row.sha256 == ""
+    assert row.size == size
     assert row.error == f"file of {size / MB:.1f} MB exceeds the cap of 0 MB (preprocess.max_file_mb)"
     with pytest.raises(ImageError, match="preprocess.max_file_mb"):
         decode_uint8(tmp_path / "a.png", "gray", max_bytes=100)

@@ -9,7 +9,8 @@ def test_data_hash_comes_from_data_dvc_when_present(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "a.txt").write_text("x")
     computed = data_lineage(tmp_path / "data")
-    assert computed["medpipe.data_source"] == "computed" and computed["medpipe.data_files"] == "1"
+    assert computed["medpipe.data_source"] == "computed"
+    assert computed["medpipe.data_files"] == "1"
     (tmp_path / "data.dvc").write_text("outs:\n- md5: abc.dir\n  nfiles: 7\n  path: data\n")
     assert data_lineage(tmp_path / "data") == {"medpipe.data_md5": "abc.dir", "medpipe.data_files": "7",
                                                "medpipe.data_source": "dvc"}
@@ -32,7 +33,8 @@ def test_git_commit_and_dirty_flag(tmp_path):
     run("add", "f.py")
     run("commit", "-qm", "x")
     clean = git_lineage(tmp_path)
-    assert len(clean["medpipe.git_commit"]) == 40 and clean["medpipe.git_dirty"] == "false"
+    assert len(clean["medpipe.git_commit"]) == 40
+    assert clean["medpipe.git_dirty"] == "false"
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
     run("add", "dvc.lock")
     run("commit", "-qm", "lock")

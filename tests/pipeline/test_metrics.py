@@ -24,7 +24,8 @@ def test_binary_metrics_use_the_positive_class():
     p1 = np.array([0.1, 0.4, 0.6, 0.7, 0.8, 0.3, 0.9, 0.2])
     m = classification_metrics(y, np.stack([1 - p1, p1], axis=1))
     assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p1))
-    assert m["sensitivity"] == pytest.approx(0.75) and m["specificity"] == pytest.approx(0.75)
+    assert m["sensitivity"] == pytest.approx(0.75)
+    assert m["specificity"] == pytest.approx(0.75)
     assert m["brier"] == pytest.approx(2 * skm.brier_score_loss(y, p1))
 
 
@@ -43,7 +44,8 @@ def test_bootstrap_interval_brackets_the_estimate_and_is_seeded(multiclass):
     point = classification_metrics(y, proba)
     assert ci["roc_auc_ci_low"] < point["roc_auc"] < ci["roc_auc_ci_high"]
     assert ci["balanced_accuracy_ci_low"] < point["balanced_accuracy"] < ci["balanced_accuracy_ci_high"]
-    assert ci == bootstrap_ci(y, proba, 200, seed=1) and ci != bootstrap_ci(y, proba, 200, seed=2)
+    assert ci == bootstrap_ci(y, proba, 200, seed=1)
+    assert ci != bootstrap_ci(y, proba, 200, seed=2)
 
 
 def test_operating_threshold_youden_and_target_sensitivity():
@@ -54,4 +56,5 @@ def test_operating_threshold_youden_and_target_sensitivity():
     assert operating_threshold(y, p1, None) == pytest.approx(0.7)  # J = 0.75 - 0 at 0.7
     assert operating_threshold(y, p1, 1.0) == pytest.approx(0.6)  # highest threshold with all positives found
     m = threshold_metrics(y, np.stack([1 - p1, p1], 1), y, np.stack([1 - p1, p1], 1), 1.0)
-    assert m["sensitivity_at_threshold"] == 1.0 and m["specificity_at_threshold"] == 0.75
+    assert m["sensitivity_at_threshold"] == 1.0
+    assert m["specificity_at_threshold"] == 0.75

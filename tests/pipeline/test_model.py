@@ -16,7 +16,8 @@ def test_seed_cnn_is_the_seed_architecture():
     assert _kinds(model)[2:] == [("Conv2D", 32), ("MaxPooling2D", None), ("Conv2D", 64), ("MaxPooling2D", None),
                                  ("Flatten", None), ("Dense", 128), ("Dense", 3)]
     assert model.layers[1].name == "standardize"  # normalisation travels with the model
-    assert model.layers[2].kernel_size == (3, 3) and model.layers[-1].activation.__name__ == "softmax"
+    assert model.layers[2].kernel_size == (3, 3)
+    assert model.layers[-1].activation.__name__ == "softmax"
     assert model.output_shape == (None, 3)
 
 
@@ -24,14 +25,16 @@ def test_resnet_small_has_residual_blocks_batch_norm_and_dropout():
     model = build_model(ModelParams(name="resnet_small", dropout=0.25), (32, 32, 1), 2)
     kinds = {kind for kind, _ in _kinds(model)}
     assert {"Add", "BatchNormalization", "Dropout", "GlobalAveragePooling2D"} <= kinds
-    assert model.get_layer(index=-2).rate == 0.25 and model.output_shape == (None, 2)
+    assert model.get_layer(index=-2).rate == 0.25
+    assert model.output_shape == (None, 2)
 
 
 @pytest.mark.parametrize("name", sorted(APPLICATIONS))
 def test_applications_build_without_downloading(name):
     model = build_model(ModelParams(name=name), (32, 32, 1), 3)  # weights: null, gray input as is
     proba = np.asarray(model(np.random.default_rng(0).uniform(size=(2, 32, 32, 1)).astype("float32")))
-    assert proba.shape == (2, 3) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
+    assert proba.shape == (2, 3)
+    assert np.allclose(proba.sum(axis=1), 1, atol=1e-5)
 
 
 def test_application_loads_a_local_weights_file(tmp_path):
@@ -52,7 +55,8 @@ def test_application_loads_a_local_weights_file(tmp_path):
 def test_standardize_modes_and_round_trip(tmp_path):
     x = np.random.default_rng(1).uniform(0.2, 0.6, size=(3, 16, 16, 1)).astype("float32")
     z = np.asarray(Standardize("zscore")(x))
-    assert np.allclose(z.mean(axis=(1, 2, 3)), 0, atol=1e-5) and np.allclose(z.std(axis=(1, 2, 3)), 1, atol=1e-3)
+    assert np.allclose(z.mean(axis=(1, 2, 3)), 0, atol=1e-5)
+    assert np.allclose(z.std(axis=(1, 2, 3)), 1, atol=1e-3)
     assert np.allclose(np.asarray(Standardize("dataset", 0.4, 0.1)(x)), (x - 0.4) / 0.1, atol=1e-5)
     assert np.array_equal(np.asarray(Standardize("unit")(x)), x)
     model = build_model(ModelParams(), (16, 16, 1), 2, ("dataset", 0.4, 0.1))

@@ -67,7 +67,8 @@ def test_fingerprint_survives_re_export_and_tells_images_apart():
     rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     gray = lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) if im.ndim == 3 else im  # noqa: E731
     fps = to_words([fingerprint(gray(im).astype(np.float32)) for im in (image, copy, rgb, _texture(1, 96))])
-    assert hamming(fps[0], fps[1]) <= 30 and hamming(fps[0], fps[2]) == 0
+    assert hamming(fps[0], fps[1]) <= 30
+    assert hamming(fps[0], fps[2]) == 0
     assert hamming(fps[0], fps[3]) > 60
     assert fingerprint(np.zeros((0, 0), np.float32)) == ""
 
@@ -81,9 +82,11 @@ def test_index_finds_exactly_the_close_pairs():
     for threshold in (0, 4, 30):
         i, j, d = close_pairs(words, threshold)
         expected = set(zip(*np.nonzero(np.triu(brute <= threshold, 1))))
-        assert set(zip(i.tolist(), j.tolist())) == expected and (d <= threshold).all()
+        assert set(zip(i.tolist(), j.tolist())) == expected
+        assert (d <= threshold).all()
     i, j, _ = close_pairs(words[300:400], 4, others=words[:100])
-    assert len(i) >= 100 and (i == j).sum() == 100
+    assert len(i) >= 100
+    assert (i == j).sum() == 100
     groups = find_groups([""] + [w.astype(">u8").tobytes().hex() for w in words[:2]] * 2, 0)
     assert groups.group.tolist() == [-1, 1, 2, 1, 2]  # transitive ids; "" takes part in none
 
@@ -92,16 +95,21 @@ def test_near_copy_across_fixed_splits_is_an_error(tmp_path):
     report, ws = _validate(tmp_path, _data(tmp_path / "data", splits=True), _params())
     assert not report.success
     failed = [c for c in report.failed if c.name.startswith("each near-duplicate group")]
-    assert failed and "a/copy.jpg" in failed[0].unexpected[0]
+    assert failed
+    assert "a/copy.jpg" in failed[0].unexpected[0]
     near = report.near_duplicates
-    assert near["n_cross_split"] == 1 and near["split_pairs"] == {"train-test": 1}
+    assert near["n_cross_split"] == 1
+    assert near["split_pairs"] == {"train-test": 1}
     html = (ws.out / "validate/report.html").read_text()
-    assert html.count("data:image/png;base64,") >= 3 and "a/copy.jpg" in html and "http" not in html
+    assert html.count("data:image/png;base64,") >= 3
+    assert "a/copy.jpg" in html
+    assert "http" not in html
 
 
 def test_warning_action_records_only(tmp_path):
     report, _ = _validate(tmp_path, _data(tmp_path / "data", splits=True), _params(action="warning"))
-    assert report.success and any(c.name.startswith("each near-duplicate group") for c in report.warnings)
+    assert report.success
+    assert any(c.name.startswith("each near-duplicate group") for c in report.warnings)
 
 
 def test_drop_action_removes_the_test_copy_and_records_it(tmp_path):
@@ -111,9 +119,11 @@ def test_drop_action_removes_the_test_copy_and_records_it(tmp_path):
     root = _data(tmp_path / "data", splits=True)
     kept, ws = _validate(tmp_path, root, _params())  # error first: the split table as it would be
     report, ws = _validate(tmp_path, root, _params(action="drop"))
-    assert report.success and report.n_images == 16
+    assert report.success
+    assert report.n_images == 16
     splits = pd.read_csv(ws.out / "validate/splits.csv", keep_default_na=False)
-    assert "a/copy.jpg" not in set(splits["path"]) and "a/img00.png" in set(splits["path"])
+    assert "a/copy.jpg" not in set(splits["path"])
+    assert "a/img00.png" in set(splits["path"])
     assert (splits["split"] == "train").sum() == 10  # train intact
     dropped = pd.read_csv(ws.out / "validate" / DROPPED_CSV)
     assert dropped.to_dict("records") == [{"path": "a/copy.jpg", "label": "a", "split": "test", "kind": "near",
@@ -134,7 +144,8 @@ def test_exact_duplicates_drop_option(tmp_path):
     params = Params.model_validate({"validate": {"labels": LABELS, "min_per_class": 1, "exact_duplicates": "drop",
                                                  "near_duplicates": off}})
     report, ws = _validate(tmp_path, root, params)
-    assert report.success and report.near_duplicates["dropped"][0]["kind"] == "exact"
+    assert report.success
+    assert report.near_duplicates["dropped"][0]["kind"] == "exact"
 
 
 def test_medpipe_split_keeps_near_copies_together(tmp_path):
@@ -146,12 +157,15 @@ def test_medpipe_split_keeps_near_copies_together(tmp_path):
         p = Params.model_validate({**params.model_dump(by_alias=True), "preprocess": {"seed": seed}})
         report, images = validate_data(root, p, tmp_path / "outputs/validate", tmp_path)
         split = images.set_index("path")["split"]
-        assert report.success and split["a/copy.jpg"] == split["a/img00.png"]
+        assert report.success
+        assert split["a/copy.jpg"] == split["a/img00.png"]
 
 
 def test_distinct_images_pass(tmp_path):
     report, _ = _validate(tmp_path, _data(tmp_path / "data", splits=True, plant=False), _params())
-    assert report.success and report.near_duplicates["n_groups"] == 0 and not report.warnings
+    assert report.success
+    assert report.near_duplicates["n_groups"] == 0
+    assert not report.warnings
 
 
 def test_conflicting_labels_are_a_warning(tmp_path):
@@ -160,8 +174,9 @@ def test_conflicting_labels_are_a_warning(tmp_path):
     manifest.loc[manifest["path"] == "a/copy.jpg", ["label", "split"]] = ["b", "train"]
     manifest.to_csv(root / "manifest.csv", index=False)
     report, _ = _validate(tmp_path, root, _params())
-    assert report.success and [c.name for c in report.warnings] == [
-        "one label per near-duplicate group (else probable label errors, warning)"]
+    assert report.success
+    assert ([c.name for c in report.warnings] == [
+        "one label per near-duplicate group (else probable label errors, warning)"])
 
 
 @pytest.mark.parametrize("near, message", [
@@ -188,7 +203,9 @@ def test_clean_test_subset():
     assert clean.tolist() == [False, True, True, True]
     y, p = np.array([0, 1, 0, 1]), np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
     m = clean_metrics(y, p, clean, 10)
-    assert m["test_clean_n"] == 3 and m["test_clean_accuracy"] == 1.0 and "test_clean_roc_auc" in m
+    assert m["test_clean_n"] == 3
+    assert m["test_clean_accuracy"] == 1.0
+    assert "test_clean_roc_auc" in m
     assert clean_metrics(y, p, np.zeros(4, bool), 10) == {"test_clean_n": 0.0}
 
 
@@ -205,7 +222,8 @@ def test_data_duplicates_command(tmp_path):
     assert 0 < pairs["distance"][0] <= 30
     bad = subprocess.run([str(Path(sys.executable).with_name("medpipe")), "data", "duplicates", str(root),
                           "--threshold", "99"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr
 
 
 def test_old_scan_cache_without_fingerprints_is_rescanned(tmp_path):
@@ -215,7 +233,8 @@ def test_old_scan_cache_without_fingerprints_is_rescanned(tmp_path):
     rels = pd.read_csv(root / "manifest.csv")["path"].tolist()
     cache = tmp_path / "scan.csv"
     first = scan(root, rels, cache=cache, workers=1)
-    assert list(first.columns) == COLUMNS and (first["fingerprint"].str.len() == 64).all()
+    assert list(first.columns) == COLUMNS
+    assert (first["fingerprint"].str.len() == 64).all()
     first.drop(columns="fingerprint").to_csv(cache, index=False)  # what an older medpipe wrote
     again = scan(root, rels, cache=cache, workers=1)
     assert again["fingerprint"].tolist() == first["fingerprint"].tolist()

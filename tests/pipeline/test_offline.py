@@ -39,7 +39,8 @@ def test_importing_the_library_changes_no_environment():
 def test_project_config_files_switch_analytics_off():
     dvc = configparser.ConfigParser()
     dvc.read(REPO / ".dvc" / "config")
-    assert dvc["core"]["analytics"] == "false" and dvc["core"]["check_update"] == "false"
+    assert dvc["core"]["analytics"] == "false"
+    assert dvc["core"]["check_update"] == "false"
     prefect = tomllib.loads((REPO / "prefect.toml").read_text())
     assert prefect["server"]["analytics_enabled"] is False
     makefile = (REPO / "Makefile").read_text()

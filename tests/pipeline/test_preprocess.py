@@ -13,9 +13,12 @@ from pipeline.validate import ValidationReport
 def test_load_image_resizes_and_scales(tiny_data):
     path = next((tiny_data / "images/normal").glob("*.png"))
     img = load_image(path, PreprocessParams(size=20))
-    assert img.shape == (20, 20, 1) and img.dtype == np.float32 and 0.0 <= img.min() < img.max() <= 1.0
+    assert img.shape == (20, 20, 1)
+    assert img.dtype == np.float32
+    assert 0.0 <= img.min() < img.max() <= 1.0
     rgb = load_image(path, PreprocessParams(size=20, color="rgb"))
-    assert rgb.shape == (20, 20, 3) and np.allclose(rgb[..., 0], rgb[..., 2])
+    assert rgb.shape == (20, 20, 3)
+    assert np.allclose(rgb[..., 0], rgb[..., 2])
 
 
 def test_undecodable_image_names_the_file(tmp_path):
@@ -36,7 +39,9 @@ def test_sixteen_bit_png_is_scaled_not_truncated(tmp_path):
 def test_fit_pads_crops_or_stretches():
     img = np.full((20, 40), 200, np.uint8)  # wide: 20 rows, 40 columns
     padded = fit_to_size(img, 20, "pad")
-    assert padded.shape == (20, 20) and padded[0].max() == 0 and padded[10].min() == 200  # black bars top/bottom
+    assert padded.shape == (20, 20)
+    assert padded[0].max() == 0
+    assert padded[10].min() == 200  # black bars top/bottom
     img[:, :10] = 0  # a dark band at the left edge is cut away by the centre crop
     assert fit_to_size(img, 20, "crop").min() == 200
     assert fit_to_size(img, 20, "stretch")[:, 0].max() == 0
@@ -65,15 +70,21 @@ def _validated(tmp_path, tiny_data, **preprocess) -> tuple[Params, Workspace, Va
 def test_run_step_writes_uint8_shards_and_train_statistics(tmp_path, tiny_data):
     params, ws, report = _validated(tmp_path, tiny_data, shard_size=16)
     result = run_step(params, ws, report)
-    assert not result.cached and sum(result.split_sizes.values()) == len(pd.read_csv(tiny_data / "manifest.csv"))
+    assert not result.cached
+    assert sum(result.split_sizes.values()) == len(pd.read_csv(tiny_data / "manifest.csv"))
     train = Shards(result.folder, "train")
-    assert len(train.files) == -(-len(train) // 16) > 1 and train.take([0]).dtype == np.uint8
+    assert len(train.files) == -(-len(train) // 16) > 1
+    assert train.take([0]).dtype == np.uint8
     x, y = load_split(result.folder, "train")
-    assert x.shape[1:] == (16, 16, 1) and x.dtype == np.float32 and len(y) == result.split_sizes["train"]
-    assert result.mean == pytest.approx(x.mean(), abs=1e-6) and result.std == pytest.approx(x.std(), abs=1e-5)
+    assert x.shape[1:] == (16, 16, 1)
+    assert x.dtype == np.float32
+    assert len(y) == result.split_sizes["train"]
+    assert result.mean == pytest.approx(x.mean(), abs=1e-6)
+    assert result.std == pytest.approx(x.std(), abs=1e-5)
     index = np.array([len(train) - 1, 0, 17, 3])
     assert np.array_equal(train.take(index), train.read()[index])  # random access across shards
-    assert result.classes == ["normal", "nodule", "effusion"] and read_meta(result.folder)["classes"] == result.classes
+    assert result.classes == ["normal", "nodule", "effusion"]
+    assert read_meta(result.folder)["classes"] == result.classes
 
 
 def test_unchanged_inputs_come_from_the_cache(tmp_path, tiny_data):
@@ -81,10 +92,13 @@ def test_unchanged_inputs_come_from_the_cache(tmp_path, tiny_data):
     first = run_step(params, ws, report)
     stamp = (first.folder / "meta.json").stat().st_mtime_ns
     again = run_step(params, ws, report)
-    assert again.cached and again.key == first.key and (first.folder / "meta.json").stat().st_mtime_ns == stamp
+    assert again.cached
+    assert again.key == first.key
+    assert (first.folder / "meta.json").stat().st_mtime_ns == stamp
     changed = params.model_copy(update={"preprocess": params.preprocess.model_copy(
         update={"clahe": ClaheParams(enabled=True)})})
     redone = run_step(changed, ws, report)
-    assert not redone.cached and redone.key != first.key
+    assert not redone.cached
+    assert redone.key != first.key
     (first.folder / "y_val.npy").unlink()  # a damaged cache is rebuilt, not trusted
     assert not run_step(changed, ws, report).cached

@@ -17,7 +17,8 @@ def test_first_model_needs_the_floors():
     unset = decide({"roc_auc": 0.5}, None, PromoteParams(floors={}))
     assert unset[1] == ["first model: no floors set (promote.floors)"]
     ok, reasons = decide({"roc_auc": 0.65, "sensitivity": 0.5}, None, PP)
-    assert not ok and "roc_auc 0.650 misses the floor 0.7" in reasons[0]
+    assert not ok
+    assert "roc_auc 0.650 misses the floor 0.7" in reasons[0]
 
 
 def test_better_by_margin_with_guards():
@@ -25,7 +26,8 @@ def test_better_by_margin_with_guards():
     assert decide({"roc_auc": 0.82, "sensitivity": 0.68}, champ, PP)[0]
     assert not decide({"roc_auc": 0.805, "sensitivity": 0.70}, champ, PP)[0]  # under the margin
     ok, reasons = decide({"roc_auc": 0.90, "sensitivity": 0.60}, champ, PP)
-    assert not ok and "guard sensitivity worse by 0.1000 > tolerance 0.05" in reasons
+    assert not ok
+    assert "guard sensitivity worse by 0.1000 > tolerance 0.05" in reasons
 
 
 def test_a_tie_does_not_beat_the_champion():
@@ -39,7 +41,8 @@ def test_lower_is_better_metrics_are_gated_the_right_way_round():
     assert decide({"log_loss": 0.40, "ece": 0.05}, champ, pp)[0]
     assert not decide({"log_loss": 0.60, "ece": 0.05}, champ, pp)[0]
     assert not decide({"log_loss": 0.40, "ece": 0.08}, champ, pp)[0]  # calibration guard
-    assert decide({"log_loss": 0.9, "ece": 0.1}, None, pp)[0] and not decide({"log_loss": 1.2, "ece": 0}, None, pp)[0]
+    assert decide({"log_loss": 0.9, "ece": 0.1}, None, pp)[0]
+    assert not decide({"log_loss": 1.2, "ece": 0}, None, pp)[0]
 
 
 @pytest.mark.parametrize("key,value", [("promote.metric", "auc"), ("promote.guards", "{sens: 0.1}"),
@@ -66,14 +69,17 @@ def test_an_interrupted_alias_change_is_finished_and_tags_follow_aliases(tmp_pat
 
     client = _registry(tmp_path)
     apply_plan(client, "m", {"set": {"champion": 1}, "delete": [], "tags": {}})
-    assert aliases_of(client, "m") == {"champion": 1} and JOURNAL not in client.get_registered_model("m").tags
+    assert aliases_of(client, "m") == {"champion": 1}
+    assert JOURNAL not in client.get_registered_model("m").tags
     # what a process killed after its first alias write leaves: the journal and half the change
     plan = {"set": {"previous": 1, "champion": 3}, "delete": [], "tags": {"3": {"medpipe.promotion": "promoted"}}}
     client.set_registered_model_tag("m", JOURNAL, json.dumps(plan))
     client.set_registered_model_alias("m", "previous", "1")
     said = []
-    assert recover(client, "m", say=said.append) and said
+    assert recover(client, "m", say=said.append)
+    assert said
     assert aliases_of(client, "m") == {"champion": 3, "previous": 1}
     tags = {v: client.get_model_version("m", str(v)).tags for v in (1, 2, 3)}
     assert (tags[1]["medpipe.aliases"], tags[3]["medpipe.aliases"]) == ("previous", "champion")
-    assert tags[3]["medpipe.promotion"] == "promoted" and not recover(client, "m")
+    assert tags[3]["medpipe.promotion"] == "promoted"
+    assert not recover(client, "m")

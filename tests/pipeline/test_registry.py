@@ -65,11 +65,14 @@ def test_new_versions_hold_no_pickle_and_load_without_unpickling(registered):
 
     root, _, params = registered
     model_dir = next((root / "artifacts").rglob("MLmodel")).parent
-    assert not list(model_dir.rglob("*.pkl")) and (model_dir / "served_model.py").is_file()
+    assert not list(model_dir.rglob("*.pkl"))
+    assert (model_dir / "served_model.py").is_file()
     marker = root / "pwned"
     (model_dir / "python_model.pkl").write_bytes(pickle.dumps(_Boom(str(marker))))  # a hostile artifact
     classifier, version = load_classifier("models:/m@champion", params.register_, root, params.preprocess)
-    assert version == 1 and classifier.classes == ["a", "b"] and classifier.pp.size == 16
+    assert version == 1
+    assert classifier.classes == ["a", "b"]
+    assert classifier.pp.size == 16
     assert not marker.exists()  # nothing from the artifact store was unpickled
 
 

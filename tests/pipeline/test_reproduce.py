@@ -27,7 +27,8 @@ def test_checkout_refuses_anything_but_a_full_commit_id(repo, tmp_path, commit):
     with pytest.raises(MedpipeError, match="not a full commit id") as caught:
         checkout(repo, commit.format(out=out, short=full[:12], full=full), "md5", tmp_path / "into", "data")
     assert "\n" not in str(caught.value)
-    assert not out.exists() and not any((tmp_path / "into").iterdir())
+    assert not out.exists()
+    assert not any((tmp_path / "into").iterdir())
 
 
 def test_checkout_archives_a_full_commit_id(repo, tmp_path):

@@ -23,13 +23,20 @@ def test_facts_per_image(tmp_path):
     cv2.imwrite(str(tmp_path / "black.png"), np.zeros((8, 8), np.uint8))
     (tmp_path / "bad.png").write_bytes(b"")
     table = scan(tmp_path, [*rels, "black.png", "bad.png", "../escape.png"])
-    assert list(table.columns) == COLUMNS and table["path"].tolist()[-3:] == ["black.png", "bad.png", "../escape.png"]
+    assert list(table.columns) == COLUMNS
+    assert table["path"].tolist()[-3:] == ["black.png", "bad.png", "../escape.png"]
     first = table.iloc[0]
     assert (first.width, first.height, first.channels, first.bit_depth) == (10, 12, 1, 8)
-    assert len(first.sha256) == 64 and first["std"] > 50 and first.blur > 100 and first.readable
+    assert len(first.sha256) == 64
+    assert first["std"] > 50
+    assert first.blur > 100
+    assert first.readable
     black = table.iloc[3]
-    assert black["std"] == 0 and black.blur == 0 and black.readable
-    assert table.iloc[4].error == "empty file (0 bytes)" and not table.iloc[4].readable
+    assert black["std"] == 0
+    assert black.blur == 0
+    assert black.readable
+    assert table.iloc[4].error == "empty file (0 bytes)"
+    assert not table.iloc[4].readable
     assert table.iloc[5].error == "path outside the data root"
 
 
@@ -44,7 +51,8 @@ def test_incremental_rescan_reads_only_changed_files(tmp_path):
     os.utime(data / rels[0], ns=(1, 1))
     second = scan(data, rels, cache=cache)
     assert second.loc[1, "mean"] == -1.0  # unchanged file: not re-read
-    assert second.loc[0, "sha256"] != first.loc[0, "sha256"] and second.loc[0, "width"] == 5
+    assert second.loc[0, "sha256"] != first.loc[0, "sha256"]
+    assert second.loc[0, "width"] == 5
 
 
 def test_parallel_and_serial_agree(tmp_path, monkeypatch):
@@ -62,7 +70,8 @@ def test_dicom_gets_a_salt_file_and_a_pseudonym(tmp_path):
 
     write_dicom(tmp_path / "data/a/x.dcm", np.arange(16, dtype=np.uint16).reshape(4, 4))
     table = scan(tmp_path / "data", ["a/x.dcm"], project=tmp_path)
-    assert (tmp_path / SALT_FILE).is_file() and table.loc[0, "patient_key"].startswith("P-")
+    assert (tmp_path / SALT_FILE).is_file()
+    assert table.loc[0, "patient_key"].startswith("P-")
     assert not (tmp_path / "data" / SALT_FILE).exists()  # the data folder stays untouched
     assert "MRN" not in table.to_csv()
 

@@ -41,7 +41,8 @@ def test_predict_table_has_labels_and_probabilities(tiny_data):
     model = build_model(ModelParams(), (32, 32, 1), 3)
     files = sorted((tiny_data / "images").rglob("*.png"))[:4]
     table = predict_table(model, ["normal", "nodule", "effusion"], [f.read_bytes() for f in files], PP)
-    assert list(table.columns) == ["label", "normal", "nodule", "effusion"] and len(table) == 4
+    assert list(table.columns) == ["label", "normal", "nodule", "effusion"]
+    assert len(table) == 4
     assert np.allclose(table[["normal", "nodule", "effusion"]].sum(axis=1), 1, atol=1e-5)
     assert (table["label"] == table[["normal", "nodule", "effusion"]].idxmax(axis=1)).all()
 

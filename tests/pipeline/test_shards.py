@@ -24,7 +24,8 @@ def folder(tmp_path):
 def test_take_reads_any_images_across_shards(folder):
     path, images = folder
     shards = Shards(path, "train")
-    assert len(shards) == 5 and shards.nbytes == 5 * 16
+    assert len(shards) == 5
+    assert shards.nbytes == 5 * 16
     assert np.array_equal(shards.take([4, 0, 3]), images[[4, 0, 3]])
 
 
@@ -32,7 +33,8 @@ def test_read_and_load_split_give_the_whole_split(folder):
     path, images = folder
     assert np.array_equal(Shards(path, "train").read(), images)
     x, y = load_split(path, "train")
-    assert x.dtype == np.float32 and np.allclose(x, images / 255.0)
+    assert x.dtype == np.float32
+    assert np.allclose(x, images / 255.0)
     assert y.tolist() == [0, 1, 2, 0, 1]
     assert read_meta(path)["classes"] == ["a", "b", "c"]
 

@@ -24,7 +24,8 @@ def test_images_shared_across_patients_are_grouped():
     patients = pd.Series(["a", "b", "c", "d"])
     hashes = pd.Series(["h1", "h2", "h1", "h3"])  # a and c share an image
     groups = leakage_groups(patients, hashes)
-    assert groups[0] == groups[2] and len(set(groups)) == 3
+    assert groups[0] == groups[2]
+    assert len(set(groups)) == 3
 
 
 def _train(n_per_label: dict[str, int]) -> pd.DataFrame:
@@ -52,6 +53,7 @@ def test_assign_splits_keeps_a_full_published_split_and_carves_a_missing_val():
     images = _train({"a": 10, "b": 10}).assign(sha256=lambda d: d["path"], split="train")
     images.loc[images.index % 4 == 0, "split"] = "test"
     carved = assign_splits(images, Params())
-    assert set(carved) == {"train", "val", "test"} and (carved[images["split"] == "test"] == "test").all()
+    assert set(carved) == {"train", "val", "test"}
+    assert (carved[images["split"] == "test"] == "test").all()
     full = images.assign(split=images["split"].where(images.index % 4 != 1, "val"))
     assert assign_splits(full, Params()).equals(full["split"])

@@ -14,7 +14,8 @@ def test_each_stage_depends_on_every_module_its_step_imports():
     for s in STEPS:
         deps = set(stages[s.name]["deps"])
         assert set(code_deps(f"pipeline.{s.module}")) <= deps, s.name
-        assert set(s.inputs) <= deps and stages[s.name]["cmd"] == f"medpipe stage {s.name}"
+        assert set(s.inputs) <= deps
+        assert stages[s.name]["cmd"] == f"medpipe stage {s.name}"
 
 
 def test_the_modules_a_review_found_missing_are_code_deps():
@@ -42,7 +43,8 @@ def test_each_step_receives_the_results_of_the_steps_it_comes_after():
         params = list(inspect.signature(s.run).parameters)
         assert params[:2] == ["params", "ws"], s.name
         received = params[2:2 + len(s.after)]
-        assert len(received) == len(s.after) and all(names.index(a) < names.index(s.name) for a in s.after), s.name
+        assert len(received) == len(s.after), s.name
+        assert all(names.index(a) < names.index(s.name) for a in s.after), s.name
         for earlier in s.after:  # DVC reruns it when what it receives changes
             assert set(step(earlier).outputs) <= set(s.inputs), (s.name, earlier)
             assert callable(step(earlier).load), earlier
@@ -70,7 +72,8 @@ def test_load_result_reads_back_what_each_step_returned(tmp_path, tiny_data):
     validated = validate.run_step(params, ws)
     prepared = preprocess.run_step(params, ws, validated)
     balanced = step("balance").stage(params, ws)  # its input read back from outputs/preprocess
-    assert step("validate").load(ws) == validated and step("balance").load(ws) == balanced
+    assert step("validate").load(ws) == validated
+    assert step("balance").load(ws) == balanced
     assert step("preprocess").load(ws) == prepared.__class__(**{**prepared.__dict__, "cached": True})
     assert balanced == balance.run_step(params, ws, prepared)
     assert len(validated.split_table()) == sum(prepared.split_sizes.values())

@@ -41,10 +41,12 @@ def test_each_epoch_is_a_function_of_seed_and_epoch(tmp_path, tiny_data):
     batches = _batches(full, 3 * steps)
     assert sum(len(x) for x, _ in batches[:steps]) == len(plan[0])
     first, second = (np.concatenate([y.argmax(1) for _, y in batches[e * steps:(e + 1) * steps]]) for e in (0, 1))
-    assert not np.array_equal(first, second) and np.array_equal(np.sort(first), np.sort(second))  # reshuffled
+    assert not np.array_equal(first, second)
+    assert np.array_equal(np.sort(first), np.sort(second))  # reshuffled
     resumed, _ = train_dataset(shards, plan, 3, tp, ap, start_epoch=1)  # as after a restart at epoch 1
     for (xa, ya), (xb, yb) in zip(batches[steps:], _batches(resumed, 2 * steps)):
-        assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+        assert np.array_equal(xa, xb)
+        assert np.array_equal(ya, yb)
     streamed, _ = train_dataset(shards, plan, 3, tp.model_copy(update={"in_memory_mb": 0}), ap)
     for (xa, _), (xb, _) in zip(batches, _batches(streamed, 3 * steps)):
         assert np.array_equal(xa, xb)  # memory-mapped shards give the very same batches
@@ -70,7 +72,8 @@ def test_initial_weights_ignore_other_threads_drawing_from_python_random(tmp_pat
 
 def test_schedules():
     cosine = learning_rate(TrainParams(schedule="cosine", epochs=10, learning_rate=0.1), steps_per_epoch=5)
-    assert float(cosine(0)) == pytest.approx(0.1) and float(cosine(50)) == pytest.approx(0.0, abs=1e-6)
+    assert float(cosine(0)) == pytest.approx(0.1)
+    assert float(cosine(50)) == pytest.approx(0.0, abs=1e-6)
     step = learning_rate(TrainParams(schedule="step", step_epochs=2, step_gamma=0.5, learning_rate=0.1), 5)
     assert [round(float(step(s)), 6) for s in (0, 9, 10, 19, 20)] == [0.1, 0.1, 0.05, 0.05, 0.025]
     assert learning_rate(TrainParams(), 5) == 1e-3
@@ -81,7 +84,8 @@ def test_cpu_gets_the_default_strategy_and_float32():
     import tensorflow as tf
 
     strategy, mixed = configure_devices(TrainParams())
-    assert not mixed and keras.mixed_precision.global_policy().name == "float32"
+    assert not mixed
+    assert keras.mixed_precision.global_policy().name == "float32"
     assert not isinstance(strategy, tf.distribute.MirroredStrategy)
 
 
@@ -114,13 +118,15 @@ def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, tiny_dat
         run_step(params, ws, *inputs, callbacks=(_interrupt_after(2),))
     assert json.loads((ws.out / "checkpoint" / "progress.json").read_text())["epoch"] == 2
     resumed = run_step(params, ws, *inputs, resume=True)
-    assert resumed.resumed_from == 2 and resumed.epochs_run == whole.epochs_run == 4
+    assert resumed.resumed_from == 2
+    assert resumed.epochs_run == whole.epochs_run == 4
     assert resumed.weights_sha256 == whole.weights_sha256
     assert json.loads((ws.out / "train" / "history.json").read_text()) == history
     assert not (ws.out / "checkpoint").exists()
     client = mlflow.MlflowClient(tracking_uri=params.register_.tracking_uri)
     run = client.get_run(resumed.run_id)  # one MLflow run, continued, with the whole curve
-    assert run.info.status == "FINISHED" and len(client.search_runs([run.info.experiment_id])) == 1
+    assert run.info.status == "FINISHED"
+    assert len(client.search_runs([run.info.experiment_id])) == 1
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_roc_auc")] == [0, 1, 2, 3]
 
 
@@ -129,5 +135,7 @@ def test_one_plain_line_per_epoch_off_a_terminal():
 
     logs = {k: 0.5 for k in CURVES} | {"lr": 0.001}
     line = epoch_line(2, 20, logs, improved=True)
-    assert line.startswith("epoch 3/20: loss 0.500") and line.endswith("lr 0.001 *best")
-    assert "\x1b" not in line and "\n" not in line
+    assert line.startswith("epoch 3/20: loss 0.500")
+    assert line.endswith("lr 0.001 *best")
+    assert "\x1b" not in line
+    assert "\n" not in line

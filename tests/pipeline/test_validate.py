@@ -23,11 +23,14 @@ def data(tmp_path, tiny_data):
 
 def test_valid_data_passes_and_writes_reports(data, tmp_path):
     report = _run(data, tmp_path)
-    assert report.success and not report.failed and report.n_images > 60
+    assert report.success
+    assert not report.failed
+    assert report.n_images > 60
     assert (tmp_path / "outputs/validate/report.json").is_file()
     assert "PASSED" in (tmp_path / "outputs/validate/report.md").read_text()
     html = (tmp_path / "outputs/validate/report.html").read_text()
-    assert "PASSED" in html and "http" not in html  # self-contained: reads offline
+    assert "PASSED" in html
+    assert "http" not in html  # self-contained: reads offline
 
 
 def _corrupt(data, case):
@@ -61,7 +64,8 @@ def test_bad_input_is_reported_by_file_and_reason(data, tmp_path, case, check):
     path = _corrupt(data, case)
     report = _run(data, tmp_path)
     failed = {c.name: c.unexpected for c in report.failed}
-    assert not report.success and check in failed
+    assert not report.success
+    assert check in failed
     assert any(path in example for example in failed[check])
     assert "FAILED" in (tmp_path / "outputs/validate/report.md").read_text()
 
@@ -74,7 +78,8 @@ def test_too_few_images_in_a_class(data, tmp_path):
 
 def test_missing_manifest_is_a_failed_report_not_a_crash(tmp_path):
     report = _run(tmp_path / "nowhere", tmp_path)
-    assert not report.success and "data folder not found" in report.failed[0].unexpected[0]
+    assert not report.success
+    assert "data folder not found" in report.failed[0].unexpected[0]
 
 
 def test_blank_image_is_an_error_or_a_warning(data, tmp_path):
@@ -84,10 +89,12 @@ def test_blank_image_is_an_error_or_a_warning(data, tmp_path):
     rel = pd.read_csv(data / "manifest.csv")["path"][0]
     cv2.imwrite(str(data / rel), np.zeros((32, 32), np.uint8))
     report = _run(data, tmp_path)
-    assert not report.success and {c.name: c.unexpected for c in report.failed}["not blank"] == [rel]
+    assert not report.success
+    assert {c.name: c.unexpected for c in report.failed}["not blank"] == [rel]
     # the synthetic patients are near copies of each other (README): their mixed-label groups warn too
     relaxed = _run(data, tmp_path, blank="warning", near_duplicates={"enabled": False})
-    assert relaxed.success and {c.name for c in relaxed.warnings} == {"not blank (warning)", "not blurry (warning)"}
+    assert relaxed.success
+    assert {c.name for c in relaxed.warnings} == {"not blank (warning)", "not blurry (warning)"}
 
 
 def test_same_image_in_two_splits_and_patient_in_two_splits(data, tmp_path):
@@ -132,7 +139,8 @@ def test_a_published_split_without_val_gets_one_carved_from_train(data, tmp_path
     report = _run(data, tmp_path)
     assert report.success
     carved = [c for c in report.warnings if c.name == "val split carved from train"]
-    assert len(carved) == 1 and "no val rows" in carved[0].unexpected[0]
+    assert len(carved) == 1
+    assert "no val rows" in carved[0].unexpected[0]
     splits = pd.read_csv(tmp_path / "outputs/validate/splits.csv", dtype=str)
     assert set(splits["split"]) == {"train", "val", "test"}
     was = manifest.set_index("path")["split"]
@@ -145,7 +153,8 @@ def test_a_published_split_without_test_rows_is_one_failed_check(data, tmp_path)
     report = _run(data, tmp_path)
     assert not report.success
     reason = report.failed[0].unexpected[0]
-    assert "its split column has no test rows" in reason and "\n" not in reason
+    assert "its split column has no test rows" in reason
+    assert "\n" not in reason
 
 
 def test_colour_trained_in_gray_is_a_warning_and_the_report_names_the_colour(tmp_path):
@@ -166,10 +175,13 @@ def test_colour_trained_in_gray_is_a_warning_and_the_report_names_the_colour(tmp
 
     gray = validated("gray")
     kept = [c for c in gray.warnings if c.name == "colour kept"]
-    assert gray.success and len(kept) == 1 and kept[0].unexpected[0].startswith("12 of 12 images carry colour")
+    assert gray.success
+    assert len(kept) == 1
+    assert kept[0].unexpected[0].startswith("12 of 12 images carry colour")
     assert "Colour: gray" in (tmp_path / "gray/validate/report.md").read_text()
     rgb = validated("rgb")
-    assert not [c for c in rgb.warnings if c.name == "colour kept"] and rgb.color == "rgb"
+    assert not [c for c in rgb.warnings if c.name == "colour kept"]
+    assert rgb.color == "rgb"
 
 
 def test_unknown_labels_fail_naming_the_files_and_the_data_classes(data, tmp_path):
@@ -180,5 +192,7 @@ def test_unknown_labels_fail_naming_the_files_and_the_data_classes(data, tmp_pat
     manifest.to_csv(data / "manifest.csv", index=False)
     report = _run(data, tmp_path)
     message = str(failure(report, data))
-    assert "label known" in message and manifest.loc[3, "path"] in message and "\n" not in message
+    assert "label known" in message
+    assert manifest.loc[3, "path"] in message
+    assert "\n" not in message
     assert "--set validate.labels=effusion,nodule,normal,pneumothorax" in message

@@ -73,7 +73,8 @@ def _cleanup(*pids: int) -> None:
 def test_sigkilled_parent_takes_its_listening_child_along():
     parent, watcher, child, port = _parent(linger=600)
     try:
-        assert _alive(child) and not _port_free(port)
+        assert _alive(child)
+        assert not _port_free(port)
         parent.kill()  # SIGKILL: no atexit, no finally, nothing of the parent runs
         parent.wait(timeout=10)
         assert _gone_within(child, 5), "the child outlived its SIGKILLed parent"
@@ -88,7 +89,8 @@ def test_normally_exiting_parent_leaves_no_watcher_and_no_child():
     try:
         assert parent.wait(timeout=10) == 0
         assert _gone_within(watcher, 3), "the watcher outlived a normally exiting parent"
-        assert _gone_within(child, 3) and _port_free(port)
+        assert _gone_within(child, 3)
+        assert _port_free(port)
     finally:
         _cleanup(child, watcher)
 
