@@ -53,8 +53,9 @@ PYTEST_WORKERS ?= 2
 test: $(STAMP)  ## run the test suite (PYTEST_WORKERS=2 processes by default)
 	$(BIN)/python -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadscope) $(ARGS)
 
-lint: $(STAMP)  ## ruff check (code, tests, benchmarks) and mypy (pipeline, flows, cli); config in pyproject.toml
+lint: $(STAMP)  ## ruff check and ruff format --check (code, tests, benchmarks), mypy (pipeline, flows, cli)
 	$(BIN)/ruff check pipeline flows cli tests benchmarks
+	$(BIN)/ruff format --check pipeline flows cli tests benchmarks
 	$(BIN)/mypy
 
 dvc-yaml: $(STAMP)  ## regenerate dvc.yaml from the step declaration (pipeline/steps.py)

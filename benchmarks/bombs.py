@@ -64,11 +64,23 @@ def main() -> None:
         for case in CASES:
             path = make(case, folder)
             for step in STEPS:
-                out = subprocess.run([sys.executable, __file__, "--child", step, str(path)], capture_output=True,
-                                     text=True, check=True).stdout.strip().splitlines()[-1]
+                out = (
+                    subprocess.run(
+                        [sys.executable, __file__, "--child", step, str(path)],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    )
+                    .stdout.strip()
+                    .splitlines()[-1]
+                )
                 result = json.loads(out)
-                print(json.dumps({"bench": "bombs", "case": case, "step": step, "file_kb": path.stat().st_size // 1024,
-                                  **result}), flush=True)
+                print(
+                    json.dumps(
+                        {"bench": "bombs", "case": case, "step": step, "file_kb": path.stat().st_size // 1024, **result}
+                    ),
+                    flush=True,
+                )
             path.unlink()
 
 

@@ -76,18 +76,41 @@ def main() -> None:
         (Path(tmp) / "default").mkdir()
         pp = PreprocessParams(size=64, clahe={"enabled": True}, shard_size=args.shard)
         figures = bench(Path(tmp) / "data", rels, Path(tmp), pp, args.chunk)
-        same = all(np.array_equal(np.load(Path(tmp) / "default" / f.name), np.load(f))
-                   for side in ("dask_1", "dask_2") for f in sorted((Path(tmp) / side).glob("x_*.npy")))
+        same = all(
+            np.array_equal(np.load(Path(tmp) / "default" / f.name), np.load(f))
+            for side in ("dask_1", "dask_2")
+            for f in sorted((Path(tmp) / side).glob("x_*.npy"))
+        )
     n = len(rels)
-    rates = {side: {"scan_img_per_s": round(n / f["scan_s"]), "preprocess_img_per_s": round(n / f["preprocess_s"]),
-                    **({"cluster_startup_s": round(f["startup_s"], 1)} if "startup_s" in f else {})}
-             for side, f in figures.items()}
-    print(json.dumps({"bench": "dask", "images": n, "source_px": args.source, "size_px": 64, "cpus": os.cpu_count(),
-                      "machine": platform.machine(), "chunk": args.chunk, "shard": args.shard, **rates,
-                      "scan_ratio_2_vs_1": round(figures["dask_1"]["scan_s"] / figures["dask_2"]["scan_s"], 2),
-                      "preprocess_ratio_2_vs_1": round(figures["dask_1"]["preprocess_s"]
-                                                       / figures["dask_2"]["preprocess_s"], 2),
-                      "shards_identical": same}), flush=True)
+    rates = {
+        side: {
+            "scan_img_per_s": round(n / f["scan_s"]),
+            "preprocess_img_per_s": round(n / f["preprocess_s"]),
+            **({"cluster_startup_s": round(f["startup_s"], 1)} if "startup_s" in f else {}),
+        }
+        for side, f in figures.items()
+    }
+    print(
+        json.dumps(
+            {
+                "bench": "dask",
+                "images": n,
+                "source_px": args.source,
+                "size_px": 64,
+                "cpus": os.cpu_count(),
+                "machine": platform.machine(),
+                "chunk": args.chunk,
+                "shard": args.shard,
+                **rates,
+                "scan_ratio_2_vs_1": round(figures["dask_1"]["scan_s"] / figures["dask_2"]["scan_s"], 2),
+                "preprocess_ratio_2_vs_1": round(
+                    figures["dask_1"]["preprocess_s"] / figures["dask_2"]["preprocess_s"], 2
+                ),
+                "shards_identical": same,
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -34,11 +34,19 @@ SETS = {  # file, labels, goal (auc, acc), published MedMNIST v2 ResNet-18 (28) 
     "pneumoniamnist": ("pneumoniamnist_trainsubsampled.npz", ["normal", "pneumonia"], (0.970, 0.900), (0.944, 0.854)),
 }
 SETTINGS = {  # what this benchmark trains with (on top of params.yaml): the best of the few tried so far
-    "preprocess.size": "28", "model.name": "seed_cnn", "balance.strategy": "oversample",
+    "preprocess.size": "28",
+    "model.name": "seed_cnn",
+    "balance.strategy": "oversample",
     "balance.augment_originals": "true",
     "balance.augment": "{flip: true, rotation: 10, shift: 0.08, zoom: 0.1, brightness: 0.1, contrast: 0.1, noise: 0.0}",
-    "train.epochs": "60", "train.batch_size": "32", "train.schedule": "cosine", "train.learning_rate": "0.001",
-    "train.patience": "40", "train.min_epochs": "0", "evaluate.bootstrap": "200", "evaluate.cam_per_class": "0",
+    "train.epochs": "60",
+    "train.batch_size": "32",
+    "train.schedule": "cosine",
+    "train.learning_rate": "0.001",
+    "train.patience": "40",
+    "train.min_epochs": "0",
+    "evaluate.bootstrap": "200",
+    "evaluate.cam_per_class": "0",
 }
 
 
@@ -48,9 +56,14 @@ def run_once(data: Path, labels: list[str], seed: int, settings: dict[str, str],
     from pipeline import balance, evaluate, preprocess, shards, train, validate
     from pipeline.model import load_model
 
-    overrides = {**settings, "validate.labels": json.dumps(labels), "train.seed": str(seed),
-                 "balance.seed": str(seed), "register.tracking_uri": f"sqlite:///{work}/mlflow.db",
-                 "register.artifact_root": str(work / "artifacts")}
+    overrides = {
+        **settings,
+        "validate.labels": json.dumps(labels),
+        "train.seed": str(seed),
+        "balance.seed": str(seed),
+        "register.tracking_uri": f"sqlite:///{work}/mlflow.db",
+        "register.artifact_root": str(work / "artifacts"),
+    }
     params = load_params(REPO / "params.yaml", overrides)
     ws = Workspace(base=work, data_root=data, out=work / "outputs")
     params = resolve(params, data).params  # colour `auto`
@@ -65,9 +78,13 @@ def run_once(data: Path, labels: list[str], seed: int, settings: dict[str, str],
     metrics = evaluate.run_step(params, ws, validated, prepared, trained).metrics
     x_test, _ = shards.load_split(prepared.folder, "test")
     proba = load_model(ws.base / trained.model_path).predict(x_test, verbose=0)
-    return {"seed": seed, "test_roc_auc": round(metrics["test_roc_auc"], 4),
-            "test_accuracy": round(metrics["test_accuracy"], 4), "epochs": trained.epochs_run,
-            "train_seconds": round(seconds, 1)}, proba
+    return {
+        "seed": seed,
+        "test_roc_auc": round(metrics["test_roc_auc"], 4),
+        "test_accuracy": round(metrics["test_accuracy"], 4),
+        "epochs": trained.epochs_run,
+        "train_seconds": round(seconds, 1),
+    }, proba
 
 
 def ensemble(probas: list[np.ndarray], y: np.ndarray) -> dict:
@@ -75,8 +92,11 @@ def ensemble(probas: list[np.ndarray], y: np.ndarray) -> dict:
     from pipeline.metrics import classification_metrics
 
     metrics = classification_metrics(y, np.mean(probas, axis=0))
-    return {"members": len(probas), "test_roc_auc": round(metrics["roc_auc"], 4),
-            "test_accuracy": round(metrics["accuracy"], 4)}
+    return {
+        "members": len(probas),
+        "test_roc_auc": round(metrics["roc_auc"], 4),
+        "test_accuracy": round(metrics["accuracy"], 4),
+    }
 
 
 def main() -> None:
@@ -103,19 +123,31 @@ def main() -> None:
                 probas.append(proba)
             y_test = np.load(work / "outputs" / "preprocess" / "y_test.npy")
         auc, acc = (np.array([r[k] for r in runs]) for k in ("test_roc_auc", "test_accuracy"))
-        print(json.dumps({"bench": "medmnist", "set": name, "cpus": os.cpu_count(), "machine": platform.machine(),
-                          "settings": settings, "runs": runs,
-                          "test_roc_auc_mean": round(float(auc.mean()), 4),
-                          "test_roc_auc_std": round(float(auc.std()), 4),
-                          "test_accuracy_mean": round(float(acc.mean()), 4),
-                          "test_accuracy_std": round(float(acc.std()), 4),
-                          "max_train_seconds": max(r["train_seconds"] for r in runs),
-                          "goal": {"roc_auc": goal[0], "accuracy": goal[1], "train_seconds": 600},
-                          "meets_goal": bool(auc.mean() >= goal[0] and acc.mean() >= goal[1]
-                                             and max(r["train_seconds"] for r in runs) <= 600),
-                          "ensemble_of_seeds": ensemble(probas, y_test),
-                          "published_resnet18_28": {"roc_auc": published[0], "accuracy": published[1]},
-                          "roc_auc_ratio": round(float(auc.mean()) / published[0], 3)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "medmnist",
+                    "set": name,
+                    "cpus": os.cpu_count(),
+                    "machine": platform.machine(),
+                    "settings": settings,
+                    "runs": runs,
+                    "test_roc_auc_mean": round(float(auc.mean()), 4),
+                    "test_roc_auc_std": round(float(auc.std()), 4),
+                    "test_accuracy_mean": round(float(acc.mean()), 4),
+                    "test_accuracy_std": round(float(acc.std()), 4),
+                    "max_train_seconds": max(r["train_seconds"] for r in runs),
+                    "goal": {"roc_auc": goal[0], "accuracy": goal[1], "train_seconds": 600},
+                    "meets_goal": bool(
+                        auc.mean() >= goal[0] and acc.mean() >= goal[1] and max(r["train_seconds"] for r in runs) <= 600
+                    ),
+                    "ensemble_of_seeds": ensemble(probas, y_test),
+                    "published_resnet18_28": {"roc_auc": published[0], "accuracy": published[1]},
+                    "roc_auc_ratio": round(float(auc.mean()) / published[0], 3),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -63,8 +63,12 @@ def run_stage(step: str, params: Path) -> dict:
     """Run one step in a child process; its peak RSS (GiB) and wall time (s)."""
     medpipe = Path(sys.executable).with_name("medpipe")
     start = time.perf_counter()
-    child = subprocess.Popen([str(medpipe), "stage", step, "--params", str(params)], cwd=params.parent,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [str(medpipe), "stage", step, "--params", str(params)],
+        cwd=params.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     _, status, usage = os.wait4(child.pid, 0)
     error = child.stderr.read().decode(errors="replace")[-2000:]
     if os.waitstatus_to_exitcode(status) != 0:
@@ -88,10 +92,24 @@ def main() -> None:
         steps = {step: run_stage(step, params) for step in ("validate", "preprocess", "balance", "train")}
         shard_bytes = sum(f.stat().st_size for f in (project / "outputs" / "preprocess").glob("x_*.npy"))
     peak = max(steps["preprocess"]["peak_rss_gib"], steps["train"]["peak_rss_gib"])
-    print(json.dumps({"bench": "memory", "images": args.images, "size_px": args.size, "cpus": os.cpu_count(),
-                      "machine": platform.machine(), "generate_seconds": generated, "steps": steps,
-                      "shards_gib": round(shard_bytes / 2**30, 3), "preprocess_and_epoch_peak_rss_gib": peak,
-                      "goal_gib": GOAL_GIB, "meets_goal": peak <= GOAL_GIB}), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "memory",
+                "images": args.images,
+                "size_px": args.size,
+                "cpus": os.cpu_count(),
+                "machine": platform.machine(),
+                "generate_seconds": generated,
+                "steps": steps,
+                "shards_gib": round(shard_bytes / 2**30, 3),
+                "preprocess_and_epoch_peak_rss_gib": peak,
+                "goal_gib": GOAL_GIB,
+                "meets_goal": peak <= GOAL_GIB,
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

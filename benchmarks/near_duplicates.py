@@ -36,21 +36,28 @@ def variants(image: np.ndarray, rng: np.random.Generator) -> dict[str, tuple[str
     """One near copy per family, random parameters in the issue's ranges (image: uint8, gray or BGR)."""
     h, w = image.shape[:2]
     s = rng.uniform(0.5, 1.5)
-    resized = cv2.resize(image, (max(8, round(w * s)), max(8, round(h * s))),
-                         interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    resized = cv2.resize(
+        image, (max(8, round(w * s)), max(8, round(h * s))), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+    )
     c = rng.uniform(0.01, 0.05)
     dx, dy = max(1, round(c * w)), max(1, round(c * h))
-    crop = image[dy:, dx:] if rng.uniform() < 0.5 else image[:h - dy, :w - dx]
+    crop = image[dy:, dx:] if rng.uniform() < 0.5 else image[: h - dy, : w - dx]
     move = np.float32([[1, 0, rng.choice([-1, 1]) * dx], [0, 1, rng.choice([-1, 1]) * dy]])
     shifted = cv2.warpAffine(image, move, (w, h), borderMode=cv2.BORDER_REPLICATE)
     bright = np.clip(image * 1.0 + rng.uniform(-0.1, 0.1) * 255, 0, 255).astype(np.uint8)
     contrast = np.clip((image - image.mean()) * rng.uniform(0.9, 1.1) + image.mean(), 0, 255).astype(np.uint8)
     other = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    return {"jpeg": _encode(image, "jpg", int(rng.integers(60, 96))), "resize": _encode(resized, "png"),
-            "resize_back": _encode(cv2.resize(resized, (w, h)), "png"), "crop": _encode(crop, "png"),
-            "shift": _encode(shifted, "png"), "brightness": _encode(bright, "png"),
-            "contrast": _encode(contrast, "png"), "png_jpeg": _encode(image, "jpg", 90),
-            "gray_rgb": _encode(other, "png")}
+    return {
+        "jpeg": _encode(image, "jpg", int(rng.integers(60, 96))),
+        "resize": _encode(resized, "png"),
+        "resize_back": _encode(cv2.resize(resized, (w, h)), "png"),
+        "crop": _encode(crop, "png"),
+        "shift": _encode(shifted, "png"),
+        "brightness": _encode(bright, "png"),
+        "contrast": _encode(contrast, "png"),
+        "png_jpeg": _encode(image, "jpg", 90),
+        "gray_rgb": _encode(other, "png"),
+    }
 
 
 def _fp_bytes(name: str, data: bytes) -> str:
@@ -65,7 +72,7 @@ def _images(datasets: Path, every: int) -> dict[str, list[tuple[str, np.ndarray]
         paths = pd.read_csv(root / "manifest.csv")["path"].tolist()[::every]
         out[name] = [(p, cv2.imread(str(root / p), cv2.IMREAD_UNCHANGED)) for p in paths]
     npz = np.load(datasets / "medmnist" / "pneumoniamnist_trainsubsampled.npz")
-    out["pneumoniamnist"] = [(f"test/{i}", im) for i, im in enumerate(npz["test_images"][::max(1, every // 2)])]
+    out["pneumoniamnist"] = [(f"test/{i}", im) for i, im in enumerate(npz["test_images"][:: max(1, every // 2)])]
     return out
 
 
@@ -80,12 +87,18 @@ def recall(datasets: Path, every: int, seed: int = 0) -> list[dict]:
             for family, (fname, data) in variants(image, rng).items():
                 per.setdefault(family, []).append(int(hamming(base, to_words([_fp_bytes(fname, data)]))[0]))
         every_d = np.concatenate([np.array(v) for v in per.values()])
-        rows.append({"bench": "near_duplicates", "what": "recall", "dataset": name, "originals": len(images),
-                     "planted": int(every_d.size),
-                     **{f"recall_at_{t}": round(float((every_d <= t).mean()), 4) for t in THRESHOLDS},
-                     "max_distance": {f: int(max(v)) for f, v in per.items()},
-                     "recall_at_30_by_family": {f: round(float((np.array(v) <= 30).mean()), 3)
-                                                for f, v in per.items()}})
+        rows.append(
+            {
+                "bench": "near_duplicates",
+                "what": "recall",
+                "dataset": name,
+                "originals": len(images),
+                "planted": int(every_d.size),
+                **{f"recall_at_{t}": round(float((every_d <= t).mean()), 4) for t in THRESHOLDS},
+                "max_distance": {f: int(max(v)) for f, v in per.items()},
+                "recall_at_30_by_family": {f: round(float((np.array(v) <= 30).mean()), 3) for f, v in per.items()},
+            }
+        )
     return rows
 
 
@@ -109,10 +122,19 @@ def false_positives(datasets: Path) -> list[dict]:
         first = pd.Series(keys).duplicated(keep="first").to_numpy()  # keep one of each true duplicate group
         distinct = [f for f, d in zip(fps, first) if not d]
         nn = nearest_distances(to_words(distinct), 47)
-        rows.append({"bench": "near_duplicates", "what": "false_positives", "dataset": name, "images": len(fps),
-                     "distinct": len(distinct), "true_duplicates_left_out": int(first.sum()),
-                     **{f"flagged_at_{t}": round(float((nn <= t).mean()), 5) for t in THRESHOLDS},
-                     "nn_distance_min": int(nn.min()), "nn_distance_p01": float(np.percentile(nn, 1))})
+        rows.append(
+            {
+                "bench": "near_duplicates",
+                "what": "false_positives",
+                "dataset": name,
+                "images": len(fps),
+                "distinct": len(distinct),
+                "true_duplicates_left_out": int(first.sum()),
+                **{f"flagged_at_{t}": round(float((nn <= t).mean()), 5) for t in THRESHOLDS},
+                "nn_distance_min": int(nn.min()),
+                "nn_distance_p01": float(np.percentile(nn, 1)),
+            }
+        )
     return rows
 
 
@@ -130,17 +152,23 @@ def scan_cost(datasets: Path, n: int) -> dict:
             for rel in rels:
                 scan_file(root, rel, b"", with_fingerprint=flag)
             best[flag] = min(best[flag], time.perf_counter() - t)
-    return {"bench": "near_duplicates", "what": "scan_cost", "files": len(rels), "scan_s": round(best[False], 3),
-            "scan_with_fingerprint_s": round(best[True], 3),
-            "fingerprint_overhead": round(best[True] / best[False] - 1, 4),
-            "scan_ratio": round(best[False] / best[True], 4)}
+    return {
+        "bench": "near_duplicates",
+        "what": "scan_cost",
+        "files": len(rels),
+        "scan_s": round(best[False], 3),
+        "scan_with_fingerprint_s": round(best[True], 3),
+        "fingerprint_overhead": round(best[True] / best[False] - 1, 4),
+        "scan_ratio": round(best[False] / best[True], 4),
+    }
 
 
 def grouping(n: int, planted: int, threshold: int = 30, seed: int = 0) -> dict:
     """Group n random fingerprints with `planted` near copies (up to threshold - 6 bits flipped)."""
     rng = np.random.default_rng(seed)
     words = rng.integers(0, 2**63, size=(n, 4), dtype=np.int64).astype(np.uint64) | (
-        rng.integers(0, 2, size=(n, 4)).astype(np.uint64) << np.uint64(63))
+        rng.integers(0, 2, size=(n, 4)).astype(np.uint64) << np.uint64(63)
+    )
     src, dst = rng.choice(n, planted, replace=False), None
     dst = rng.choice(np.setdiff1d(np.arange(n), src), planted, replace=False)
     copies = np.unpackbits(words[src].astype(">u8").view(np.uint8), axis=1)
@@ -156,9 +184,17 @@ def grouping(n: int, planted: int, threshold: int = 30, seed: int = 0) -> dict:
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     found = float(np.mean(groups.group[src] == groups.group[dst]) * (groups.group[src] >= 0).mean())
-    return {"bench": "near_duplicates", "what": "grouping", "fingerprints": n, "planted": planted,
-            "threshold": threshold, "seconds": round(seconds, 2), "peak_mb": round(peak / 2**20, 1),
-            "planted_found": round(found, 4), "pairs": int(len(groups.pairs[0]))}
+    return {
+        "bench": "near_duplicates",
+        "what": "grouping",
+        "fingerprints": n,
+        "planted": planted,
+        "threshold": threshold,
+        "seconds": round(seconds, 2),
+        "peak_mb": round(peak / 2**20, 1),
+        "planted_found": round(found, 4),
+        "pairs": int(len(groups.pairs[0])),
+    }
 
 
 def main() -> None:
@@ -170,8 +206,12 @@ def main() -> None:
     args = ap.parse_args()
     if not (args.datasets / "chest_xray_kermany224").is_dir():
         args.datasets = Path("/work/shared/datasets")
-    for row in [*recall(args.datasets, args.every), *false_positives(args.datasets), scan_cost(args.datasets,
-                args.scan_files), grouping(args.n, args.n // 20)]:
+    for row in [
+        *recall(args.datasets, args.every),
+        *false_positives(args.datasets),
+        scan_cost(args.datasets, args.scan_files),
+        grouping(args.n, args.n // 20),
+    ]:
         print(json.dumps(row), flush=True)
 
 

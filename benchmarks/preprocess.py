@@ -83,13 +83,26 @@ def main() -> None:
             figures[workers] = best_of(args.repeats, lambda: medpipe(paths, out, pp))
         t_decode = best_of(args.repeats, lambda: decode_only(paths, 0))
     n = len(paths)
-    print(json.dumps({"bench": "preprocess", "images": n, "source_px": args.source, "size_px": args.size,
-                      "cpus": os.cpu_count(), "machine": platform.machine(),
-                      "medpipe_img_per_s": round(n / figures[0]), "medpipe_1_thread_img_per_s": round(n / figures[1]),
-                      "naive_img_per_s": round(n / t_naive), "throughput_ratio": round(t_naive / figures[0], 2),
-                      "one_thread_ratio": round(t_naive / figures[1], 2),
-                      "decode_only_img_per_s": round(n / t_decode),
-                      "decode_only_ratio": round(t_naive / t_decode, 2)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "preprocess",
+                "images": n,
+                "source_px": args.source,
+                "size_px": args.size,
+                "cpus": os.cpu_count(),
+                "machine": platform.machine(),
+                "medpipe_img_per_s": round(n / figures[0]),
+                "medpipe_1_thread_img_per_s": round(n / figures[1]),
+                "naive_img_per_s": round(n / t_naive),
+                "throughput_ratio": round(t_naive / figures[0], 2),
+                "one_thread_ratio": round(t_naive / figures[1], 2),
+                "decode_only_img_per_s": round(n / t_decode),
+                "decode_only_ratio": round(t_naive / t_decode, 2),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

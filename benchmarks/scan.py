@@ -43,8 +43,9 @@ def naive(root: Path, rels: list[str]) -> list[tuple]:
     for rel in rels:
         data = (root / rel).read_bytes()
         img = cv2.imread(str(root / rel), cv2.IMREAD_UNCHANGED).astype(np.float32)
-        rows.append((rel, hashlib.sha256(data).hexdigest(), img.mean(), img.std(),
-                     cv2.Laplacian(img, cv2.CV_32F).var()))
+        rows.append(
+            (rel, hashlib.sha256(data).hexdigest(), img.mean(), img.std(), cv2.Laplacian(img, cv2.CV_32F).var())
+        )
     return rows
 
 
@@ -68,11 +69,23 @@ def main() -> None:
             t_medpipe = timed(lambda: scan(root, rels, cache=cache))
             t_rescan = timed(lambda: scan(root, rels, cache=cache))
         n = args.images
-        print(json.dumps({"bench": "scan", "images": n, "size": size, "cpus": os.cpu_count(),
-                          "machine": platform.machine(), "medpipe_img_per_s": round(n / t_medpipe),
-                          "naive_img_per_s": round(n / t_naive), "throughput_ratio": round(t_naive / t_medpipe, 2),
-                          "incremental_rescan_img_per_s": round(n / t_rescan),
-                          "rescan_ratio": round(t_naive / t_rescan, 2)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "scan",
+                    "images": n,
+                    "size": size,
+                    "cpus": os.cpu_count(),
+                    "machine": platform.machine(),
+                    "medpipe_img_per_s": round(n / t_medpipe),
+                    "naive_img_per_s": round(n / t_naive),
+                    "throughput_ratio": round(t_naive / t_medpipe, 2),
+                    "incremental_rescan_img_per_s": round(n / t_rescan),
+                    "rescan_ratio": round(t_naive / t_rescan, 2),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

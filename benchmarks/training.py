@@ -33,8 +33,12 @@ def write_shards(folder: Path, x: np.ndarray, y: np.ndarray) -> Shards:
     """A preprocess output folder holding one train split (the layout pipeline.preprocess writes)."""
     np.save(folder / "x_train_00000.npy", x)
     np.save(folder / "y_train.npy", y)
-    meta = {"size": x.shape[1], "channels": x.shape[3], "classes": ["a", "b"],
-            "splits": {"train": {"n": len(x), "shards": ["x_train_00000.npy"], "labels": "y_train.npy"}}}
+    meta = {
+        "size": x.shape[1],
+        "channels": x.shape[3],
+        "classes": ["a", "b"],
+        "splits": {"train": {"n": len(x), "shards": ["x_train_00000.npy"], "labels": "y_train.npy"}},
+    }
     (folder / "meta.json").write_text(json.dumps(meta))
     return Shards(folder, "train")
 
@@ -66,8 +70,11 @@ def measured_peak_flops(n: int = 2048, repeats: int = 10) -> float:
 
 def nominal_peak_flops() -> float:
     """Cores x clock x 32 FP32 FLOP/cycle (two 256-bit FMA pipes; AVX-512 on Zen 4 is double-pumped)."""
-    mhz = [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
-           if line.startswith("cpu MHz")]
+    mhz = [
+        float(line.split(":")[1])
+        for line in Path("/proc/cpuinfo").read_text().splitlines()
+        if line.startswith("cpu MHz")
+    ]
     return (os.cpu_count() or 1) * (max(mhz) if mhz else 0.0) * 1e6 * 32
 
 
@@ -114,33 +121,60 @@ def main() -> None:
     best = {"numpy": np.inf, "medpipe": np.inf, "medpipe_augmented": np.inf}
     with tempfile.TemporaryDirectory() as tmp:
         shards = write_shards(Path(tmp), x, y)
-        plans = {"medpipe": (np.arange(len(x)), np.zeros(len(x), bool)),
-                 "medpipe_augmented": (np.arange(len(x)), np.ones(len(x), bool))}
+        plans = {
+            "medpipe": (np.arange(len(x)), np.zeros(len(x), bool)),
+            "medpipe_augmented": (np.arange(len(x)), np.ones(len(x), bool)),
+        }
         for _ in range(args.repeats):
             model = fresh_model(args.size)
-            t = epoch_seconds(lambda cb: model.fit(x_float, y_onehot, batch_size=args.batch, epochs=args.epochs,
-                                                   shuffle=True, verbose=0, callbacks=[cb]))
+            t = epoch_seconds(
+                lambda cb: model.fit(
+                    x_float,
+                    y_onehot,
+                    batch_size=args.batch,
+                    epochs=args.epochs,
+                    shuffle=True,
+                    verbose=0,
+                    callbacks=[cb],
+                )
+            )
             best["numpy"] = min(best["numpy"], float(np.median(t[1:])))
             for side, ap in (("medpipe", plain), ("medpipe_augmented", augmented)):
                 model = fresh_model(args.size)
                 data, steps = train_dataset(shards, plans[side], 2, tp, ap)
-                t = epoch_seconds(lambda cb: model.fit(data, epochs=args.epochs, steps_per_epoch=steps, verbose=0,
-                                                       shuffle=False, callbacks=[cb]))
+                t = epoch_seconds(
+                    lambda cb: model.fit(
+                        data, epochs=args.epochs, steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=[cb]
+                    )
+                )
                 best[side] = min(best[side], float(np.median(t[1:])))
     rate = {k: args.images / v for k, v in best.items()}
     flop = train_flop_per_image(fresh_model(args.size))
     measured, nominal = measured_peak_flops(), nominal_peak_flops()
-    print(json.dumps({"bench": "training", "model": "seed_cnn", "images": args.images, "size_px": args.size,
-                      "batch": args.batch, "cpus": os.cpu_count(), "machine": platform.machine(),
-                      "medpipe_img_per_s": round(rate["medpipe"]), "numpy_fit_img_per_s": round(rate["numpy"]),
-                      "throughput_ratio": round(rate["medpipe"] / rate["numpy"], 3),
-                      "medpipe_augmented_img_per_s": round(rate["medpipe_augmented"]),
-                      "train_mflop_per_image": round(flop / 1e6, 2),
-                      "achieved_gflop_per_s": round(rate["medpipe"] * flop / 1e9, 1),
-                      "measured_peak_gflop_per_s": round(measured / 1e9, 1),
-                      "nominal_peak_gflop_per_s": round(nominal / 1e9, 1),
-                      "fraction_of_measured_peak": round(rate["medpipe"] * flop / measured, 3),
-                      "fraction_of_nominal_peak": round(rate["medpipe"] * flop / nominal, 3)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "training",
+                "model": "seed_cnn",
+                "images": args.images,
+                "size_px": args.size,
+                "batch": args.batch,
+                "cpus": os.cpu_count(),
+                "machine": platform.machine(),
+                "medpipe_img_per_s": round(rate["medpipe"]),
+                "numpy_fit_img_per_s": round(rate["numpy"]),
+                "throughput_ratio": round(rate["medpipe"] / rate["numpy"], 3),
+                "medpipe_augmented_img_per_s": round(rate["medpipe_augmented"]),
+                "train_mflop_per_image": round(flop / 1e6, 2),
+                "achieved_gflop_per_s": round(rate["medpipe"] * flop / 1e9, 1),
+                "measured_peak_gflop_per_s": round(measured / 1e9, 1),
+                "nominal_peak_gflop_per_s": round(nominal / 1e9, 1),
+                "fraction_of_measured_peak": round(rate["medpipe"] * flop / measured, 3),
+                "fraction_of_nominal_peak": round(rate["medpipe"] * flop / nominal, 3),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,12 @@ console = Console(markup=False)  # user paths and labels may contain [brackets]
 err_console = Console(stderr=True, markup=False)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Parameter file.")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override one parameter: "
-                                                  "KEY=VALUE, e.g. --set train.epochs=3 (repeatable).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", metavar="KEY=VALUE", help="Override one parameter: KEY=VALUE, e.g. --set train.epochs=3 (repeatable)."
+    ),
+]
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, str]:

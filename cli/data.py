@@ -10,12 +10,13 @@ from cli.common import ParamsOpt, console, err_console
 from pipeline.errors import MedpipeError
 
 
-def data_synth(out: Annotated[Path, typer.Option(help="Folder to write images and manifest.csv to.")] = Path("data"),
-               patients: Annotated[int, typer.Option(min=3, help="Number of patients (2-4 images each).")] = 200,
-               size: Annotated[int, typer.Option(min=16, help="Image side in pixels.")] = 64,
-               seed: Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")] = 0,
-               force: Annotated[bool, typer.Option(metavar="", help="Overwrite an existing manifest.")] = False
-               ) -> None:
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Folder to write images and manifest.csv to.")] = Path("data"),
+    patients: Annotated[int, typer.Option(min=3, help="Number of patients (2-4 images each).")] = 200,
+    size: Annotated[int, typer.Option(min=16, help="Image side in pixels.")] = 64,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")] = 0,
+    force: Annotated[bool, typer.Option(metavar="", help="Overwrite an existing manifest.")] = False,
+) -> None:
     """Generate the built-in synthetic chest-radiograph set (normal / nodule / effusion)."""
     from pipeline.data import MANIFEST, synthesize
 
@@ -26,10 +27,13 @@ def data_synth(out: Annotated[Path, typer.Option(help="Folder to write images an
     console.print(f"wrote {len(manifest)} images of {manifest['patient_id'].nunique()} patients to {out} {counts}")
 
 
-def data_scan(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv or a folder per class.")],
-              out: Annotated[Path, typer.Option(help="CSV to write (also the cache for the next scan).")]
-              = Path("outputs/scan.csv"),
-              workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None) -> None:
+def data_scan(
+    data: Annotated[Path, typer.Argument(help="Data root: manifest.csv or a folder per class.")],
+    out: Annotated[Path, typer.Option(help="CSV to write (also the cache for the next scan).")] = Path(
+        "outputs/scan.csv"
+    ),
+    workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
+) -> None:
     """Scan every image: sha256, size, channels, bit depth, intensity, blur, readable (incremental)."""
     from pipeline.data import discover
     from pipeline.scan import label_summary, scan
@@ -50,13 +54,22 @@ def data_scan(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv
     console.print(f"wrote {out}")
 
 
-def data_duplicates(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv or a folder per class.")],
-                    threshold: Annotated[int | None, typer.Option(min=0, max=63, help="Largest Hamming distance "
-                                                                  "(of 256 bits) of a near copy (default: params "
-                                                                  "validate.near_duplicates.threshold).")] = None,
-                    out: Annotated[Path, typer.Option(help="CSV of the pairs.")] = Path("outputs/duplicates.csv"),
-                    cache: Annotated[Path, typer.Option(help="Scan cache (incremental).")]
-                    = Path("outputs/cache/scan.csv"), params: ParamsOpt = Path("params.yaml")) -> None:
+def data_duplicates(
+    data: Annotated[Path, typer.Argument(help="Data root: manifest.csv or a folder per class.")],
+    threshold: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=63,
+            help="Largest Hamming distance "
+            "(of 256 bits) of a near copy (default: params "
+            "validate.near_duplicates.threshold).",
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="CSV of the pairs.")] = Path("outputs/duplicates.csv"),
+    cache: Annotated[Path, typer.Option(help="Scan cache (incremental).")] = Path("outputs/cache/scan.csv"),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
     """List near-duplicate images (re-exports, resizes, JPEG copies, brightness changes) in groups."""
     from pipeline.config import load_params
     from pipeline.scan import duplicate_pairs
@@ -74,18 +87,24 @@ def data_duplicates(data: Annotated[Path, typer.Argument(help="Data root: manife
         labels = sorted(set(rows["label_a"]) | set(rows["label_b"]))
         summary.add_row(str(group), str(len(members)), ", ".join(labels), str(rows["distance"].max()))
     console.print(summary)
-    console.print(f"{pairs['group'].nunique()} near-duplicate group(s), {len(pairs)} pair(s) at distance <= "
-                  f"{threshold} in {data}; wrote {out}", soft_wrap=True)
+    console.print(
+        f"{pairs['group'].nunique()} near-duplicate group(s), {len(pairs)} pair(s) at distance <= "
+        f"{threshold} in {data}; wrote {out}",
+        soft_wrap=True,
+    )
 
 
-def data_import_npz(source: Annotated[Path, typer.Argument(help="MedMNIST-style .npz file.")],
-                    out: Annotated[Path, typer.Option(help="Folder for the PNGs and manifest.csv.")],
-                    labels: Annotated[str | None, typer.Option(help="Class names in label order, "
-                                                               "comma-separated (default class_0, class_1, ...).")]
-                    = None,
-                    drop_duplicates: Annotated[bool, typer.Option(metavar="", help="Leave out val/test images whose "
-                                                                  "pixels already appear in an earlier split.")] = False
-                    ) -> None:
+def data_import_npz(
+    source: Annotated[Path, typer.Argument(help="MedMNIST-style .npz file.")],
+    out: Annotated[Path, typer.Option(help="Folder for the PNGs and manifest.csv.")],
+    labels: Annotated[
+        str | None, typer.Option(help="Class names in label order, comma-separated (default class_0, class_1, ...).")
+    ] = None,
+    drop_duplicates: Annotated[
+        bool,
+        typer.Option(metavar="", help="Leave out val/test images whose pixels already appear in an earlier split."),
+    ] = False,
+) -> None:
     """Import a MedMNIST-format npz (train/val/test images and labels) as PNGs + manifest with its splits."""
     from pipeline.data import import_npz
 
@@ -96,8 +115,9 @@ def data_import_npz(source: Annotated[Path, typer.Argument(help="MedMNIST-style 
     if dropped:
         console.print(f"left out {dropped} val/test image(s) already present in an earlier split")
     shown = ", ".join(names or sorted(set(manifest["label"])))
-    console.print(f"train on it: medpipe run --data {out} --set 'validate.labels=[{shown}]'", soft_wrap=True,
-                  markup=False)
+    console.print(
+        f"train on it: medpipe run --data {out} --set 'validate.labels=[{shown}]'", soft_wrap=True, markup=False
+    )
 
 
 def _dvc(*args: str, file: Path | str | None = None) -> str:
@@ -118,12 +138,16 @@ def data_add(data: Annotated[Path, typer.Argument(help="Data folder to version."
     console.print(f"updated {data}.dvc; record it: git add {data}.dvc && git commit -m 'data: ...'")
 
 
-def remote_add(name: Annotated[str, typer.Argument(help="Remote name, e.g. team.")],
-               url: Annotated[str, typer.Argument(help="s3://bucket/path, gs://bucket/path, ssh://host/path, "
-                                                  "azure://container/path or a local/NFS folder.")],
-               default: Annotated[bool, typer.Option(metavar="", help="Make it the default remote "
-                                                     "(dvc push/pull).")] = True
-               ) -> None:
+def remote_add(
+    name: Annotated[str, typer.Argument(help="Remote name, e.g. team.")],
+    url: Annotated[
+        str,
+        typer.Argument(
+            help="s3://bucket/path, gs://bucket/path, ssh://host/path, azure://container/path or a local/NFS folder."
+        ),
+    ],
+    default: Annotated[bool, typer.Option(metavar="", help="Make it the default remote (dvc push/pull).")] = True,
+) -> None:
     """Add a DVC remote to the project (.dvc/config); commit that file so the team shares it.
 
     Cloud remotes need their DVC extra (pip install 'dvc[s3]', 'dvc[gs]', 'dvc[ssh]', ...) and the usual

@@ -13,14 +13,20 @@ from cli import data, models, registry, training
 from cli.common import HELP, console, err_console
 from pipeline.errors import MedpipeError
 
-app = typer.Typer(help="medpipe: reproducible training of CNN classifiers for medical images.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, context_settings=HELP)
+app = typer.Typer(
+    help="medpipe: reproducible training of CNN classifiers for medical images.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings=HELP,
+)
 data_app = typer.Typer(help="Build and inspect data sets.", no_args_is_help=True, context_settings=HELP)
 app.add_typer(data_app, name="data")
 label_app = typer.Typer(help="Help experts label images.", no_args_is_help=True, context_settings=HELP)
 app.add_typer(label_app, name="label")
-remote_app = typer.Typer(help="DVC remotes where data versions are pushed and pulled.", no_args_is_help=True,
-                         context_settings=HELP)
+remote_app = typer.Typer(
+    help="DVC remotes where data versions are pushed and pulled.", no_args_is_help=True, context_settings=HELP
+)
 data_app.add_typer(remote_app, name="remote")
 
 
@@ -33,8 +39,14 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, metavar="",
-                                                help="Print medpipe's version and exit.")] = False) -> None:
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, metavar="", help="Print medpipe's version and exit."
+        ),
+    ] = False,
+) -> None:
     """medpipe: reproducible training of CNN classifiers for medical images."""
 
 
@@ -44,8 +56,13 @@ for command in (training.run, training.validate, training.stage, models.explain,
 label_app.command("suggest")(models.label_suggest)
 for command in (registry.promote, training.schedule, registry.reproduce, registry.rollback):
     app.command()(command)
-for name, command in (("synth", data.data_synth), ("scan", data.data_scan), ("duplicates", data.data_duplicates),
-                      ("import-npz", data.data_import_npz), ("add", data.data_add)):
+for name, command in (
+    ("synth", data.data_synth),
+    ("scan", data.data_scan),
+    ("duplicates", data.data_duplicates),
+    ("import-npz", data.data_import_npz),
+    ("add", data.data_add),
+):
     data_app.command(name)(command)
 remote_app.command("add")(data.remote_add)
 remote_app.command("list")(data.remote_list)

@@ -9,12 +9,19 @@ from cli.common import ParamsOpt, console
 from pipeline.errors import MedpipeError
 
 
-def explain(image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG or DICOM).")],
-            model: Annotated[str | None, typer.Option(help="Registered model: models:/NAME/VERSION, "
-                                                      "models:/NAME@ALIAS or models:/NAME/latest (default: "
-                                                      "register.model_name@champion).")] = None,
-            out: Annotated[Path, typer.Option(help="Where to write the Grad-CAM picture.")] = Path("cam.png"),
-            params: ParamsOpt = Path("params.yaml")) -> None:
+def explain(
+    image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG or DICOM).")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Registered model: models:/NAME/VERSION, "
+            "models:/NAME@ALIAS or models:/NAME/latest (default: "
+            "register.model_name@champion)."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where to write the Grad-CAM picture.")] = Path("cam.png"),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
     """Explain one prediction: the class probabilities, and a Grad-CAM overlay of where they came from."""
     import json
 
@@ -33,17 +40,37 @@ def explain(image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG or
     names = classes
     top = int(proba.argmax())
     cv2.imwrite(str(out), captioned(overlay(x, cam), [image.name, f"predicted: {names[top]} (p = {proba[top]:.2f})"]))
-    print(json.dumps({"model": model or model_uri(p.register_), "version": version, "predictions": [
-        {"image": str(image), "label": names[int(proba.argmax())],
-         "probabilities": {n: round(float(v), 4) for n, v in zip(names, proba)}, "explanation": str(out)}]},
-        indent=2))  # the same shape as `medpipe predict`
+    print(
+        json.dumps(
+            {
+                "model": model or model_uri(p.register_),
+                "version": version,
+                "predictions": [
+                    {
+                        "image": str(image),
+                        "label": names[int(proba.argmax())],
+                        "probabilities": {n: round(float(v), 4) for n, v in zip(names, proba)},
+                        "explanation": str(out),
+                    }
+                ],
+            },
+            indent=2,
+        )
+    )  # the same shape as `medpipe predict`
 
 
-def predict(images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG or DICOM).")],
-            model: Annotated[str | None, typer.Option(help="Registered model: models:/NAME/VERSION, "
-                                                      "models:/NAME@ALIAS or models:/NAME/latest (default: "
-                                                      "register.model_name@champion).")] = None,
-            params: ParamsOpt = Path("params.yaml")) -> None:
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG or DICOM).")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Registered model: models:/NAME/VERSION, "
+            "models:/NAME@ALIAS or models:/NAME/latest (default: "
+            "register.model_name@champion)."
+        ),
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
     """Classify images with a registered model; print JSON: label and class probabilities per image."""
     import json
 
@@ -58,12 +85,16 @@ def predict(images: Annotated[list[Path], typer.Argument(help="Image files (PNG,
     print(json.dumps({"model": model, "version": version, "predictions": rows}, indent=2))
 
 
-def label_suggest(images: Annotated[Path, typer.Option(help="Folder of unlabelled images (searched recursively).")],
-                  model: Annotated[str | None, typer.Option(help="Registered model URI (default: "
-                                                            "register.model_name@champion).")] = None,
-                  out: Annotated[Path, typer.Option(help="CSV to write; Grad-CAM thumbnails go beside it.")]
-                  = Path("outputs/label_suggestions.csv"),
-                  params: ParamsOpt = Path("params.yaml")) -> None:
+def label_suggest(
+    images: Annotated[Path, typer.Option(help="Folder of unlabelled images (searched recursively).")],
+    model: Annotated[
+        str | None, typer.Option(help="Registered model URI (default: register.model_name@champion).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="CSV to write; Grad-CAM thumbnails go beside it.")] = Path(
+        "outputs/label_suggestions.csv"
+    ),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
     """Suggest labels: predicted label, confidence and entropy per image, least certain first, with Grad-CAMs."""
     from pipeline.config import load_params
     from pipeline.label import image_files, suggest
@@ -75,7 +106,6 @@ def label_suggest(images: Annotated[Path, typer.Option(help="Folder of unlabelle
     p = load_params(params)
     net, classes, version = load_registered(model or model_uri(p.register_), p.register_, params.resolve().parent)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table = suggest(net, classes, files, images,
-                    out.with_name(out.stem + "_gradcam"), p.preprocess)
+    table = suggest(net, classes, files, images, out.with_name(out.stem + "_gradcam"), p.preprocess)
     table.to_csv(out, index=False, float_format="%.4f")
     console.print(f"{len(table)} images, model version {version}; review queue (least certain first): {out}")

@@ -15,13 +15,25 @@ from pipeline.steps import STEPS
 StepName = Enum("StepName", {s.name: s.name for s in STEPS}, type=str)  # type: ignore[misc]  # members from STEPS
 
 
-def run(data: Annotated[Path | None, typer.Option(help="Data root holding manifest.csv "
-                                                  "(default: params data.root).")] = None,
-        params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
-        resume: Annotated[bool, typer.Option(metavar="", help="Continue an interrupted training run from its last "
-                                             "checkpoint (same data and params give the same result).")] = False,
-        force: Annotated[bool, typer.Option(metavar="", help="Train even if the newest model already came from this "
-                                            "data, params and code.")] = False) -> None:
+def run(
+    data: Annotated[
+        Path | None, typer.Option(help="Data root holding manifest.csv (default: params data.root).")
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            metavar="",
+            help="Continue an interrupted training run from its last "
+            "checkpoint (same data and params give the same result).",
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(metavar="", help="Train even if the newest model already came from this data, params and code."),
+    ] = False,
+) -> None:
     """Run the whole training flow (Prefect): validate, preprocess, balance, train, evaluate, register, promote.
 
     The data steps run on Dask when params ask for it (dask.workers, dask.address or
@@ -50,11 +62,18 @@ def run(data: Annotated[Path | None, typer.Option(help="Data root holding manife
 
     # a killed run takes Prefect's temporary server (and any Dask cluster) with it, and its MLflow run is
     # closed as KILLED at once (not only by the next command)
-    guard_descendants(then=[sys.executable, "-m", "pipeline.registry", "close-orphans", str(params.resolve()),
-                            json.dumps(overrides)])
+    guard_descendants(
+        then=[sys.executable, "-m", "pipeline.registry", "close-orphans", str(params.resolve()), json.dumps(overrides)]
+    )
 
-    state = training_flow(params_file=str(params), data=str(data) if data else None, overrides=overrides,
-                          resume=resume, force=force, return_state=True)
+    state = training_flow(
+        params_file=str(params),
+        data=str(data) if data else None,
+        overrides=overrides,
+        resume=resume,
+        force=force,
+        return_state=True,
+    )
     if state.is_failed():
         err_console.print(f"error: {state.message}", markup=False, soft_wrap=True)
         raise typer.Exit(1)
@@ -78,11 +97,14 @@ def _print_summary(summary) -> None:
     console.print(f"Browse: {summary.ui_hint()}", soft_wrap=True)
 
 
-def validate(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv or a folder per class.")],
-             params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
-             report_dir: Annotated[Path | None, typer.Option(help="Where the reports go "
-                                                             "(default: outputs/reports/<DATA name>).")] = None
-             ) -> None:
+def validate(
+    data: Annotated[Path, typer.Argument(help="Data root: manifest.csv or a folder per class.")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    report_dir: Annotated[
+        Path | None, typer.Option(help="Where the reports go (default: outputs/reports/<DATA name>).")
+    ] = None,
+) -> None:
     """Validate a data set with Great Expectations; exit 1 if any error check fails."""
     from pipeline import validate as step
     from pipeline.autoparams import labels_from_data, resolve
@@ -102,10 +124,11 @@ def validate(data: Annotated[Path, typer.Argument(help="Data root: manifest.csv 
     console.print(f"ok: {report.summary()}; report: {report.report_md}", soft_wrap=True)
 
 
-def stage(step: Annotated[StepName, typer.Argument(help="Which step to run.")],
-          params: ParamsOpt = Path("params.yaml"),
-          resume: Annotated[bool, typer.Option(metavar="", help="train: continue from the last checkpoint.")] = False
-          ) -> None:
+def stage(
+    step: Annotated[StepName, typer.Argument(help="Which step to run.")],
+    params: ParamsOpt = Path("params.yaml"),
+    resume: Annotated[bool, typer.Option(metavar="", help="train: continue from the last checkpoint.")] = False,
+) -> None:
     """Run one step on its own, as the DVC stages of dvc.yaml do."""
     from pipeline.config import Workspace, load_params
     from pipeline.lock import project_lock
@@ -124,11 +147,12 @@ def stage(step: Annotated[StepName, typer.Argument(help="Which step to run.")],
     console.print(f"{step.value}: done")
 
 
-def schedule(cron: Annotated[str, typer.Option(help='When to retrain, cron syntax in UTC, e.g. "0 2 * * 1" '
-                                               '(Mondays 02:00).')],
-             params: ParamsOpt = Path("params.yaml"),
-             name: Annotated[str, typer.Option(help="Deployment name.")] = "medpipe-retraining",
-             timezone: Annotated[str, typer.Option(help="Time zone of the cron expression.")] = "UTC") -> None:
+def schedule(
+    cron: Annotated[str, typer.Option(help='When to retrain, cron syntax in UTC, e.g. "0 2 * * 1" (Mondays 02:00).')],
+    params: ParamsOpt = Path("params.yaml"),
+    name: Annotated[str, typer.Option(help="Deployment name.")] = "medpipe-retraining",
+    timezone: Annotated[str, typer.Option(help="Time zone of the cron expression.")] = "UTC",
+) -> None:
     """Serve the training-and-promotion flow on a cron schedule (a Prefect deployment; runs until stopped).
 
     Each scheduled run trains only when data, params or code changed since the newest registered
@@ -142,8 +166,11 @@ def schedule(cron: Annotated[str, typer.Option(help='When to retrain, cron synta
 
     load_params(params)  # fail fast on a bad params file
     if not get_current_settings().api.url:
-        raise ConfigError("PREFECT_API_URL", "scheduled runs need a Prefect server (the temporary one cannot "
-                          "schedule): run `make prefect-server` and export PREFECT_API_URL=http://127.0.0.1:4200/api")
+        raise ConfigError(
+            "PREFECT_API_URL",
+            "scheduled runs need a Prefect server (the temporary one cannot "
+            "schedule): run `make prefect-server` and export PREFECT_API_URL=http://127.0.0.1:4200/api",
+        )
     from flows.training import training_flow
 
     try:
@@ -153,6 +180,10 @@ def schedule(cron: Annotated[str, typer.Option(help='When to retrain, cron synta
     from pipeline.watchdog import guard_descendants
 
     guard_descendants()  # runs it starts die with it
-    training_flow.serve(name=name, schedules=[when],
-                        parameters={"params_file": str(params.resolve())}, global_limit=1,
-                        description="medpipe scheduled retraining: skips when nothing changed, one run at a time")
+    training_flow.serve(
+        name=name,
+        schedules=[when],
+        parameters={"params_file": str(params.resolve())},
+        global_limit=1,
+        description="medpipe scheduled retraining: skips when nothing changed, one run at a time",
+    )

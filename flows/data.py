@@ -72,9 +72,17 @@ def dask_runner(dp: DaskParams) -> DaskTaskRunner | None:
     with get_client(sync_client=True) as client:
         env = {"PREFECT_API_URL": str(client.api_url).rstrip("/")}
     logging.getLogger("distributed").setLevel(logging.WARNING)  # Dask's start/stop chatter, not the tasks' logs
-    return DaskTaskRunner(cluster_kwargs={"n_workers": dp.workers, "threads_per_worker": 1, "processes": True,
-                                          "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", "env": env,
-                                          "preload": PRELOAD})
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": dp.workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": "127.0.0.1:0",
+            "env": env,
+            "preload": PRELOAD,
+        }
+    )
 
 
 def on_task_runner(fn, items: list) -> list:

@@ -30,8 +30,9 @@ def promotion_flow(params: Params, ws: Workspace, version: int, force: bool = Fa
     """
     decision = gate_task(params, ws, version, force)
     promote.write_decision(decision, ws)
-    create_markdown_artifact(decision.markdown(), key="medpipe-promotion",
-                             description=f"version {decision.version}: {decision.alias}")
+    create_markdown_artifact(
+        decision.markdown(), key="medpipe-promotion", description=f"version {decision.version}: {decision.alias}"
+    )
     print(f"version {decision.version}: @{decision.alias} ({'; '.join(decision.reasons)})")
     return decision
 

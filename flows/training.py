@@ -33,8 +33,11 @@ def _validate(params: Params, ws: Workspace):
 
 
 def _publish_validation(report: validate.ValidationReport, ws: Workspace) -> None:
-    create_markdown_artifact(Path(report.report_md).read_text(), key="medpipe-data-validation",
-                             description=f"data validation of {ws.data_root.name}: {report.summary()}")
+    create_markdown_artifact(
+        Path(report.report_md).read_text(),
+        key="medpipe-data-validation",
+        description=f"data validation of {ws.data_root.name}: {report.summary()}",
+    )
 
 
 validate_task = task(_validate, name="validate", cache_policy=NO_CACHE)  # type: ignore[call-overload]
@@ -58,9 +61,13 @@ up_to_date_task = task(lineage.up_to_date, name="up-to-date", cache_policy=NO_CA
 
 
 @flow(name="medpipe-training", log_prints=True)
-def training_flow(params_file: str = "params.yaml", data: str | None = None,
-                  overrides: dict[str, str] | None = None, resume: bool = False,
-                  force: bool = False) -> TrainingSummary | UpToDate | State:
+def training_flow(
+    params_file: str = "params.yaml",
+    data: str | None = None,
+    overrides: dict[str, str] | None = None,
+    resume: bool = False,
+    force: bool = False,
+) -> TrainingSummary | UpToDate | State:
     """Train, evaluate, register and gate a classifier; stop before preprocessing if the data are invalid,
     and train nothing if the newest model already came from this data, params and code (unless `force`;
     a version a crash left ungated is gated instead). With `resume`, continue the interrupted training
@@ -82,8 +89,9 @@ def training_flow(params_file: str = "params.yaml", data: str | None = None,
     with project_lock(ws.base):
         try:
             # labels and colour `auto` (or --data without pinned labels): decided before anything is hashed
-            resolved = autoparams.resolve(params, ws.data_root, autoparams.labels_from_data(data is not None,
-                                                                                            overrides))
+            resolved = autoparams.resolve(
+                params, ws.data_root, autoparams.labels_from_data(data is not None, overrides)
+            )
             params = resolved.params
             for note in resolved.notes:
                 print(note)
@@ -141,20 +149,25 @@ def _data_steps(params: Params, ws: Workspace) -> tuple[validate.ValidationRepor
     return report, preprocess_task(params, ws, report)
 
 
-def _train_and_promote(params: Params, ws: Workspace, params_file: str, overrides: dict[str, str] | None,
-                       resume: bool) -> TrainingSummary:
+def _train_and_promote(
+    params: Params, ws: Workspace, params_file: str, overrides: dict[str, str] | None, resume: bool
+) -> TrainingSummary:
     report, prepared = _data_steps(params, ws)
     balanced = balance_task(params, ws, prepared)
     trained = train_task(params, ws, report, prepared, balanced, resume=resume)
     evaluated = evaluate_task(params, ws, report, prepared, trained)
-    create_markdown_artifact(evaluation_markdown(evaluated.report_md, trained.run_id,
-                                                 registry.tracking_uri(params.register_, ws.base)),
-                             key="medpipe-evaluation",
-                             description="test and validation metrics with 95% intervals (figures in MLflow)")
+    create_markdown_artifact(
+        evaluation_markdown(evaluated.report_md, trained.run_id, registry.tracking_uri(params.register_, ws.base)),
+        key="medpipe-evaluation",
+        description="test and validation metrics with 95% intervals (figures in MLflow)",
+    )
     registered = register_task(params, ws, prepared, trained)
     decision = promotion_flow(params, ws, registered.version)
     print(record_dvc_task(params, ws, Path(params_file), overrides))
     summary = TrainingSummary.collect(params, ws, prepared, balanced, trained, evaluated, registered, decision)
-    create_markdown_artifact(summary.markdown(), key="medpipe-training-summary",
-                             description="medpipe training run: model version, lineage and test metrics")
+    create_markdown_artifact(
+        summary.markdown(),
+        key="medpipe-training-summary",
+        description="medpipe training run: model version, lineage and test metrics",
+    )
     return summary

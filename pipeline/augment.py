@@ -15,8 +15,16 @@ def augments(augmentation: AugmentParams) -> bool:
     Returns:
         True when flip or any non-zero range is set.
     """
-    return augmentation.flip or any((augmentation.rotation, augmentation.shift, augmentation.zoom,
-                                     augmentation.brightness, augmentation.contrast, augmentation.noise))
+    return augmentation.flip or any(
+        (
+            augmentation.rotation,
+            augmentation.shift,
+            augmentation.zoom,
+            augmentation.brightness,
+            augmentation.contrast,
+            augmentation.noise,
+        )
+    )
 
 
 def _affine(b, h, w, u, augmentation: AugmentParams):
@@ -57,8 +65,13 @@ def augment_batch(x, flags, seed, augmentation: AugmentParams):
         y = tf.where((u(0, 1.0) < 0)[:, None, None, None], tf.reverse(y, axis=[2]), y)
     if augmentation.rotation or augmentation.zoom or augmentation.shift:
         y = tf.raw_ops.ImageProjectiveTransformV3(
-            images=y, transforms=_affine(b, h, w, u, augmentation), output_shape=tf.shape(x)[1:3], fill_value=0.0,
-            interpolation="BILINEAR", fill_mode="REFLECT")
+            images=y,
+            transforms=_affine(b, h, w, u, augmentation),
+            output_shape=tf.shape(x)[1:3],
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="REFLECT",
+        )
     if augmentation.brightness:
         y = y + u(5, augmentation.brightness)[:, None, None, None]
     if augmentation.contrast:

@@ -20,8 +20,8 @@ from pipeline.imageio import CHROMA_MIN, chroma, read_image
 from pipeline.limits import MB
 from pipeline.scan import inside_root
 
-COLOR_SAMPLE = 32        # images decoded to judge the colour
-COLOR_SHARE = 0.5        # RGB when at least this share of the readable sample carries colour
+COLOR_SAMPLE = 32  # images decoded to judge the colour
+COLOR_SHARE = 0.5  # RGB when at least this share of the readable sample carries colour
 
 
 class Resolved(NamedTuple):
@@ -43,8 +43,11 @@ def sample_color(root: Path, paths: list[str], params: Params) -> tuple[str, int
         ("rgb" or "gray", images carrying colour, readable images sampled).
     """
     inside = sorted(p for p in set(paths) if inside_root(root, p))
-    picks = [inside[int(i)] for i in np.unique(np.linspace(0, len(inside) - 1, min(COLOR_SAMPLE, len(inside))))] \
-        if inside else []
+    picks = (
+        [inside[int(i)] for i in np.unique(np.linspace(0, len(inside) - 1, min(COLOR_SAMPLE, len(inside))))]
+        if inside
+        else []
+    )
     caps = params.preprocess
     colored = readable = 0
     for rel in picks:
@@ -90,18 +93,22 @@ def resolve(params: Params, data_root: Path, labels_from_data: bool = False) -> 
     update: dict[str, object] = {}
     if found and (pinned == AUTO or (labels_from_data and not set(pinned) & set(found))):
         update["validate_"] = params.validate_.model_copy(update={"labels": found})
-        notes.append(f"classes found in {data_root.name}: {', '.join(found)}"
-                     + ("" if pinned == AUTO else f" (params pin {', '.join(pinned)} for data.root)"))
+        notes.append(
+            f"classes found in {data_root.name}: {', '.join(found)}"
+            + ("" if pinned == AUTO else f" (params pin {', '.join(pinned)} for data.root)")
+        )
     elif found and pinned != AUTO and not set(found) & set(pinned):
-        raise ConfigError("validate.labels", f"params pin the classes {', '.join(pinned)} but {data_root} holds "
-                          f"{', '.join(found)}: run with --set validate.labels={','.join(found)} (or "
-                          "validate.labels: auto in params.yaml)")
+        raise ConfigError(
+            "validate.labels",
+            f"params pin the classes {', '.join(pinned)} but {data_root} holds "
+            f"{', '.join(found)}: run with --set validate.labels={','.join(found)} (or "
+            "validate.labels: auto in params.yaml)",
+        )
     if color == AUTO:
         paths = [] if manifest is None else manifest["path"].astype(str).tolist()
         decided, colored, readable = sample_color(data_root, paths, params)
         update["preprocess"] = params.preprocess.model_copy(update={"color": decided})
-        notes.append(f"colour: {decided} ({colored} of {readable} sampled images carry colour; "
-                     "preprocess.color: auto)")
+        notes.append(f"colour: {decided} ({colored} of {readable} sampled images carry colour; preprocess.color: auto)")
     return Resolved(params.model_copy(update=update) if update else params, notes)
 
 

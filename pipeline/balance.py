@@ -104,8 +104,10 @@ def run_step(params: Params, ws: Workspace, prepared: PreprocessResult) -> Balan
     summary = {k: v for k, v in asdict(result).items() if k != "plan"}
     with replace_dir(final) as out:
         np.savez(out / "plan.npz", index=index, augment=augment)
-        (out / "balance.json").write_text(json.dumps({"strategy": params.balance.strategy,
-                                                      "augmented": int(augment.sum()), **summary}, indent=2) + "\n")
+        (out / "balance.json").write_text(
+            json.dumps({"strategy": params.balance.strategy, "augmented": int(augment.sum()), **summary}, indent=2)
+            + "\n"
+        )
     return result
 
 

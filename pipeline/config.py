@@ -30,7 +30,7 @@ class NearDuplicateParams(Section):
     """Near-copies (re-exports, crops, brightness changes) by perceptual fingerprint (pipeline.near_duplicates)."""
 
     enabled: bool = True
-    threshold: int = Field(20, ge=0, le=63)           # Hamming distance (of 256 bits) that makes a near copy
+    threshold: int = Field(20, ge=0, le=63)  # Hamming distance (of 256 bits) that makes a near copy
     action: Literal["error", "warning", "drop"] = "error"  # a group across fixed splits: stop, record, or drop
     clean_threshold: int | None = Field(None, ge=0, le=63)  # evaluate: test images farther than this from train;
     # None: 1.5 x threshold (capped at 63)
@@ -52,9 +52,9 @@ class ValidateParams(Section):
 
     labels: list[str] | Literal["auto"] = ["normal", "nodule", "effusion"]  # auto: the classes the data hold
     min_per_class: int = Field(5, ge=1)
-    blank_std: float = Field(1.0, ge=0)       # intensity std (0-255 scale) below this is blank ...
+    blank_std: float = Field(1.0, ge=0)  # intensity std (0-255 scale) below this is blank ...
     blank: Literal["error", "warning"] = "error"  # ... and stops the flow, or is only recorded
-    blur_min: float = Field(1.0, ge=0)        # warn: variance of the Laplacian below this
+    blur_min: float = Field(1.0, ge=0)  # warn: variance of the Laplacian below this
     max_imbalance: float = Field(20.0, ge=1)  # warn: largest / smallest class above this
     exact_duplicates: Literal["error", "drop"] = "error"  # same bytes across fixed splits: stop, or drop val/test
     # copies
@@ -99,16 +99,16 @@ class PreprocessParams(Section):
 
     size: int = Field(64, ge=8, le=1024)
     color: Literal["gray", "rgb", "auto"] = "gray"  # auto: RGB when the images carry colour (params.yaml's choice)
-    fit: Literal["pad", "crop", "stretch"] = "pad"   # keep aspect and pad, keep aspect and centre-crop, or squash
+    fit: Literal["pad", "crop", "stretch"] = "pad"  # keep aspect and pad, keep aspect and centre-crop, or squash
     clahe: ClaheParams = ClaheParams()
     denoise: Literal["none", "median", "bilateral", "nlmeans"] = "none"
     normalize: Literal["unit", "zscore", "dataset"] = "unit"  # [0,1]; per image; train mean/std
-    shard_size: int = Field(4096, ge=1)               # images per shard file
-    workers: int = Field(0, ge=0)                     # decoding threads; 0 = one per core
+    shard_size: int = Field(4096, ge=1)  # images per shard file
+    workers: int = Field(0, ge=0)  # decoding threads; 0 = one per core
     # Bounded inputs, sized for medical images (mammograms are ~4k x 5k = 20 Mpx): larger images are
     # refused from their header before decoding (pipeline.limits). Not pixel-affecting: not in the cache key.
-    max_pixels: int = Field(50_000_000, ge=1)        # width x height x frames x samples
-    max_file_mb: int = Field(512, ge=1)              # file size, MB (2**20 bytes)
+    max_pixels: int = Field(50_000_000, ge=1)  # width x height x frames x samples
+    max_file_mb: int = Field(512, ge=1)  # file size, MB (2**20 bytes)
     split: SplitRatios = SplitRatios()
     seed: int = 42
 
@@ -127,22 +127,22 @@ class PreprocessParams(Section):
 class AugmentParams(Section):
     """Random augmentation inside the tf.data pipeline (seeded, stateless: identical on a rerun)."""
 
-    flip: bool = True                                 # horizontal flips
-    rotation: float = Field(10.0, ge=0, le=180)       # degrees, +-
-    shift: float = Field(0.05, ge=0, le=0.5)          # fraction of the side, +-
-    zoom: float = Field(0.1, ge=0, lt=1)              # relative, +-
-    brightness: float = Field(0.1, ge=0, le=1)        # added, +-
-    contrast: float = Field(0.1, ge=0, lt=1)          # relative, +-
-    noise: float = Field(0.0, ge=0, le=1)             # Gaussian sigma on the [0,1] scale
+    flip: bool = True  # horizontal flips
+    rotation: float = Field(10.0, ge=0, le=180)  # degrees, +-
+    shift: float = Field(0.05, ge=0, le=0.5)  # fraction of the side, +-
+    zoom: float = Field(0.1, ge=0, lt=1)  # relative, +-
+    brightness: float = Field(0.1, ge=0, le=1)  # added, +-
+    contrast: float = Field(0.1, ge=0, lt=1)  # relative, +-
+    noise: float = Field(0.0, ge=0, le=1)  # Gaussian sigma on the [0,1] scale
 
 
 class BalanceParams(Section):
     """How class imbalance is countered, and how training images are augmented."""
 
     strategy: Literal["none", "class_weight", "oversample", "oversample+class_weight"] = "oversample"
-    target_ratio: float = Field(1.0, gt=0, le=1)      # oversample minority classes to this share of the largest
+    target_ratio: float = Field(1.0, gt=0, le=1)  # oversample minority classes to this share of the largest
     augment: AugmentParams = AugmentParams()
-    augment_originals: bool = False                   # augment every training image, not only the added copies
+    augment_originals: bool = False  # augment every training image, not only the added copies
     seed: int = 42
 
 
@@ -150,8 +150,8 @@ class ModelParams(Section):
     """Which network to build."""
 
     name: Literal["seed_cnn", "resnet_small", "efficientnet_b0", "resnet50", "mobilenet_v3_small"] = "seed_cnn"
-    weights: Path | None = None                       # keras.applications only: a local weights file, never downloaded
-    dropout: float = Field(0.3, ge=0, lt=1)           # before the classifier (not in seed_cnn, kept exact)
+    weights: Path | None = None  # keras.applications only: a local weights file, never downloaded
+    dropout: float = Field(0.3, ge=0, lt=1)  # before the classifier (not in seed_cnn, kept exact)
 
 
 class TrainParams(Section):
@@ -161,7 +161,7 @@ class TrainParams(Section):
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     schedule: Literal["constant", "cosine", "step"] = "constant"
-    step_epochs: int = Field(10, ge=1)                # step schedule: multiply the rate by step_gamma every this
+    step_epochs: int = Field(10, ge=1)  # step schedule: multiply the rate by step_gamma every this
     # many epochs
     step_gamma: float = Field(0.1, gt=0, le=1)
     patience: int = Field(5, ge=1)
@@ -169,19 +169,19 @@ class TrainParams(Section):
     seed: int = 42
     determinism: bool = True
     mixed_precision: Literal["auto", "on", "off"] = "auto"  # auto: mixed_float16 on GPUs that support it
-    xla: bool = False                                 # jit-compile the train step
-    memory_growth: bool = True                        # GPUs: allocate memory as needed, not all at once
-    in_memory_mb: int = Field(1024, ge=0)             # train split above this streams from its shards
+    xla: bool = False  # jit-compile the train step
+    memory_growth: bool = True  # GPUs: allocate memory as needed, not all at once
+    in_memory_mb: int = Field(1024, ge=0)  # train split above this streams from its shards
 
 
 class EvaluateParams(Section):
     """Evaluation settings."""
 
     ece_bins: int = Field(10, ge=2)
-    bootstrap: int = Field(1000, ge=10)                 # resamples for the 95% intervals
+    bootstrap: int = Field(1000, ge=10)  # resamples for the 95% intervals
     seed: int = 42
     target_sensitivity: float | None = Field(None, gt=0, le=1)  # binary threshold; None: Youden's J
-    cam_per_class: int = Field(2, ge=0)                 # Grad-CAM overlays per class, correct and wrong
+    cam_per_class: int = Field(2, ge=0)  # Grad-CAM overlays per class, correct and wrong
 
 
 class RegisterParams(Section):
@@ -193,8 +193,17 @@ class RegisterParams(Section):
     model_name: str = "medpipe-classifier"
 
 
-GATE_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "sensitivity", "specificity", "log_loss",
-                "brier", "ece")  # pipeline.metrics.classification_metrics
+GATE_METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "roc_auc",
+    "pr_auc",
+    "sensitivity",
+    "specificity",
+    "log_loss",
+    "brier",
+    "ece",
+)  # pipeline.metrics.classification_metrics
 LOWER_IS_BETTER = frozenset({"log_loss", "brier", "ece"})
 
 
@@ -218,9 +227,9 @@ class DaskParams(Section):
     """Where the data steps (scan, preprocess) run: in this process (default), on a local Dask cluster,
     or on a running Dask scheduler. Execution only: the outputs are the same, so it is not lineage."""
 
-    address: str | None = None             # tcp://host:8786 of a scheduler ($MEDPIPE_DASK_ADDRESS wins)
-    workers: int = Field(0, ge=0)          # else a LocalCluster of this many processes on 127.0.0.1; 0 = no Dask
-    chunk_size: int = Field(1024, ge=1)    # images per scan task (preprocess: one task per shard)
+    address: str | None = None  # tcp://host:8786 of a scheduler ($MEDPIPE_DASK_ADDRESS wins)
+    workers: int = Field(0, ge=0)  # else a LocalCluster of this many processes on 127.0.0.1; 0 = no Dask
+    chunk_size: int = Field(1024, ge=1)  # images per scan task (preprocess: one task per shard)
 
 
 class Params(Section):
@@ -306,8 +315,11 @@ def load_params(path: Path = DEFAULT_PARAMS, overrides: dict[str, str] | None = 
             `--set KEY`: an empty key part, a value that is not YAML, a key below a plain value).
     """
     if not path.is_file():
-        raise ConfigError(path, f"parameter file not found (looked in {path.resolve().parent}; run medpipe in the "
-                                f"project folder or pass the file with -p/--params)")
+        raise ConfigError(
+            path,
+            f"parameter file not found (looked in {path.resolve().parent}; run medpipe in the "
+            f"project folder or pass the file with -p/--params)",
+        )
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -340,7 +352,7 @@ def _set_dotted(raw: dict, key: str, value: object) -> None:
             node[part] = {}
         node = node[part]
         if not isinstance(node, dict):
-            above = ".".join(parts[:depth + 1])
+            above = ".".join(parts[: depth + 1])
             raise ConfigError(f"--set {key}", f"'{above}' is a value ({node!r}), not a section with keys")
     node[parts[-1]] = value
 

@@ -84,10 +84,14 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         The patient's anatomy.
     """
     return Anatomy(
-        cx=0.5 + rng.uniform(-0.04, 0.04), cy=0.47 + rng.uniform(-0.04, 0.04),
-        gap=rng.uniform(0.17, 0.22), lung_a=rng.uniform(0.13, 0.17),
-        lung_b=rng.uniform(0.26, 0.33), body=rng.uniform(0.5, 0.65),
-        air=rng.uniform(0.25, 0.35), rib_phase=rng.uniform(0.0, 1.0),
+        cx=0.5 + rng.uniform(-0.04, 0.04),
+        cy=0.47 + rng.uniform(-0.04, 0.04),
+        gap=rng.uniform(0.17, 0.22),
+        lung_a=rng.uniform(0.13, 0.17),
+        lung_b=rng.uniform(0.26, 0.33),
+        body=rng.uniform(0.5, 0.65),
+        air=rng.uniform(0.25, 0.35),
+        rib_phase=rng.uniform(0.0, 1.0),
     )
 
 
@@ -150,8 +154,10 @@ def render(anatomy: Anatomy, lesion: Lesion | None, size: int, rng: np.random.Ge
     xx, yy = _grid(size)
     a = anatomy
     img = 0.06 + a.body * _ellipse(xx, yy, a.cx, a.cy + 0.06, 0.46, 0.52)
-    lungs = np.maximum(_ellipse(xx, yy, a.cx - a.gap, a.cy, a.lung_a, a.lung_b),
-                       _ellipse(xx, yy, a.cx + a.gap, a.cy, a.lung_a, a.lung_b))
+    lungs = np.maximum(
+        _ellipse(xx, yy, a.cx - a.gap, a.cy, a.lung_a, a.lung_b),
+        _ellipse(xx, yy, a.cx + a.gap, a.cy, a.lung_a, a.lung_b),
+    )
     img = img - a.air * lungs + 0.15 * _ellipse(xx, yy, a.cx, a.cy + 0.05, 0.06, 0.5)
     ribs = np.abs(np.mod(yy - 0.35 * (xx - a.cx) ** 2 + a.rib_phase * 0.09, 0.09) - 0.045) < 0.012
     img = img + 0.06 * ribs * lungs + 0.05 * _smooth_noise(rng, size, 6) * lungs
@@ -290,8 +296,7 @@ class NpzImport(NamedTuple):
     dropped: int
 
 
-def import_npz(source: Path, out: Path, labels: list[str] | None = None,
-               drop_duplicates: bool = False) -> NpzImport:
+def import_npz(source: Path, out: Path, labels: list[str] | None = None, drop_duplicates: bool = False) -> NpzImport:
     """Turn a MedMNIST-style npz (`{train,val,test}_{images,labels}`) into PNGs + a manifest with splits.
 
     With `drop_duplicates`, a val or test image whose pixels already appear in an earlier split is
@@ -359,8 +364,9 @@ def _inside(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root)
 
 
-def _write_split(images: np.ndarray, ys: np.ndarray, split: str, out: Path, labels: list[str] | None,
-                 keep: list[bool]) -> list[tuple]:
+def _write_split(
+    images: np.ndarray, ys: np.ndarray, split: str, out: Path, labels: list[str] | None, keep: list[bool]
+) -> list[tuple]:
     rows = []
     for i, (img, y) in enumerate(zip(images, ys)):
         label = labels[int(y)] if labels else f"class_{int(y)}"

@@ -67,8 +67,9 @@ def clean_metrics(y: np.ndarray, p: np.ndarray, clean: np.ndarray, bins: int) ->
     return out
 
 
-def run_step(params: Params, ws: Workspace, validated: ValidationReport, prepared: PreprocessResult,
-             trained: TrainResult) -> EvaluateResult:
+def run_step(
+    params: Params, ws: Workspace, validated: ValidationReport, prepared: PreprocessResult, trained: TrainResult
+) -> EvaluateResult:
     """Evaluate the trained model on val and test; write metrics.json, plots and a report; log to MLflow.
 
     Args:
@@ -92,15 +93,23 @@ def run_step(params: Params, ws: Workspace, validated: ValidationReport, prepare
     data = {f"{k}_{s}": v for s, sh in shards.items() for k, v in (("x", sh.read()), ("y", sh.labels))}
     model = load_model(ws.base / trained.model_path)
     proba = {s: predict(model, data[f"x_{s}"]) for s in ("val", "test")}
-    metrics = {f"{s}_{k}": v for s in ("val", "test")
-               for k, v in classification_metrics(data[f"y_{s}"], proba[s], evaluation.ece_bins).items()}
+    metrics = {
+        f"{s}_{k}": v
+        for s in ("val", "test")
+        for k, v in classification_metrics(data[f"y_{s}"], proba[s], evaluation.ece_bins).items()
+    }
     y, p = data["y_test"], proba["test"]
     metrics.update({f"test_{k}": v for k, v in per_class_metrics(y, p.argmax(axis=1), classes).items()})
-    metrics.update({f"test_{k}": float(v)
-                    for k, v in bootstrap_ci(y, p, evaluation.bootstrap, evaluation.seed).items()})
+    metrics.update(
+        {f"test_{k}": float(v) for k, v in bootstrap_ci(y, p, evaluation.bootstrap, evaluation.seed).items()}
+    )
     if len(classes) == 2:
-        metrics.update({f"test_{k}" if k != "threshold" else k: v for k, v in
-                        threshold_metrics(data["y_val"], proba["val"], y, p, evaluation.target_sensitivity).items()})
+        metrics.update(
+            {
+                f"test_{k}" if k != "threshold" else k: v
+                for k, v in threshold_metrics(data["y_val"], proba["val"], y, p, evaluation.target_sensitivity).items()
+            }
+        )
     splits = validated.split_table()
     clean = clean_test_mask(splits, params.validate_.near_duplicates.clean)
     metrics.update(clean_metrics(y, p, clean, evaluation.ece_bins))
@@ -120,18 +129,20 @@ def run_step(params: Params, ws: Workspace, validated: ValidationReport, prepare
     return EvaluateResult(metrics, ws.out / "metrics.json", plots_made, out / "report.md")
 
 
-def _figures(model, data: dict, p: np.ndarray, classes: list[str], evaluation, out: Path, history: dict,
-             names: list[str]) -> list[Path]:
+def _figures(
+    model, data: dict, p: np.ndarray, classes: list[str], evaluation, out: Path, history: dict, names: list[str]
+) -> list[Path]:
     """The evaluation plots and Grad-CAM overlays, written into `out`."""
     from pipeline import plots
 
     y = data["y_test"]
-    plots_made = [plots.plot_confusion(y, p.argmax(axis=1), classes, out / "confusion_matrix.png"),
-                  plots.roc_pr_curves(y, p, classes, out / "roc_pr.png"),
-                  plots.reliability(y, p, evaluation.ece_bins, out / "reliability.png"),
-                  plots.training_curves(history, out / "training_curves.png"),
-                  *explain_examples(model, data["x_test"], y, p, classes, evaluation.cam_per_class, out / "gradcam",
-                                    names)]
+    plots_made = [
+        plots.plot_confusion(y, p.argmax(axis=1), classes, out / "confusion_matrix.png"),
+        plots.roc_pr_curves(y, p, classes, out / "roc_pr.png"),
+        plots.reliability(y, p, evaluation.ece_bins, out / "reliability.png"),
+        plots.training_curves(history, out / "training_curves.png"),
+        *explain_examples(model, data["x_test"], y, p, classes, evaluation.cam_per_class, out / "gradcam", names),
+    ]
     return plots_made
 
 
@@ -146,12 +157,22 @@ def test_names(table: pd.DataFrame) -> list[str]:
         One name per test image, in split-table order.
     """
     test = table[table["split"] == "test"].reset_index(drop=True)
-    return [f"{pid}-{i}" if path.lower().endswith(".dcm") else Path(path).name
-            for i, (path, pid) in enumerate(zip(test["path"], test["patient_id"]))]
+    return [
+        f"{pid}-{i}" if path.lower().endswith(".dcm") else Path(path).name
+        for i, (path, pid) in enumerate(zip(test["path"], test["patient_id"]))
+    ]
 
 
-def explain_examples(model, x: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: list[str], per_class: int,
-                     out: Path, names: list[str] | None = None) -> list[Path]:
+def explain_examples(
+    model,
+    x: np.ndarray,
+    y: np.ndarray,
+    proba: np.ndarray,
+    classes: list[str],
+    per_class: int,
+    out: Path,
+    names: list[str] | None = None,
+) -> list[Path]:
     """Grad-CAM overlays of up to `per_class` correct and misclassified test images (uint8) per true class,
     captioned with the source, the true label, the prediction and its probability, and a colour scale.
 
@@ -204,28 +225,67 @@ def write_report(metrics: dict[str, float], classes: list[str], figures: list[Pa
     """
     m = metrics
     lines = ["# Evaluation", "", "| metric | validation | test |", "|---|---|---|"]
-    lines += [f"| {k} | {m[f'val_{k}']:.3f} | {m[f'test_{k}']:.3f} |" for k in
-              ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "sensitivity", "specificity", "log_loss",
-               "brier", "ece")]
+    lines += [
+        f"| {k} | {m[f'val_{k}']:.3f} | {m[f'test_{k}']:.3f} |"
+        for k in (
+            "accuracy",
+            "balanced_accuracy",
+            "roc_auc",
+            "pr_auc",
+            "sensitivity",
+            "specificity",
+            "log_loss",
+            "brier",
+            "ece",
+        )
+    ]
     if "test_clean_accuracy" in m:
-        lines += ["", f"Test images without a near copy in train ({int(m['test_clean_n'])}):", "",
-                  "| metric | test | test (clean) |", "|---|---|---|"]
-        lines += [f"| {k} | {m[f'test_{k}']:.3f} | {m[f'test_clean_{k}']:.3f} |" for k in
-                  ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "sensitivity", "specificity", "log_loss",
-                   "brier", "ece")]
+        lines += [
+            "",
+            f"Test images without a near copy in train ({int(m['test_clean_n'])}):",
+            "",
+            "| metric | test | test (clean) |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {k} | {m[f'test_{k}']:.3f} | {m[f'test_clean_{k}']:.3f} |"
+            for k in (
+                "accuracy",
+                "balanced_accuracy",
+                "roc_auc",
+                "pr_auc",
+                "sensitivity",
+                "specificity",
+                "log_loss",
+                "brier",
+                "ece",
+            )
+        ]
     elif "test_clean_n" in m:
-        lines += ["", f"Test images without a near copy in train: {int(m['test_clean_n'])} (too few classes "
-                  "for metrics)."]
-    lines += ["", f"Test ROC-AUC 95% CI: [{m['test_roc_auc_ci_low']:.3f}, {m['test_roc_auc_ci_high']:.3f}]; "
-              f"balanced accuracy 95% CI: [{m['test_balanced_accuracy_ci_low']:.3f}, "
-              f"{m['test_balanced_accuracy_ci_high']:.3f}] (bootstrap).", ""]
+        lines += [
+            "",
+            f"Test images without a near copy in train: {int(m['test_clean_n'])} (too few classes for metrics).",
+        ]
+    lines += [
+        "",
+        f"Test ROC-AUC 95% CI: [{m['test_roc_auc_ci_low']:.3f}, {m['test_roc_auc_ci_high']:.3f}]; "
+        f"balanced accuracy 95% CI: [{m['test_balanced_accuracy_ci_low']:.3f}, "
+        f"{m['test_balanced_accuracy_ci_high']:.3f}] (bootstrap).",
+        "",
+    ]
     if "threshold" in m:
-        lines += [f"Operating threshold (chosen on validation): {m['threshold']:.3f} → test sensitivity "
-                  f"{m['test_sensitivity_at_threshold']:.3f}, specificity "
-                  f"{m['test_specificity_at_threshold']:.3f}.", ""]
+        lines += [
+            f"Operating threshold (chosen on validation): {m['threshold']:.3f} → test sensitivity "
+            f"{m['test_sensitivity_at_threshold']:.3f}, specificity "
+            f"{m['test_specificity_at_threshold']:.3f}.",
+            "",
+        ]
     lines += ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
-    lines += [f"| {c} | {m[f'test_precision_{c}']:.3f} | {m[f'test_recall_{c}']:.3f} | {m[f'test_f1_{c}']:.3f} | "
-              f"{int(m[f'test_support_{c}'])} |" for c in classes]
+    lines += [
+        f"| {c} | {m[f'test_precision_{c}']:.3f} | {m[f'test_recall_{c}']:.3f} | {m[f'test_f1_{c}']:.3f} | "
+        f"{int(m[f'test_support_{c}'])} |"
+        for c in classes
+    ]
     lines += [""] + [f"![{f.stem}]({f.relative_to(out).as_posix()})" for f in figures]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")

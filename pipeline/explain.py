@@ -109,8 +109,12 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.6, scale: int =
     weight = (alpha * np.clip(cam, 0, 1))[..., None]
     blend = (heat * weight + base * (1 - weight)).round().astype(np.uint8)
     size = (blend.shape[1] * scale, blend.shape[0] * scale)
-    return np.hstack([cv2.resize(base, size, interpolation=cv2.INTER_NEAREST),
-                      cv2.resize(blend, size, interpolation=cv2.INTER_NEAREST)])
+    return np.hstack(
+        [
+            cv2.resize(base, size, interpolation=cv2.INTER_NEAREST),
+            cv2.resize(blend, size, interpolation=cv2.INTER_NEAREST),
+        ]
+    )
 
 
 def captioned(picture: np.ndarray, lines: list[str]) -> np.ndarray:
@@ -126,10 +130,10 @@ def captioned(picture: np.ndarray, lines: list[str]) -> np.ndarray:
     width, font = picture.shape[1], cv2.FONT_HERSHEY_SIMPLEX
     band = np.full((18 * len(lines) + 8, width, 3), 255, np.uint8)
     for i, text in enumerate(lines):
-        cv2.putText(band, text[:max(8, width // 8)], (4, 18 * (i + 1)), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(band, text[: max(8, width // 8)], (4, 18 * (i + 1)), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     ramp = np.tile(np.linspace(0, 255, width // 2).astype(np.uint8), (10, 1))
     scale = np.full((30, width, 3), 255, np.uint8)
-    scale[2:12, width // 2:width // 2 + ramp.shape[1]] = cv2.applyColorMap(ramp, cv2.COLORMAP_INFERNO)
+    scale[2:12, width // 2 : width // 2 + ramp.shape[1]] = cv2.applyColorMap(ramp, cv2.COLORMAP_INFERNO)
     cv2.putText(scale, "Grad-CAM evidence: none", (4, 12), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(scale, "strongest", (width - 70, 26), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     return np.vstack([band, picture, scale])

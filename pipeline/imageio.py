@@ -48,8 +48,12 @@ def _scale(raw: np.ndarray) -> np.ndarray:
     return raw.astype(np.float32) / float(2**bits - 1)
 
 
-def bounded_bytes(path: Path, data: bytes | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                  max_bytes: int | None = DEFAULT_MAX_FILE_MB * MB) -> bytes:
+def bounded_bytes(
+    path: Path,
+    data: bytes | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = DEFAULT_MAX_FILE_MB * MB,
+) -> bytes:
     """A file's content (`data` when already in hand), refused when over a cap before it decodes.
 
     Args:
@@ -89,12 +93,20 @@ def imdecode(path: Path, buf: np.ndarray, flags: int) -> np.ndarray | None:
         return cv2.imdecode(buf, flags)
     except cv2.error as err:
         limit = "CV_IO_MAX_IMAGE" in str(err)
-        raise ImageError(path, "image exceeds OpenCV's decoder limit (OPENCV_IO_MAX_IMAGE_PIXELS)" if limit
-                         else "not a decodable image (OpenCV refused it)") from None
+        raise ImageError(
+            path,
+            "image exceeds OpenCV's decoder limit (OPENCV_IO_MAX_IMAGE_PIXELS)"
+            if limit
+            else "not a decodable image (OpenCV refused it)",
+        ) from None
 
 
-def read_raster(path: Path, data: bytes | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                max_bytes: int | None = DEFAULT_MAX_FILE_MB * MB) -> Image:
+def read_raster(
+    path: Path,
+    data: bytes | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = DEFAULT_MAX_FILE_MB * MB,
+) -> Image:
     """PNG or JPEG via OpenCV, any bit depth; colour comes back RGB, alpha dropped.
 
     `data`, when given, is the file's content already read (the scan hashes it too). A file over
@@ -161,8 +173,13 @@ def _dicom_pixels(ds, path: Path) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def read_dicom(path: Path, salt: bytes, data: bytes | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-               max_bytes: int | None = DEFAULT_MAX_FILE_MB * MB) -> Image:
+def read_dicom(
+    path: Path,
+    salt: bytes,
+    data: bytes | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = DEFAULT_MAX_FILE_MB * MB,
+) -> Image:
     """A single-frame grayscale or colour (RGB/YBR) DICOM, with its PatientID turned into a pseudonymous key
     (caps as read_raster; a deflated one must not inflate beyond what `max_pixels` need).
 
@@ -201,8 +218,13 @@ def read_dicom(path: Path, salt: bytes, data: bytes | None = None, max_pixels: i
     return Image(pixels, int(getattr(ds, "BitsStored", 16)), channels, pseudonym(patient, salt) if patient else None)
 
 
-def read_image(path: Path, salt: bytes = b"", data: bytes | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-               max_bytes: int | None = DEFAULT_MAX_FILE_MB * MB) -> Image:
+def read_image(
+    path: Path,
+    salt: bytes = b"",
+    data: bytes | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = DEFAULT_MAX_FILE_MB * MB,
+) -> Image:
     """Read any supported image file by its suffix (from `data` when the bytes are already in hand), refused
     before decoding when over a cap (see read_raster).
 

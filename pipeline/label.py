@@ -36,8 +36,9 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def suggest(model, classes: list[str], files: list[Path], root: Path, thumbs: Path | None,
-            preprocessing: PreprocessParams) -> pd.DataFrame:
+def suggest(
+    model, classes: list[str], files: list[Path], root: Path, thumbs: Path | None, preprocessing: PreprocessParams
+) -> pd.DataFrame:
     """Predicted label, confidence and entropy per image (unreadable ones get their error), most uncertain first.
 
     Args:

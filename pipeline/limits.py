@@ -29,9 +29,9 @@ DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _STANDALONE = frozenset([0x01, *range(0xD0, 0xD9)])  # TEM, RSTn, SOI: no length field
 _CHUNK = 64 * 1024
-_DEFLATE_HEADER = 1 * MB      # inflated bytes kept to read a deflated DICOM's header from
-_HEADER_ALLOWANCE = 16 * MB   # non-pixel content a deflated DICOM may add to its pixels
-_BYTES_PER_SAMPLE = 8         # the widest DICOM sample (64-bit float pixel data)
+_DEFLATE_HEADER = 1 * MB  # inflated bytes kept to read a deflated DICOM's header from
+_HEADER_ALLOWANCE = 16 * MB  # non-pixel content a deflated DICOM may add to its pixels
+_BYTES_PER_SAMPLE = 8  # the widest DICOM sample (64-bit float pixel data)
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
 
@@ -50,8 +50,9 @@ class Dimensions:
         return self.width * self.height * self.frames * self.samples
 
     def __str__(self) -> str:
-        extra = (f" x {self.frames} frames" if self.frames > 1 else "") + \
-                (f" x {self.samples} samples" if self.samples > 1 else "")
+        extra = (f" x {self.frames} frames" if self.frames > 1 else "") + (
+            f" x {self.samples} samples" if self.samples > 1 else ""
+        )
         return f"{self.width}x{self.height}{extra}"
 
 
@@ -195,8 +196,12 @@ def _read_header(header: bytes) -> Dimensions | None:
     from pydicom.filereader import read_dataset
 
     try:
-        ds = read_dataset(io.BytesIO(header), is_implicit_VR=False, is_little_endian=True,
-                          stop_when=lambda tag, vr, length: tag >= 0x7FE00010)
+        ds = read_dataset(
+            io.BytesIO(header),
+            is_implicit_VR=False,
+            is_little_endian=True,
+            stop_when=lambda tag, vr, length: tag >= 0x7FE00010,
+        )
         return _dataset_dimensions(ds)
     except Exception:  # noqa: BLE001  a header cut short or broken: left to the decoder
         return None
@@ -219,14 +224,17 @@ def _deflated_dimensions(name: str | Path, fp: BinaryIO, max_pixels: int) -> Dim
             pending = inflater.unconsumed_tail
             total += len(out)
             if len(kept) < _DEFLATE_HEADER:
-                kept += out[:_DEFLATE_HEADER - len(kept)]
+                kept += out[: _DEFLATE_HEADER - len(kept)]
             if not parsed and (len(kept) >= _DEFLATE_HEADER or inflater.eof):
                 parsed, dims = True, _read_header(bytes(kept))
                 if dims is not None:
                     check_pixels(name, dims, max_pixels)
             if total > bound:
-                raise _error(name, f"deflated DICOM inflates beyond {bound / MB:,.0f} MB, more than an image "
-                                   f"within the cap of {pixel_count(max_pixels)} can need (preprocess.max_pixels)")
+                raise _error(
+                    name,
+                    f"deflated DICOM inflates beyond {bound / MB:,.0f} MB, more than an image "
+                    f"within the cap of {pixel_count(max_pixels)} can need (preprocess.max_pixels)",
+                )
     except zlib.error:
         raise _error(name, "deflated DICOM data cannot be inflated (corrupt)") from None
     return dims if parsed else _read_header(bytes(kept))
@@ -302,8 +310,9 @@ def check_size(name: str | Path, size: int, max_bytes: int) -> None:
         ImageError: the file is over the cap.
     """
     if size > max_bytes:
-        raise _error(name, f"file of {size / MB:,.1f} MB exceeds the cap of {max_bytes / MB:,.0f} MB "
-                           "(preprocess.max_file_mb)")
+        raise _error(
+            name, f"file of {size / MB:,.1f} MB exceeds the cap of {max_bytes / MB:,.0f} MB (preprocess.max_file_mb)"
+        )
 
 
 def check_pixels(name: str | Path, dims: Dimensions, max_pixels: int) -> None:
@@ -318,12 +327,19 @@ def check_pixels(name: str | Path, dims: Dimensions, max_pixels: int) -> None:
         ImageError: the image is over the cap.
     """
     if dims.pixels > max_pixels:
-        raise _error(name, f"image of {dims} = {pixel_count(dims.pixels)} exceeds the cap of "
-                           f"{pixel_count(max_pixels)} (preprocess.max_pixels)")
+        raise _error(
+            name,
+            f"image of {dims} = {pixel_count(dims.pixels)} exceeds the cap of "
+            f"{pixel_count(max_pixels)} (preprocess.max_pixels)",
+        )
 
 
-def check_image(name: str | Path, source: bytes | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                max_bytes: int | None = DEFAULT_MAX_FILE_MB * MB) -> Dimensions | None:
+def check_image(
+    name: str | Path,
+    source: bytes | Path,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = DEFAULT_MAX_FILE_MB * MB,
+) -> Dimensions | None:
     """Refuse an image file (or its bytes) that is too large, or declares too many pixels, before it decodes.
 
     A path is sized by stat first and only its header is read from the file; bytes in hand are sized

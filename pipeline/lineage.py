@@ -63,8 +63,11 @@ def data_lineage(data_root: Path) -> dict[str, str]:
     """
     pointer = dvc_pointer(data_root)
     if pointer and "md5" in pointer:
-        return {"medpipe.data_md5": pointer["md5"], "medpipe.data_files": str(pointer.get("nfiles", "")),
-                "medpipe.data_source": "dvc"}
+        return {
+            "medpipe.data_md5": pointer["md5"],
+            "medpipe.data_files": str(pointer.get("nfiles", "")),
+            "medpipe.data_source": "dvc",
+        }
     md5, n = content_hash(data_root)
     return {"medpipe.data_md5": md5, "medpipe.data_files": str(n), "medpipe.data_source": "computed"}
 
@@ -90,8 +93,10 @@ def git_lineage(cwd: Path) -> dict[str, str]:
     """
     commit = _git(["rev-parse", "HEAD"], cwd)
     status = _git(["status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock"], cwd)
-    return {"medpipe.git_commit": commit or "unknown",
-            "medpipe.git_dirty": "unknown" if status is None else str(bool(status)).lower()}
+    return {
+        "medpipe.git_commit": commit or "unknown",
+        "medpipe.git_dirty": "unknown" if status is None else str(bool(status)).lower(),
+    }
 
 
 def lineage_tags(params: Params, ws: Workspace) -> dict[str, str]:
@@ -188,10 +193,18 @@ def record_dvc_outputs(params: Params, ws: Workspace, params_file: Path, overrid
         return "dvc.lock not updated: run used other data or parameters than dvc.yaml's stages"
     if not (ws.base / "dvc.yaml").is_file() or not (ws.base / ".dvc").is_dir():
         return "dvc.lock not updated: no DVC project here"
-    env = {**os.environ, "DVC_SITE_CACHE_DIR": os.environ.get("DVC_SITE_CACHE_DIR",
-                                                              str(ws.base / ".dvc" / "tmp" / "site-cache"))}
-    done = subprocess.run([sys.executable, "-m", "dvc", "commit", "--force", "--quiet"], cwd=ws.base, env=env,
-                          capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "DVC_SITE_CACHE_DIR": os.environ.get("DVC_SITE_CACHE_DIR", str(ws.base / ".dvc" / "tmp" / "site-cache")),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "commit", "--force", "--quiet"],
+        cwd=ws.base,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if done.returncode != 0:
         return f"dvc.lock not updated: dvc commit failed: {done.stderr.strip().splitlines()[-1:]}"
     return "dvc.lock records this run's outputs (dvc status: up to date)"

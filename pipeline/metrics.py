@@ -66,8 +66,13 @@ def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int) -> f
         The expected calibration error.
     """
     conf, correct, idx = confidence_bins(y, proba, bins)
-    return float(sum(abs(correct[idx == b].mean() - conf[idx == b].mean()) * (idx == b).mean()
-                     for b in range(bins) if (idx == b).any()))
+    return float(
+        sum(
+            abs(correct[idx == b].mean() - conf[idx == b].mean()) * (idx == b).mean()
+            for b in range(bins)
+            if (idx == b).any()
+        )
+    )
 
 
 def classification_metrics(y: np.ndarray, proba: np.ndarray, bins: int = 10) -> dict[str, float]:
@@ -88,11 +93,17 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, bins: int = 10) -> 
     classes = [1] if n == 2 else range(n)
     pr = [average_precision_score(onehot[:, c], proba[:, c]) for c in classes if onehot[:, c].any()]
     sens, spec = _one_vs_rest(y, pred, n)
-    return {"accuracy": float(accuracy_score(y, pred)), "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-            "roc_auc": macro_roc_auc(y, proba), "pr_auc": float(np.mean(pr)), "sensitivity": sens,
-            "specificity": spec, "log_loss": float(log_loss(y, proba, labels=list(range(n)))),
-            "brier": float(np.mean(np.sum((proba - onehot) ** 2, axis=1))),
-            "ece": expected_calibration_error(y, proba, bins)}
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "roc_auc": macro_roc_auc(y, proba),
+        "pr_auc": float(np.mean(pr)),
+        "sensitivity": sens,
+        "specificity": spec,
+        "log_loss": float(log_loss(y, proba, labels=list(range(n)))),
+        "brier": float(np.mean(np.sum((proba - onehot) ** 2, axis=1))),
+        "ece": expected_calibration_error(y, proba, bins),
+    }
 
 
 def per_class_metrics(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, float]:
@@ -109,8 +120,11 @@ def per_class_metrics(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> di
     from sklearn.metrics import precision_recall_fscore_support
 
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=list(range(len(classes))), zero_division=0)
-    return {f"{name}_{c}": float(v[i]) for name, v in (("precision", p), ("recall", r), ("f1", f), ("support", s))
-            for i, c in enumerate(classes)}
+    return {
+        f"{name}_{c}": float(v[i])
+        for name, v in (("precision", p), ("recall", r), ("f1", f), ("support", s))
+        for i, c in enumerate(classes)
+    }
 
 
 def bootstrap_ci(y: np.ndarray, proba: np.ndarray, n: int, seed: int) -> dict[str, float]:
@@ -137,8 +151,12 @@ def bootstrap_ci(y: np.ndarray, proba: np.ndarray, n: int, seed: int) -> dict[st
             i = rng.integers(0, len(y), len(y))
             stats.append((macro_roc_auc(y[i], proba[i]), balanced_accuracy_score(y[i], proba[i].argmax(axis=1))))
     low, high = np.nanpercentile(np.array(stats), [2.5, 97.5], axis=0)
-    return {"roc_auc_ci_low": low[0], "roc_auc_ci_high": high[0],
-            "balanced_accuracy_ci_low": low[1], "balanced_accuracy_ci_high": high[1]}
+    return {
+        "roc_auc_ci_low": low[0],
+        "roc_auc_ci_high": high[0],
+        "balanced_accuracy_ci_low": low[1],
+        "balanced_accuracy_ci_high": high[1],
+    }
 
 
 def operating_threshold(y: np.ndarray, p1: np.ndarray, target_sensitivity: float | None) -> float:
@@ -160,8 +178,9 @@ def operating_threshold(y: np.ndarray, p1: np.ndarray, target_sensitivity: float
     return float(min(thresholds[np.argmax(tpr >= target_sensitivity)], 1.0))
 
 
-def threshold_metrics(y_val: np.ndarray, p_val: np.ndarray, y: np.ndarray, p: np.ndarray,
-                      target: float | None) -> dict[str, float]:
+def threshold_metrics(
+    y_val: np.ndarray, p_val: np.ndarray, y: np.ndarray, p: np.ndarray, target: float | None
+) -> dict[str, float]:
     """Choose the threshold on validation, report test sensitivity and specificity at it.
 
     Args:
@@ -176,5 +195,8 @@ def threshold_metrics(y_val: np.ndarray, p_val: np.ndarray, y: np.ndarray, p: np
     """
     t = operating_threshold(y_val, p_val[:, 1], target)
     pred = (p[:, 1] >= t).astype(int)
-    return {"threshold": t, "sensitivity_at_threshold": float(np.mean(pred[y == 1] == 1)),
-            "specificity_at_threshold": float(np.mean(pred[y == 0] == 0))}
+    return {
+        "threshold": t,
+        "sensitivity_at_threshold": float(np.mean(pred[y == 1] == 1)),
+        "specificity_at_threshold": float(np.mean(pred[y == 0] == 0)),
+    }

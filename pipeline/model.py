@@ -165,8 +165,13 @@ def input_params(model: keras.Model, preprocessing):
 ARCHITECTURES = {"seed_cnn": seed_cnn, "resnet_small": resnet_small, **{name: application for name in APPLICATIONS}}
 
 
-def build_model(model_params: ModelParams, input_shape: tuple[int, int, int], n_classes: int,
-                norm: tuple[str, float, float] = ("unit", 0.0, 1.0), base: Path = Path(".")) -> keras.Model:
+def build_model(
+    model_params: ModelParams,
+    input_shape: tuple[int, int, int],
+    n_classes: int,
+    norm: tuple[str, float, float] = ("unit", 0.0, 1.0),
+    base: Path = Path("."),
+) -> keras.Model:
     """Build an (uncompiled) model by its params name: Standardize, the body, a float32 softmax head.
 
     Args:
@@ -200,8 +205,10 @@ def predict_uint8(model, x: np.ndarray, batch: int = 128) -> np.ndarray:
     Returns:
         (N, classes) float64 probabilities.
     """
-    parts = [np.asarray(model(x[i:i + batch].astype(np.float32) / 255.0, training=False), dtype=np.float64)
-             for i in range(0, len(x), batch)]
+    parts = [
+        np.asarray(model(x[i : i + batch].astype(np.float32) / 255.0, training=False), dtype=np.float64)
+        for i in range(0, len(x), batch)
+    ]
     return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]))
 
 

@@ -105,8 +105,7 @@ class Pairs(NamedTuple):
     distance: np.ndarray
 
 
-def close_pairs(hashes: np.ndarray, threshold: int, others: np.ndarray | None = None,
-                block: int = 2_000_000) -> Pairs:
+def close_pairs(hashes: np.ndarray, threshold: int, others: np.ndarray | None = None, block: int = 2_000_000) -> Pairs:
     """Every pair of fingerprints within `threshold` bits, by multi-index hashing (never all pairs).
 
     Args:
@@ -163,8 +162,9 @@ def close_pairs(hashes: np.ndarray, threshold: int, others: np.ndarray | None = 
     return Pairs(i[first], j[first], d[first])
 
 
-def _verify(pi: list, pj: list, q: list[np.ndarray], table: list[np.ndarray],
-            threshold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _verify(
+    pi: list, pj: list, q: list[np.ndarray], table: list[np.ndarray], threshold: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidates within `threshold`, word by word: most unrelated pairs are out after two words."""
     if not pi:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)

@@ -37,7 +37,7 @@ def roc_pr_curves(y: np.ndarray, proba: np.ndarray, classes: list[str], path: Pa
 
     plt = _pyplot()
     fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(10, 4.2))
-    for c in ([1] if len(classes) == 2 else range(len(classes))):
+    for c in [1] if len(classes) == 2 else range(len(classes)):
         if 0 < (y == c).sum() < len(y):
             fpr, tpr, _ = roc_curve(y == c, proba[:, c])
             prec, rec, _ = precision_recall_curve(y == c, proba[:, c])
@@ -121,6 +121,13 @@ def plot_confusion(y: np.ndarray, pred: np.ndarray, classes: list[str], path: Pa
         ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
         for (i, j), v in np.ndenumerate(matrix):
             ax.text(j, i, format(v, fmt), ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black")
-        ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
-               xlabel="predicted", ylabel="true", title=f"Test confusion matrix ({title})")
+        ax.set(
+            xticks=range(len(classes)),
+            yticks=range(len(classes)),
+            xticklabels=classes,
+            yticklabels=classes,
+            xlabel="predicted",
+            ylabel="true",
+            title=f"Test confusion matrix ({title})",
+        )
     return _save(fig, path)

@@ -46,8 +46,13 @@ class PreprocessResult:
     std: float
 
 
-def decode_uint8(path: Path, color: str, data: bytes | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_bytes: int = DEFAULT_MAX_FILE_MB * MB) -> np.ndarray:
+def decode_uint8(
+    path: Path,
+    color: str,
+    data: bytes | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_FILE_MB * MB,
+) -> np.ndarray:
     """Decode PNG/JPEG (8 or 16 bit) or DICOM into uint8, (H, W) gray or (H, W, 3) RGB.
 
     `data`: the file's bytes when already in hand (e.g. a served request; `path` then only names it).
@@ -76,8 +81,11 @@ def decode_uint8(path: Path, color: str, data: bytes | None = None, max_pixels: 
             raw = raw if raw.dtype == np.uint8 else np.round(raw / 257.0).astype(np.uint8)
             return raw if color == "gray" else cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
     # checked above: the readers need not check again
-    pixels = (read_dicom(path, b"", data, None, None) if dicom and data is not None
-              else read_image(path, data=data, max_pixels=None, max_bytes=None)).pixels
+    pixels = (
+        read_dicom(path, b"", data, None, None)
+        if dicom and data is not None
+        else read_image(path, data=data, max_pixels=None, max_bytes=None)
+    ).pixels
     return pixels_to_uint8(pixels, color)
 
 
@@ -125,7 +133,7 @@ def fit_to_size(img: np.ndarray, size: int, fit: str) -> np.ndarray:
         top, left = (size - nh) // 2, (size - nw) // 2
         return cv2.copyMakeBorder(img, top, size - nh - top, left, size - nw - left, cv2.BORDER_CONSTANT, value=0)
     top, left = (nh - size) // 2, (nw - size) // 2
-    return img[top:top + size, left:left + size]
+    return img[top : top + size, left : left + size]
 
 
 def enhance(img: np.ndarray, preprocessing: PreprocessParams) -> np.ndarray:
@@ -144,8 +152,11 @@ def enhance(img: np.ndarray, preprocessing: PreprocessParams) -> np.ndarray:
     elif preprocessing.denoise == "bilateral":
         img = cv2.bilateralFilter(img, 5, 40, 5)
     elif preprocessing.denoise == "nlmeans":
-        img = (cv2.fastNlMeansDenoisingColored(img, None, h=10, hColor=10) if rgb
-               else cv2.fastNlMeansDenoising(img, None, h=10))
+        img = (
+            cv2.fastNlMeansDenoisingColored(img, None, h=10, hColor=10)
+            if rgb
+            else cv2.fastNlMeansDenoising(img, None, h=10)
+        )
     if preprocessing.clahe.enabled:
         grid = preprocessing.clahe.tile_grid
         clahe = cv2.createCLAHE(preprocessing.clahe.clip_limit, (grid, grid))
@@ -211,9 +222,13 @@ def cache_key(params: Params, validated: ValidationReport) -> str:
         The md5 hex digest.
     """
     preprocessing = params.preprocess.model_dump(mode="json")
-    spec = {"code": CODE_VERSION, "labels": params.validate_.classes, "shard_size": preprocessing["shard_size"],
-            "pixels": {k: preprocessing[k] for k in _KEY_FIELDS},
-            "splits": hashlib.md5(validated.splits_csv.read_bytes()).hexdigest()}
+    spec = {
+        "code": CODE_VERSION,
+        "labels": params.validate_.classes,
+        "shard_size": preprocessing["shard_size"],
+        "pixels": {k: preprocessing[k] for k in _KEY_FIELDS},
+        "splits": hashlib.md5(validated.splits_csv.read_bytes()).hexdigest(),
+    }
     return hashlib.md5(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
@@ -287,8 +302,14 @@ def write_shard(job: tuple[list[Path], Path, PreprocessParams]) -> tuple[float, 
     return float(counts @ _LEVELS), float(counts @ np.square(_LEVELS))
 
 
-def write_split(paths: list[Path], labels: np.ndarray, name: str, folder: Path, preprocessing: PreprocessParams,
-                mapper: Mapper = map) -> dict:
+def write_split(
+    paths: list[Path],
+    labels: np.ndarray,
+    name: str,
+    folder: Path,
+    preprocessing: PreprocessParams,
+    mapper: Mapper = map,
+) -> dict:
     """Prepare one split shard by shard, the shards through `mapper` (by default one after the other, each
     on all cores); return its meta entry with the pixel sum and sum of squares (data-set statistics).
 
@@ -305,13 +326,20 @@ def write_split(paths: list[Path], labels: np.ndarray, name: str, folder: Path, 
     """
     starts = range(0, len(paths), preprocessing.shard_size)
     shards = [f"x_{name}_{i:05d}.npy" for i in range(len(starts))]
-    jobs = [(paths[start:start + preprocessing.shard_size], folder / shard, preprocessing)
-            for start, shard in zip(starts, shards)]
+    jobs = [
+        (paths[start : start + preprocessing.shard_size], folder / shard, preprocessing)
+        for start, shard in zip(starts, shards)
+    ]
     sums = list(mapper(write_shard, jobs))
     np.save(folder / f"y_{name}.npy", labels.astype(np.int64))
     faults.point("preprocess.split")
-    return {"n": len(paths), "shards": shards, "labels": f"y_{name}.npy",
-            "sum": sum(s for s, _ in sums), "sumsq": sum(q for _, q in sums)}
+    return {
+        "n": len(paths),
+        "shards": shards,
+        "labels": f"y_{name}.npy",
+        "sum": sum(s for s, _ in sums),
+        "sumsq": sum(q for _, q in sums),
+    }
 
 
 def run_step(params: Params, ws: Workspace, validated: ValidationReport, mapper: Mapper = map) -> PreprocessResult:
@@ -334,15 +362,30 @@ def run_step(params: Params, ws: Workspace, validated: ValidationReport, mapper:
     manifest = validated.split_table()
     classes = params.validate_.classes
     with replace_dir(folder) as tmp:  # a crash leaves the old shards (or none), never a half-written set
-        splits = {s: write_split([ws.data_root / p for p in part["path"]],
-                                 part["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(), s,
-                                 tmp, preprocessing, mapper)
-                  for s in SPLITS for part in [manifest[manifest["split"] == s]]}
+        splits = {
+            s: write_split(
+                [ws.data_root / p for p in part["path"]],
+                part["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(),
+                s,
+                tmp,
+                preprocessing,
+                mapper,
+            )
+            for s in SPLITS
+            for part in [manifest[manifest["split"] == s]]
+        }
         pixels = max(splits["train"]["n"] * preprocessing.size * preprocessing.size * preprocessing.channels, 1)
         mean = splits["train"]["sum"] / pixels
         std = float(np.sqrt(max(splits["train"]["sumsq"] / pixels - mean**2, 0.0)))
-        meta = {"key": key, "classes": classes, "size": preprocessing.size, "channels": preprocessing.channels,
-                "mean": mean, "std": std, "splits": splits}
+        meta = {
+            "key": key,
+            "classes": classes,
+            "size": preprocessing.size,
+            "channels": preprocessing.channels,
+            "mean": mean,
+            "std": std,
+            "splits": splits,
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return _result(folder, cached=False)
 

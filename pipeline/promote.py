@@ -54,8 +54,11 @@ class Decision:
         Returns:
             A Markdown heading with the version and alias, and one bullet per reason.
         """
-        return (f"# Promotion of version {self.version}: @{self.alias}\n\n"
-                + "\n".join(f"- {r}" for r in self.reasons) + "\n")
+        return (
+            f"# Promotion of version {self.version}: @{self.alias}\n\n"
+            + "\n".join(f"- {r}" for r in self.reasons)
+            + "\n"
+        )
 
 
 def _better(metric: str, a: float, b: float) -> float:
@@ -75,15 +78,22 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, pp: P
         Whether the candidate wins, and the reasons.
     """
     if champion is None:
-        misses = [f"{m} {candidate[m]:.3f} misses the floor {f}" for m, f in pp.floors.items()
-                  if _better(m, candidate[m], f) < 0]
-        cleared = ", ".join(f"{m} {candidate[m]:.3f} {'<=' if m in LOWER_IS_BETTER else '>='} {f:g}"
-                            for m, f in pp.floors.items())
-        return not misses, misses or [f"first model: clears the floors ({cleared})" if cleared else
-                                      "first model: no floors set (promote.floors)"]
+        misses = [
+            f"{m} {candidate[m]:.3f} misses the floor {f}"
+            for m, f in pp.floors.items()
+            if _better(m, candidate[m], f) < 0
+        ]
+        cleared = ", ".join(
+            f"{m} {candidate[m]:.3f} {'<=' if m in LOWER_IS_BETTER else '>='} {f:g}" for m, f in pp.floors.items()
+        )
+        return not misses, misses or [
+            f"first model: clears the floors ({cleared})" if cleared else "first model: no floors set (promote.floors)"
+        ]
     gain = _better(pp.metric, candidate[pp.metric], champion[pp.metric])
-    reasons = [f"{pp.metric} {candidate[pp.metric]:.4f} vs champion {champion[pp.metric]:.4f} "
-               f"({gain:+.4f} better, margin {pp.margin})"]
+    reasons = [
+        f"{pp.metric} {candidate[pp.metric]:.4f} vs champion {champion[pp.metric]:.4f} "
+        f"({gain:+.4f} better, margin {pp.margin})"
+    ]
     ok = gain > 0 and gain >= pp.margin
     for metric, tolerance in pp.guards.items():
         drop = -_better(metric, candidate[metric], champion[metric])
@@ -126,8 +136,10 @@ def test_split(params: Params, ws: Workspace) -> TestSplit:
         x = test.read()
         table = validated.split_table()
     except (MedpipeError, OSError, KeyError, ValueError):
-        raise MedpipeError(ws.out, "no prepared test split: run `medpipe run`, or `medpipe stage validate` and "
-                                   "`medpipe stage preprocess`") from None
+        raise MedpipeError(
+            ws.out,
+            "no prepared test split: run `medpipe run`, or `medpipe stage validate` and `medpipe stage preprocess`",
+        ) from None
     files = [ws.data_root / p for p in table.loc[table["split"] == "test", "path"]]
     pixels = params.preprocess.model_dump(mode="json", include=set(PIXEL_FIELDS))
     return TestSplit(x, test.labels, files, list(prepared.classes), pixels)
@@ -256,8 +268,10 @@ def promote(params: Params, ws: Workspace, version: int, force: bool = False) ->
     recover(client, name)
     candidate_mv = _version(client, name, version)
     if not is_complete(candidate_mv):
-        raise MedpipeError(f"{name} version {version}", "its registration is incomplete (tags missing): it cannot "
-                                                        "be gated; train it again")
+        raise MedpipeError(
+            f"{name} version {version}",
+            "its registration is incomplete (tags missing): it cannot be gated; train it again",
+        )
     faults.point("promote.start")
     split = test_split(params, ws)
     candidate = score(_load(params, ws, version), split)
@@ -265,8 +279,9 @@ def promote(params: Params, ws: Workspace, version: int, force: bool = False) ->
         current = aliases_of(client, name).get(CHAMPION)
         champion = None
         if current not in (None, version):
-            conflict = signature_conflict(version_signature(candidate_mv), version_signature(
-                _version(client, name, current)), current, name)
+            conflict = signature_conflict(
+                version_signature(candidate_mv), version_signature(_version(client, name, current)), current, name
+            )
             if conflict:
                 if candidate_mv.tags.get("medpipe.promotion") == PENDING:
                     client.set_model_version_tag(name, str(version), "medpipe.promotion", "refused: another task")
@@ -275,15 +290,24 @@ def promote(params: Params, ws: Workspace, version: int, force: bool = False) ->
         if aliases_of(client, name).get(CHAMPION) == current:
             break
     ok, reasons = decide(candidate, champion, params.promote) if current != version else (False, ["already champion"])
-    decision = Decision(version, ok or (force and current != version) or current == version, reasons, candidate,
-                        champion, current, force and not ok and current != version)
+    decision = Decision(
+        version,
+        ok or (force and current != version) or current == version,
+        reasons,
+        candidate,
+        champion,
+        current,
+        force and not ok and current != version,
+    )
     outcome = ("promoted (forced)" if decision.forced else "promoted") if decision.promoted else "challenger"
     if current == version:
         outcome = candidate_mv.tags.get("medpipe.promotion", "promoted")
         outcome = "promoted" if outcome == PENDING else outcome
-    plan: dict = {"set": {}, "delete": [],
-                  "tags": {str(version): {"medpipe.promotion": outcome,
-                                          "medpipe.promotion_reasons": "; ".join(reasons)[:4000]}}}
+    plan: dict = {
+        "set": {},
+        "delete": [],
+        "tags": {str(version): {"medpipe.promotion": outcome, "medpipe.promotion_reasons": "; ".join(reasons)[:4000]}},
+    }
     if decision.promoted and current != version:
         if current is not None:
             plan["set"][PREVIOUS] = current  # first: a rollback target exists at every moment
@@ -321,8 +345,11 @@ def rollback(params: Params, ws: Workspace) -> dict[str, int | None]:
     if PREVIOUS not in aliases:
         raise MedpipeError(name, "no @previous version to roll back to")
     previous, current = aliases[PREVIOUS], aliases.get(CHAMPION)
-    plan: dict = {"set": {CHAMPION: previous}, "delete": [], "tags": {str(previous): {"medpipe.promotion":
-                                                                                     "champion again (rollback)"}}}
+    plan: dict = {
+        "set": {CHAMPION: previous},
+        "delete": [],
+        "tags": {str(previous): {"medpipe.promotion": "champion again (rollback)"}},
+    }
     if current is not None and current != previous:
         plan["set"][PREVIOUS] = current
         plan["tags"][str(current)] = {"medpipe.promotion": "rolled back"}
@@ -361,8 +388,9 @@ def write_decision(decision: Decision, ws: Workspace) -> None:
     write_text(ws.step_dir("promote") / "decision.json", json.dumps(asdict(decision), indent=2) + "\n")
 
 
-def gate_version(params: Params, ws: Workspace, version: int, force: bool = False,
-                 say: Callable[[str], None] = log.info) -> Decision:
+def gate_version(
+    params: Params, ws: Workspace, version: int, force: bool = False, say: Callable[[str], None] = log.info
+) -> Decision:
     """`medpipe promote`: under the project lock, close runs a killed process left RUNNING, bring the test
     split up to date (validate and preprocess, both cached when nothing changed) and gate `version`.
 

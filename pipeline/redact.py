@@ -32,8 +32,11 @@ def redact_uri(uri: str) -> str:
     query = "&".join(_redact_pair(pair) for pair in parts.query.split("&"))
     if (netloc, query) == (parts.netloc, parts.query):
         return uri  # exactly as written (urlunsplit would turn sqlite:/// into sqlite:/)
-    return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
-            + (f"#{parts.fragment}" if parts.fragment else ""))
+    return (
+        f"{parts.scheme}://{netloc}{parts.path}"
+        + (f"?{query}" if query else "")
+        + (f"#{parts.fragment}" if parts.fragment else "")
+    )
 
 
 def _redact_pair(pair: str) -> str:

@@ -55,18 +55,24 @@ def describe(params: Params, classes: list[str], tags: dict[str, str]) -> str:
         The description text.
     """
     preprocessing = params.preprocess
-    metrics = ", ".join(f"{k.removeprefix('medpipe.test_')} {v}" for k, v in tags.items()
-                        if k.removeprefix("medpipe.test_") in ("accuracy", "balanced_accuracy", "roc_auc"))
-    return (f"{params.model.name} classifying {', '.join(classes)}. Input: raw PNG/JPEG/DICOM images (bytes or "
-            f"base64 in column 'image') or pixel arrays; preprocessed as trained ({preprocessing.color}, "
-            f"{preprocessing.size}x{preprocessing.size}, fit {preprocessing.fit}, "
-            f"CLAHE {'on' if preprocessing.clahe.enabled else 'off'}, denoise {preprocessing.denoise}, normalise "
-            f"{preprocessing.normalize}). Output: label and class probabilities. Test: {metrics or 'n/a'}. "
-            f"Data md5 {tags.get('medpipe.data_md5', '?')}, git {tags.get('medpipe.git_commit', '?')[:12]}.")
+    metrics = ", ".join(
+        f"{k.removeprefix('medpipe.test_')} {v}"
+        for k, v in tags.items()
+        if k.removeprefix("medpipe.test_") in ("accuracy", "balanced_accuracy", "roc_auc")
+    )
+    return (
+        f"{params.model.name} classifying {', '.join(classes)}. Input: raw PNG/JPEG/DICOM images (bytes or "
+        f"base64 in column 'image') or pixel arrays; preprocessed as trained ({preprocessing.color}, "
+        f"{preprocessing.size}x{preprocessing.size}, fit {preprocessing.fit}, "
+        f"CLAHE {'on' if preprocessing.clahe.enabled else 'off'}, denoise {preprocessing.denoise}, normalise "
+        f"{preprocessing.normalize}). Output: label and class probabilities. Test: {metrics or 'n/a'}. "
+        f"Data md5 {tags.get('medpipe.data_md5', '?')}, git {tags.get('medpipe.git_commit', '?')[:12]}."
+    )
 
 
-def register_model(params: Params, ws: Workspace, prepared: PreprocessResult, trained: TrainResult,
-                   tags: dict[str, str]) -> RegisterResult:
+def register_model(
+    params: Params, ws: Workspace, prepared: PreprocessResult, trained: TrainResult, tags: dict[str, str]
+) -> RegisterResult:
     """Log the trained model with its preprocessing as a raw-image pyfunc and register a new version.
 
     The version is created with all its tags and its description in one registry call, marked
@@ -98,18 +104,26 @@ def register_model(params: Params, ws: Workspace, prepared: PreprocessResult, tr
     example = cv2.imencode(".png", test.take([0])[0])[1].tobytes()  # preprocessed pixels: no DICOM header
     workdir = ws.step_dir("register")
     with mlflow.start_run(run_id=run_id):
-        info = log_pyfunc(model_file, classes, params.preprocess, example,
-                          workdir, pip_requirements=pip_requirements())
+        info = log_pyfunc(model_file, classes, params.preprocess, example, workdir, pip_requirements=pip_requirements())
     client = mlflow.MlflowClient()
     try:
         client.create_registered_model(registry_params.model_name)
     except MlflowException:
         pass  # it exists
-    tags = {**tags, "medpipe.model_sha256": file_sha256(model_file, workdir / "serving.json"),
-            "medpipe.task_signature": json.dumps(task_signature(classes, params.preprocess)),
-            "medpipe.promotion": PENDING}
-    mv = client.create_model_version(registry_params.model_name, source=info.model_uri, run_id=run_id, tags=tags,
-                                     description=describe(params, classes, tags), model_id=info.model_id)
+    tags = {
+        **tags,
+        "medpipe.model_sha256": file_sha256(model_file, workdir / "serving.json"),
+        "medpipe.task_signature": json.dumps(task_signature(classes, params.preprocess)),
+        "medpipe.promotion": PENDING,
+    }
+    mv = client.create_model_version(
+        registry_params.model_name,
+        source=info.model_uri,
+        run_id=run_id,
+        tags=tags,
+        description=describe(params, classes, tags),
+        model_id=info.model_id,
+    )
     version = int(mv.version)
     log.info("Created version %s of %s (pending the promotion gate)", version, registry_params.model_name)
     faults.point("register.created")
@@ -138,8 +152,13 @@ def run_step(params: Params, ws: Workspace, prepared: PreprocessResult, trained:
     run = mlflow.get_run(run_id)
     owner = owner_tags()
     tags = {k: v for k, v in run.data.tags.items() if k.startswith("medpipe.") and k not in owner}
-    tags.update({f"medpipe.{k}": f"{v:.4f}" for k, v in run.data.metrics.items() if k.startswith("test_")
-                 and k.removeprefix("test_") in ("accuracy", "balanced_accuracy", "roc_auc")})
+    tags.update(
+        {
+            f"medpipe.{k}": f"{v:.4f}"
+            for k, v in run.data.metrics.items()
+            if k.startswith("test_") and k.removeprefix("test_") in ("accuracy", "balanced_accuracy", "roc_auc")
+        }
+    )
     tags["medpipe.classes"] = json.dumps(prepared.classes)
     result = register_model(params, ws, prepared, trained, tags)
     write_text(ws.step_dir("register") / "model_version.json", json.dumps(asdict(result), indent=2) + "\n")

@@ -28,8 +28,8 @@ def tracking_uri(registry_params: RegisterParams, base: Path) -> str:
     """
     uri = os.environ.get("MLFLOW_TRACKING_URI") or registry_params.tracking_uri
     prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        db = base / uri[len(prefix):]
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        db = base / uri[len(prefix) :]
         db.parent.mkdir(parents=True, exist_ok=True)
         return prefix + str(db)
     return uri
@@ -62,8 +62,13 @@ def setup_tracking(registry_params: RegisterParams, base: Path) -> str:
 
 # Every complete version has these (versions made since the signature also medpipe.task_signature and
 # medpipe.model_sha256, written in the same registry call); a version missing one was cut short.
-COMPLETE_TAGS = ("medpipe.weights_sha256", "medpipe.data_md5", "medpipe.params_md5", "medpipe.classes",
-                 "medpipe.promotion")
+COMPLETE_TAGS = (
+    "medpipe.weights_sha256",
+    "medpipe.data_md5",
+    "medpipe.params_md5",
+    "medpipe.classes",
+    "medpipe.promotion",
+)
 PENDING = "pending"  # medpipe.promotion of a version the gate has not decided on yet
 
 
@@ -77,8 +82,12 @@ def task_signature(classes: list[str], preprocessing: PreprocessParams) -> dict:
     Returns:
         `{"classes", "size", "color", "normalize"}`, stored as the tag `medpipe.task_signature`.
     """
-    return {"classes": list(classes), "size": preprocessing.size, "color": preprocessing.color,
-            "normalize": preprocessing.normalize}
+    return {
+        "classes": list(classes),
+        "size": preprocessing.size,
+        "color": preprocessing.color,
+        "normalize": preprocessing.normalize,
+    }
 
 
 def version_signature(version) -> dict:
@@ -112,10 +121,12 @@ def signature_conflict(candidate: dict, champion: dict, champion_version: int, m
     """
     if candidate.get("classes") == champion.get("classes") or not champion.get("classes"):
         return None
-    return (f"classifies {', '.join(candidate['classes'])} but @champion version {champion_version} of "
-            f"'{model_name}' classifies {', '.join(champion['classes'])}: a different task. Register it under its "
-            f"own name (--set register.model_name={model_name}-{'-'.join(candidate['classes'])[:40]}) or train "
-            f"on data with the champion's classes")
+    return (
+        f"classifies {', '.join(candidate['classes'])} but @champion version {champion_version} of "
+        f"'{model_name}' classifies {', '.join(champion['classes'])}: a different task. Register it under its "
+        f"own name (--set register.model_name={model_name}-{'-'.join(candidate['classes'])[:40]}) or train "
+        f"on data with the champion's classes"
+    )
 
 
 def is_complete(version) -> bool:
@@ -251,8 +262,11 @@ def _load_folder(folder: Path, version, preprocessing: PreprocessParams):
         raise MedpipeError(where, "not a medpipe raw-image model (no keras_model/config artifacts)") from None
     expected = version.tags.get("medpipe.model_sha256")
     if expected and file_sha256(keras_file, config) != expected:
-        raise MedpipeError(where, "its artifacts changed since registration (sha256 differs from "
-                                  "medpipe.model_sha256): refusing to load them")
+        raise MedpipeError(
+            where,
+            "its artifacts changed since registration (sha256 differs from "
+            "medpipe.model_sha256): refusing to load them",
+        )
     return RawImageClassifier().load(keras_file, config)
 
 
@@ -297,12 +311,16 @@ def owner_tags() -> dict[str, str]:
     import os
     import socket
 
-    return {"medpipe.host": socket.gethostname(), "medpipe.pid": str(os.getpid()),
-            "medpipe.pid_start": _start_time(os.getpid()) or ""}
+    return {
+        "medpipe.host": socket.gethostname(),
+        "medpipe.pid": str(os.getpid()),
+        "medpipe.pid_start": _start_time(os.getpid()) or "",
+    }
 
 
-def close_orphaned_runs(registry_params: RegisterParams, base: Path,
-                        say: Callable[[str], None] = log.info) -> list[str]:
+def close_orphaned_runs(
+    registry_params: RegisterParams, base: Path, say: Callable[[str], None] = log.info
+) -> list[str]:
     """Mark as KILLED the RUNNING runs of this experiment whose process (on this host) is gone.
 
     A run killed with SIGKILL cannot end itself; the next medpipe command on the same host does.
@@ -379,4 +397,3 @@ if __name__ == "__main__":  # python -m pipeline.registry close-orphans PARAMS_F
         params_file = Path(sys.argv[2])
         params = load_params(params_file, json.loads(sys.argv[3]) if len(sys.argv) > 3 else None)
         close_orphaned_runs(params.register_, params_file.resolve().parent, say=lambda _: None)
-

@@ -92,11 +92,14 @@ def original(params: Params, ws: Workspace, version: int) -> Original:
         raise MedpipeError(f"version {version}", "no such registered model version") from None
     run = client.get_run(cast(str, mv.run_id))  # a registered medpipe version always comes from a run
     try:
-        logged = yaml.safe_load(Path(mlflow.artifacts.download_artifacts(f"{run.info.artifact_uri}/params.yaml"))
-                                .read_text())
+        logged = yaml.safe_load(
+            Path(mlflow.artifacts.download_artifacts(f"{run.info.artifact_uri}/params.yaml")).read_text()
+        )
     except (MlflowException, OSError):
-        raise MedpipeError(f"version {version}", "its run has no params.yaml artifact (trained before medpipe "
-                                                 "logged it): it cannot be rebuilt") from None
+        raise MedpipeError(
+            f"version {version}",
+            "its run has no params.yaml artifact (trained before medpipe logged it): it cannot be rebuilt",
+        ) from None
     metrics = {k: v for k, v in run.data.metrics.items() if k.startswith(("test_", "val_"))}
     return Original(mv.tags, metrics, logged)
 
@@ -123,8 +126,9 @@ def checkout(base: Path, commit: str, data_md5: str, into: Path, data_root: str)
         raise MedpipeError("lineage", "the version has no git commit recorded: it cannot be rebuilt")
     if not COMMIT_ID.fullmatch(commit):  # a tag is data: never let it reach git as an option or a revision expression
         raise MedpipeError("lineage", f"the recorded git commit {commit[:80]!r} is not a full commit id")
-    archive = subprocess.run(["git", "archive", "--format=tar", commit, "--"], cwd=base, capture_output=True,
-                             timeout=600)
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit, "--"], cwd=base, capture_output=True, timeout=600
+    )
     if archive.returncode != 0:
         raise MedpipeError(f"commit {commit[:12]}", "not in this repository (fetch it first)")
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True, timeout=600)
@@ -170,8 +174,14 @@ def rebuild(into: Path, logged: dict, base: Path) -> Rebuilt:
     Raises:
         MedpipeError: a step failed.
     """
-    raw = {**logged, "register": {**logged["register"], "tracking_uri": "sqlite:///mlflow/mlflow.db",
-                                  "artifact_root": "mlflow/artifacts"}}
+    raw = {
+        **logged,
+        "register": {
+            **logged["register"],
+            "tracking_uri": "sqlite:///mlflow/mlflow.db",
+            "artifact_root": "mlflow/artifacts",
+        },
+    }
     (into / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     if (base / ".medpipe-salt").is_file():  # same pseudonyms, so the same patient-grouped split
         shutil.copy2(base / ".medpipe-salt", into / ".medpipe-salt")
@@ -194,7 +204,7 @@ def training_steps(dvc_file: Path) -> list[str]:
         The stage names, up to and including `evaluate`.
     """
     names = list(yaml.safe_load(dvc_file.read_text())["stages"])
-    return names[:names.index("evaluate") + 1]
+    return names[: names.index("evaluate") + 1]
 
 
 def compare(version: int, tags: dict, metrics: dict, sha: str, rebuilt: dict) -> Reproduction:
@@ -232,8 +242,13 @@ def reproduce(params: Params, ws: Workspace, version: int, keep: Path | None = N
     tags, metrics, logged = original(params, ws, version)
     folder = Path(tempfile.mkdtemp(prefix=f"medpipe-reproduce-v{version}-")) if keep is None else keep
     try:
-        notes = checkout(ws.base, tags.get("medpipe.git_commit", ""), tags.get("medpipe.data_md5", ""), folder,
-                         str(logged["data"]["root"]))
+        notes = checkout(
+            ws.base,
+            tags.get("medpipe.git_commit", ""),
+            tags.get("medpipe.data_md5", ""),
+            folder,
+            str(logged["data"]["root"]),
+        )
         if tags.get("medpipe.git_dirty") == "true":
             notes.append("the original ran with uncommitted changes: the commit's code may differ from it")
         sha, rebuilt = rebuild(folder, logged, ws.base)

@@ -54,8 +54,9 @@ class ScanRow(NamedTuple):
 
 
 COLUMNS = list(ScanRow._fields)
-DTYPES = {name: {str: str, int: "int64", float: "float64", bool: bool}[kind]
-          for name, kind in ScanRow.__annotations__.items()}
+DTYPES = {
+    name: {str: str, int: "int64", float: "float64", bool: bool}[kind] for name, kind in ScanRow.__annotations__.items()
+}
 
 
 def data_salt(project: Path, create: bool) -> bytes:
@@ -102,8 +103,14 @@ def inside_root(root: Path, rel: str) -> bool:
         return False
 
 
-def scan_file(root: Path, rel: str, salt: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
-              max_bytes: int = DEFAULT_MAX_FILE_MB * MB, with_fingerprint: bool = True) -> ScanRow:
+def scan_file(
+    root: Path,
+    rel: str,
+    salt: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_FILE_MB * MB,
+    with_fingerprint: bool = True,
+) -> ScanRow:
     """Scan one image; an unusable file gives a row with readable=False and the reason.
 
     The perceptual fingerprint comes from the same decode (`with_fingerprint=False` leaves it empty:
@@ -145,8 +152,24 @@ def scan_file(root: Path, rel: str, salt: bytes, max_pixels: int = DEFAULT_MAX_P
     mean, std = (float(v[0, 0]) for v in cv2.meanStdDev(gray))
     blur = float(cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_32F))[1][0, 0] ** 2)  # variance of the Laplacian
     h, w = image.pixels.shape[:2]
-    return ScanRow(rel, size, mtime, sha, w, h, image.channels, image.bit_depth, mean, std, blur, True, "",
-                   image.patient_key or "", fingerprint(gray) if with_fingerprint else "", chroma(image.pixels))
+    return ScanRow(
+        rel,
+        size,
+        mtime,
+        sha,
+        w,
+        h,
+        image.channels,
+        image.bit_depth,
+        mean,
+        std,
+        blur,
+        True,
+        "",
+        image.patient_key or "",
+        fingerprint(gray) if with_fingerprint else "",
+        chroma(image.pixels),
+    )
 
 
 def scan_chunk(args: tuple) -> list[ScanRow]:
@@ -202,11 +225,18 @@ def _progress(show: bool, total: int):
         yield bar, bar.add_task("scanning images", total=total)
 
 
-def _run(root: Path, rels: list[str], salt: bytes, workers: int, progress: bool,
-         mapper: Mapper | None = None, chunk_size: int = 1024,
-         caps: tuple[int, int] = (DEFAULT_MAX_PIXELS, DEFAULT_MAX_FILE_MB * MB)) -> list[ScanRow]:
+def _run(
+    root: Path,
+    rels: list[str],
+    salt: bytes,
+    workers: int,
+    progress: bool,
+    mapper: Mapper | None = None,
+    chunk_size: int = 1024,
+    caps: tuple[int, int] = (DEFAULT_MAX_PIXELS, DEFAULT_MAX_FILE_MB * MB),
+) -> list[ScanRow]:
     size = chunk_size if mapper is not None else LOCAL_CHUNK
-    chunks = [(root, rels[i:i + size], salt, *caps) for i in range(0, len(rels), size)]
+    chunks = [(root, rels[i : i + size], salt, *caps) for i in range(0, len(rels), size)]
     rows: list[ScanRow] = []
     with _progress(progress, len(rels)) as (bar, task):
         if mapper is not None or workers <= 1 or _total_bytes(root, rels) < PARALLEL_BYTES:
@@ -223,10 +253,18 @@ def _run(root: Path, rels: list[str], salt: bytes, workers: int, progress: bool,
     return rows
 
 
-def scan(root: Path, rels: list[str], cache: Path | None = None, workers: int | None = None,
-         progress: bool = False, project: Path = Path("."), mapper: Mapper | None = None,
-         chunk_size: int = 1024, max_pixels: int = DEFAULT_MAX_PIXELS,
-         max_bytes: int = DEFAULT_MAX_FILE_MB * MB) -> "pd.DataFrame":
+def scan(
+    root: Path,
+    rels: list[str],
+    cache: Path | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+    project: Path = Path("."),
+    mapper: Mapper | None = None,
+    chunk_size: int = 1024,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_FILE_MB * MB,
+) -> "pd.DataFrame":
     """Scan the listed files (paths relative to root), re-reading only new or changed ones.
 
     `project` is where the pseudonymisation salt lives (see data_salt). Worker processes import
@@ -259,8 +297,7 @@ def scan(root: Path, rels: list[str], cache: Path | None = None, workers: int | 
         if list(old.columns) == COLUMNS:  # a cache from an older medpipe (fewer columns) is rescanned
             cached = _unchanged(old, root, rels)
     todo = sorted(set(rels) - set(cached["path"]))
-    rows = _run(root, todo, salt, workers or os.cpu_count() or 1, progress, mapper, chunk_size,
-                (max_pixels, max_bytes))
+    rows = _run(root, todo, salt, workers or os.cpu_count() or 1, progress, mapper, chunk_size, (max_pixels, max_bytes))
     fresh = pd.DataFrame(rows, columns=COLUMNS)
     table = pd.concat([cached, fresh] if len(cached) else [fresh], ignore_index=True).astype(DTYPES)
     table = table.set_index("path").loc[rels].reset_index() if len(table) else table
@@ -292,8 +329,16 @@ def duplicate_pairs(root: Path, threshold: int, cache: Path | None = None) -> "p
     groups = find_groups(fps, threshold)
     i, j, d = groups.pairs
     paths, labels = table["path"].to_numpy(), manifest["label"].to_numpy()
-    pairs = pd.DataFrame({"group": paths[groups.group[i]] if len(i) else [], "path_a": paths[i],
-                          "label_a": labels[i], "path_b": paths[j], "label_b": labels[j], "distance": d})
+    pairs = pd.DataFrame(
+        {
+            "group": paths[groups.group[i]] if len(i) else [],
+            "path_a": paths[i],
+            "label_a": labels[i],
+            "path_b": paths[j],
+            "label_b": labels[j],
+            "distance": d,
+        }
+    )
     return pairs.sort_values(["group", "distance", "path_a", "path_b"], ignore_index=True)
 
 
@@ -311,6 +356,14 @@ def label_summary(table: "pd.DataFrame") -> list[list[str]]:
     for label, group in table.groupby("label"):
         ok = group[group["readable"].astype(bool)]
         sizes = ", ".join(sorted({f"{w}x{h}" for w, h in zip(ok["width"], ok["height"])})[:3])
-        rows.append([str(label), str(len(group)), str(len(group) - len(ok)), sizes,
-                     f"{ok['std'].mean():.1f}" if len(ok) else "-", f"{ok['blur'].min():.1f}" if len(ok) else "-"])
+        rows.append(
+            [
+                str(label),
+                str(len(group)),
+                str(len(group) - len(ok)),
+                sizes,
+                f"{ok['std'].mean():.1f}" if len(ok) else "-",
+                f"{ok['blur'].min():.1f}" if len(ok) else "-",
+            ]
+        )
     return rows

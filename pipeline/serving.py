@@ -43,8 +43,11 @@ def _pixels_or_bytes(cell, row: int) -> bytes | np.ndarray:
             raise MedpipeError(f"image[{row}]", "a string must be a base64-encoded PNG, JPEG or DICOM file") from None
     pixels = np.asarray(cell)
     if pixels.dtype == object or pixels.ndim not in (2, 3) or pixels.dtype.kind not in "uif":
-        raise MedpipeError(f"image[{row}]", f"expected image bytes, base64 or an (H, W[, C]) pixel array, "
-                                            f"got {type(cell).__name__} of shape {pixels.shape}")
+        raise MedpipeError(
+            f"image[{row}]",
+            f"expected image bytes, base64 or an (H, W[, C]) pixel array, "
+            f"got {type(cell).__name__} of shape {pixels.shape}",
+        )
     return pixels
 
 
@@ -70,8 +73,11 @@ def model_input(cell, row: int, preprocessing: PreprocessParams) -> np.ndarray:
         if isinstance(value, bytes):
             return prepare_image(Path(name), preprocessing, data=value).astype(np.float32) / 255.0
         if value.size > preprocessing.max_pixels:
-            raise MedpipeError(name, f"pixel array of shape {value.shape} = {pixel_count(value.size)} exceeds the "
-                                     f"cap of {pixel_count(preprocessing.max_pixels)} (preprocess.max_pixels)")
+            raise MedpipeError(
+                name,
+                f"pixel array of shape {value.shape} = {pixel_count(value.size)} exceeds the "
+                f"cap of {pixel_count(preprocessing.max_pixels)} (preprocess.max_pixels)",
+            )
         if value.dtype.kind in "iu" and value.dtype != np.uint8:
             value = value.astype(np.uint16)
         elif value.dtype.kind == "f":
@@ -124,8 +130,9 @@ def predict_table(model, classes: list[str], images: list, preprocessing: Prepro
     """
     x = np.stack([model_input(cell, i, preprocessing) for i, cell in enumerate(images)]) if images else np.zeros((0,))
     proba = np.asarray(model.predict(x, verbose=0), dtype=np.float64) if len(x) else np.zeros((0, len(classes)))
-    return pd.DataFrame({"label": [classes[i] for i in proba.argmax(axis=1)],
-                         **{c: proba[:, i] for i, c in enumerate(classes)}})
+    return pd.DataFrame(
+        {"label": [classes[i] for i in proba.argmax(axis=1)], **{c: proba[:, i] for i, c in enumerate(classes)}}
+    )
 
 
 def _python_model_base():
@@ -185,8 +192,9 @@ class RawImageClassifier(_python_model_base()):  # type: ignore[misc]  # mlflow'
         except MedpipeError as err:  # a bad image is the caller's error: HTTP 400 with the one-line reason
             raise _served_error()(str(err), error_code=INVALID_PARAMETER_VALUE) from None
         except Exception as err:  # anything else: a 500 that names the error, without a server stack trace
-            raise _served_error()(f"internal error while predicting ({err.__class__.__name__})",
-                                  error_code=INTERNAL_ERROR) from None
+            raise _served_error()(
+                f"internal error while predicting ({err.__class__.__name__})", error_code=INTERNAL_ERROR
+            ) from None
 
 
 def _served_error():
@@ -207,8 +215,9 @@ def _served_error():
     return ServedError
 
 
-def log_pyfunc(keras_path: Path, classes: list[str], preprocessing: PreprocessParams, example: bytes, workdir: Path,
-               **kwargs):
+def log_pyfunc(
+    keras_path: Path, classes: list[str], preprocessing: PreprocessParams, example: bytes, workdir: Path, **kwargs
+):
     """Log the model as a raw-image pyfunc to the active run: the Keras file, its preprocessing
     (serving.json) and medpipe's code, as models from code (pipeline/served_model.py), so no pickle.
 
@@ -229,13 +238,19 @@ def log_pyfunc(keras_path: Path, classes: list[str], preprocessing: PreprocessPa
 
     config = workdir / "serving.json"
     config.write_text(json.dumps({"classes": classes, "preprocess": preprocessing.model_dump(mode="json")}, indent=2))
-    signature = ModelSignature(Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
-                               Schema([ColSpec(DataType.string, "label"),
-                                       *[ColSpec(DataType.double, c) for c in classes]]))
-    return mlflow.pyfunc.log_model(name="model", python_model=str(Path(__file__).with_name("served_model.py")),
-                                   artifacts={"keras_model": str(keras_path), "config": str(config)},
-                                   code_paths=[str(Path(__file__).parent)], signature=signature,
-                                   input_example=pd.DataFrame({INPUT_COLUMN: [example]}), **kwargs)
+    signature = ModelSignature(
+        Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
+        Schema([ColSpec(DataType.string, "label"), *[ColSpec(DataType.double, c) for c in classes]]),
+    )
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(Path(__file__).with_name("served_model.py")),
+        artifacts={"keras_model": str(keras_path), "config": str(config)},
+        code_paths=[str(Path(__file__).parent)],
+        signature=signature,
+        input_example=pd.DataFrame({INPUT_COLUMN: [example]}),
+        **kwargs,
+    )
 
 
 def predict_files(classifier, paths: list[Path]) -> list[dict]:
@@ -253,6 +268,11 @@ def predict_files(classifier, paths: list[Path]) -> list[dict]:
 
     x = np.stack([prepare_image(path, classifier.pp) for path in paths]).astype(np.float32) / 255.0
     proba = np.asarray(classifier.model.predict(x, verbose=0), dtype=np.float64)
-    return [{"image": str(path), "label": classifier.classes[int(pr.argmax())],
-             "probabilities": {c: round(float(v), 4) for c, v in zip(classifier.classes, pr)}}
-            for path, pr in zip(paths, proba)]
+    return [
+        {
+            "image": str(path),
+            "label": classifier.classes[int(pr.argmax())],
+            "probabilities": {c: round(float(v), 4) for c, v in zip(classifier.classes, pr)},
+        }
+        for path, pr in zip(paths, proba)
+    ]

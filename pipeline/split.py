@@ -89,7 +89,7 @@ def carve_validation(train: pd.DataFrame, fraction: float, seed: int) -> pd.Seri
     for label in sorted(group_label.unique()):
         groups = sorted(group_label.index[group_label == label])
         groups = [groups[i] for i in rng.permutation(len(groups))]
-        val.update(groups[:max(int(round(len(groups) * fraction)), 1 if len(groups) >= 2 else 0)])
+        val.update(groups[: max(int(round(len(groups) * fraction)), 1 if len(groups) >= 2 else 0)])
     return pd.Series(np.where(key.isin(val), "val", "train"), index=train.index, name="split")
 
 
@@ -122,9 +122,12 @@ def assign_splits(images: pd.DataFrame, params: Params) -> pd.Series:
     present = set(images["split"])
     missing = [s for s in ("train", "test") if s not in present]
     if missing and present <= set(SPLITS):
-        raise DataError("manifest.csv", f"its split column has no {' and no '.join(missing)} rows (found "
-                        f"{', '.join(sorted(present))}): give every image train, val or test, or leave the "
-                        "column empty for medpipe's own patient-grouped split")
+        raise DataError(
+            "manifest.csv",
+            f"its split column has no {' and no '.join(missing)} rows (found "
+            f"{', '.join(sorted(present))}): give every image train, val or test, or leave the "
+            "column empty for medpipe's own patient-grouped split",
+        )
     if "val" in present or missing:
         return images["split"]
     ratios = params.preprocess.split

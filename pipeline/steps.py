@@ -91,27 +91,71 @@ class Step:
 
 
 STEPS: tuple[Step, ...] = (
-    Step("validate", "validate",
-         ("validate", "preprocess.split", "preprocess.seed", "preprocess.max_pixels", "preprocess.max_file_mb"),
-         ("data",), ("outputs/validate",), cached=False,
-         note="GX checks; also decides the leakage-proof split (outputs/validate/splits.csv)"),
-    Step("preprocess", "preprocess",
-         ("preprocess.size", "preprocess.color", "preprocess.fit", "preprocess.clahe", "preprocess.denoise",
-          "preprocess.shard_size", "validate.labels"),
-         ("data", "outputs/validate"), ("outputs/preprocess",), after=("validate",)),
+    Step(
+        "validate",
+        "validate",
+        ("validate", "preprocess.split", "preprocess.seed", "preprocess.max_pixels", "preprocess.max_file_mb"),
+        ("data",),
+        ("outputs/validate",),
+        cached=False,
+        note="GX checks; also decides the leakage-proof split (outputs/validate/splits.csv)",
+    ),
+    Step(
+        "preprocess",
+        "preprocess",
+        (
+            "preprocess.size",
+            "preprocess.color",
+            "preprocess.fit",
+            "preprocess.clahe",
+            "preprocess.denoise",
+            "preprocess.shard_size",
+            "validate.labels",
+        ),
+        ("data", "outputs/validate"),
+        ("outputs/preprocess",),
+        after=("validate",),
+    ),
     Step("balance", "balance", ("balance",), ("outputs/preprocess",), ("outputs/balance",), after=("preprocess",)),
-    Step("train", "train", ("model", "train", "balance.augment", "preprocess.normalize"),
-         ("outputs/balance", "outputs/preprocess", "outputs/validate"), ("outputs/train",),
-         note="`medpipe stage train --resume` continues an interrupted run",
-         after=("validate", "preprocess", "balance")),
-    Step("evaluate", "evaluate", ("evaluate", "validate.near_duplicates"),
-         ("outputs/preprocess", "outputs/train", "outputs/validate"), ("outputs/evaluate",), cached=False,
-         metrics="outputs/metrics.json", after=("validate", "preprocess", "train")),
-    Step("register", "register", ("register",), ("outputs/preprocess", "outputs/train", "outputs/metrics.json"),
-         ("outputs/register",),
-         cached=False, files=("pipeline/served_model.py",), after=("preprocess", "train")),
-    Step("promote", "promote", ("promote",), ("outputs/register",), ("outputs/promote",), cached=False,
-         note="@champion only if it beats the current one (params promote)", after=("register",)),
+    Step(
+        "train",
+        "train",
+        ("model", "train", "balance.augment", "preprocess.normalize"),
+        ("outputs/balance", "outputs/preprocess", "outputs/validate"),
+        ("outputs/train",),
+        note="`medpipe stage train --resume` continues an interrupted run",
+        after=("validate", "preprocess", "balance"),
+    ),
+    Step(
+        "evaluate",
+        "evaluate",
+        ("evaluate", "validate.near_duplicates"),
+        ("outputs/preprocess", "outputs/train", "outputs/validate"),
+        ("outputs/evaluate",),
+        cached=False,
+        metrics="outputs/metrics.json",
+        after=("validate", "preprocess", "train"),
+    ),
+    Step(
+        "register",
+        "register",
+        ("register",),
+        ("outputs/preprocess", "outputs/train", "outputs/metrics.json"),
+        ("outputs/register",),
+        cached=False,
+        files=("pipeline/served_model.py",),
+        after=("preprocess", "train"),
+    ),
+    Step(
+        "promote",
+        "promote",
+        ("promote",),
+        ("outputs/register",),
+        ("outputs/promote",),
+        cached=False,
+        note="@champion only if it beats the current one (params promote)",
+        after=("register",),
+    ),
 )
 
 
@@ -145,8 +189,11 @@ def imports_of(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in roots:
             package = ROOT.joinpath(*node.module.split("."))
             if package.is_dir():
-                found.update(f"{node.module}.{a.name}" for a in node.names
-                             if (package / f"{a.name}.py").exists() or (package / a.name).is_dir())
+                found.update(
+                    f"{node.module}.{a.name}"
+                    for a in node.names
+                    if (package / f"{a.name}.py").exists() or (package / a.name).is_dir()
+                )
             else:
                 found.add(node.module)
     return found
@@ -173,9 +220,11 @@ def code_deps(module: str) -> list[str]:
 
 def dvc_yaml() -> str:
     """dvc.yaml's text for the declared steps (what `make dvc-yaml` writes)."""
-    out = ["# Generated from pipeline/steps.py by `make dvc-yaml`: edit the declaration there, not this file.",
-           "# The training flow's steps as DVC stages: `dvc repro` runs the same functions as `medpipe run`.",
-           "stages:"]
+    out = [
+        "# Generated from pipeline/steps.py by `make dvc-yaml`: edit the declaration there, not this file.",
+        "# The training flow's steps as DVC stages: `dvc repro` runs the same functions as `medpipe run`.",
+        "stages:",
+    ]
     for s in STEPS:
         out.append(f"  {s.name}:" + (f"  # {s.note}" if s.note else ""))
         out.append(f"    cmd: medpipe stage {s.name}")

@@ -25,8 +25,10 @@ class UpToDate:
             The up-to-date message, with what this run finished.
         """
         done = f"; {self.finished}" if self.finished else ""
-        return (f"up to date: {self.model_name} version {self.version} was trained on this data, params and code; "
-                f"nothing to retrain (--force retrains anyway){done}")
+        return (
+            f"up to date: {self.model_name} version {self.version} was trained on this data, params and code; "
+            f"nothing to retrain (--force retrains anyway){done}"
+        )
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,9 @@ class TrainingSummary:
     promotion: str = ""
 
     @classmethod
-    def collect(cls, params: Params, ws: Workspace, prepared, balanced, trained, evaluated,
-                registered, decision) -> "TrainingSummary":
+    def collect(
+        cls, params: Params, ws: Workspace, prepared, balanced, trained, evaluated, registered, decision
+    ) -> "TrainingSummary":
         """Gather the step results into one summary.
 
         Args:
@@ -63,9 +66,18 @@ class TrainingSummary:
             The summary.
         """
         test = {k: evaluated.metrics[f"test_{k}"] for k in HEADLINE}
-        return cls(trained.run_id, registered.model_name, registered.version,
-                   tracking_uri(params.register_, ws.base), prepared.split_sizes, balanced.counts_before,
-                   trained.epochs_run, test, trained.data_md5, f"@{decision.alias}: " + "; ".join(decision.reasons))
+        return cls(
+            trained.run_id,
+            registered.model_name,
+            registered.version,
+            tracking_uri(params.register_, ws.base),
+            prepared.split_sizes,
+            balanced.counts_before,
+            trained.epochs_run,
+            test,
+            trained.data_md5,
+            f"@{decision.alias}: " + "; ".join(decision.reasons),
+        )
 
     def markdown(self) -> str:
         """A Markdown table for the Prefect UI.
@@ -74,10 +86,12 @@ class TrainingSummary:
             A heading, the run's facts and the headline test metrics as a table.
         """
         rows = "\n".join(f"| test {k} | {v:.3f} |" for k, v in self.test_metrics.items())
-        return (f"# {self.model_name} version {self.version}\n\nMLflow run `{self.run_id}`, data md5 "
-                f"`{self.data_md5}`, {self.epochs_run} epochs, images {counts_text(self.split_sizes)}, "
-                f"train classes {counts_text(self.class_counts)}.\n\n{self.promotion}\n\n"
-                f"| metric | value |\n|---|---|\n{rows}\n")
+        return (
+            f"# {self.model_name} version {self.version}\n\nMLflow run `{self.run_id}`, data md5 "
+            f"`{self.data_md5}`, {self.epochs_run} epochs, images {counts_text(self.split_sizes)}, "
+            f"train classes {counts_text(self.class_counts)}.\n\n{self.promotion}\n\n"
+            f"| metric | value |\n|---|---|\n{rows}\n"
+        )
 
     def ui_hint(self) -> str:
         """How to look at the run in the MLflow UI.
@@ -119,6 +133,8 @@ def evaluation_markdown(report_md: Path, run_id: str, uri: str) -> str:
     kept = [line for line in lines if not line.startswith("![")]
     while kept and not kept[-1].strip():
         kept.pop()
-    where = (f"{len(figures)} figures (confusion matrix, ROC/PR, reliability, training curves, Grad-CAM overlays) "
-             f"are in MLflow run `{run_id}`, artifacts `evaluation/`: {ui_hint(uri)}")
+    where = (
+        f"{len(figures)} figures (confusion matrix, ROC/PR, reliability, training curves, Grad-CAM overlays) "
+        f"are in MLflow run `{run_id}`, artifacts `evaluation/`: {ui_hint(uri)}"
+    )
     return "\n".join([*kept, "", where]) + "\n"

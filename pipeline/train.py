@@ -121,8 +121,9 @@ def configure_devices(training: TrainParams):
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:  # already initialised in this process: the setting stays as it was
             pass
-    capable = bool(gpus) and all(tf.config.experimental.get_device_details(g).get("compute_capability", (0, 0))
-                                 >= (7, 0) for g in gpus)
+    capable = bool(gpus) and all(
+        tf.config.experimental.get_device_details(g).get("compute_capability", (0, 0)) >= (7, 0) for g in gpus
+    )
     mixed = training.mixed_precision == "on" or (training.mixed_precision == "auto" and capable)
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
@@ -142,12 +143,13 @@ def learning_rate(training: TrainParams, steps_per_epoch: int):
     import keras
 
     if training.schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(training.learning_rate,
-                                                      decay_steps=training.epochs * steps_per_epoch)
+        return keras.optimizers.schedules.CosineDecay(
+            training.learning_rate, decay_steps=training.epochs * steps_per_epoch
+        )
     if training.schedule == "step":
-        return keras.optimizers.schedules.ExponentialDecay(training.learning_rate,
-                                                           training.step_epochs * steps_per_epoch,
-                                                           training.step_gamma, staircase=True)
+        return keras.optimizers.schedules.ExponentialDecay(
+            training.learning_rate, training.step_epochs * steps_per_epoch, training.step_gamma, staircase=True
+        )
     return training.learning_rate
 
 
@@ -163,11 +165,18 @@ def _pixels(shards: Shards, in_memory: bool):
     def read(idx):
         images = tf.numpy_function(shards.take, [idx], tf.uint8, stateful=False)
         return tf.ensure_shape(images, [None, *shards.shape])
+
     return read
 
 
-def train_dataset(shards: Shards, plan: tuple[np.ndarray, np.ndarray], n_classes: int, training: TrainParams,
-                  augmentation: AugmentParams, start_epoch: int = 0):
+def train_dataset(
+    shards: Shards,
+    plan: tuple[np.ndarray, np.ndarray],
+    n_classes: int,
+    training: TrainParams,
+    augmentation: AugmentParams,
+    start_epoch: int = 0,
+):
     """Batches of (image in [0, 1], one-hot label) for epochs start_epoch..training.epochs-1, as one dataset.
 
     Per epoch: a permutation of the plan drawn from (seed, epoch); images gathered, scaled, and the
@@ -222,8 +231,11 @@ def validation_logs(model, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, fl
 
     proba = predict_uint8(model, x_val)
     picked = np.clip(proba[np.arange(len(y_val)), y_val], 1e-7, 1.0)
-    return {"val_loss": float(-np.log(picked).mean()), "val_accuracy": float((proba.argmax(1) == y_val).mean()),
-            "val_roc_auc": macro_roc_auc(y_val, proba)}
+    return {
+        "val_loss": float(-np.log(picked).mean()),
+        "val_accuracy": float((proba.argmax(1) == y_val).mean()),
+        "val_roc_auc": macro_roc_auc(y_val, proba),
+    }
 
 
 @dataclass
@@ -232,7 +244,7 @@ class Progress:
 
     key: str
     run_id: str = ""
-    epoch: int = 0              # epochs finished
+    epoch: int = 0  # epochs finished
     best: float = float("nan")  # best monitored validation ROC-AUC, at best_epoch (-1: none yet)
     best_epoch: int = -1
     wait: int = 0
@@ -258,8 +270,9 @@ class Progress:
         if epoch < training.min_epochs:
             return False
         improved = self.best_epoch < 0 or auc > self.best or (math.isnan(self.best) and not math.isnan(auc))
-        self.best, self.best_epoch, self.wait = (auc, epoch, 0) if improved else (self.best, self.best_epoch,
-                                                                                   self.wait + 1)
+        self.best, self.best_epoch, self.wait = (
+            (auc, epoch, 0) if improved else (self.best, self.best_epoch, self.wait + 1)
+        )
         self.stopped = self.wait >= training.patience
         return improved
 
@@ -357,8 +370,9 @@ def epoch_monitor(val: tuple[np.ndarray, np.ndarray], training: TrainParams, pro
             self.model.stop_training = progress.stopped
             save_checkpoint(self.model, progress, folder, improved)
             faults.point("train.epoch")
-            mlflow.log_metrics({f"train_{k}" if k in ("loss", "accuracy") else k: float(logs[k]) for k in CURVES},
-                               step=epoch)
+            mlflow.log_metrics(
+                {f"train_{k}" if k in ("loss", "accuracy") else k: float(logs[k]) for k in CURVES}, step=epoch
+            )
             log.info(epoch_line(epoch, training.epochs, logs, improved))  # DVC stages and the Prefect task log
 
         def on_train_end(self, logs: dict | None = None) -> None:
@@ -368,8 +382,17 @@ def epoch_monitor(val: tuple[np.ndarray, np.ndarray], training: TrainParams, pro
     return EpochMonitor()
 
 
-def fit(model, shards: Shards, plan: tuple, val: tuple, params: Params, progress: Progress, folder: Path,
-        class_weight: dict[int, float] | None, callbacks: tuple = ()) -> Progress:
+def fit(
+    model,
+    shards: Shards,
+    plan: tuple,
+    val: tuple,
+    params: Params,
+    progress: Progress,
+    folder: Path,
+    class_weight: dict[int, float] | None,
+    callbacks: tuple = (),
+) -> Progress:
     """Train from progress.epoch to the end (or early stop), checkpointing each epoch.
 
     Args:
@@ -389,9 +412,16 @@ def fit(model, shards: Shards, plan: tuple, val: tuple, params: Params, progress
     training, n_classes = params.train, int(model.output_shape[-1])
     if progress.epoch < training.epochs and not progress.stopped:
         data, steps = train_dataset(shards, plan, n_classes, training, params.balance.augment, progress.epoch)
-        model.fit(data, epochs=training.epochs, initial_epoch=progress.epoch, steps_per_epoch=steps,
-                  class_weight=class_weight, verbose=1 if sys.stdout.isatty() else 0, shuffle=False,
-                  callbacks=[epoch_monitor(val, training, progress, folder), *callbacks])
+        model.fit(
+            data,
+            epochs=training.epochs,
+            initial_epoch=progress.epoch,
+            steps_per_epoch=steps,
+            class_weight=class_weight,
+            verbose=1 if sys.stdout.isatty() else 0,
+            shuffle=False,
+            callbacks=[epoch_monitor(val, training, progress, folder), *callbacks],
+        )
     elif progress.best_epoch >= 0:
         model.load_weights(folder / "best.weights.h5")
     return progress
@@ -422,10 +452,15 @@ def new_model(params: Params, meta: dict, base: Path, steps_per_epoch: int):
     training = params.train
     shape = (meta["size"], meta["size"], meta["channels"])
     with own_default_seeds(training.seed):  # initial weights from training.seed alone, whatever other threads draw
-        model = build_model(params.model, shape, len(meta["classes"]),
-                            (params.preprocess.normalize, meta["mean"], meta["std"]), base)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate(training, steps_per_epoch)),
-                  loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=training.xla)
+        model = build_model(
+            params.model, shape, len(meta["classes"]), (params.preprocess.normalize, meta["mean"], meta["std"]), base
+        )
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate(training, steps_per_epoch)),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=training.xla,
+    )
     return model
 
 
@@ -460,8 +495,11 @@ def start_run(params: Params, ws: Workspace, validated: ValidationReport, progre
     experiment = setup_tracking(params.register_, ws.base)
     if progress.run_id:
         return mlflow.start_run(run_id=progress.run_id)
-    tags = {**lineage_tags(params, ws), "medpipe.validation": "passed" if validated.success else "failed",
-            "medpipe.near_duplicates_dropped": str(dropped_count(validated.near_duplicates))}
+    tags = {
+        **lineage_tags(params, ws),
+        "medpipe.validation": "passed" if validated.success else "failed",
+        "medpipe.near_duplicates_dropped": str(dropped_count(validated.near_duplicates)),
+    }
     name = f"{params.model.name}-data-{tags['medpipe.data_md5'][:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = mlflow.start_run(experiment_id=experiment, tags=tags, run_name=name)  # not a random (seeded) name
     # no credentials of a tracking URI (a dict in, a dict out)
@@ -491,10 +529,17 @@ def log_data_input(validated: ValidationReport, data_root: Path, data_md5: str) 
     counts = table["split"].value_counts()
     with warnings.catch_warnings():  # MLflow registers its local artifact source twice and says so
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
-        dataset = from_pandas(table, source=str(data_root), targets="label", name=data_root.name,
-                              digest=data_md5[:8] or None)
-    mlflow.log_input(dataset, context="training", tags={"data_md5": data_md5, **{
-        f"{split}_images": str(int(counts.get(split, 0))) for split in ("train", "val", "test")}})
+        dataset = from_pandas(
+            table, source=str(data_root), targets="label", name=data_root.name, digest=data_md5[:8] or None
+        )
+    mlflow.log_input(
+        dataset,
+        context="training",
+        tags={
+            "data_md5": data_md5,
+            **{f"{split}_images": str(int(counts.get(split, 0))) for split in ("train", "val", "test")},
+        },
+    )
 
 
 def checkpoint_key(params: Params, prepared: PreprocessResult, balanced: BalanceResult) -> str:
@@ -530,8 +575,15 @@ def has_checkpoint(params: Params, ws: Workspace) -> bool:
     return bool(progress.get("run_id")) and not progress.get("finished", False)
 
 
-def run_step(params: Params, ws: Workspace, validated: ValidationReport, prepared: PreprocessResult,
-             balanced: BalanceResult, resume: bool = False, callbacks: tuple = ()) -> TrainResult:
+def run_step(
+    params: Params,
+    ws: Workspace,
+    validated: ValidationReport,
+    prepared: PreprocessResult,
+    balanced: BalanceResult,
+    resume: bool = False,
+    callbacks: tuple = (),
+) -> TrainResult:
     """Train params.model on the balanced train split inside an MLflow run; with `resume`, continue from
     the last checkpoint of an interrupted run with the same inputs (else start afresh).
 
@@ -557,8 +609,10 @@ def run_step(params: Params, ws: Workspace, validated: ValidationReport, prepare
     configure_determinism(training.seed, training.determinism)
     with strategy.scope():
         restored = load_checkpoint(folder, key) if resume else None
-        model, progress = restored or (new_model(params, meta, ws.base, math.ceil(len(plan[0]) / training.batch_size)),
-                                       Progress(key))
+        model, progress = restored or (
+            new_model(params, meta, ws.base, math.ceil(len(plan[0]) / training.batch_size)),
+            Progress(key),
+        )
     resumed_from = progress.epoch
     final = ws.out / "train"
     # an exception marks the run FAILED
@@ -571,9 +625,15 @@ def run_step(params: Params, ws: Workspace, validated: ValidationReport, prepare
         sha = weights_sha256(model.get_weights())
         mlflow.set_tag("medpipe.weights_sha256", sha)
         data_md5 = mlflow.get_run(progress.run_id).data.tags.get("medpipe.data_md5", "")
-        result = TrainResult(progress.run_id, str((final / "model.keras").relative_to(ws.base)), progress.epoch,
-                             progress.best_epoch + 1 if progress.best_epoch >= 0 else progress.epoch, sha, data_md5,
-                             resumed_from)
+        result = TrainResult(
+            progress.run_id,
+            str((final / "model.keras").relative_to(ws.base)),
+            progress.epoch,
+            progress.best_epoch + 1 if progress.best_epoch >= 0 else progress.epoch,
+            sha,
+            data_md5,
+            resumed_from,
+        )
         (out / "run.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
         (out / "history.json").write_text(json.dumps(progress.history or {k: [] for k in CURVES}) + "\n")
     shutil.rmtree(folder, ignore_errors=True)  # finished: nothing left to resume

@@ -124,9 +124,16 @@ def failure(report: "ValidationReport", data_root: Path) -> DataError:
     return DataError(data_root, f"data validation failed, {report.summary()}{hint}; report: {report.report_md}")
 
 
-def image_table(manifest: pd.DataFrame, root: Path, cache: Path | None, validation: ValidateParams,
-                project: Path = Path("."), mapper: Mapper | None = None, chunk_size: int = 1024,
-                preprocessing: PreprocessParams = PreprocessParams()) -> pd.DataFrame:
+def image_table(
+    manifest: pd.DataFrame,
+    root: Path,
+    cache: Path | None,
+    validation: ValidateParams,
+    project: Path = Path("."),
+    mapper: Mapper | None = None,
+    chunk_size: int = 1024,
+    preprocessing: PreprocessParams = PreprocessParams(),
+) -> pd.DataFrame:
     """Manifest joined with the scan: per-image facts the expectations test (images over `preprocessing`'s caps,
     max_pixels and max_file_mb, are unreadable).
 
@@ -144,9 +151,16 @@ def image_table(manifest: pd.DataFrame, root: Path, cache: Path | None, validati
         The manifest with the scan's columns and inside_root, exists, reason, not_blank and sharp; patient_id
         filled from patient_key or the path, and no fingerprint for unreadable images.
     """
-    table = scan(root, manifest["path"].tolist(), cache=cache, project=project, mapper=mapper,
-                 chunk_size=chunk_size, max_pixels=preprocessing.max_pixels,
-                 max_bytes=preprocessing.max_file_mb * MB).drop(columns="path")
+    table = scan(
+        root,
+        manifest["path"].tolist(),
+        cache=cache,
+        project=project,
+        mapper=mapper,
+        chunk_size=chunk_size,
+        max_pixels=preprocessing.max_pixels,
+        max_bytes=preprocessing.max_file_mb * MB,
+    ).drop(columns="path")
     df = pd.concat([manifest.reset_index(drop=True), table], axis=1)
     df["inside_root"] = [inside_root(root, p) for p in df["path"]]
     df["exists"] = [ok and (root / p).is_file() for ok, p in zip(df["inside_root"], df["path"])]
@@ -171,10 +185,18 @@ def carved_check(published: pd.Series, images: pd.DataFrame) -> list[Check]:
     carved = images[(published.reindex(images.index) == "train") & (images["split"] == "val")]
     if carved.empty:
         return []
-    return [Check("val split carved from train", False, [
-        f"the manifest has no val rows: {len(carved)} of its train images ({carved['patient_id'].nunique()} "
-        "patients, whole patients and copies together, stratified by label, seeded by preprocess.seed) "
-        "are the validation split"], severity="warning")]
+    return [
+        Check(
+            "val split carved from train",
+            False,
+            [
+                f"the manifest has no val rows: {len(carved)} of its train images ({carved['patient_id'].nunique()} "
+                "patients, whole patients and copies together, stratified by label, seeded by preprocess.seed) "
+                "are the validation split"
+            ],
+            severity="warning",
+        )
+    ]
 
 
 def color_check(images: pd.DataFrame, preprocessing: PreprocessParams) -> list[Check]:
@@ -193,9 +215,17 @@ def color_check(images: pd.DataFrame, preprocessing: PreprocessParams) -> list[C
     colored = int((readable["chroma"] > CHROMA_MIN).sum())
     if preprocessing.color != "gray" or not len(readable) or colored < COLOR_SHARE * len(readable):
         return []
-    return [Check("colour kept", False, [
-        f"{colored} of {len(readable)} images carry colour but preprocess.color is gray, so training sees them in "
-        "gray: set preprocess.color: auto (or rgb) to keep it"], severity="warning")]
+    return [
+        Check(
+            "colour kept",
+            False,
+            [
+                f"{colored} of {len(readable)} images carry colour but preprocess.color is gray, so training sees "
+                "them in gray: set preprocess.color: auto (or rgb) to keep it"
+            ],
+            severity="warning",
+        )
+    ]
 
 
 def derived_tables(images: pd.DataFrame, labels: list[str], empty_folders: list[str]) -> dict[str, pd.DataFrame]:
@@ -217,9 +247,11 @@ def derived_tables(images: pd.DataFrame, labels: list[str], empty_folders: list[
     ratio = float(present.max() / present.min()) if len(present) else 1.0
     return {
         "patients": images.groupby("patient_id").agg(n_splits=("split", "nunique")).reset_index(),
-        "hashes": readable.groupby("sha256").agg(n_splits=("split", "nunique"), path=("path", " = ".join))
+        "hashes": readable.groupby("sha256")
+        .agg(n_splits=("split", "nunique"), path=("path", " = ".join))
         .reset_index(),
-        "within": readable.groupby(["split", "sha256"]).agg(copies=("path", "size"), paths=("path", " = ".join))
+        "within": readable.groupby(["split", "sha256"])
+        .agg(copies=("path", "size"), paths=("path", " = ".join))
         .reset_index(),
         "near": near_table(images),
         "classes": classes,
@@ -238,10 +270,19 @@ def near_table(images: pd.DataFrame) -> pd.DataFrame:
     """
     members = images[images.get("near_group", pd.Series(-1, index=images.index)) >= 0]
     if members.empty:
-        return pd.DataFrame({"near_group": pd.Series([], dtype="int64"), "n_splits": pd.Series([], dtype="int64"),
-                             "n_labels": pd.Series([], dtype="int64"), "paths": pd.Series([], dtype=str)})
-    return members.groupby("near_group").agg(n_splits=("split", "nunique"), n_labels=("label", "nunique"),
-                                             paths=("path", " ~ ".join)).reset_index()
+        return pd.DataFrame(
+            {
+                "near_group": pd.Series([], dtype="int64"),
+                "n_splits": pd.Series([], dtype="int64"),
+                "n_labels": pd.Series([], dtype="int64"),
+                "paths": pd.Series([], dtype=str),
+            }
+        )
+    return (
+        members.groupby("near_group")
+        .agg(n_splits=("split", "nunique"), n_labels=("label", "nunique"), paths=("path", " ~ ".join))
+        .reset_index()
+    )
 
 
 DROPPED_CSV = "duplicates_dropped.csv"  # in outputs/validate: what drop_leaks removed
@@ -274,15 +315,23 @@ def drop_leaks(images: pd.DataFrame, validation: ValidateParams) -> tuple[pd.Dat
         gone = valid & (rank > best.reindex(images.index, fill_value=len(SPLITS)))
         kept = images[valid & ~gone].groupby(key[valid & ~gone])["path"].first()
         for i in images.index[gone]:
-            records.append({"path": images.at[i, "path"], "label": images.at[i, "label"],
-                            "split": images.at[i, "split"], "kind": kind, "kept": kept.get(key[i], "")})
+            records.append(
+                {
+                    "path": images.at[i, "path"],
+                    "label": images.at[i, "label"],
+                    "split": images.at[i, "split"],
+                    "kind": kind,
+                    "kept": kept.get(key[i], ""),
+                }
+            )
         drop |= gone
     dropped = pd.DataFrame(records, columns=["path", "label", "split", "kind", "kept"])
     return images[~drop].reset_index(drop=True), dropped
 
 
-def near_duplicate_summary(images: pd.DataFrame, validation: ValidateParams, dropped: pd.DataFrame,
-                           max_groups: int = 50) -> dict:
+def near_duplicate_summary(
+    images: pd.DataFrame, validation: ValidateParams, dropped: pd.DataFrame, max_groups: int = 50
+) -> dict:
     """What the report shows: groups across splits (members with distance to the first), counts per split
     pair, label conflicts, a histogram of nearest-neighbour distances, and what was dropped.
 
@@ -314,14 +363,28 @@ def near_duplicate_summary(images: pd.DataFrame, validation: ValidateParams, dro
         if len(groups) < max_groups:
             words = to_words(list(rows["fingerprint"]))
             dist = hamming(words, words[:1])
-            groups.append([{"path": p, "label": lb, "split": sp, "distance": int(d)}
-                           for p, lb, sp, d in zip(rows["path"], rows["label"], rows["split"], dist)])
+            groups.append(
+                [
+                    {"path": p, "label": lb, "split": sp, "distance": int(d)}
+                    for p, lb, sp, d in zip(rows["path"], rows["label"], rows["split"], dist)
+                ]
+            )
     hist = [int(c) for c in pd.Series(nn, dtype="int64").value_counts().reindex(range(radius + 2), fill_value=0)]
-    return {"enabled": near.enabled, "threshold": near.threshold, "action": near.action, "n_groups": int(len(table)),
-            "n_images_in_groups": int((images["near_group"] >= 0).sum()), "n_cross_split": int(len(crossing)),
-            "split_pairs": pairs, "label_conflicts": int((table["n_labels"] > 1).sum()), "cross_split_groups": groups,
-            "nn_histogram": hist, "nn_radius": radius,
-            "dropped": dropped.to_dict("records"), "n_dropped": int(len(dropped))}
+    return {
+        "enabled": near.enabled,
+        "threshold": near.threshold,
+        "action": near.action,
+        "n_groups": int(len(table)),
+        "n_images_in_groups": int((images["near_group"] >= 0).sum()),
+        "n_cross_split": int(len(crossing)),
+        "split_pairs": pairs,
+        "label_conflicts": int((table["n_labels"] > 1).sum()),
+        "cross_split_groups": groups,
+        "nn_histogram": hist,
+        "nn_radius": radius,
+        "dropped": dropped.to_dict("records"),
+        "n_dropped": int(len(dropped)),
+    }
 
 
 def _expectations(validation: ValidateParams) -> dict[str, tuple[str, str, list]]:
@@ -332,29 +395,60 @@ def _expectations(validation: ValidateParams) -> dict[str, tuple[str, str, list]
         return gxe.ExpectColumnValuesToBeInSet(column=column, value_set=values, description=text)
 
     return {
-        "images": ("images", "reason", [
-            gxe.ExpectColumnValuesToBeUnique(column="path", description="path listed once"),
-            gxe.ExpectColumnValuesToNotBeNull(column="label", description="label given"),
-            in_set("label", validation.classes, "label known"),
-            in_set("inside_root", [True], "path inside the data root"),
-            in_set("exists", [True], "file exists"),
-            in_set("readable", [True], "image readable"),
-            in_set("split", list(SPLITS), "split is train, val or test")]
-            + ([in_set("not_blank", [True], "not blank")] if validation.blank == "error" else [])),
+        "images": (
+            "images",
+            "reason",
+            [
+                gxe.ExpectColumnValuesToBeUnique(column="path", description="path listed once"),
+                gxe.ExpectColumnValuesToNotBeNull(column="label", description="label given"),
+                in_set("label", validation.classes, "label known"),
+                in_set("inside_root", [True], "path inside the data root"),
+                in_set("exists", [True], "file exists"),
+                in_set("readable", [True], "image readable"),
+                in_set("split", list(SPLITS), "split is train, val or test"),
+            ]
+            + ([in_set("not_blank", [True], "not blank")] if validation.blank == "error" else []),
+        ),
         "patients": ("patients", "patient_id", [in_set("n_splits", [1], "each patient in one split")]),
         "hashes": ("hashes", "path", [in_set("n_splits", [1], "each image (sha256) in one split")]),
-        "classes": ("classes", "label", [gxe.ExpectColumnValuesToBeBetween(
-            column="count", min_value=validation.min_per_class,
-            description=f"at least {validation.min_per_class} images per class")]),
-        "image_warnings": ("images", "path", [in_set("sharp", [True], "not blurry (warning)")]
-                           + ([in_set("not_blank", [True], "not blank (warning)")]
-                              if validation.blank == "warning" else [])),
-        "split_warnings": ("within", "paths", [gxe.ExpectColumnValuesToBeBetween(
-            column="copies", max_value=1, description="no duplicate images within a split (warning)")]),
+        "classes": (
+            "classes",
+            "label",
+            [
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="count",
+                    min_value=validation.min_per_class,
+                    description=f"at least {validation.min_per_class} images per class",
+                )
+            ],
+        ),
+        "image_warnings": (
+            "images",
+            "path",
+            [in_set("sharp", [True], "not blurry (warning)")]
+            + ([in_set("not_blank", [True], "not blank (warning)")] if validation.blank == "warning" else []),
+        ),
+        "split_warnings": (
+            "within",
+            "paths",
+            [
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="copies", max_value=1, description="no duplicate images within a split (warning)"
+                )
+            ],
+        ),
         **_near_suites(validation),
-        "balance_warnings": ("balance", "what", [gxe.ExpectColumnValuesToBeBetween(
-            column="ratio", max_value=validation.max_imbalance,
-            description=f"class imbalance at most {validation.max_imbalance:g}:1 (warning)")]),
+        "balance_warnings": (
+            "balance",
+            "what",
+            [
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="ratio",
+                    max_value=validation.max_imbalance,
+                    description=f"class imbalance at most {validation.max_imbalance:g}:1 (warning)",
+                )
+            ],
+        ),
     }
 
 
@@ -366,11 +460,16 @@ def _near_suites(validation: ValidateParams) -> dict[str, tuple[str, str, list]]
     if not near.enabled:
         return {}
     one_split = gxe.ExpectColumnValuesToBeInSet(
-        column="n_splits", value_set=[1], description=f"each near-duplicate group (distance <= {near.threshold}) in "
-                                                      f"one split{' (warning)' if near.action == 'warning' else ''}")
+        column="n_splits",
+        value_set=[1],
+        description=f"each near-duplicate group (distance <= {near.threshold}) in "
+        f"one split{' (warning)' if near.action == 'warning' else ''}",
+    )
     one_label = gxe.ExpectColumnValuesToBeInSet(
-        column="n_labels", value_set=[1], description="one label per near-duplicate group (else probable label "
-                                                      "errors, warning)")
+        column="n_labels",
+        value_set=[1],
+        description="one label per near-duplicate group (else probable label errors, warning)",
+    )
     name = "near_warnings" if near.action == "warning" else "near"
     return {name: ("near", "paths", [one_split]), "near_label_warnings": ("near", "paths", [one_label])}
 
@@ -406,8 +505,11 @@ def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, tuple[str, str
         ProgressBarsConfig,
     )
 
-    config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(), analytics_enabled=False,
-                               progress_bars=ProgressBarsConfig(globally=False))
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(),
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+    )
     context = gx.get_context(mode="ephemeral", project_config=config)
     source = context.data_sources.add_pandas("medpipe")
     checks = []
@@ -416,18 +518,21 @@ def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, tuple[str, str
         batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
         suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
         vdef = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
-        checkpoint = context.checkpoints.add(gx.Checkpoint(name=name, validation_definitions=[vdef],
-                                                           result_format={"result_format": "COMPLETE"}))
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(name=name, validation_definitions=[vdef], result_format={"result_format": "COMPLETE"})
+        )
         for vres in checkpoint.run(batch_parameters={"dataframe": frame}).run_results.values():
             for r in vres.to_json_dict()["results"]:
                 severity = "warning" if name.endswith("_warnings") else "error"
-                checks.append(Check(r["expectation_config"]["description"], r["success"],
-                                    _offenders(r, frame, key), severity))
+                checks.append(
+                    Check(r["expectation_config"]["description"], r["success"], _offenders(r, frame, key), severity)
+                )
     return checks
 
 
-def validate_data(root: Path, params: Params, out: Path, project: Path,
-                  mapper: Mapper | None = None) -> tuple[ValidationReport, pd.DataFrame]:
+def validate_data(
+    root: Path, params: Params, out: Path, project: Path, mapper: Mapper | None = None
+) -> tuple[ValidationReport, pd.DataFrame]:
     """Validate the data set under `root` (the scan through `mapper` if given); return the report and the
     image table with splits.
 
@@ -446,28 +551,46 @@ def validate_data(root: Path, params: Params, out: Path, project: Path,
     """
     manifest, empty_folders = discover(root)
     validation = params.validate_
-    images = image_table(manifest, root, out.parent / "cache" / "scan.csv", validation, project, mapper,
-                         params.dask.chunk_size, params.preprocess)
+    images = image_table(
+        manifest,
+        root,
+        out.parent / "cache" / "scan.csv",
+        validation,
+        project,
+        mapper,
+        params.dask.chunk_size,
+        params.preprocess,
+    )
     near = validation.near_duplicates
     images["near_group"] = find_groups(images["fingerprint"].tolist(), near.threshold).group if near.enabled else -1
     published = images["split"].copy()
     images["split"] = assign_splits(images, params).fillna("")
     images, dropped = drop_leaks(images, validation)
     frames = {"images": images, **derived_tables(images, validation.classes, empty_folders)}
-    checks = (run_suites(frames, _expectations(validation)) + carved_check(published, images)
-              + color_check(images, params.preprocess))
+    checks = (
+        run_suites(frames, _expectations(validation))
+        + carved_check(published, images)
+        + color_check(images, params.preprocess)
+    )
     counts = images["label"].value_counts().to_dict()
-    report = ValidationReport(all(c.success for c in checks if c.severity == "error"), checks, len(images),
-                              {lb: int(counts.get(lb, 0)) for lb in validation.classes},
-                              near_duplicates=near_duplicate_summary(images, validation, dropped) if near.enabled else
-                              {"enabled": False, "dropped": dropped.to_dict("records"), "n_dropped": len(dropped)},
-                              color=params.preprocess.color)
+    report = ValidationReport(
+        all(c.success for c in checks if c.severity == "error"),
+        checks,
+        len(images),
+        {lb: int(counts.get(lb, 0)) for lb in validation.classes},
+        near_duplicates=near_duplicate_summary(images, validation, dropped)
+        if near.enabled
+        else {"enabled": False, "dropped": dropped.to_dict("records"), "n_dropped": len(dropped)},
+        color=params.preprocess.color,
+    )
     return report, images
 
 
-_CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}.ok{color:#1a7f37}"
-        ".error{color:#cf222e;font-weight:bold}.warning{color:#9a6700;font-weight:bold}")
+_CSS = (
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse}"
+    "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}.ok{color:#1a7f37}"
+    ".error{color:#cf222e;font-weight:bold}.warning{color:#9a6700;font-weight:bold}"
+)
 
 
 def _status(check: Check) -> str:
@@ -524,30 +647,44 @@ def _near_html(near: dict, root: Path | None) -> str:
 
     if not near.get("enabled"):
         return ""
-    parts = [f"<h2>Near-duplicate images</h2><p>{near['n_groups']} group(s) of near copies (distance &le; "
-             f"{near['threshold']} of 256 bits), {near['n_cross_split']} across splits (action: "
-             f"{escape(near['action'])}); {near['label_conflicts']} group(s) with conflicting labels; "
-             f"{near['n_dropped']} image(s) dropped.</p>"]
+    parts = [
+        f"<h2>Near-duplicate images</h2><p>{near['n_groups']} group(s) of near copies (distance &le; "
+        f"{near['threshold']} of 256 bits), {near['n_cross_split']} across splits (action: "
+        f"{escape(near['action'])}); {near['label_conflicts']} group(s) with conflicting labels; "
+        f"{near['n_dropped']} image(s) dropped.</p>"
+    ]
     if near["split_pairs"]:
-        parts.append("<table><tr><th>splits</th><th>groups</th></tr>" + "".join(
-            f"<tr><td>{escape(k)}</td><td>{v}</td></tr>" for k, v in sorted(near["split_pairs"].items())) + "</table>")
+        parts.append(
+            "<table><tr><th>splits</th><th>groups</th></tr>"
+            + "".join(f"<tr><td>{escape(k)}</td><td>{v}</td></tr>" for k, v in sorted(near["split_pairs"].items()))
+            + "</table>"
+        )
     if sum(near["nn_histogram"]):
-        parts.append("<p><img alt='nearest-neighbour distances' "
-                     f"src='{_histogram_uri(near['nn_histogram'], near['threshold'])}'>"
-                     "</p><p>Near copies sit left of the threshold; distinct images to its right.</p>")
+        parts.append(
+            "<p><img alt='nearest-neighbour distances' "
+            f"src='{_histogram_uri(near['nn_histogram'], near['threshold'])}'>"
+            "</p><p>Near copies sit left of the threshold; distinct images to its right.</p>"
+        )
     for group in near["cross_split_groups"]:
         cells = "".join(
             "<figure style='display:inline-block;margin:.4em;vertical-align:top'>"
             + (f"<img src='{_thumbnail(root, m['path'])}' alt=''>" if root is not None else "")
             + f"<figcaption>{escape(m['path'])}<br>{escape(m['label'])} · {escape(m['split'])} · distance "
-              f"{m['distance']}</figcaption></figure>" for m in group)
+            f"{m['distance']}</figcaption></figure>"
+            for m in group
+        )
         parts.append(f"<div style='border:1px solid #ccc;margin:.5em 0'>{cells}</div>")
     if near["dropped"]:
-        parts.append("<h3>Dropped</h3><table><tr><th>path</th><th>label</th><th>split</th><th>kind</th>"
-                     "<th>near copy kept</th></tr>" + "".join(
-                         f"<tr><td>{escape(d['path'])}</td><td>{escape(d['label'])}</td><td>{escape(d['split'])}</td>"
-                         f"<td>{escape(d['kind'])}</td><td>{escape(d['kept'])}</td></tr>" for d in near["dropped"])
-                     + "</table>")
+        parts.append(
+            "<h3>Dropped</h3><table><tr><th>path</th><th>label</th><th>split</th><th>kind</th>"
+            "<th>near copy kept</th></tr>"
+            + "".join(
+                f"<tr><td>{escape(d['path'])}</td><td>{escape(d['label'])}</td><td>{escape(d['split'])}</td>"
+                f"<td>{escape(d['kind'])}</td><td>{escape(d['kept'])}</td></tr>"
+                for d in near["dropped"]
+            )
+            + "</table>"
+        )
     return "".join(parts)
 
 
@@ -581,26 +718,41 @@ def write_report(report: ValidationReport, out: Path, final: Path | None = None,
     report.report_md = str((final or out) / "report.md")
     (out / "report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     title = f"Data validation: {'PASSED' if report.success else 'FAILED'}"
-    lines = [f"# {title}", "", report.summary(), "", f"Class counts: {counts_text(report.class_counts)}", "",
-             *([f"Colour: {report.color}", ""] if report.color else []),
-             "| check | result | examples |", "|---|---|---|"]
+    lines = [
+        f"# {title}",
+        "",
+        report.summary(),
+        "",
+        f"Class counts: {counts_text(report.class_counts)}",
+        "",
+        *([f"Colour: {report.color}", ""] if report.color else []),
+        "| check | result | examples |",
+        "|---|---|---|",
+    ]
     lines += [f"| {c.name} | {_status(c)} | {'; '.join(c.unexpected)} |" for c in report.checks]
     near = report.near_duplicates
     if near.get("enabled"):
-        lines += ["", f"Near duplicates (distance <= {near['threshold']}): {near['n_groups']} group(s), "
-                  f"{near['n_cross_split']} across splits {near['split_pairs']}, {near['label_conflicts']} with "
-                  f"conflicting labels."]
+        lines += [
+            "",
+            f"Near duplicates (distance <= {near['threshold']}): {near['n_groups']} group(s), "
+            f"{near['n_cross_split']} across splits {near['split_pairs']}, {near['label_conflicts']} with "
+            f"conflicting labels.",
+        ]
     if near.get("n_dropped"):
         lines += ["", f"Dropped {near['n_dropped']} image(s) ({DROPPED_CSV}):", ""]
         lines += [f"- {d['path']} ({d['split']}, {d['kind']} copy of {d['kept']})" for d in near["dropped"]]
     md.write_text("\n".join(lines) + "\n")
-    rows = "".join(f"<tr><td>{escape(c.name)}</td><td class='{_status(c)}'>{_status(c)}</td>"
-                   f"<td>{'<br>'.join(escape(u) for u in c.unexpected)}</td></tr>" for c in report.checks)
+    rows = "".join(
+        f"<tr><td>{escape(c.name)}</td><td class='{_status(c)}'>{_status(c)}</td>"
+        f"<td>{'<br>'.join(escape(u) for u in c.unexpected)}</td></tr>"
+        for c in report.checks
+    )
     (out / "report.html").write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{_CSS}</style></head>"
         f"<body><h1>{title}</h1><p>{escape(report.summary())}</p><p>Class counts: "
         f"{escape(counts_text(report.class_counts))}</p><table><tr><th>check</th><th>result</th><th>examples</th></tr>"
-        f"{rows}</table>{_near_html(near, data_root)}</body></html>\n")
+        f"{rows}</table>{_near_html(near, data_root)}</body></html>\n"
+    )
     return md
 
 
@@ -629,7 +781,8 @@ def run_step(params: Params, ws: Workspace, out: Path | None = None, mapper: Map
             images[columns].to_csv(tmp / "splits.csv", index=False, lineterminator="\n")
             if report.near_duplicates.get("n_dropped"):
                 pd.DataFrame(report.near_duplicates["dropped"], columns=DROPPED_COLUMNS).to_csv(
-                    tmp / DROPPED_CSV, index=False, lineterminator="\n")
+                    tmp / DROPPED_CSV, index=False, lineterminator="\n"
+                )
         write_report(report, tmp, final, ws.data_root)
     return report
 
@@ -646,5 +799,8 @@ def load_result(ws: Workspace) -> ValidationReport:
     Raises:
         MedpipeError: The data have not been validated in this workspace.
     """
-    return read_result(ws.out / "validate" / "report.json", "validate",
-                       lambda raw: ValidationReport(**{**raw, "checks": [Check(**c) for c in raw["checks"]]}))
+    return read_result(
+        ws.out / "validate" / "report.json",
+        "validate",
+        lambda raw: ValidationReport(**{**raw, "checks": [Check(**c) for c in raw["checks"]]}),
+    )

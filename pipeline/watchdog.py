@@ -81,8 +81,14 @@ def watch(pid: int, started: str, then: list[str] | None = None) -> None:
             with contextlib.suppress(OSError):  # it exited just now
                 os.kill(child, signal.SIGKILL)
     if then:
-        subprocess.run(then, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       timeout=300, check=False)
+        subprocess.run(
+            then,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=300,
+            check=False,
+        )
 
 
 def guard_descendants(then: list[str] | None = None) -> None:
@@ -96,10 +102,14 @@ def guard_descendants(then: list[str] | None = None) -> None:
         return
     here = str(Path(__file__).resolve().parents[1])  # this very pipeline package, whatever the cwd
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    _watcher = subprocess.Popen([sys.executable, "-m", "pipeline.watchdog", str(os.getpid()), stat[1],
-                                 json.dumps(then or [])], env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+    _watcher = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.watchdog", str(os.getpid()), stat[1], json.dumps(then or [])],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 if __name__ == "__main__":

@@ -13,16 +13,27 @@ from pathlib import Path
 import pytest
 
 _SANDBOX = Path(tempfile.mkdtemp(prefix="medpipe-tests-"))
-for _var, _sub in {"HOME": "home", "TMPDIR": "tmp", "PREFECT_HOME": "home/.prefect", "KERAS_HOME": "home/.keras",
-                   "MPLCONFIGDIR": "home/.config/matplotlib", "DVC_SITE_CACHE_DIR": "dvc-site",
-                   "XDG_CONFIG_HOME": "home/.config", "XDG_CACHE_HOME": "home/.cache"}.items():
+for _var, _sub in {
+    "HOME": "home",
+    "TMPDIR": "tmp",
+    "PREFECT_HOME": "home/.prefect",
+    "KERAS_HOME": "home/.keras",
+    "MPLCONFIGDIR": "home/.config/matplotlib",
+    "DVC_SITE_CACHE_DIR": "dvc-site",
+    "XDG_CONFIG_HOME": "home/.config",
+    "XDG_CACHE_HOME": "home/.cache",
+}.items():
     os.environ[_var] = str(_SANDBOX / _sub)
     (_SANDBOX / _sub).mkdir(parents=True, exist_ok=True)
 tempfile.tempdir = None  # re-read TMPDIR
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ["GIT_CONFIG_GLOBAL"] = str(_SANDBOX / "home" / ".gitconfig")
-os.environ.update(GIT_AUTHOR_NAME="medpipe tests", GIT_AUTHOR_EMAIL="tests@medpipe.invalid",
-                  GIT_COMMITTER_NAME="medpipe tests", GIT_COMMITTER_EMAIL="tests@medpipe.invalid")
+os.environ.update(
+    GIT_AUTHOR_NAME="medpipe tests",
+    GIT_AUTHOR_EMAIL="tests@medpipe.invalid",
+    GIT_COMMITTER_NAME="medpipe tests",
+    GIT_COMMITTER_EMAIL="tests@medpipe.invalid",
+)
 
 from pipeline import configure_offline  # noqa: E402
 

@@ -19,9 +19,11 @@ SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 # Tiny but real: 30 patients (~90 images) of 32x32, two epochs, 100 bootstrap resamples (not 1000: 16 test
 # images give no finer interval, and 1000 cost over 10 s per evaluation, measured).
 TINY_PATIENTS, TINY_SIZE = 30, 32
-TINY_OVERRIDES = {"preprocess": {"size": TINY_SIZE},
-                  "train": {"epochs": 2, "batch_size": 16, "patience": 2, "min_epochs": 0},
-                  "evaluate": {"bootstrap": 100}}
+TINY_OVERRIDES = {
+    "preprocess": {"size": TINY_SIZE},
+    "train": {"epochs": 2, "batch_size": 16, "patience": 2, "min_epochs": 0},
+    "evaluate": {"bootstrap": 100},
+}
 
 
 def write_params(folder: Path, **sections: dict) -> Path:
@@ -34,13 +36,27 @@ def write_params(folder: Path, **sections: dict) -> Path:
     return path
 
 
-IDENTIFIERS = {"PatientName": "Doe^Jane^Quincy", "PatientID": "MRN-99417-XQ", "PatientBirthDate": "19470312",
-               "OtherPatientIDs": "ALT-55821-ZZ", "InstitutionName": "St Example Hospital"}
+IDENTIFIERS = {
+    "PatientName": "Doe^Jane^Quincy",
+    "PatientID": "MRN-99417-XQ",
+    "PatientBirthDate": "19470312",
+    "OtherPatientIDs": "ALT-55821-ZZ",
+    "InstitutionName": "St Example Hospital",
+}
 
 
-def write_dicom(path: Path, pixels, *, photometric: str = "MONOCHROME2", slope: float = 1.0,
-                intercept: float = 0.0, window: tuple[float, float] | None = None, frames: int = 1,
-                with_pixels: bool = True, **identifiers: str) -> Path:
+def write_dicom(
+    path: Path,
+    pixels,
+    *,
+    photometric: str = "MONOCHROME2",
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    window: tuple[float, float] | None = None,
+    frames: int = 1,
+    with_pixels: bool = True,
+    **identifiers: str,
+) -> Path:
     """A real single- or multi-frame DICOM file (uncompressed, explicit VR little endian); (H, W, 3) uint8
     pixels make a colour one (`photometric` RGB, or YBR_FULL: stored as YBR)."""
     import numpy as np
@@ -135,8 +151,9 @@ def wait_for(check, seconds: int, what: str, *processes: subprocess.Popen):
 
 def start_process(args: list[str], env: dict, cwd: Path) -> subprocess.Popen:
     """A background process in its own session (stop it with os.killpg), stderr kept for failures."""
-    return subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
 
 
 def stop(*processes: subprocess.Popen | None) -> None:
@@ -157,12 +174,25 @@ def prefect_server_env(tmp_path: Path) -> tuple[str, dict]:
     """API URL and environment for a real `prefect server start` on a free 127.0.0.1 port, its DB in
     tmp_path, with the services no test here needs switched off (a 2-core box)."""
     api = f"http://127.0.0.1:{free_port()}/api"
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PREFECT_API_URL": api,
-           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path}/prefect.db",
-           "PREFECT_UI_ENABLED": "false",
-           **{f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in (
-               "CANCELLATION_CLEANUP", "FOREMAN", "LATE_RUNS", "PAUSE_EXPIRATIONS", "REPOSSESSOR", "TRIGGERS",
-               "CLEANUP_RECONCILER")}}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PREFECT_API_URL": api,
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path}/prefect.db",
+        "PREFECT_UI_ENABLED": "false",
+        **{
+            f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false"
+            for name in (
+                "CANCELLATION_CLEANUP",
+                "FOREMAN",
+                "LATE_RUNS",
+                "PAUSE_EXPIRATIONS",
+                "REPOSSESSOR",
+                "TRIGGERS",
+                "CLEANUP_RECONCILER",
+            )
+        },
+    }
     return api, env
 
 
@@ -176,9 +206,11 @@ def start_prefect_server(api: str, env: dict, cwd: Path) -> subprocess.Popen:
 
 def wait_for_run(api: str, run_id: str, *processes: subprocess.Popen, seconds: int = 600) -> str:
     """The final state type of a flow run (COMPLETED, FAILED or CRASHED), once it has one."""
+
     def final():
         state = api_call(f"{api}/flow_runs/{run_id}")["state"]
         return state["type"] if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED") else None
+
     return wait_for(final, seconds, "flow run", *processes)
 
 

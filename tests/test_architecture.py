@@ -24,7 +24,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
             if nxt not in graph:
                 continue
             if state.get(nxt) == "open":
-                found.append(path[path.index(nxt):] + [nxt])
+                found.append(path[path.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, path + [nxt])
         state[node] = "done"
@@ -41,8 +41,10 @@ def test_the_library_has_no_import_cycle():
 
 
 def test_the_library_never_imports_the_flows_or_the_cli():
-    leaks = {m: sorted(i for i in imports if i.split(".")[0] in ("flows", "cli"))
-             for m, imports in module_graph("pipeline").items()}
+    leaks = {
+        m: sorted(i for i in imports if i.split(".")[0] in ("flows", "cli"))
+        for m, imports in module_graph("pipeline").items()
+    }
     assert {m: i for m, i in leaks.items() if i} == {}
 
 
@@ -52,9 +54,12 @@ def test_the_flows_have_no_import_cycle_and_never_import_the_cli():
     assert not any(i.split(".")[0] == "cli" for imports in graph.values() for i in imports)
 
 
-@pytest.mark.parametrize("graph, expected", [
-    ({"a": {"b"}, "b": {"a"}}, [["a", "b", "a"]]),
-    ({"a": {"b"}, "b": {"c"}, "c": set()}, []),
-])
+@pytest.mark.parametrize(
+    "graph, expected",
+    [
+        ({"a": {"b"}, "b": {"a"}}, [["a", "b", "a"]]),
+        ({"a": {"b"}, "b": {"c"}, "c": set()}, []),
+    ],
+)
 def test_cycles_finds_a_cycle_and_only_a_cycle(graph, expected):
     assert cycles(graph) == expected

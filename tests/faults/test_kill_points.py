@@ -33,16 +33,26 @@ def chain(prefect_harness, tmp_path_factory, tiny_data):
     project = root / "project"
     project.mkdir()
     tiny_project(project, tiny_data)
-    env = guarded_env({**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-                       "PREFECT_API_URL": str(get_current_settings().api.url)}, root / "netguard.log")
+    env = guarded_env(
+        {
+            **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+            "PREFECT_API_URL": str(get_current_settings().api.url),
+        },
+        root / "netguard.log",
+    )
     yield SimpleNamespace(project=project, root=root, env=env, weights=None, n=0, killed=[])
     assert_offline(root / "netguard.log")  # no medpipe process (nor its servers) tried to leave loopback
 
 
 def _unshare_works() -> bool:
     try:
-        return subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True,
-                              timeout=30).returncode == 0
+        return (
+            subprocess.run(
+                ["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True, timeout=30
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -54,8 +64,9 @@ def _client(chain):
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def _start(chain, point: str | None, *args: str, ephemeral: bool = False,
-           offline: bool = False) -> tuple[subprocess.Popen, Path]:
+def _start(
+    chain, point: str | None, *args: str, ephemeral: bool = False, offline: bool = False
+) -> tuple[subprocess.Popen, Path]:
     chain.n += 1
     marker = chain.root / f"marker-{chain.n}"
     env = {**chain.env, "MEDPIPE_FAULT_POINT": point or "", "MEDPIPE_FAULT_MARKER": str(marker)}
@@ -65,8 +76,9 @@ def _start(chain, point: str | None, *args: str, ephemeral: bool = False,
     if offline:  # a fresh network namespace with only loopback: medpipe needs no network at all
         command = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *command]
     log = open(chain.root / f"log-{chain.n}.txt", "w+")
-    process = subprocess.Popen(command, cwd=chain.project, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=chain.project, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     process.log = log
     return process, marker
 
@@ -133,8 +145,10 @@ def _invariants(chain, killed: bool = True) -> None:
         assert is_complete(mv), (alias, version, mv.tags)
         assert mv.tags["medpipe.promotion"] != PENDING, (alias, version, mv.tags)
     if len(client.search_model_versions(f"name='{NAME}'")) > 1 and any(
-            "promoted" in v.tags.get("medpipe.promotion", "") or "roll" in v.tags.get("medpipe.promotion", "")
-            for v in client.search_model_versions(f"name='{NAME}'") if int(v.version) > 1):
+        "promoted" in v.tags.get("medpipe.promotion", "") or "roll" in v.tags.get("medpipe.promotion", "")
+        for v in client.search_model_versions(f"name='{NAME}'")
+        if int(v.version) > 1
+    ):
         assert "previous" in aliases, aliases
     experiment = client.get_experiment_by_name("medpipe").experiment_id
     for _ in range(600):  # a killed run's watchdog closes its MLflow run within seconds
@@ -188,8 +202,9 @@ def test_kill_in_preprocess_leaves_complete_shards(chain):
 
 def _runs(chain, status: str) -> list:
     client = _client(chain)
-    return client.search_runs([client.get_experiment_by_name("medpipe").experiment_id],
-                               f"attributes.status = '{status}'")
+    return client.search_runs(
+        [client.get_experiment_by_name("medpipe").experiment_id], f"attributes.status = '{status}'"
+    )
 
 
 def test_kill_in_training_leaves_a_checkpoint_no_version_and_no_running_run(chain):

@@ -91,8 +91,18 @@ def empty_class_folder(d):
     return d / "images", ["effusion (empty class folder)", "at least 5 images per class"]
 
 
-CASES = [zero_byte, truncated_png, text_named_png, unknown_label, missing_file, escaping_path,
-         dicom_without_pixels, all_black, same_image_in_train_and_test, empty_class_folder]
+CASES = [
+    zero_byte,
+    truncated_png,
+    text_named_png,
+    unknown_label,
+    missing_file,
+    escaping_path,
+    dicom_without_pixels,
+    all_black,
+    same_image_in_train_and_test,
+    empty_class_folder,
+]
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +154,20 @@ def test_cli_prints_one_line_and_no_traceback(trained, tmp_path, tiny_data):
     shutil.copytree(tiny_data, tmp_path / "data")
     data, fragments = zero_byte(tmp_path / "data")
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "COLUMNS": "300"}
-    done = subprocess.run([str(Path(sys.executable).with_name("medpipe")), "run", "--data", str(data),
-                           "--params", str(trained / "params.yaml")], capture_output=True, text=True, env=env,
-                          timeout=300)
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("medpipe")),
+            "run",
+            "--data",
+            str(data),
+            "--params",
+            str(trained / "params.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 1
     assert "Traceback" not in done.stdout + done.stderr
     last = done.stderr.strip().splitlines()[-1]

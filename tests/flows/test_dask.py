@@ -37,12 +37,24 @@ def test_runner_choice(monkeypatch):
 
 def test_a_scheduler_that_does_not_answer_is_a_one_line_error(project):
     port = free_port()
-    done = subprocess.run([str(BIN / "medpipe"), "run", "--params", str(project / "params.yaml"), "--set",
-                           f"dask.address=tcp://127.0.0.1:{port}"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            str(BIN / "medpipe"),
+            "run",
+            "--params",
+            str(project / "params.yaml"),
+            "--set",
+            f"dask.address=tcp://127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr + done.stdout
     assert done.stderr.strip().splitlines()[-1] == (
-        f"error: dask.address: no Dask scheduler answers at tcp://127.0.0.1:{port} (ConnectionRefusedError)")
+        f"error: dask.address: no Dask scheduler answers at tcp://127.0.0.1:{port} (ConnectionRefusedError)"
+    )
     assert not (project / "outputs").exists()  # nothing ran
 
 
@@ -73,8 +85,10 @@ def test_local_cluster_gives_the_default_runners_outputs(tmp_path, tiny_data, pr
     assert np.load(on_dask.out / "preprocess" / meta["splits"]["train"]["shards"][0]).shape[1:] == (32, 32, 1)
 
     with get_client(sync_client=True) as client:  # the workers reported to this Prefect server
-        runs = {name: client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=name)))
-                for name in ("scan-chunk", "write-shard")}
+        runs = {
+            name: client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=name)))
+            for name in ("scan-chunk", "write-shard")
+        }
     n_images = len(pd.read_csv(default.out / "validate" / "splits.csv"))
     assert len(runs["scan-chunk"]) >= -(-n_images // 8)
     assert len(runs["write-shard"]) == sum(len(s["shards"]) for s in meta["splits"].values())

@@ -68,8 +68,14 @@ def test_data_add_push_and_pull_through_the_default_local_remote(tmp_path, tiny_
     init_repo(tmp_path)
     assert "local" in sh(tmp_path, str(BIN / "dvc"), "remote", "list")
     shutil.copytree(tiny_data, tmp_path / "data")
-    added = subprocess.run([str(BIN / "medpipe"), "data", "add", "data"], cwd=tmp_path, env=ENV,
-                           capture_output=True, text=True, timeout=300)
+    added = subprocess.run(
+        [str(BIN / "medpipe"), "data", "add", "data"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert added.returncode == 0, added.stderr
     assert "data.dvc" in added.stdout, added.stderr
     sh(tmp_path, "git", "add", "-A")
@@ -86,8 +92,12 @@ def test_data_add_push_and_pull_through_the_default_local_remote(tmp_path, tiny_
     assert "up to date" in sh(tmp_path, str(BIN / "dvc"), "status")
 
     (tmp_path / "data" / "manifest.csv").write_text("path,label\n")  # a new data version
-    assert subprocess.run([str(BIN / "medpipe"), "data", "add", "data"], cwd=tmp_path, env=ENV,
-                          capture_output=True, timeout=300).returncode == 0
+    assert (
+        subprocess.run(
+            [str(BIN / "medpipe"), "data", "add", "data"], cwd=tmp_path, env=ENV, capture_output=True, timeout=300
+        ).returncode
+        == 0
+    )
     new = yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"]
     assert new != yaml.safe_load(sh(tmp_path, "git", "show", "HEAD:data.dvc"))["outs"][0]["md5"]
 
@@ -107,4 +117,5 @@ def test_data_remote_add_push_and_pull(tmp_path, tiny_data):
     shutil.rmtree(tmp_path / ".dvc" / "cache")
     sh(tmp_path, str(BIN / "dvc"), "pull", "-q")
     assert sorted(p.relative_to(tmp_path / "data") for p in (tmp_path / "data").rglob("*.png")) == sorted(
-        p.relative_to(tiny_data) for p in tiny_data.rglob("*.png"))
+        p.relative_to(tiny_data) for p in tiny_data.rglob("*.png")
+    )

@@ -16,12 +16,25 @@ def test_flow_tracks_registers_and_promotes_on_a_tracking_server(prefect_harness
 
     store = tmp_path_factory.mktemp("server")
     port = free_port()
-    server = start_process([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
-                            "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port",
-                            str(port), "--workers", "1"],
-                           # no job consumers (7 processes): medpipe starts no MLflow server jobs
-                           guarded_env({**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                                       store / "netguard.log"), store)
+    server = start_process(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{store}/mlflow.db",
+            "--artifacts-destination",
+            str(store / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        # no job consumers (7 processes): medpipe starts no MLflow server jobs
+        guarded_env({**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, store / "netguard.log"),
+        store,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(f"{url}/health", server)
@@ -33,7 +46,9 @@ def test_flow_tracks_registers_and_promotes_on_a_tracking_server(prefect_harness
 
         client = mlflow.MlflowClient(tracking_uri=url, registry_uri=url)
         assert {a: int(v) for a, v in client.get_registered_model("medpipe-classifier").aliases.items()} == {
-            "champion": 1, "challenger": 2}
+            "champion": 1,
+            "challenger": 2,
+        }
         version = client.get_model_version("medpipe-classifier", "2")
         assert version.tags["medpipe.promotion"] == "challenger"
         assert version.description.startswith("seed_cnn")

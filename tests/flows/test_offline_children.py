@@ -22,8 +22,13 @@ for what, attempt in (("connect", lambda: socket.create_connection(("203.0.113.1
 
 def test_the_guard_refuses_and_logs_in_a_child_process(tmp_path):
     log = tmp_path / "netguard.log"
-    done = subprocess.run([sys.executable, "-c", CHILD], env=guarded_env(dict(os.environ), log),
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD],
+        env=guarded_env(dict(os.environ), log),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.stdout.split("\n")[:2] == ["connect refused True", "lookup refused True"], done.stdout + done.stderr
     lines = log.read_text().splitlines()
     assert len(lines) == 2

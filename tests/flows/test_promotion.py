@@ -57,8 +57,9 @@ def test_promotion_gate_rollback_and_force(prefect_harness, tmp_path, tiny_data)
     done = subprocess.run([medpipe, "rollback", "--params", params_file], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0
     assert _aliases(tmp_path)["champion"] == 1
-    done = subprocess.run([medpipe, "promote", "--version", "2", "--params", params_file], capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [medpipe, "promote", "--version", "2", "--params", params_file], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     assert "version 2: champion" in done.stdout, done.stderr
     assert _aliases(tmp_path) == {"champion": 2, "previous": 1}  # the forced champion 3 lost @challenger

@@ -10,8 +10,12 @@ import pytest
 
 from tests.helpers import SHARED_DATASETS, write_params
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (SHARED_DATASETS / "medmnist").is_dir(),
-                                                   reason="../shared/datasets/medmnist (real MedMNIST files) absent")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (SHARED_DATASETS / "medmnist").is_dir(), reason="../shared/datasets/medmnist (real MedMNIST files) absent"
+    ),
+]
 BREAST = SHARED_DATASETS / "medmnist" / "breastmnist.npz"
 PNEUMONIA = SHARED_DATASETS / "medmnist" / "pneumoniamnist_trainsubsampled.npz"
 
@@ -19,8 +23,12 @@ PNEUMONIA = SHARED_DATASETS / "medmnist" / "pneumoniamnist_trainsubsampled.npz"
 def _jpeg_tree(out, n_per_class=40):
     """Real ultrasound and X-ray images as JPEGs: 4 classes; gray, RGB and odd sizes mixed."""
     rng = np.random.default_rng(0)
-    classes = {"breast_malignant": (BREAST, 0), "breast_benign": (BREAST, 1),
-               "chest_normal": (PNEUMONIA, 0), "chest_pneumonia": (PNEUMONIA, 1)}
+    classes = {
+        "breast_malignant": (BREAST, 0),
+        "breast_benign": (BREAST, 1),
+        "chest_normal": (PNEUMONIA, 0),
+        "chest_pneumonia": (PNEUMONIA, 1),
+    }
     for label, (source, y) in classes.items():
         with np.load(source) as npz:
             images = npz["train_images"][npz["train_labels"].ravel() == y][:n_per_class]
@@ -66,8 +74,11 @@ def test_imported_medmnist_keeps_official_splits_and_catches_its_leak(prefect_ha
     assert state.is_failed()
     assert "each near-duplicate group" in state.message
     # ... or, with action drop, their val/test members leave (train is kept whole)
-    summary = training_flow(params_file=str(tmp_path / "params.yaml"), data=str(tmp_path / "breast"),
-                            overrides={"validate.near_duplicates.action": "drop"})
+    summary = training_flow(
+        params_file=str(tmp_path / "params.yaml"),
+        data=str(tmp_path / "breast"),
+        overrides={"validate.near_duplicates.action": "drop"},
+    )
     dropped = pd.read_csv(tmp_path / "outputs/validate/duplicates_dropped.csv")
     assert summary.split_sizes["train"] == 546
     assert len(dropped) > 0

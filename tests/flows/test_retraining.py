@@ -17,8 +17,14 @@ pytestmark = pytest.mark.slow
 
 
 def _medpipe(project: Path, *args: str, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / "medpipe"), *args, "--params", str(project / "params.yaml")], cwd=project,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [str(BIN / "medpipe"), *args, "--params", str(project / "params.yaml")],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 class Retrained(NamedTuple):
@@ -44,9 +50,14 @@ def retrained(prefect_harness, tmp_path_factory, tiny_data) -> Retrained:
 
     project = tmp_path_factory.mktemp("retrained")
     tiny_project(project, tiny_data)
-    env = guarded_env({**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-                       "PREFECT_API_URL": str(get_current_settings().api.url)},  # both runs report to the test server
-                      project / "netguard.log")
+    env = guarded_env(
+        {
+            **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+            "PREFECT_API_URL": str(get_current_settings().api.url),
+        },  # both runs report to the test server
+        project / "netguard.log",
+    )
     runs = [_medpipe(project, "run", "--force", env=env) for _ in range(2)]  # two retrainings at once
     outputs = [run.communicate(timeout=900) for run in runs]
     versions = {int(v.version): v for v in _client(project).search_model_versions("name='medpipe-classifier'")}
@@ -77,8 +88,7 @@ def test_versions_name_the_commit_and_the_dvc_data_version_and_dvc_is_up_to_date
 
 
 def test_an_unchanged_project_trains_nothing(retrained):
-    newest = max(int(v.version) for v in _client(retrained.project).search_model_versions(
-        "name='medpipe-classifier'"))
+    newest = max(int(v.version) for v in _client(retrained.project).search_model_versions("name='medpipe-classifier'"))
     skip = _medpipe(retrained.project, "run", env=retrained.env)
     out, err = skip.communicate(timeout=900)
     assert skip.returncode == 0, out + err

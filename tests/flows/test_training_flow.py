@@ -70,19 +70,45 @@ def test_flow_trains_registers_and_is_deterministic(prefect_harness, project):
     assert metrics["test_roc_auc_ci_low"] <= metrics["test_roc_auc"] <= metrics["test_roc_auc_ci_high"]
     assert run.data.tags["medpipe.data_md5"] == v1.tags["medpipe.data_md5"]
 
-    done = subprocess.run([str(Path(sys.executable).with_name("medpipe")), "explain",
-                           str(project / "data" / pd.read_csv(project / "data/manifest.csv")["path"][0]),
-                           "--model", "models:/medpipe-classifier/1", "--out", str(project / "cam.png"),
-                           "--params", str(project / "params.yaml")], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("medpipe")),
+            "explain",
+            str(project / "data" / pd.read_csv(project / "data/manifest.csv")["path"][0]),
+            "--model",
+            "models:/medpipe-classifier/1",
+            "--out",
+            str(project / "cam.png"),
+            "--params",
+            str(project / "params.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     answer = json.loads(done.stdout)
     assert answer["version"] == 1
     assert answer["predictions"][0]["label"] in ("normal", "nodule", "effusion")
     assert sum(answer["predictions"][0]["probabilities"].values()) == pytest.approx(1, abs=1e-3)
     assert (project / "cam.png").read_bytes()[:4] == b"\x89PNG"
-    done = subprocess.run([str(Path(sys.executable).with_name("medpipe")), "label", "suggest", "--images",
-                           str(project / "data" / "images"), "--model", "models:/medpipe-classifier/2",
-                           "--out", str(project / "queue.csv"), "--params", str(project / "params.yaml")],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("medpipe")),
+            "label",
+            "suggest",
+            "--images",
+            str(project / "data" / "images"),
+            "--model",
+            "models:/medpipe-classifier/2",
+            "--out",
+            str(project / "queue.csv"),
+            "--params",
+            str(project / "params.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     queue = pd.read_csv(project / "queue.csv")
     assert done.returncode == 0
     assert len(queue) == len(pd.read_csv(project / "data/manifest.csv"))
@@ -93,8 +119,10 @@ def test_flow_trains_registers_and_is_deterministic(prefect_harness, project):
     model = mlflow.pyfunc.load_model("models:/medpipe-classifier/1")  # raw images in, labels out
     assert model.metadata.signature.inputs.input_names() == ["image"]
     assert model.metadata.get_input_schema()
-    files = [project / "data" / p for p in pd.read_csv(project / "outputs/validate/splits.csv").query(
-        "split == 'test'")["path"]]
+    files = [
+        project / "data" / p
+        for p in pd.read_csv(project / "outputs/validate/splits.csv").query("split == 'test'")["path"]
+    ]
     table = model.predict(pd.DataFrame({"image": [f.read_bytes() for f in files]}))
     proba = table[["normal", "nodule", "effusion"]].to_numpy()
     assert len(table) == len(files)
@@ -121,8 +149,9 @@ def test_invalid_data_stops_before_preprocessing_and_keeps_the_registry(prefect_
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as prefect:  # the validate task itself is Failed, not green
-        tasks = prefect.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
-            any_=[state.state_details.flow_run_id])))
+        tasks = prefect.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
     assert [t.state.type.value for t in tasks if t.name.startswith("validate")] == ["FAILED"]
     assert os.stat(dataset).st_mtime_ns == stamp  # preprocessing never ran
     client = _client(project)

@@ -24,8 +24,9 @@ pytestmark = pytest.mark.slow
 
 
 def _prefect(args: list[str], env: dict, cwd) -> str:
-    done = subprocess.run([str(BIN / "prefect"), "--no-prompt", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [str(BIN / "prefect"), "--no-prompt", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
@@ -58,6 +59,7 @@ def test_process_work_pool_runs_the_training_deployment(project, tmp_path):
     # raw.githubusercontent.com (prefect/server/api/collections.py): the guard refuses it and the
     # deployment still runs offline. Any other attempt fails the test.
     log = tmp_path / "netguard.log"
-    attempts = [a for a in (log.read_text().splitlines() if log.exists() else [])
-                if "raw.githubusercontent.com" not in a]
+    attempts = [
+        a for a in (log.read_text().splitlines() if log.exists() else []) if "raw.githubusercontent.com" not in a
+    ]
     assert attempts == [], attempts

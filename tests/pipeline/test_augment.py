@@ -25,8 +25,9 @@ def test_each_op_does_what_it_says():
     flipped = np.asarray(augment_batch(x, flags, np.array([1, 2]), AugmentParams(**{**none, "flip": True})))
     assert all(np.array_equal(f, i) or np.array_equal(f, i[:, ::-1]) for f, i in zip(flipped, x))
     assert not all(np.array_equal(f, i) for f, i in zip(flipped, x))
-    bright = np.asarray(augment_batch(x * 0.5 + 0.25, flags, np.array([1, 2]),
-                                      AugmentParams(**{**none, "brightness": 0.2})))
+    bright = np.asarray(
+        augment_batch(x * 0.5 + 0.25, flags, np.array([1, 2]), AugmentParams(**{**none, "brightness": 0.2}))
+    )
     shift = (bright - (x * 0.5 + 0.25)).reshape(6, -1)
     assert np.allclose(shift, shift[:, :1], atol=1e-6)
     assert np.abs(shift[:, 0]).max() <= 0.2

@@ -48,8 +48,11 @@ def test_data_given_on_the_command_line_brings_its_classes(tmp_path):
     other = resolve(_params(["normal", "nodule"], "gray"), root, labels_from_data=True)
     assert other.params.validate_.classes == ["benign", "malignant"]
     assert "params pin normal, nodule for data.root" in other.notes[0]
-    typo = resolve(_params(["benign", "malignant", "other"], "gray"), _folders(tmp_path / "t", ("benign", "malign")),
-                   labels_from_data=True)  # some in common: pinned stay, validation names the unknown files
+    typo = resolve(
+        _params(["benign", "malignant", "other"], "gray"),
+        _folders(tmp_path / "t", ("benign", "malign")),
+        labels_from_data=True,
+    )  # some in common: pinned stay, validation names the unknown files
     assert typo.params.validate_.classes == ["benign", "malignant", "other"]
     assert typo.notes == []
     assert labels_from_data(True, {})
@@ -61,9 +64,11 @@ def test_pinned_classes_the_data_do_not_hold_are_one_line_with_the_fix(tmp_path)
     root = _folders(tmp_path / "d")
     with pytest.raises(ConfigError) as err:
         resolve(_params(["normal", "nodule"], "gray"), root)
-    assert str(err.value) == (f"validate.labels: params pin the classes normal, nodule but {root} holds benign, "
-                              "malignant: run with --set validate.labels=benign,malignant (or validate.labels: "
-                              "auto in params.yaml)")
+    assert str(err.value) == (
+        f"validate.labels: params pin the classes normal, nodule but {root} holds benign, "
+        "malignant: run with --set validate.labels=benign,malignant (or validate.labels: "
+        "auto in params.yaml)"
+    )
     overlap = _params(["benign", "other"], "gray")  # a few unknown labels: validation names each file
     assert resolve(overlap, root).params == overlap
     assert resolve(overlap, tmp_path / "missing").params == overlap  # unreadable data: validation says why

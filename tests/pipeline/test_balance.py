@@ -25,9 +25,10 @@ def test_oversample_plan_reaches_the_target_ratio_with_flagged_copies():
     assert np.array_equal(oversample_plan(y, 1.0, np.random.default_rng(1))[0], index)  # seeded
 
 
-@pytest.mark.parametrize("strategy, total, weighted", [("none", 11, False), ("class_weight", 11, True),
-                                                       ("oversample", 20, False),
-                                                       ("oversample+class_weight", 20, True)])
+@pytest.mark.parametrize(
+    "strategy, total, weighted",
+    [("none", 11, False), ("class_weight", 11, True), ("oversample", 20, False), ("oversample+class_weight", 20, True)],
+)
 def test_strategies(strategy, total, weighted):
     y = np.array([0] * 8 + [1] * 2 + [2] * 1)
     index, augment, weights = make_plan(y, BalanceParams(strategy=strategy, target_ratio=0.75), 3)

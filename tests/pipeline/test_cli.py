@@ -13,8 +13,14 @@ MEDPIPE = str(Path(sys.executable).with_name("medpipe"))
 
 
 def medpipe(*args, cwd=None):
-    return subprocess.run([MEDPIPE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300,
-                          env={**os.environ, "COLUMNS": "200"})
+    return subprocess.run(
+        [MEDPIPE, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 def _one_error_line(done, code, *fragments):
@@ -51,9 +57,16 @@ def test_validate_good_and_bad_data(tmp_path, tiny_data):
     rel = pd.read_csv(data / "manifest.csv")["path"][0]
     (data / rel).write_bytes(b"")
     # the synthetic patients are near copies of each other (README): their mixed-label groups add a warning line
-    _one_error_line(medpipe("validate", data, "--params", tmp_path / "params.yaml",
-                            "--set", "validate.near_duplicates.enabled=false"), 1,
-                    str(data), "image readable", rel, "report.md")
+    _one_error_line(
+        medpipe(
+            "validate", data, "--params", tmp_path / "params.yaml", "--set", "validate.near_duplicates.enabled=false"
+        ),
+        1,
+        str(data),
+        "image readable",
+        rel,
+        "report.md",
+    )
 
 
 def test_synth_refuses_to_overwrite(tmp_path):
@@ -70,28 +83,47 @@ def test_import_npz_then_validate_with_a_label_override(tmp_path):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    arrays = {f"{s}_images": rng.integers(0, 256, (n, 8, 8), dtype=np.uint8) for s, n in
-              (("train", 12), ("val", 6), ("test", 6))}
+    arrays = {
+        f"{s}_images": rng.integers(0, 256, (n, 8, 8), dtype=np.uint8)
+        for s, n in (("train", 12), ("val", 6), ("test", 6))
+    }
     arrays.update({f"{s}_labels": np.arange(n) % 2 for s, n in (("train", 12), ("val", 6), ("test", 6))})
     np.savez(tmp_path / "m.npz", **arrays)
     done = medpipe("data", "import-npz", tmp_path / "m.npz", "--out", tmp_path / "d", "--labels", "neg,pos")
     assert done.returncode == 0
     assert "--set 'validate.labels=[neg, pos]'" in done.stdout
     shutil.copy(Path(__file__).resolve().parents[2] / "params.yaml", tmp_path / "params.yaml")
-    ok = medpipe("validate", tmp_path / "d", "--params", tmp_path / "params.yaml", "--set",
-                 "validate.labels=[neg, pos]", "--set", "validate.min_per_class=3")
+    ok = medpipe(
+        "validate",
+        tmp_path / "d",
+        "--params",
+        tmp_path / "params.yaml",
+        "--set",
+        "validate.labels=[neg, pos]",
+        "--set",
+        "validate.min_per_class=3",
+    )
     assert ok.returncode == 0, ok.stderr
     # classes pinned on the command line that the data do not hold: one line with both sets and the fix
-    _one_error_line(medpipe("validate", tmp_path / "d", "--params", tmp_path / "params.yaml", "--set",
-                            "validate.labels=normal,nodule"), 2,
-                    "validate.labels: params pin the classes normal, nodule but",
-                    "holds neg, pos: run with --set validate.labels=neg,pos")
+    _one_error_line(
+        medpipe(
+            "validate", tmp_path / "d", "--params", tmp_path / "params.yaml", "--set", "validate.labels=normal,nodule"
+        ),
+        2,
+        "validate.labels: params pin the classes normal, nodule but",
+        "holds neg, pos: run with --set validate.labels=neg,pos",
+    )
 
 
 def test_bad_set_value_blames_the_flag_not_params_yaml(project):
-    done = subprocess.run([sys.executable, "-m", "cli", "run", "--set", "train.epochs=abc"], cwd=project,
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "run", "--set", "train.epochs=abc"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
     _one_error_line(done, 2, "--set train.epochs", "invalid value for 'train.epochs'")
     assert "params.yaml" not in done.stderr
 
@@ -109,10 +141,19 @@ def test_version_short_help_and_plain_help():
 
 
 def test_missing_data_and_params_are_usage_errors_saying_where_medpipe_looked(tmp_path, project):
-    _one_error_line(medpipe("run", "--data", tmp_path / "nowhere", "--params", project / "params.yaml"), 2,
-                    "nowhere", "data folder not found")
-    _one_error_line(medpipe("run", cwd=tmp_path / "data" if (tmp_path / "data").is_dir() else tmp_path), 2,
-                    "params.yaml", "looked in", "-p/--params")
+    _one_error_line(
+        medpipe("run", "--data", tmp_path / "nowhere", "--params", project / "params.yaml"),
+        2,
+        "nowhere",
+        "data folder not found",
+    )
+    _one_error_line(
+        medpipe("run", cwd=tmp_path / "data" if (tmp_path / "data").is_dir() else tmp_path),
+        2,
+        "params.yaml",
+        "looked in",
+        "-p/--params",
+    )
 
 
 def test_own_class_folders_bring_their_classes_and_a_wrong_pin_stops_before_any_server(project):
@@ -130,9 +171,9 @@ def test_own_class_folders_bring_their_classes_and_a_wrong_pin_stops_before_any_
     assert "Class counts: benign 5, malignant 5" in report
     assert "Colour: gray" in report
     shutil.rmtree(project / "outputs")
-    done = medpipe("run", "--data", project / "mine", "--params", project / "params.yaml",
-                   "--set", "validate.labels=normal,nodule")
-    _one_error_line(done, 2, "validate.labels:", "holds benign, malignant",
-                    "--set validate.labels=benign,malignant")
+    done = medpipe(
+        "run", "--data", project / "mine", "--params", project / "params.yaml", "--set", "validate.labels=normal,nodule"
+    )
+    _one_error_line(done, 2, "validate.labels:", "holds benign, malignant", "--set validate.labels=benign,malignant")
     assert not (project / "outputs").exists()
     assert not (project / "mlflow" / "mlflow.db").exists()

@@ -54,16 +54,19 @@ def test_workspace_resolves_against_params_folder(tmp_path):
     assert Workspace.create(Params(), tmp_path / "params.yaml", tmp_path / "x").data_root == (tmp_path / "x")
 
 
-@pytest.mark.parametrize(("overrides", "blamed", "reason"), [
-    ({"train.epochs": "abc"}, "--set train.epochs", "invalid value for 'train.epochs'"),
-    ({"train.epochz": "3"}, "--set train.epochz", "unknown key 'train.epochz'"),
-    ({"train": "3", "train.epochs": "2"}, "--set train.epochs", "'train' is a value"),
-    ({"train.epochs.x": "1"}, "--set train.epochs.x", "'train.epochs' is a value"),
-    ({"train.epochs": "[1"}, "--set train.epochs", "not valid YAML"),
-    ({".x": "1"}, "--set .x", "empty part"),
-    ({"train..epochs": "1"}, "--set train..epochs", "empty part"),
-    ({"preprocess.split.train": "0.9"}, "--set preprocess.split.train", "sum to 1"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "blamed", "reason"),
+    [
+        ({"train.epochs": "abc"}, "--set train.epochs", "invalid value for 'train.epochs'"),
+        ({"train.epochz": "3"}, "--set train.epochz", "unknown key 'train.epochz'"),
+        ({"train": "3", "train.epochs": "2"}, "--set train.epochs", "'train' is a value"),
+        ({"train.epochs.x": "1"}, "--set train.epochs.x", "'train.epochs' is a value"),
+        ({"train.epochs": "[1"}, "--set train.epochs", "not valid YAML"),
+        ({".x": "1"}, "--set .x", "empty part"),
+        ({"train..epochs": "1"}, "--set train..epochs", "empty part"),
+        ({"preprocess.split.train": "0.9"}, "--set preprocess.split.train", "sum to 1"),
+    ],
+)
 def test_bad_overrides_blame_the_set_flag(tmp_path, overrides, blamed, reason):
     path = tmp_path / "params.yaml"
     path.write_text((REPO / "params.yaml").read_text())
@@ -92,4 +95,6 @@ def test_labels_accept_a_comma_list_on_the_command_line(tmp_path):
 
     (tmp_path / "params.yaml").write_text("{}\n")
     assert load_params(tmp_path / "params.yaml", {"validate.labels": "benign, malignant"}).validate_.labels == [
-        "benign", "malignant"]
+        "benign",
+        "malignant",
+    ]

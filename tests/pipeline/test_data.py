@@ -9,8 +9,11 @@ from pipeline.errors import ConfigError, DataError
 
 
 def _digest(root):
-    return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_seed_gives_byte_identical_files(tmp_path):
@@ -39,8 +42,7 @@ def test_default_set_shape_classes_and_patients(tmp_path):
 def test_findings_change_the_lung_not_a_global_threshold(tmp_path):
     """Lesions are local: mean image brightness alone must not separate the classes."""
     manifest = synthesize(tmp_path, 60, 32, seed=5)
-    means = {c: [cv2.imread(str(tmp_path / p), 0).mean() for p in manifest.path[manifest.label == c]]
-             for c in CLASSES}
+    means = {c: [cv2.imread(str(tmp_path / p), 0).mean() for p in manifest.path[manifest.label == c]] for c in CLASSES}
     lo, hi = min(means["normal"]), max(means["normal"])
     assert any(lo <= m <= hi for m in means["nodule"])
     assert any(lo <= m <= hi for m in means["effusion"])
@@ -68,8 +70,11 @@ def test_class_folders_nested_any_suffix_case_and_empty_ones(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / ".hidden").mkdir()
     manifest, empty = discover(tmp_path)
-    assert manifest[["path", "label"]].values.tolist() == [["cat/a.png", "cat"], ["cat/deep/er/b.JPG", "cat"],
-                                                          ["dog/c.dcm", "dog"]]
+    assert manifest[["path", "label"]].values.tolist() == [
+        ["cat/a.png", "cat"],
+        ["cat/deep/er/b.JPG", "cat"],
+        ["dog/c.dcm", "dog"],
+    ]
     assert empty == ["empty"]
     with pytest.raises(DataError, match="data folder not found"):
         discover(tmp_path / "nope")

@@ -22,10 +22,13 @@ def test_figures_and_report(tmp_path, multiclass):
     from pipeline.metrics import bootstrap_ci, per_class_metrics
 
     y, proba = multiclass
-    figures = [plots.roc_pr_curves(y, proba, ["a", "b", "c"], tmp_path / "roc.png"),
-               plots.reliability(y, proba, 10, tmp_path / "rel.png"),
-               plots.training_curves({"loss": [1, 0.5], "val_loss": [1.1, 0.7], "val_roc_auc": [0.6, 0.8]},
-                                     tmp_path / "curves.png")]
+    figures = [
+        plots.roc_pr_curves(y, proba, ["a", "b", "c"], tmp_path / "roc.png"),
+        plots.reliability(y, proba, 10, tmp_path / "rel.png"),
+        plots.training_curves(
+            {"loss": [1, 0.5], "val_loss": [1.1, 0.7], "val_roc_auc": [0.6, 0.8]}, tmp_path / "curves.png"
+        ),
+    ]
     assert all(f.read_bytes()[:4] == b"\x89PNG" for f in figures)
     m = {f"{s}_{k}": v for s in ("val", "test") for k, v in classification_metrics(y, proba).items()}
     m.update({f"test_{k}": v for k, v in per_class_metrics(y, proba.argmax(1), ["a", "b", "c"]).items()})

@@ -22,8 +22,7 @@ BOMB_REASON = "image of 20000x20000 = 400.0 Mpx exceeds the cap of 50.0 Mpx (pre
 @pytest.fixture(scope="module")
 def bombs(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("bombs")
-    return {"png": bomb_png(folder / "bomb.png", 20000),
-            "dicom": bomb_dicom(folder / "bomb.dcm", 16384, 16384)}
+    return {"png": bomb_png(folder / "bomb.png", 20000), "dicom": bomb_dicom(folder / "bomb.dcm", 16384, 16384)}
 
 
 def _dims(path: Path) -> Dimensions | None:
@@ -96,8 +95,9 @@ def test_the_caps_come_from_the_params(tmp_path):
     assert row.error == "image of 50x40 = 2,000 px exceeds the cap of 1,000 px (preprocess.max_pixels)"
     table = scan(tmp_path, ["a.png"], cache=tmp_path / "cache" / "scan.csv", workers=1, project=tmp_path)
     assert table["readable"].all()
-    table = scan(tmp_path, ["a.png"], cache=tmp_path / "cache" / "scan.csv", workers=1, project=tmp_path,
-                 max_pixels=1000)
+    table = scan(
+        tmp_path, ["a.png"], cache=tmp_path / "cache" / "scan.csv", workers=1, project=tmp_path, max_pixels=1000
+    )
     assert not table["readable"].any()  # a changed cap redoes the cached scan
     with pytest.raises(ImageError, match=r"image\[0\]: image of 50x40"):
         model_input((tmp_path / "a.png").read_bytes(), 0, PreprocessParams(size=32, max_pixels=1000))
@@ -130,8 +130,11 @@ def test_file_size_cap_is_checked_before_reading(tmp_path):
     with pytest.raises(ImageError, match="preprocess.max_file_mb"):
         decode_uint8(tmp_path / "a.png", "gray", max_bytes=100)
     with pytest.raises(ImageError, match=r"image\[2\]: file of"):
-        model_input((tmp_path / "a.png").read_bytes(), 2, PreprocessParams(size=32, max_file_mb=1).model_copy(
-            update={"max_file_mb": 0}))
+        model_input(
+            (tmp_path / "a.png").read_bytes(),
+            2,
+            PreprocessParams(size=32, max_file_mb=1).model_copy(update={"max_file_mb": 0}),
+        )
 
 
 def test_normal_images_and_base64_bytes_cells(tmp_path):

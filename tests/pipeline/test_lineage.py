@@ -12,8 +12,11 @@ def test_data_hash_comes_from_data_dvc_when_present(tmp_path):
     assert computed["medpipe.data_source"] == "computed"
     assert computed["medpipe.data_files"] == "1"
     (tmp_path / "data.dvc").write_text("outs:\n- md5: abc.dir\n  nfiles: 7\n  path: data\n")
-    assert data_lineage(tmp_path / "data") == {"medpipe.data_md5": "abc.dir", "medpipe.data_files": "7",
-                                               "medpipe.data_source": "dvc"}
+    assert data_lineage(tmp_path / "data") == {
+        "medpipe.data_md5": "abc.dir",
+        "medpipe.data_files": "7",
+        "medpipe.data_source": "dvc",
+    }
 
 
 def test_content_hash_tracks_bytes_and_names(tmp_path):
@@ -70,8 +73,12 @@ def test_up_to_date_only_for_the_same_data_params_and_committed_code(tmp_path):
     assert up_to_date(params, ws) is None  # no registered model yet
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/m.db", registry_uri=f"sqlite:///{tmp_path}/m.db")
     client.create_registered_model("medpipe-classifier")
-    tags = {**{k: v for k, v in lineage_tags(params, ws).items() if k in LINEAGE_KEYS},
-            "medpipe.weights_sha256": "w", "medpipe.classes": "[]", "medpipe.promotion": "challenger"}
+    tags = {
+        **{k: v for k, v in lineage_tags(params, ws).items() if k in LINEAGE_KEYS},
+        "medpipe.weights_sha256": "w",
+        "medpipe.classes": "[]",
+        "medpipe.promotion": "challenger",
+    }
     client.create_model_version("medpipe-classifier", "file:///nowhere", tags=tags)
     client.create_model_version("medpipe-classifier", "file:///nowhere", tags={**tags, "medpipe.params_md5": "0"})
     assert up_to_date(params, ws) == SameLineage(1, gated=True)

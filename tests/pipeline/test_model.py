@@ -7,14 +7,23 @@ from pipeline.model import APPLICATIONS, Standardize, build_model, load_model
 
 
 def _kinds(model) -> list[tuple[str, int | None]]:
-    return [(type(layer).__name__, getattr(layer, "filters", None) or getattr(layer, "units", None))
-            for layer in model.layers]
+    return [
+        (type(layer).__name__, getattr(layer, "filters", None) or getattr(layer, "units", None))
+        for layer in model.layers
+    ]
 
 
 def test_seed_cnn_is_the_seed_architecture():
     model = build_model(ModelParams(), (28, 28, 1), 3)
-    assert _kinds(model)[2:] == [("Conv2D", 32), ("MaxPooling2D", None), ("Conv2D", 64), ("MaxPooling2D", None),
-                                 ("Flatten", None), ("Dense", 128), ("Dense", 3)]
+    assert _kinds(model)[2:] == [
+        ("Conv2D", 32),
+        ("MaxPooling2D", None),
+        ("Conv2D", 64),
+        ("MaxPooling2D", None),
+        ("Flatten", None),
+        ("Dense", 128),
+        ("Dense", 3),
+    ]
     assert model.layers[1].name == "standardize"  # normalisation travels with the model
     assert model.layers[2].kernel_size == (3, 3)
     assert model.layers[-1].activation.__name__ == "softmax"
@@ -40,11 +49,13 @@ def test_applications_build_without_downloading(name):
 def test_application_loads_a_local_weights_file(tmp_path):
     import keras
 
-    backbone = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(32, 32, 3),
-                                                   include_preprocessing=False)
+    backbone = keras.applications.MobileNetV3Small(
+        include_top=False, weights=None, input_shape=(32, 32, 3), include_preprocessing=False
+    )
     backbone.save_weights(tmp_path / "mobilenet.weights.h5")
-    model = build_model(ModelParams(name="mobilenet_v3_small", weights="mobilenet.weights.h5"), (32, 32, 1), 2,
-                        base=tmp_path)
+    model = build_model(
+        ModelParams(name="mobilenet_v3_small", weights="mobilenet.weights.h5"), (32, 32, 1), 2, base=tmp_path
+    )
     first_conv = next(layer for layer in model.layers if type(layer).__name__ == "Conv2D")
     assert first_conv.kernel.shape[2] == 3  # gray tiled to the three channels the weights expect
     assert np.array_equal(np.asarray(first_conv.kernel), np.asarray(backbone.get_layer(first_conv.name).kernel))

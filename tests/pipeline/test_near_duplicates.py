@@ -50,8 +50,7 @@ def _data(root: Path, splits: bool, plant: bool = True) -> Path:
 
 
 def _params(**near) -> Params:
-    return Params.model_validate({"validate": {"labels": LABELS, "min_per_class": 1,
-                                               "near_duplicates": near}})
+    return Params.model_validate({"validate": {"labels": LABELS, "min_per_class": 1, "near_duplicates": near}})
 
 
 def _validate(tmp_path: Path, root: Path, params: Params):
@@ -126,8 +125,9 @@ def test_drop_action_removes_the_test_copy_and_records_it(tmp_path):
     assert "a/img00.png" in set(splits["path"])
     assert (splits["split"] == "train").sum() == 10  # train intact
     dropped = pd.read_csv(ws.out / "validate" / DROPPED_CSV)
-    assert dropped.to_dict("records") == [{"path": "a/copy.jpg", "label": "a", "split": "test", "kind": "near",
-                                           "kept": "a/img00.png"}]
+    assert dropped.to_dict("records") == [
+        {"path": "a/copy.jpg", "label": "a", "split": "test", "kind": "near", "kept": "a/img00.png"}
+    ]
     saved = json.loads((ws.out / "validate/report.json").read_text())
     assert dropped_count(saved["near_duplicates"]) == dropped_count(report.near_duplicates) == 1
     assert "a/copy.jpg" in (ws.out / "validate/report.md").read_text()
@@ -141,8 +141,9 @@ def test_exact_duplicates_drop_option(tmp_path):
     manifest.to_csv(root / "manifest.csv", index=False)
     off = {"enabled": False}
     assert not _validate(tmp_path, root, _params(**off))[0].success
-    params = Params.model_validate({"validate": {"labels": LABELS, "min_per_class": 1, "exact_duplicates": "drop",
-                                                 "near_duplicates": off}})
+    params = Params.model_validate(
+        {"validate": {"labels": LABELS, "min_per_class": 1, "exact_duplicates": "drop", "near_duplicates": off}}
+    )
     report, ws = _validate(tmp_path, root, params)
     assert report.success
     assert report.near_duplicates["dropped"][0]["kind"] == "exact"
@@ -175,16 +176,21 @@ def test_conflicting_labels_are_a_warning(tmp_path):
     manifest.to_csv(root / "manifest.csv", index=False)
     report, _ = _validate(tmp_path, root, _params())
     assert report.success
-    assert ([c.name for c in report.warnings] == [
-        "one label per near-duplicate group (else probable label errors, warning)"])
+    assert [c.name for c in report.warnings] == [
+        "one label per near-duplicate group (else probable label errors, warning)"
+    ]
 
 
-@pytest.mark.parametrize("near, message", [
-    ({"threshold": 64}, "validate.near_duplicates.threshold"),
-    ({"threshold": -1}, "validate.near_duplicates.threshold"),
-    ({"action": "ignore"}, "validate.near_duplicates.action"),
-    ({"threshold": 20, "clean_threshold": 10}, "clean_threshold \\(10\\) must be at least threshold \\(20\\)"),
-    ({"treshold": 3}, "unknown key 'validate.near_duplicates.treshold'")])
+@pytest.mark.parametrize(
+    "near, message",
+    [
+        ({"threshold": 64}, "validate.near_duplicates.threshold"),
+        ({"threshold": -1}, "validate.near_duplicates.threshold"),
+        ({"action": "ignore"}, "validate.near_duplicates.action"),
+        ({"threshold": 20, "clean_threshold": 10}, "clean_threshold \\(10\\) must be at least threshold \\(20\\)"),
+        ({"treshold": 3}, "unknown key 'validate.near_duplicates.treshold'"),
+    ],
+)
 def test_params_are_validated(near, message):
     with pytest.raises(ConfigError, match=message):
         parse_params({"validate": {"near_duplicates": near}})
@@ -212,16 +218,35 @@ def test_clean_test_subset():
 def test_data_duplicates_command(tmp_path):
     root = _data(tmp_path / "data", splits=True)
     out = tmp_path / "pairs.csv"
-    done = subprocess.run([str(Path(sys.executable).with_name("medpipe")), "data", "duplicates", str(root),
-                           "--out", str(out), "--cache", str(tmp_path / "scan.csv")], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "COLUMNS": "200"}, cwd=tmp_path)
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("medpipe")),
+            "data",
+            "duplicates",
+            str(root),
+            "--out",
+            str(out),
+            "--cache",
+            str(tmp_path / "scan.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert "1 near-duplicate group(s), 1 pair(s)" in done.stdout
     pairs = pd.read_csv(out)
     assert pairs[["path_a", "path_b"]].values.tolist() == [["a/img00.png", "a/copy.jpg"]]
     assert 0 < pairs["distance"][0] <= 30
-    bad = subprocess.run([str(Path(sys.executable).with_name("medpipe")), "data", "duplicates", str(root),
-                          "--threshold", "99"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    bad = subprocess.run(
+        [str(Path(sys.executable).with_name("medpipe")), "data", "duplicates", str(root), "--threshold", "99"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr
 

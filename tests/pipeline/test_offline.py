@@ -8,8 +8,13 @@ import tomllib
 
 from tests.helpers import REPO
 
-TELEMETRY = ("MLFLOW_DISABLE_TELEMETRY", "DVC_NO_ANALYTICS", "GX_ANALYTICS_ENABLED", "PREFECT_SERVER_ANALYTICS_ENABLED",
-             "DO_NOT_TRACK")
+TELEMETRY = (
+    "MLFLOW_DISABLE_TELEMETRY",
+    "DVC_NO_ANALYTICS",
+    "GX_ANALYTICS_ENABLED",
+    "PREFECT_SERVER_ANALYTICS_ENABLED",
+    "DO_NOT_TRACK",
+)
 
 
 def _child(code: str, env: dict) -> str:
@@ -30,9 +35,11 @@ def test_importing_the_library_changes_no_environment():
     from pipeline._env import OFFLINE_DEFAULTS
 
     env = {k: v for k, v in os.environ.items() if k not in OFFLINE_DEFAULTS}
-    code = ("import os; before = dict(os.environ); "
-            "import pipeline, pipeline.steps, pipeline.preprocess, pipeline.autoparams; "
-            "print(*sorted(k for k, v in os.environ.items() if before.get(k) != v))")
+    code = (
+        "import os; before = dict(os.environ); "
+        "import pipeline, pipeline.steps, pipeline.preprocess, pipeline.autoparams; "
+        "print(*sorted(k for k, v in os.environ.items() if before.get(k) != v))"
+    )
     assert _child(code, env).split() == ["LD_LIBRARY_PATH"]  # OpenCV's own loader sets it; medpipe sets nothing
 
 
@@ -44,14 +51,20 @@ def test_project_config_files_switch_analytics_off():
     prefect = tomllib.loads((REPO / "prefect.toml").read_text())
     assert prefect["server"]["analytics_enabled"] is False
     makefile = (REPO / "Makefile").read_text()
-    for line in ("MLFLOW_DISABLE_TELEMETRY := true", "DVC_NO_ANALYTICS := 1", "GX_ANALYTICS_ENABLED := false",
-                 "PREFECT_SERVER_ANALYTICS_ENABLED := false"):
+    for line in (
+        "MLFLOW_DISABLE_TELEMETRY := true",
+        "DVC_NO_ANALYTICS := 1",
+        "GX_ANALYTICS_ENABLED := false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED := false",
+    ):
         assert f"export {line}" in makefile
 
 
 def test_prefect_reads_the_project_setting():
-    code = ("from prefect.settings import get_current_settings as s; "
-            "print(s().server.analytics_enabled, s().server.ephemeral.startup_timeout_seconds)")
+    code = (
+        "from prefect.settings import get_current_settings as s; "
+        "print(s().server.analytics_enabled, s().server.ephemeral.startup_timeout_seconds)"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_SERVER")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO)
     assert out.stdout.split() == ["False", "90"], out.stderr

@@ -95,8 +95,9 @@ def test_unchanged_inputs_come_from_the_cache(tmp_path, tiny_data):
     assert again.cached
     assert again.key == first.key
     assert (first.folder / "meta.json").stat().st_mtime_ns == stamp
-    changed = params.model_copy(update={"preprocess": params.preprocess.model_copy(
-        update={"clahe": ClaheParams(enabled=True)})})
+    changed = params.model_copy(
+        update={"preprocess": params.preprocess.model_copy(update={"clahe": ClaheParams(enabled=True)})}
+    )
     redone = run_step(changed, ws, report)
     assert not redone.cached
     assert redone.key != first.key

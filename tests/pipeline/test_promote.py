@@ -11,9 +11,13 @@ PP = PromoteParams(metric="roc_auc", margin=0.01, guards={"sensitivity": 0.05}, 
 
 def test_first_model_needs_the_floors():
     assert decide({"roc_auc": 0.8, "sensitivity": 0.5}, None, PP) == (
-        True, ["first model: clears the floors (roc_auc 0.800 >= 0.7)"])  # readable, not a dict repr
+        True,
+        ["first model: clears the floors (roc_auc 0.800 >= 0.7)"],
+    )  # readable, not a dict repr
     assert decide({"ece": 0.02}, None, PromoteParams(floors={"ece": 0.05})) == (
-        True, ["first model: clears the floors (ece 0.020 <= 0.05)"])
+        True,
+        ["first model: clears the floors (ece 0.020 <= 0.05)"],
+    )
     unset = decide({"roc_auc": 0.5}, None, PromoteParams(floors={}))
     assert unset[1] == ["first model: no floors set (promote.floors)"]
     ok, reasons = decide({"roc_auc": 0.65, "sensitivity": 0.5}, None, PP)
@@ -45,8 +49,9 @@ def test_lower_is_better_metrics_are_gated_the_right_way_round():
     assert not decide({"log_loss": 1.2, "ece": 0}, None, pp)[0]
 
 
-@pytest.mark.parametrize("key,value", [("promote.metric", "auc"), ("promote.guards", "{sens: 0.1}"),
-                                       ("promote.floors", "{roc: 0.5}")])
+@pytest.mark.parametrize(
+    "key,value", [("promote.metric", "auc"), ("promote.guards", "{sens: 0.1}"), ("promote.floors", "{roc: 0.5}")]
+)
 def test_unknown_gate_metrics_are_refused_before_any_work(tmp_path, key, value):
     (tmp_path / "params.yaml").write_text("{}\n")
     with pytest.raises(ConfigError, match="unknown metric"):

@@ -6,8 +6,12 @@ from pipeline.register import describe
 
 def test_the_description_carries_the_test_metrics_and_the_input_recipe():
     params = Params.model_validate({"preprocess": {"size": 48, "color": "rgb"}})
-    tags = {"medpipe.test_accuracy": "0.9100", "medpipe.test_roc_auc": "0.9700", "medpipe.data_md5": "abc.dir",
-            "medpipe.git_commit": "0123456789abcdef"}
+    tags = {
+        "medpipe.test_accuracy": "0.9100",
+        "medpipe.test_roc_auc": "0.9700",
+        "medpipe.data_md5": "abc.dir",
+        "medpipe.git_commit": "0123456789abcdef",
+    }
     text = describe(params, ["normal", "nodule"], tags)
     assert "classifying normal, nodule" in text
     assert "rgb, 48x48" in text

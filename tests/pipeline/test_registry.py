@@ -47,17 +47,30 @@ def registered(tmp_path_factory):
     mlflow.set_registry_uri(uri)
     experiment = mlflow.create_experiment("e", artifact_location=(root / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
-        info = log_pyfunc(root / "model.keras", ["a", "b"], pp, cv2.imencode(".png", np.zeros((16, 16), np.uint8))[1]
-                          .tobytes(), root, pip_requirements=["mlflow"])
+        info = log_pyfunc(
+            root / "model.keras",
+            ["a", "b"],
+            pp,
+            cv2.imencode(".png", np.zeros((16, 16), np.uint8))[1].tobytes(),
+            root,
+            pip_requirements=["mlflow"],
+        )
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.create_registered_model("m")
-    tags = {"medpipe.classes": json.dumps(["a", "b"]), "medpipe.model_sha256": file_sha256(root / "model.keras",
-                                                                                           root / "serving.json"),
-            "medpipe.task_signature": json.dumps(task_signature(["a", "b"], pp))}
+    tags = {
+        "medpipe.classes": json.dumps(["a", "b"]),
+        "medpipe.model_sha256": file_sha256(root / "model.keras", root / "serving.json"),
+        "medpipe.task_signature": json.dumps(task_signature(["a", "b"], pp)),
+    }
     client.create_model_version("m", source=info.model_uri, run_id=run.info.run_id, tags=tags, model_id=info.model_id)
     client.set_registered_model_alias("m", "champion", "1")
-    return root, uri, Params.model_validate({"register": {"tracking_uri": uri, "model_name": "m"},
-                                             "validate": {"labels": ["a", "b"]}})
+    return (
+        root,
+        uri,
+        Params.model_validate(
+            {"register": {"tracking_uri": uri, "model_name": "m"}, "validate": {"labels": ["a", "b"]}}
+        ),
+    )
 
 
 def test_new_versions_hold_no_pickle_and_load_without_unpickling(registered):

@@ -18,8 +18,18 @@ def repo(tmp_path):
     return base
 
 
-@pytest.mark.parametrize("commit", ["--output={out}", "--remote=file:///nonexistent", "HEAD", "HEAD~0", "{short}",
-                                    "{full}\n--output={out}", "{full}:a.txt"])
+@pytest.mark.parametrize(
+    "commit",
+    [
+        "--output={out}",
+        "--remote=file:///nonexistent",
+        "HEAD",
+        "HEAD~0",
+        "{short}",
+        "{full}\n--output={out}",
+        "{full}:a.txt",
+    ],
+)
 def test_checkout_refuses_anything_but_a_full_commit_id(repo, tmp_path, commit):
     full = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
     out = tmp_path / "x"
@@ -40,6 +50,7 @@ def test_checkout_archives_a_full_commit_id(repo, tmp_path):
 
 
 def test_the_rebuilt_steps_are_the_commits_own_stages_up_to_evaluation(tmp_path):
-    (tmp_path / "dvc.yaml").write_text("stages:\n  validate: {cmd: a}\n  clean: {cmd: b}\n  evaluate: {cmd: c}\n"
-                                       "  register: {cmd: d}\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  validate: {cmd: a}\n  clean: {cmd: b}\n  evaluate: {cmd: c}\n  register: {cmd: d}\n"
+    )
     assert training_steps(tmp_path / "dvc.yaml") == ["validate", "clean", "evaluate"]

@@ -79,6 +79,14 @@ def test_dicom_gets_a_salt_file_and_a_pseudonym(tmp_path):
 def test_label_summary_counts_unreadable_images_and_sizes_per_label():
     from pipeline.scan import label_summary
 
-    table = pd.DataFrame({"label": ["a", "a", "b"], "readable": [True, False, True], "width": [4, 0, 8],
-                          "height": [4, 0, 6], "std": [2.0, 0.0, 4.0], "blur": [3.0, 0.0, 5.0]})
+    table = pd.DataFrame(
+        {
+            "label": ["a", "a", "b"],
+            "readable": [True, False, True],
+            "width": [4, 0, 8],
+            "height": [4, 0, 6],
+            "std": [2.0, 0.0, 4.0],
+            "blur": [3.0, 0.0, 5.0],
+        }
+    )
     assert label_summary(table) == [["a", "2", "1", "4x4", "2.0", "3.0"], ["b", "1", "0", "8x6", "4.0", "5.0"]]

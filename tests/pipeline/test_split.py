@@ -7,8 +7,12 @@ from pipeline.split import leakage_groups, split_patients
 
 
 def test_split_is_patient_grouped_stratified_and_seeded():
-    rows = [(f"{label}{p}_{k}.png", label, f"{label}{p}") for label, n in (("a", 40), ("b", 10), ("c", 3))
-            for p in range(n) for k in range(3)]
+    rows = [
+        (f"{label}{p}_{k}.png", label, f"{label}{p}")
+        for label, n in (("a", 40), ("b", 10), ("c", 3))
+        for p in range(n)
+        for k in range(3)
+    ]
     manifest = pd.DataFrame(rows, columns=["path", "label", "patient_id"])
     split = split_patients(manifest, SplitRatios(), seed=7)
     assert (manifest.assign(split=split).groupby("patient_id")["split"].nunique() == 1).all()
@@ -29,8 +33,12 @@ def test_images_shared_across_patients_are_grouped():
 
 
 def _train(n_per_label: dict[str, int]) -> pd.DataFrame:
-    rows = [(f"{label}{p}_{k}.png", label, f"{label}{p}") for label, n in n_per_label.items()
-            for p in range(n) for k in range(2)]
+    rows = [
+        (f"{label}{p}_{k}.png", label, f"{label}{p}")
+        for label, n in n_per_label.items()
+        for p in range(n)
+        for k in range(2)
+    ]
     return pd.DataFrame(rows, columns=["path", "label", "patient_id"])
 
 

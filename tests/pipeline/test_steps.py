@@ -23,7 +23,8 @@ def test_the_modules_a_review_found_missing_are_code_deps():
     assert "pipeline/split.py" in step("validate").code()
     assert "pipeline/augment.py" in step("train").code()
     assert {"pipeline/metrics.py", "pipeline/plots.py", "pipeline/explain.py", "pipeline/model.py"} <= set(
-        step("evaluate").code())
+        step("evaluate").code()
+    )
     assert {"pipeline/serving.py", "pipeline/served_model.py"} <= set(step("register").code())
 
 
@@ -42,7 +43,7 @@ def test_each_step_receives_the_results_of_the_steps_it_comes_after():
     for s in STEPS:
         params = list(inspect.signature(s.run).parameters)
         assert params[:2] == ["params", "ws"], s.name
-        received = params[2:2 + len(s.after)]
+        received = params[2 : 2 + len(s.after)]
         assert len(received) == len(s.after), s.name
         assert all(names.index(a) < names.index(s.name) for a in s.after), s.name
         for earlier in s.after:  # DVC reruns it when what it receives changes

@@ -17,9 +17,12 @@ TRAIN = {"epochs": 4, "batch_size": 16, "min_epochs": 0, "patience": 10, "schedu
 def _workspace(tmp_path, tiny_data, **sections) -> tuple[Params, Workspace, tuple]:
     """A workspace with validate, preprocess and balance done on the tiny data, and their results
     (train's inputs); MLflow in tmp_path."""
-    raw = {"preprocess": {"size": 24}, "train": TRAIN,
-           "register": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifact_root": str(tmp_path / "art")},
-           **sections}
+    raw = {
+        "preprocess": {"size": 24},
+        "train": TRAIN,
+        "register": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifact_root": str(tmp_path / "art")},
+        **sections,
+    }
     params = Params.model_validate(raw)
     ws = Workspace(base=tmp_path, data_root=tiny_data, out=tmp_path / "out")
     validated = validate.run_step(params, ws)
@@ -40,7 +43,7 @@ def test_each_epoch_is_a_function_of_seed_and_epoch(tmp_path, tiny_data):
     full, steps = train_dataset(shards, plan, 3, tp, ap)
     batches = _batches(full, 3 * steps)
     assert sum(len(x) for x, _ in batches[:steps]) == len(plan[0])
-    first, second = (np.concatenate([y.argmax(1) for _, y in batches[e * steps:(e + 1) * steps]]) for e in (0, 1))
+    first, second = (np.concatenate([y.argmax(1) for _, y in batches[e * steps : (e + 1) * steps]]) for e in (0, 1))
     assert not np.array_equal(first, second)
     assert np.array_equal(np.sort(first), np.sort(second))  # reshuffled
     resumed, _ = train_dataset(shards, plan, 3, tp, ap, start_epoch=1)  # as after a restart at epoch 1

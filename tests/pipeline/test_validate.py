@@ -55,11 +55,18 @@ def _corrupt(data, case):
     return manifest.iloc[0]["path"]
 
 
-@pytest.mark.parametrize("case, check", [
-    ("unknown label", "label known"), ("missing file", "file exists"),
-    ("path escapes root", "path inside the data root"), ("text named png", "image readable"),
-    ("zero-byte file", "image readable"), ("truncated png", "image readable"), ("duplicate path", "path listed once"),
-])
+@pytest.mark.parametrize(
+    "case, check",
+    [
+        ("unknown label", "label known"),
+        ("missing file", "file exists"),
+        ("path escapes root", "path inside the data root"),
+        ("text named png", "image readable"),
+        ("zero-byte file", "image readable"),
+        ("truncated png", "image readable"),
+        ("duplicate path", "path listed once"),
+    ],
+)
 def test_bad_input_is_reported_by_file_and_reason(data, tmp_path, case, check):
     path = _corrupt(data, case)
     report = _run(data, tmp_path)
@@ -100,11 +107,15 @@ def test_blank_image_is_an_error_or_a_warning(data, tmp_path):
 def test_same_image_in_two_splits_and_patient_in_two_splits(data, tmp_path):
     manifest = pd.read_csv(data / "manifest.csv", dtype=str)
     manifest["split"] = "train"
-    manifest.loc[len(manifest) - 10:, "split"] = "test"
-    manifest.loc[len(manifest) - 20:len(manifest) - 11, "split"] = "val"
+    manifest.loc[len(manifest) - 10 :, "split"] = "test"
+    manifest.loc[len(manifest) - 20 : len(manifest) - 11, "split"] = "val"
     leaked = manifest.loc[len(manifest) - 1, "path"]
-    manifest.loc[len(manifest)] = [leaked.replace(".png", "_copy.png"), manifest.loc[len(manifest) - 1, "label"],
-                                   "someone-else", "train"]
+    manifest.loc[len(manifest)] = [
+        leaked.replace(".png", "_copy.png"),
+        manifest.loc[len(manifest) - 1, "label"],
+        "someone-else",
+        "train",
+    ]
     shutil.copy(data / leaked, data / leaked.replace(".png", "_copy.png"))
     manifest.to_csv(data / "manifest.csv", index=False)
     failed = {c.name: c.unexpected for c in _run(data, tmp_path).failed}

@@ -56,8 +56,12 @@ def _port_free(port: int) -> bool:
 
 
 def _parent(linger: float) -> tuple[subprocess.Popen, int, int, int]:
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD, str(linger)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, CHILD, str(linger)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     watcher = int(parent.stdout.readline().split()[1])
     _, child, port = parent.stdout.readline().split()
     time.sleep(1.2)  # the watcher records the child within its 0.5 s interval
