@@ -106,6 +106,7 @@ def validate(
     ] = None,
 ) -> None:
     """Validate a data set with Great Expectations; exit 1 if any error check fails."""
+    from pipeline import steps
     from pipeline import validate as step
     from pipeline.autoparams import labels_from_data, resolve
     from pipeline.config import Workspace, load_params
@@ -116,7 +117,7 @@ def validate(
     p, notes = resolve(p, ws.data_root, labels_from_data(True, overrides))
     for note in notes:
         console.print(note, markup=False, soft_wrap=True)
-    report = step.run_step(p, ws, report_dir or ws.out / "reports" / ws.data_root.name)
+    report = steps.step("validate").run(p, ws, report_dir or ws.out / "reports" / ws.data_root.name)
     for check in report.warnings:
         err_console.print(f"warning: {check.name}: {'; '.join(check.unexpected[:3])}", markup=False, soft_wrap=True)
     if not report.success:

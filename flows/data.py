@@ -10,10 +10,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect_dask import DaskTaskRunner
 
-from pipeline import preprocess, validate
 from pipeline.config import DaskParams, Params, Workspace
 from pipeline.errors import ConfigError
 from pipeline.preprocess import PreprocessResult
+from pipeline.steps import step
 from pipeline.validate import ValidationReport
 
 ADDRESS_ENV = "MEDPIPE_DASK_ADDRESS"
@@ -112,11 +112,11 @@ def data_flow(params: Params, ws: Workspace) -> tuple[ValidationReport, Preproce
     Returns:
         The validation report, and the preprocess result (None when validation failed).
     """
-    report = validate.run_step(params, ws, mapper=on_task_runner)
+    report = step("validate").run(params, ws, mapper=on_task_runner)
     if not report.success:
         return report, None
     one_thread = params.model_copy(update={"preprocess": params.preprocess.model_copy(update={"workers": 1})})
-    return report, preprocess.run_step(one_thread, ws, report, mapper=on_task_runner)
+    return report, step("preprocess").run(one_thread, ws, report, mapper=on_task_runner)
 
 
 def run_on_dask(params: Params, ws: Workspace) -> tuple[ValidationReport, PreprocessResult | None] | None:

@@ -27,7 +27,7 @@ def _step(name: str):
 def _validate(params: Params, ws: Workspace):
     """Validate and publish the report; invalid data fail the task (a red task in the Prefect UI, with the
     one-line reason and no traceback: the task returns a Failed state rather than raising)."""
-    report = validate.run_step(params, ws)
+    report = step("validate").run(params, ws)
     _publish_validation(report, ws)
     return report if report.success else Failed(message=str(validate.failure(report, ws.data_root)))
 

@@ -3,7 +3,7 @@
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -257,6 +257,77 @@ class Params(Section):
         """
         text = json.dumps(self.model_dump(mode="json", by_alias=True, exclude={"dask"}), sort_keys=True)
         return hashlib.md5(text.encode()).hexdigest()
+
+
+class UndeclaredParams(LookupError):
+    """A step read a params key that its declaration (pipeline/steps.py) does not list: its DVC stage
+    would not rerun when that key changes."""
+
+
+class _SectionView:
+    """One params section as a step sees it: its declared fields; any other field raises UndeclaredParams.
+    Properties are evaluated against the view (so the fields they read are checked too); methods (e.g.
+    model_dump) are the section's own."""
+
+    def __init__(self, section: Section, fields: frozenset[str], where: str) -> None:
+        self._section, self._fields, self._where = section, fields, where
+
+    def __getattr__(self, name: str) -> Any:
+        section = self.__dict__["_section"]
+        if name in type(section).model_fields:
+            if name not in self._fields:
+                raise UndeclaredParams(f"{self._where}.{name}")
+            return getattr(section, name)
+        attribute = getattr(type(section), name, None)
+        if isinstance(attribute, property) and attribute.fget is not None:
+            return attribute.fget(self)
+        return getattr(section, name)
+
+
+class _ParamsView:
+    """The params as one step sees them (see `step_params`)."""
+
+    def __init__(self, params: Params, keys: tuple[str, ...], step: str) -> None:
+        sections: dict[str, set[str] | None] = {}
+        for key in keys:
+            name, _, field = key.partition(".")
+            fields = sections.setdefault(name, set())
+            if not field:
+                sections[name] = None  # the whole section
+            elif fields is not None:
+                fields.add(field.split(".")[0])
+        self._params, self._sections, self._step = params, sections, step
+
+    def __getattr__(self, name: str) -> Any:
+        params = self.__dict__["_params"]
+        info = type(params).model_fields.get(name)
+        if info is None:
+            return getattr(params, name)  # md5(), model_dump(): the run's lineage (hashed and logged whole)
+        key = info.alias or name
+        if key not in self._sections:
+            raise UndeclaredParams(f"step {self._step!r} reads params {key!r}, which it does not declare")
+        fields, section = self._sections[key], getattr(params, name)
+        if fields is None:
+            return section
+        return _SectionView(section, frozenset(fields), f"step {self._step!r} reads params {key}")
+
+
+def step_params(params: Params, keys: tuple[str, ...], step: str) -> Params:
+    """The params one step receives: the sections and keys it declares (`Step.params`), as in its DVC stage.
+
+    Reading any other section or key raises UndeclaredParams, so a declaration, and the DVC `params` made
+    from it, cannot miss what the step reads. `md5()` and `model_dump()` stay those of the whole params: a
+    training run logs and hashes them all as its lineage, and reads only its own.
+
+    Args:
+        params: The run's params.
+        keys: Sections (`train`) and dotted keys (`preprocess.normalize`) the step reads.
+        step: The step's name (for the error).
+
+    Returns:
+        A read-only view typed as Params.
+    """
+    return cast(Params, _ParamsView(params, keys, step))
 
 
 def _error_key(err: ValidationError) -> str:

@@ -7,12 +7,15 @@ to any module a step runs makes `dvc repro` rerun it.
 """
 
 import ast
+import functools
 import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pipeline.config import Params, step_params
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +38,7 @@ class Step:
         note: A one-line comment for dvc.yaml.
         files: Library files it runs without importing them (the models-from-code file it logs).
         after: The earlier steps whose typed results `run_step` receives, in its argument order.
+        runtime: Keys it reads that change none of its outputs (threads, chunk sizes): not DVC params.
     """
 
     name: str
@@ -47,11 +51,20 @@ class Step:
     note: str = ""
     files: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
+    runtime: tuple[str, ...] = ()
 
     @property
     def run(self) -> Callable[..., Any]:
-        """The step's `run_step(params, workspace, *results)` (its module is imported on first use)."""
-        return importlib.import_module(f"{PACKAGE}.{self.module}").run_step
+        """The step's `run_step(params, workspace, *results)` (its module is imported on first use), given
+        only the params it declares (`config.step_params`: reading any other key raises UndeclaredParams)."""
+        run_step = importlib.import_module(f"{PACKAGE}.{self.module}").run_step
+
+        @functools.wraps(run_step)
+        def run_declared(params: Params, ws: Any, *results: Any, **options: Any) -> Any:
+            declared = step_params(params, (*self.params, *self.runtime), self.name)
+            return run_step(declared, ws, *results, **options)
+
+        return run_declared
 
     def load(self, ws: Any) -> Any:
         """The result this step wrote in a workspace, read back (its module's `load_result`).
@@ -90,15 +103,26 @@ class Step:
         return sorted({*code_deps(f"{PACKAGE}.{self.module}"), *code_deps(f"{PACKAGE}.autoparams"), *self.files})
 
 
+PIXELS = tuple(f"preprocess.{key}" for key in ("size", "color", "fit", "clahe", "denoise"))  # promote.PIXEL_FIELDS
+TRACKING = ("register.tracking_uri", "register.artifact_root", "register.experiment")  # where MLflow runs go
+
 STEPS: tuple[Step, ...] = (
     Step(
         "validate",
         "validate",
-        ("validate", "preprocess.split", "preprocess.seed", "preprocess.max_pixels", "preprocess.max_file_mb"),
+        (
+            "validate",
+            "preprocess.split",
+            "preprocess.seed",
+            "preprocess.max_pixels",
+            "preprocess.max_file_mb",
+            "preprocess.color",
+        ),
         ("data",),
         ("outputs/validate",),
         cached=False,
         note="GX checks; also decides the leakage-proof split (outputs/validate/splits.csv)",
+        runtime=("dask.chunk_size",),
     ),
     Step(
         "preprocess",
@@ -110,17 +134,20 @@ STEPS: tuple[Step, ...] = (
             "preprocess.clahe",
             "preprocess.denoise",
             "preprocess.shard_size",
+            "preprocess.max_pixels",
+            "preprocess.max_file_mb",
             "validate.labels",
         ),
         ("data", "outputs/validate"),
         ("outputs/preprocess",),
         after=("validate",),
+        runtime=("preprocess.workers",),
     ),
     Step("balance", "balance", ("balance",), ("outputs/preprocess",), ("outputs/balance",), after=("preprocess",)),
     Step(
         "train",
         "train",
-        ("model", "train", "balance.augment", "preprocess.normalize"),
+        ("model", "train", "balance.augment", "preprocess.normalize", *TRACKING),
         ("outputs/balance", "outputs/preprocess", "outputs/validate"),
         ("outputs/train",),
         note="`medpipe stage train --resume` continues an interrupted run",
@@ -129,7 +156,7 @@ STEPS: tuple[Step, ...] = (
     Step(
         "evaluate",
         "evaluate",
-        ("evaluate", "validate.near_duplicates"),
+        ("evaluate", "validate.near_duplicates", *TRACKING),
         ("outputs/preprocess", "outputs/train", "outputs/validate"),
         ("outputs/evaluate",),
         cached=False,
@@ -139,7 +166,7 @@ STEPS: tuple[Step, ...] = (
     Step(
         "register",
         "register",
-        ("register",),
+        ("register", "preprocess", "model.name"),  # the served model carries its preprocessing
         ("outputs/preprocess", "outputs/train", "outputs/metrics.json"),
         ("outputs/register",),
         cached=False,
@@ -149,8 +176,8 @@ STEPS: tuple[Step, ...] = (
     Step(
         "promote",
         "promote",
-        ("promote",),
-        ("outputs/register",),
+        ("promote", *TRACKING, "register.model_name", *PIXELS),
+        ("outputs/register", "outputs/preprocess", "outputs/validate"),  # the gate scores on the current test split
         ("outputs/promote",),
         cached=False,
         note="@champion only if it beats the current one (params promote)",

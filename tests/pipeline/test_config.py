@@ -98,3 +98,34 @@ def test_labels_accept_a_comma_list_on_the_command_line(tmp_path):
         "benign",
         "malignant",
     ]
+
+
+def test_a_step_reads_only_the_params_it_declares():
+    from pipeline.config import UndeclaredParams, step_params
+
+    params = Params()
+    seen = step_params(params, ("train", "preprocess.normalize", "validate.labels"), "train")
+    assert seen.train == params.train
+    assert seen.preprocess.normalize == params.preprocess.normalize
+    with pytest.raises(UndeclaredParams, match="step 'train' reads params 'promote'"):
+        _ = seen.promote
+    with pytest.raises(UndeclaredParams, match=r"reads params preprocess\.size"):
+        _ = seen.preprocess.size
+
+
+def test_a_section_property_is_checked_against_the_fields_it_reads():
+    from pipeline.config import UndeclaredParams, step_params
+
+    params = parse_params({"validate": {"labels": ["a", "b"]}})
+    assert step_params(params, ("validate.labels",), "preprocess").validate_.classes == ["a", "b"]
+    with pytest.raises(UndeclaredParams, match=r"validate\.labels"):
+        _ = step_params(params, ("validate.near_duplicates",), "evaluate").validate_.classes
+
+
+def test_the_view_keeps_the_whole_params_as_lineage():
+    from pipeline.config import step_params
+
+    params = parse_params({"promote": {"margin": 0.5}})
+    seen = step_params(params, ("train",), "train")
+    assert seen.md5() == params.md5()  # hashed and logged whole by the training run
+    assert seen.model_dump(by_alias=True) == params.model_dump(by_alias=True)

@@ -1,8 +1,9 @@
 """The one declaration of the steps: dvc.yaml is generated from it and names every module a stage runs."""
 
+import pytest
 import yaml
 
-from pipeline.steps import ROOT, STEPS, code_deps, dvc_yaml, step
+from pipeline.steps import ROOT, STEPS, Step, code_deps, dvc_yaml, step
 
 
 def test_dvc_yaml_is_the_generated_one():
@@ -89,3 +90,25 @@ def test_a_step_run_alone_before_its_inputs_exist_says_which_to_run(tmp_path, ti
     ws = Workspace(base=tmp_path, data_root=tiny_data, out=tmp_path / "outputs")
     with pytest.raises(MedpipeError, match="run `medpipe stage validate` first"):
         step("preprocess").stage(Params(), ws)
+
+
+def test_a_step_is_run_with_only_its_declared_params(monkeypatch):
+    import sys
+    import types
+
+    from pipeline.config import Params, UndeclaredParams
+
+    probe = types.ModuleType("pipeline.probe_step")  # a step module of the test's own
+    probe.run_step = lambda params, ws: params.balance.strategy
+    monkeypatch.setitem(sys.modules, "pipeline.probe_step", probe)
+    declared = Step("probe", "probe_step", ("balance",), (), ())
+    assert declared.run(Params(), None) == Params().balance.strategy
+    probe.run_step = lambda params, ws: params.train.epochs
+    with pytest.raises(UndeclaredParams, match="step 'probe' reads params 'train'"):
+        declared.run(Params(), None)
+
+
+def test_promote_declares_the_pixel_params_its_gate_compares():
+    from pipeline.promote import PIXEL_FIELDS
+
+    assert {f"preprocess.{key}" for key in PIXEL_FIELDS} <= set(step("promote").params)
