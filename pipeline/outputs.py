@@ -29,6 +29,7 @@ def replace_dir(final: Path) -> Iterator[Path]:
     Yields:
         The temporary folder.
     """
+    recover(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -47,14 +48,35 @@ def swap_in(tmp: Path, final: Path) -> None:
         tmp: A complete folder on the same file system.
         final: Where it goes.
     """
+    from pipeline import faults
+
     old = final.with_name(f".{final.name}.old-{os.getpid()}")
     if final.exists():
         os.rename(final, old)
+    faults.point("outputs.swap")  # between the two renames: `recover` puts the old folder back
     os.rename(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
     for stale in final.parent.glob(f".{final.name}.*"):  # leftovers of killed runs
         if not _alive(stale.name.rpartition("-")[2]):
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def recover(final: Path) -> bool:
+    """Put back the folder a writer killed between swap_in's two renames had moved aside.
+
+    Args:
+        final: An output folder.
+
+    Returns:
+        Whether a folder was put back (`final` was missing and a dead writer's old one was there).
+    """
+    if final.exists():
+        return False
+    moved = [p for p in final.parent.glob(f".{final.name}.old-*") if not _alive(p.name.rpartition("-")[2])]
+    if not moved:
+        return False
+    os.rename(max(moved, key=lambda p: p.stat().st_mtime), final)
+    return True
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -71,6 +93,9 @@ def write_text(path: Path, text: str) -> Path:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # of writers killed before their rename
+        if not _alive(stale.name.rpartition("-")[2]):
+            stale.unlink(missing_ok=True)
     return path
 
 
@@ -88,6 +113,7 @@ def read_result(path: Path, step: str, build: Callable[[dict], T]) -> T:
     Raises:
         MedpipeError: The file is missing or not what the step writes: one line naming the stage to run.
     """
+    recover(path.parent)
     try:
         return build(json.loads(path.read_text()))
     except (OSError, ValueError, TypeError, KeyError):
@@ -95,10 +121,13 @@ def read_result(path: Path, step: str, build: Callable[[dict], T]) -> T:
 
 
 def _alive(pid: str) -> bool:
+    """Whether the writer whose pid ends a leftover's name still runs (this process counts as gone)."""
+    if not pid.isdigit() or int(pid) <= 0 or int(pid) == os.getpid():
+        return False  # pid 0 would signal our own process group
     try:
         os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True
-    return int(pid) != os.getpid() or False
+    return True

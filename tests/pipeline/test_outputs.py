@@ -124,3 +124,47 @@ def test_read_result_of_a_missing_or_foreign_file_names_the_stage_to_run(tmp_pat
 def test_read_result_builds_the_result_from_the_json(tmp_path):
     path = write_text(tmp_path / "run.json", '{"run_id": "abc"}')
     assert read_result(path, "train", lambda raw: raw["run_id"]) == "abc"
+
+
+SWAPPING = """
+import sys
+from pathlib import Path
+from pipeline.outputs import replace_dir
+with replace_dir(Path(sys.argv[1])) as tmp:
+    (tmp / "new.txt").write_text("new")
+"""
+
+
+def test_a_kill_9_between_the_two_renames_gives_the_old_folder_back(final):
+    marker = final.parent / "at-swap"
+    env = {**ENV, "MEDPIPE_FAULT_POINT": "outputs.swap", "MEDPIPE_FAULT_MARKER": str(marker)}
+    writer = subprocess.Popen([sys.executable, "-c", SWAPPING, str(final)], env=env)
+    deadline = time.monotonic() + 30
+    while not marker.exists():
+        assert writer.poll() is None
+        assert time.monotonic() < deadline, "the writer never reached the swap"
+        time.sleep(0.05)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(timeout=10)
+    assert not final.exists()  # killed with the old folder moved aside and the new one not yet in place
+    with pytest.raises(MedpipeError):
+        read_result(final / "result.json", "evaluate", dict)  # a reader first puts the old folder back
+    assert _tree(final) == {"old.txt": "old"}
+
+
+def test_a_killed_writers_temporary_file_goes_with_the_next_write(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = tmp_path / f".run.json.tmp-{dead.stdout.strip()}"
+    leftover.write_text("half")
+    write_text(tmp_path / "run.json", "{}")
+    assert not leftover.exists()
+    assert (tmp_path / "run.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("pid", ["0", "99999999999999999999", "abc"])
+def test_a_leftover_named_by_no_live_process_is_cleared(final, pid):
+    stale = final.parent / f".out.tmp-{pid}"
+    stale.mkdir()
+    with replace_dir(final) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert not stale.exists()
