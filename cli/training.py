@@ -94,6 +94,8 @@ def _print_summary(summary) -> None:
         table.add_row(f"test {key}", f"{value:.3f}")
     console.print(table)
     console.print(f"Model: models:/{summary.model_name}/{summary.version}")
+    if summary.card:
+        console.print(f"Model card: {summary.card}", soft_wrap=True)
     console.print(f"Browse: {summary.ui_hint()}", soft_wrap=True)
 
 

@@ -56,6 +56,7 @@ balance_task = _step("balance")
 train_task = _step("train")
 evaluate_task = _step("evaluate")
 register_task = _step("register")
+card_task = _step("card")
 record_dvc_task = task(lineage.record_dvc_outputs, name="record-dvc-outputs", cache_policy=NO_CACHE)  # type: ignore[call-overload]
 up_to_date_task = task(lineage.up_to_date, name="up-to-date", cache_policy=NO_CACHE)  # type: ignore[call-overload]
 
@@ -163,8 +164,9 @@ def _train_and_promote(
     )
     registered = register_task(params, ws, prepared, trained)
     decision = promotion_flow(params, ws, registered.version)
+    carded = card_task(params, ws, report, evaluated, registered, decision)
     print(record_dvc_task(params, ws, Path(params_file), overrides))
-    summary = TrainingSummary.collect(params, ws, prepared, balanced, trained, evaluated, registered, decision)
+    summary = TrainingSummary.collect(params, ws, prepared, balanced, trained, evaluated, registered, decision, carded)
     create_markdown_artifact(
         summary.markdown(),
         key="medpipe-training-summary",

@@ -182,6 +182,21 @@ class EvaluateParams(Section):
     seed: int = 42
     target_sensitivity: float | None = Field(None, gt=0, le=1)  # binary threshold; None: Youden's J
     cam_per_class: int = Field(2, ge=0)  # Grad-CAM overlays per class, correct and wrong
+    subgroups: list[str] = []  # manifest.csv columns (e.g. sex, site) scored separately on the test split
+
+
+class CardParams(Section):
+    """The words of the model card (pipeline/card.py) that only its authors can write; they change no model."""
+
+    intended_use: str = (
+        "Research and development of image classifiers on the data set named below; assisting, never replacing, "
+        "a qualified reader."
+    )
+    out_of_scope: str = (
+        "Diagnosis or triage of patients without a clinician's review; images of another modality, body part, "
+        "scanner or population than the training data; any use before validation on the intended site's data."
+    )
+    limitations: str = ""  # known limitations, in the authors' words (the card adds the ones it measures)
 
 
 class RegisterParams(Section):
@@ -244,18 +259,19 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
     promote: PromoteParams = PromoteParams()
+    card: CardParams = CardParams()
     dask: DaskParams = DaskParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     def md5(self) -> str:
         """Stable hash of the effective parameters (lineage tag `medpipe.params_md5`); where the data
-        steps ran (`dask`) changes no output, so it is left out.
+        steps ran (`dask`) and the model card's words (`card`) change no model, so they are left out.
 
         Returns:
-            The hex md5 of the params as sorted JSON (by alias), without `dask`.
+            The hex md5 of the params as sorted JSON (by alias), without `dask` and `card`.
         """
-        text = json.dumps(self.model_dump(mode="json", by_alias=True, exclude={"dask"}), sort_keys=True)
+        text = json.dumps(self.model_dump(mode="json", by_alias=True, exclude={"dask", "card"}), sort_keys=True)
         return hashlib.md5(text.encode()).hexdigest()
 
 

@@ -234,6 +234,50 @@ def read_manifest(root: Path) -> pd.DataFrame:
     return df[[*MANIFEST_COLUMNS, "split"]]
 
 
+SUBGROUP_PREFIX = "subgroup_"  # a manifest column named by evaluate.subgroups, as the split table carries it
+MAX_SUBGROUPS = 20  # distinct values a subgroup column may have (bin a number first, e.g. age -> age_band)
+
+
+def with_subgroups(manifest: pd.DataFrame, root: Path, names: list[str]) -> pd.DataFrame:
+    """The manifest with each manifest.csv column named by `evaluate.subgroups` as `subgroup_<name>`.
+
+    Args:
+        manifest: The discovered manifest (from read_manifest: same rows, same order).
+        root: The data root.
+        names: The columns (e.g. `sex`, `site`); empty values become `unknown`.
+
+    Returns:
+        The manifest, with one more column per name.
+
+    Raises:
+        DataError: The data have no manifest.csv, it lacks a named column, or a column has too many values.
+    """
+    if not names:
+        return manifest
+    path = root / MANIFEST
+    if not path.is_file():
+        raise DataError(
+            root,
+            f"evaluate.subgroups names {', '.join(names)}, but class folders carry no columns: "
+            "a manifest.csv can (path,label,...,<column>)",
+        )
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [n for n in names if n not in raw.columns]
+    if missing:
+        raise DataError(
+            path, f"no column {', '.join(missing)} (named by evaluate.subgroups); it has {', '.join(raw.columns)}"
+        )
+    for name in names:
+        levels = raw[name].nunique()
+        if levels > MAX_SUBGROUPS:
+            raise DataError(
+                path,
+                f"column {name} has {levels} distinct values; a subgroup column may have at "
+                f"most {MAX_SUBGROUPS} (bin it first, e.g. age -> age_band)",
+            )
+    return manifest.assign(**{SUBGROUP_PREFIX + n: raw[n].replace("", "unknown").to_numpy() for n in names})
+
+
 class Discovery(NamedTuple):
     """A data set's manifest (path, label, patient_id, split) and its class folders without images."""
 

@@ -1,14 +1,21 @@
 """Evaluation: headline and per-class metrics, a confusion-matrix plot, metrics.json for DVC."""
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline.config import Params, Workspace
-from pipeline.metrics import bootstrap_ci, classification_metrics, per_class_metrics, threshold_metrics
+from pipeline.data import SUBGROUP_PREFIX
+from pipeline.metrics import (
+    bootstrap_ci,
+    classification_metrics,
+    per_class_metrics,
+    subgroup_metrics,
+    threshold_metrics,
+)
 from pipeline.outputs import replace_dir, write_text
 from pipeline.preprocess import PreprocessResult
 from pipeline.shards import Shards
@@ -24,6 +31,12 @@ class EvaluateResult:
     metrics_file: Path
     plots: list[Path]
     report_md: Path
+    subgroups: list[dict] = field(default_factory=list)  # metrics.subgroup_metrics rows (evaluate.subgroups)
+
+    @property
+    def report_html(self) -> Path:
+        """The report as one self-contained HTML page (figures embedded)."""
+        return self.report_md.with_suffix(".html")
 
 
 def clean_test_mask(splits: pd.DataFrame, threshold: int) -> np.ndarray:
@@ -113,12 +126,16 @@ def run_step(
     splits = validated.split_table()
     clean = clean_test_mask(splits, params.validate_.near_duplicates.clean)
     metrics.update(clean_metrics(y, p, clean, evaluation.ece_bins))
+    test = splits[splits["split"] == "test"]
+    groups = subgroup_metrics(y, p, {c: test[SUBGROUP_PREFIX + c].to_numpy() for c in evaluation.subgroups})
     out = ws.out / "evaluate"
     with replace_dir(out) as tmp:  # nothing of an earlier run (e.g. its Grad-CAMs) survives
         history = json.loads((trained.folder(ws.base) / "history.json").read_text())
         made = _figures(model, data, p, classes, evaluation, tmp, history, test_names(splits))
-        write_report(metrics, classes, made, tmp)
+        write_report(metrics, classes, made, tmp, groups)
         plots_made = [out / f.relative_to(tmp) for f in made]
+        result = EvaluateResult(metrics, ws.out / "metrics.json", plots_made, out / "report.md", groups)
+        (tmp / RESULT).write_text(json.dumps(_portable(result, ws.base), indent=2) + "\n")
     write_text(ws.out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     setup_tracking(params.register_, ws.base)
     with mlflow.start_run(run_id=trained.run_id):
@@ -126,7 +143,48 @@ def run_step(
         mlflow.set_tags(owner_tags())
         mlflow.log_metrics(metrics, step=trained.epochs_run)
         mlflow.log_artifacts(str(out), "evaluation")
-    return EvaluateResult(metrics, ws.out / "metrics.json", plots_made, out / "report.md")
+    return result
+
+
+RESULT = "result.json"  # what load_result reads back (paths relative to the project)
+
+
+def _portable(result: EvaluateResult, base: Path) -> dict:
+    raw = asdict(result)
+    raw.update(
+        metrics_file=str(result.metrics_file.relative_to(base)),
+        report_md=str(result.report_md.relative_to(base)),
+        plots=[str(p.relative_to(base)) for p in result.plots],
+    )
+    raw.pop("metrics")  # outputs/metrics.json holds them
+    return raw
+
+
+def load_result(ws: Workspace) -> EvaluateResult:
+    """Read back what the evaluate step wrote (for a step run on its own, e.g. by DVC).
+
+    Args:
+        ws: The workspace (reads outputs/evaluate/result.json and outputs/metrics.json).
+
+    Returns:
+        The EvaluateResult run_step returned.
+
+    Raises:
+        MedpipeError: The model has not been evaluated in this workspace.
+    """
+    from pipeline.outputs import read_result
+
+    def build(raw: dict) -> EvaluateResult:
+        metrics = json.loads((ws.base / raw["metrics_file"]).read_text())
+        return EvaluateResult(
+            metrics,
+            ws.base / raw["metrics_file"],
+            [ws.base / p for p in raw["plots"]],
+            ws.base / raw["report_md"],
+            raw["subgroups"],
+        )
+
+    return read_result(ws.out / "evaluate" / RESULT, "evaluate", build)
 
 
 def _figures(
@@ -211,18 +269,52 @@ def explain_examples(
     return paths
 
 
-def write_report(metrics: dict[str, float], classes: list[str], figures: list[Path], out: Path) -> Path:
-    """report.md: headline metrics with 95% intervals, per-class table, and the figures.
+def subgroup_table(rows: list[dict]) -> list[str]:
+    """Markdown lines: the subgroup metrics (metrics.subgroup_metrics rows), n first; none: no lines.
+
+    Args:
+        rows: The subgroup rows.
+
+    Returns:
+        A heading and a table, or nothing.
+    """
+    if not rows:
+        return []
+    keys = ("accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity")
+    lines = [
+        "## Subgroups (test)",
+        "",
+        "| column | group | n | " + " | ".join(keys) + " |",
+        "|---" * (3 + len(keys)) + "|",
+    ]
+    lines += [
+        f"| {r['column']} | {r['group']} | {r['n']} | " + " | ".join(_num(r[k]) for k in keys) + " |" for r in rows
+    ]
+    return [*lines, ""]
+
+
+def _num(value: float) -> str:
+    return "n/a" if value != value else f"{value:.3f}"  # NaN: the group lacks a class the metric needs
+
+
+def write_report(
+    metrics: dict[str, float], classes: list[str], figures: list[Path], out: Path, subgroups: list[dict] | None = None
+) -> Path:
+    """report.md and report.html (self-contained): headline metrics with 95% intervals, per-class table,
+    subgroups, and the figures.
 
     Args:
         metrics: The evaluation metrics.
         classes: The class names.
         figures: The figures to embed (paths under `out`).
-        out: The folder report.md is written to.
+        out: The folder the reports are written to.
+        subgroups: metrics.subgroup_metrics rows, if any.
 
     Returns:
         The report.md path.
     """
+    from pipeline.htmldoc import markdown_html
+
     m = metrics
     lines = ["# Evaluation", "", "| metric | validation | test |", "|---|---|---|"]
     lines += [
@@ -286,7 +378,10 @@ def write_report(metrics: dict[str, float], classes: list[str], figures: list[Pa
         f"{int(m[f'test_support_{c}'])} |"
         for c in classes
     ]
-    lines += [""] + [f"![{f.stem}]({f.relative_to(out).as_posix()})" for f in figures]
+    lines += ["", *subgroup_table(subgroups or [])]
+    lines += [f"![{f.stem}]({f.relative_to(out).as_posix()})" for f in figures]
     path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    path.with_suffix(".html").write_text(markdown_html(text, out, "Evaluation"))
     return path

@@ -127,6 +127,47 @@ def per_class_metrics(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> di
     }
 
 
+def subgroup_metrics(y: np.ndarray, proba: np.ndarray, groups: dict[str, np.ndarray]) -> list[dict]:
+    """Test metrics of each subgroup (e.g. each value of a manifest's `sex` column).
+
+    Args:
+        y: Integer labels.
+        proba: (N, classes) probabilities.
+        groups: Column name → the group of each image (N strings).
+
+    Returns:
+        One row per column and group: column, group, n, accuracy, balanced_accuracy, roc_auc (NaN with one
+        class present), sensitivity and specificity.
+    """
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    rows = []
+    for column, values in groups.items():
+        for group in sorted(set(values.tolist())):
+            i = values == group
+            pred = proba[i].argmax(axis=1)
+            with warnings.catch_warnings():  # a group may lack a class: NaN where a metric needs it
+                warnings.simplefilter("ignore", UserWarning)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                sens, spec = _one_vs_rest(y[i], pred, proba.shape[1])
+                balanced = float(balanced_accuracy_score(y[i], pred))
+            rows.append(
+                {
+                    "column": column,
+                    "group": group,
+                    "n": int(i.sum()),
+                    "accuracy": float(np.mean(pred == y[i])),
+                    "balanced_accuracy": balanced,
+                    "roc_auc": macro_roc_auc(y[i], proba[i]),
+                    "sensitivity": sens,
+                    "specificity": spec,
+                }
+            )
+    return rows
+
+
 def bootstrap_ci(y: np.ndarray, proba: np.ndarray, n: int, seed: int) -> dict[str, float]:
     """95% percentile bootstrap intervals of ROC-AUC and balanced accuracy (resampling images, seeded).
 

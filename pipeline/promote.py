@@ -376,6 +376,23 @@ def run_step(params: Params, ws: Workspace, registered: RegisterResult) -> Decis
     return decision
 
 
+def load_result(ws: Workspace) -> Decision:
+    """Read back the decision the promote step wrote (for a step run on its own, e.g. by DVC).
+
+    Args:
+        ws: The workspace (reads outputs/promote/decision.json).
+
+    Returns:
+        The Decision run_step returned.
+
+    Raises:
+        MedpipeError: No version has been gated from this workspace.
+    """
+    from pipeline.outputs import read_result
+
+    return read_result(ws.out / "promote" / "decision.json", "promote", lambda raw: Decision(**raw))
+
+
 def write_decision(decision: Decision, ws: Workspace) -> None:
     """outputs/promote/decision.json: the decision, its reasons and both sides' metrics.
 

@@ -117,6 +117,7 @@ STEPS: tuple[Step, ...] = (
             "preprocess.max_pixels",
             "preprocess.max_file_mb",
             "preprocess.color",
+            "evaluate.subgroups",
         ),
         ("data",),
         ("outputs/validate",),
@@ -182,6 +183,16 @@ STEPS: tuple[Step, ...] = (
         cached=False,
         note="@champion only if it beats the current one (params promote)",
         after=("register",),
+    ),
+    Step(
+        "card",
+        "card",
+        ("card", *TRACKING, "register.model_name", "model.name", "preprocess.size"),
+        ("outputs/validate", "outputs/evaluate", "outputs/metrics.json", "outputs/register", "outputs/promote"),
+        ("outputs/card",),
+        cached=False,
+        note="the version's model card (Markdown + self-contained HTML), logged with its run",
+        after=("validate", "evaluate", "register", "promote"),
     ),
 )
 

@@ -45,10 +45,11 @@ class TrainingSummary:
     test_metrics: dict[str, float]
     data_md5: str
     promotion: str = ""
+    card: str = ""  # the version's model card (HTML), relative to the project
 
     @classmethod
     def collect(
-        cls, params: Params, ws: Workspace, prepared, balanced, trained, evaluated, registered, decision
+        cls, params: Params, ws: Workspace, prepared, balanced, trained, evaluated, registered, decision, card=None
     ) -> "TrainingSummary":
         """Gather the step results into one summary.
 
@@ -61,6 +62,7 @@ class TrainingSummary:
             evaluated: The evaluate step's result (test metrics).
             registered: The register step's result (model name, version).
             decision: The promotion gate's decision (alias, reasons).
+            card: The card step's result (where the model card is), if one was made.
 
         Returns:
             The summary.
@@ -77,6 +79,7 @@ class TrainingSummary:
             test,
             trained.data_md5,
             f"@{decision.alias}: " + "; ".join(decision.reasons),
+            str(card.html.relative_to(ws.base)) if card is not None else "",
         )
 
     def markdown(self) -> str:
@@ -90,7 +93,8 @@ class TrainingSummary:
             f"# {self.model_name} version {self.version}\n\nMLflow run `{self.run_id}`, data md5 "
             f"`{self.data_md5}`, {self.epochs_run} epochs, images {counts_text(self.split_sizes)}, "
             f"train classes {counts_text(self.class_counts)}.\n\n{self.promotion}\n\n"
-            f"| metric | value |\n|---|---|\n{rows}\n"
+            + (f"Model card: `{self.card}` (also in the MLflow run, under `model_card/`).\n\n" if self.card else "")
+            + f"| metric | value |\n|---|---|\n{rows}\n"
         )
 
     def ui_hint(self) -> str:

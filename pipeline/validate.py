@@ -16,7 +16,7 @@ import pandas as pd
 
 from pipeline import faults
 from pipeline.config import Params, PreprocessParams, ValidateParams, Workspace
-from pipeline.data import discover
+from pipeline.data import SUBGROUP_PREFIX, discover, with_subgroups
 from pipeline.errors import DataError
 from pipeline.imageio import CHROMA_MIN
 from pipeline.limits import MB
@@ -550,6 +550,7 @@ def validate_data(
         DataError: The data set cannot be read (from discover).
     """
     manifest, empty_folders = discover(root)
+    manifest = with_subgroups(manifest, root, params.evaluate.subgroups)
     validation = params.validate_
     images = image_table(
         manifest,
@@ -778,6 +779,7 @@ def run_step(params: Params, ws: Workspace, out: Path | None = None, mapper: Map
         faults.point("validate.scan")
         if images is not None:
             columns = ["path", "label", "patient_id", "split", "sha256", "fingerprint"]
+            columns += [c for c in images.columns if c.startswith(SUBGROUP_PREFIX)]
             images[columns].to_csv(tmp / "splits.csv", index=False, lineterminator="\n")
             if report.near_duplicates.get("n_dropped"):
                 pd.DataFrame(report.near_duplicates["dropped"], columns=DROPPED_COLUMNS).to_csv(

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -289,3 +290,46 @@ def bomb_dicom(path: Path, rows: int, columns: int, pixel_bytes: int | None = No
     pixel_header = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, n)
     path.write_bytes(b"\0" * 128 + b"DICM" + head.getvalue() + deflated_zeros(n, body.getvalue() + pixel_header))
     return path
+
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+NO_CHROMIUM = "no Chromium on this machine (Debian: apt-get install chromium)"
+
+
+def chromium_images(page: Path, screenshot: Path | None = None) -> tuple[int, int]:
+    """Open a self-contained HTML page in a real headless Chromium, offline, and count its images.
+
+    A copy of the page gets a script that, once the page has loaded, writes how many images it has and
+    how many did not load; the copy's Content-Security-Policy is the page's own, plus inline scripts.
+
+    Args:
+        page: The HTML file.
+        screenshot: Where to write a PNG of the page as rendered (None: no screenshot).
+
+    Returns:
+        The number of images, and how many of them failed to load.
+    """
+    import re
+    import tempfile
+
+    text = page.read_text()
+    assert "Content-Security-Policy" in text, "the page declares no Content-Security-Policy"
+    probe = text.replace("default-src 'none';", "default-src 'none'; script-src 'unsafe-inline';", 1).replace(
+        "</body>",
+        "<script>addEventListener('load',()=>{const i=[...document.images];document.body.dataset.images=i.length;"
+        "document.body.dataset.broken=i.filter(x=>!x.complete||x.naturalWidth===0).length;});</script></body>",
+    )
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--virtual-time-budget=10000"]  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / "probe.html"
+        copy.write_text(probe)
+        done = subprocess.run([CHROMIUM, *flags, f"--user-data-dir={folder}/profile", "--dump-dom", copy.as_uri()],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        if screenshot is not None:
+            subprocess.run([CHROMIUM, *flags, f"--user-data-dir={folder}/profile", "--hide-scrollbars",
+                            "--window-size=1100,2400", f"--screenshot={screenshot}", page.resolve().as_uri()],
+                           capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    found = re.search(r'<body[^>]*data-images="(\d+)"[^>]*data-broken="(\d+)"', done.stdout)
+    assert found, f"the page did not finish loading: {done.stderr[-2000:]}"
+    return int(found.group(1)), int(found.group(2))

@@ -16,9 +16,12 @@ def _external(address) -> bool:
         return True  # a host name other than localhost
 
 
-@pytest.fixture(autouse=True)
-def offline_guard(monkeypatch):
-    """Record (and refuse) every connection or DNS lookup to a non-loopback host during the test."""
+def guard_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Refuse every connection or DNS lookup to a non-loopback host while `monkeypatch` is active.
+
+    Returns:
+        The attempts refused (filled in as they happen).
+    """
     attempts: list[str] = []
     connect, lookup = socket.socket.connect, socket.getaddrinfo
 
@@ -36,5 +39,13 @@ def offline_guard(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
     monkeypatch.setattr(socket, "getaddrinfo", guarded_lookup)
+    return attempts
+
+
+@pytest.fixture(autouse=True)
+def offline_guard(monkeypatch):
+    """Record (and refuse) every connection or DNS lookup to a non-loopback host during the test (module
+    fixtures that run flows guard themselves with guard_network)."""
+    attempts = guard_network(monkeypatch)
     yield attempts
     assert attempts == [], f"network access attempted: {attempts}"

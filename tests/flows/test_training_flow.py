@@ -2,13 +2,17 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import pytest
+
+from tests.helpers import CHROMIUM, NO_CHROMIUM, chromium_images, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -26,50 +30,112 @@ def trained_model(project):
     return load_model(project / "outputs/train/model.keras")
 
 
-def test_flow_trains_registers_and_is_deterministic(prefect_harness, project):
-    import mlflow
+class Twice(NamedTuple):
+    """A tiny project trained twice on the same data and params, with a `sex` column named as a subgroup."""
 
+    project: Path
+    first: Any
+    second: Any
+    metrics: dict  # outputs/metrics.json after the first run
+
+
+@pytest.fixture(scope="module")
+def twice(prefect_harness, tmp_path_factory, tiny_data) -> Twice:
     from flows.training import training_flow
-    from pipeline.lineage import content_hash
-    from pipeline.shards import load_split
+    from tests.flows.conftest import guard_network
 
-    first = training_flow(params_file=str(project / "params.yaml"))
-    metrics = json.loads((project / "outputs/metrics.json").read_text())
-    second = training_flow(params_file=str(project / "params.yaml"))
-    assert (first.version, second.version) == (1, 2)
-    # same data + params on CPU -> same metrics and weights
-    assert json.loads((project / "outputs/metrics.json").read_text()) == metrics
+    project = tmp_path_factory.mktemp("twice")
+    shutil.copytree(tiny_data, project / "data")
+    manifest = pd.read_csv(project / "data/manifest.csv", dtype=str)
+    manifest["sex"] = ["F" if int(pid[1:]) % 2 else "M" for pid in manifest["patient_id"]]  # P0001, ...
+    manifest.to_csv(project / "data/manifest.csv", index=False)
+    write_params(project, evaluate={"subgroups": ["sex"]})
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        attempts = guard_network(monkeypatch)
+        first = training_flow(params_file=str(project / "params.yaml"))
+        metrics = json.loads((project / "outputs/metrics.json").read_text())
+        second = training_flow(params_file=str(project / "params.yaml"))
+    assert attempts == []
+    return Twice(project, first, second, metrics)
 
-    client = _client(project)
+
+def test_same_data_and_params_give_the_same_metrics_and_weights(twice):
+    assert (twice.first.version, twice.second.version) == (1, 2)
+    assert json.loads((twice.project / "outputs/metrics.json").read_text()) == twice.metrics
+    client = _client(twice.project)
     v1, v2 = (client.get_model_version("medpipe-classifier", v) for v in ("1", "2"))
     assert v1.tags["medpipe.weights_sha256"] == v2.tags["medpipe.weights_sha256"]
-    assert v1.tags["medpipe.data_md5"] == content_hash(project / "data")[0]
+
+
+def test_each_version_carries_its_lineage(twice):
+    from pipeline.lineage import content_hash
+
+    v1 = _client(twice.project).get_model_version("medpipe-classifier", "1")
+    assert v1.tags["medpipe.data_md5"] == content_hash(twice.project / "data")[0]
     assert v1.tags["medpipe.validation"] == "passed"
     assert v1.tags["medpipe.git_commit"] == "unknown"
     assert len(v1.tags["medpipe.params_md5"]) == 32
 
-    run = client.get_run(first.run_id)
-    (data_input,) = run.inputs.dataset_inputs  # the data version, with its split counts
+
+def test_the_run_records_its_data_version_as_a_dataset_input(twice):
+    client = _client(twice.project)
+    v1 = client.get_model_version("medpipe-classifier", "1")
+    (data_input,) = client.get_run(twice.first.run_id).inputs.dataset_inputs  # the data version, split counts
     assert data_input.dataset.name == "data"
     assert data_input.dataset.digest == v1.tags["medpipe.data_md5"][:8]
     tags = {t.key: t.value for t in data_input.tags}
     assert tags["mlflow.data.context"] == "training"
     assert tags["data_md5"] == v1.tags["medpipe.data_md5"]
-    n_images = len(pd.read_csv(project / "data/manifest.csv"))
+    n_images = len(pd.read_csv(twice.project / "data/manifest.csv"))
     assert sum(int(tags[f"{s}_images"]) for s in ("train", "val", "test")) == n_images
+
+
+def test_the_run_holds_the_metrics_curves_and_figures(twice):
+    client, metrics = _client(twice.project), twice.metrics
+    run = client.get_run(twice.first.run_id)
     for key in ("test_accuracy", "test_balanced_accuracy", "test_roc_auc", "val_roc_auc", "test_recall_nodule"):
         assert run.data.metrics[key] == pytest.approx(metrics[key])
     # two epochs of curve, then the final value (restored best weights) as the latest step
-    assert [m.step for m in client.get_metric_history(first.run_id, "val_roc_auc")] == [0, 1, 2]
-    artifacts = {a.path for a in client.list_artifacts(first.run_id, "evaluation")}
+    assert [m.step for m in client.get_metric_history(twice.first.run_id, "val_roc_auc")] == [0, 1, 2]
+    artifacts = {a.path for a in client.list_artifacts(twice.first.run_id, "evaluation")}
     for name in ("confusion_matrix.png", "roc_pr.png", "reliability.png", "training_curves.png", "report.md"):
         assert f"evaluation/{name}" in artifacts
-    overlays = [a.path for a in client.list_artifacts(first.run_id, "evaluation/gradcam")]
+    assert "evaluation/report.html" in artifacts
+    overlays = [a.path for a in client.list_artifacts(twice.first.run_id, "evaluation/gradcam")]
     assert overlays
     assert all(p.endswith(".png") for p in overlays)
     assert metrics["test_roc_auc_ci_low"] <= metrics["test_roc_auc"] <= metrics["test_roc_auc_ci_high"]
-    assert run.data.tags["medpipe.data_md5"] == v1.tags["medpipe.data_md5"]
 
+
+def test_each_version_has_a_model_card_with_its_subgroups(twice):
+    from pipeline.card import TAG
+
+    client = _client(twice.project)
+    card = (twice.project / "outputs/card/model_card.md").read_text()
+    assert card.startswith("# Model card: medpipe-classifier version 2")
+    test = pd.read_csv(twice.project / "outputs/validate/splits.csv").query("split == 'test'")
+    for sex, n in test["subgroup_sex"].value_counts().items():
+        assert f"| sex | {sex} | {n} |" in card
+    assert list(pd.read_csv(twice.project / "outputs/validate/splits.csv").columns)[-1] == "subgroup_sex"
+    for version in ("1", "2"):
+        mv = client.get_model_version("medpipe-classifier", version)
+        assert mv.tags[TAG] == "model_card/model_card.html"
+        logged = {a.path for a in client.list_artifacts(mv.run_id, "model_card")}
+        assert {"model_card/model_card.html", "model_card/model_card.md"} <= logged
+    page = (twice.project / "outputs/card/model_card.html").read_text()
+    assert page.count("<img ") == page.count('<img src="data:image/png;base64,')  # every figure embedded
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
+def test_the_report_and_the_card_render_with_every_image_in_chromium(twice):
+    for page in ("outputs/card/model_card.html", "outputs/evaluate/report.html"):
+        images, broken = chromium_images(twice.project / page)
+        assert images >= 4, page
+        assert broken == 0, page
+
+
+def test_explain_and_label_suggest_use_the_registered_versions(twice):
+    project = twice.project
     done = subprocess.run(
         [
             str(Path(sys.executable).with_name("medpipe")),
@@ -115,6 +181,13 @@ def test_flow_trains_registers_and_is_deterministic(prefect_harness, project):
     assert queue["entropy"].is_monotonic_decreasing
     assert Path(queue["gradcam"][0]).is_file()
 
+
+def test_the_registered_model_takes_raw_images_and_predicts_as_evaluation_did(twice):
+    import mlflow
+
+    from pipeline.shards import load_split
+
+    project = twice.project
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow/mlflow.db")
     model = mlflow.pyfunc.load_model("models:/medpipe-classifier/1")  # raw images in, labels out
     assert model.metadata.signature.inputs.input_names() == ["image"]

@@ -141,3 +141,43 @@ def test_import_npz_writes_only_inside_out(tmp_path):
     manifest = import_npz(_two_class_npz(tmp_path / "m.npz"), out, labels=["neg", "pos"]).manifest
     assert all((out / rel).resolve().is_relative_to(out.resolve()) for rel in manifest["path"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "out"]
+
+
+def _manifest(root, rows: str):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "manifest.csv").write_text("path,label,sex,site\n" + rows)
+    return read_manifest(root)
+
+
+def test_subgroup_columns_come_along_row_by_row(tmp_path):
+    from pipeline.data import with_subgroups
+
+    manifest = _manifest(tmp_path, "a.png,x,F,north\nb.png,y,,south\n")
+    carried = with_subgroups(manifest, tmp_path, ["sex"])
+    assert carried["subgroup_sex"].tolist() == ["F", "unknown"]  # an empty value is a group of its own
+    assert "subgroup_site" not in carried
+
+
+def test_a_subgroup_column_the_manifest_lacks_is_one_line_naming_it(tmp_path):
+    from pipeline.data import with_subgroups
+
+    manifest = _manifest(tmp_path, "a.png,x,F,north\n")
+    with pytest.raises(DataError, match=r"manifest.csv: no column age \(named by evaluate.subgroups\)"):
+        with_subgroups(manifest, tmp_path, ["sex", "age"])
+
+
+def test_class_folders_cannot_carry_subgroups(tmp_path):
+    from pipeline.data import with_subgroups
+
+    (tmp_path / "x").mkdir()
+    cv2.imwrite(str(tmp_path / "x" / "a.png"), np.zeros((8, 8), np.uint8))
+    with pytest.raises(DataError, match="class folders carry no columns"):
+        with_subgroups(discover(tmp_path).manifest, tmp_path, ["sex"])
+
+
+def test_a_subgroup_column_of_too_many_values_asks_for_bins(tmp_path):
+    from pipeline.data import MAX_SUBGROUPS, with_subgroups
+
+    rows = "".join(f"{i}.png,x,F,{i}\n" for i in range(MAX_SUBGROUPS + 1))
+    with pytest.raises(DataError, match=r"column site has 21 distinct values.*age -> age_band"):
+        with_subgroups(_manifest(tmp_path, rows), tmp_path, ["site"])

@@ -58,3 +58,17 @@ def test_operating_threshold_youden_and_target_sensitivity():
     m = threshold_metrics(y, np.stack([1 - p1, p1], 1), y, np.stack([1 - p1, p1], 1), 1.0)
     assert m["sensitivity_at_threshold"] == 1.0
     assert m["specificity_at_threshold"] == 0.75
+
+
+def test_subgroup_metrics_score_each_group_alone():
+    from pipeline.metrics import subgroup_metrics
+
+    y = np.array([0, 1, 0, 1, 0, 0])
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3], [0.8, 0.2], [0.4, 0.6]])
+    rows = subgroup_metrics(y, proba, {"sex": np.array(["F", "F", "F", "F", "M", "M"])})
+    by_group = {r["group"]: r for r in rows}
+    assert [r["n"] for r in rows] == [4, 2]
+    assert by_group["F"]["accuracy"] == pytest.approx(0.75)
+    assert by_group["F"]["roc_auc"] == pytest.approx(skm.roc_auc_score(y[:4], proba[:4, 1]))
+    assert np.isnan(by_group["M"]["roc_auc"])  # one class only: no ROC-AUC, and no warning either
+    assert by_group["M"]["specificity"] == pytest.approx(0.5)
