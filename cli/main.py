@@ -46,8 +46,22 @@ def _main(
             "--version", callback=_version, is_eager=True, metavar="", help="Print medpipe's version and exit."
         ),
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "-v",
+            "--verbose",
+            metavar="",
+            help="Also show what medpipe hides by default: TensorFlow's C++ log, MLflow's progress bars, Dask's "
+            "cluster messages.",
+        ),
+    ] = False,
 ) -> None:
     """medpipe: reproducible training of CNN classifiers for medical images."""
+    if verbose:
+        from pipeline._env import configure_verbose
+
+        configure_verbose()
 
 
 command: Callable[..., None]  # the loops below register commands of different signatures

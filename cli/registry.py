@@ -57,6 +57,7 @@ def reproduce(
     from pipeline.config import Workspace, load_params
     from pipeline.reproduce import reproduce as rebuild
 
+    show_library_log()  # one line per rebuilt step: a rebuild takes minutes
     p = load_params(params)
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect_dask import DaskTaskRunner
 
+from pipeline._env import verbose
 from pipeline.config import DaskParams, Params, Workspace
 from pipeline.errors import ConfigError
 from pipeline.preprocess import PreprocessResult
@@ -71,7 +72,8 @@ def dask_runner(dp: DaskParams) -> DaskTaskRunner | None:
     # Without PREFECT_API_URL every worker would start a temporary Prefect server of its own.
     with get_client(sync_client=True) as client:
         env = {"PREFECT_API_URL": str(client.api_url).rstrip("/")}
-    logging.getLogger("distributed").setLevel(logging.WARNING)  # Dask's start/stop chatter, not the tasks' logs
+    if not verbose():
+        logging.getLogger("distributed").setLevel(logging.WARNING)  # Dask's start/stop chatter, not the tasks' logs
     return DaskTaskRunner(
         cluster_kwargs={
             "n_workers": dp.workers,

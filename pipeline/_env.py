@@ -56,6 +56,23 @@ def restore_user_uris(saved: dict[str, str | None]) -> None:
             os.environ[key] = value
 
 
+VERBOSE_ENV = "MEDPIPE_VERBOSE"
+# What `medpipe -v` shows again: TensorFlow's C++ log and MLflow's artifact progress bars (and, read from
+# VERBOSE_ENV, Dask's cluster chatter). Telemetry stays off.
+VERBOSE_VALUES: dict[str, str] = {"TF_CPP_MIN_LOG_LEVEL": "0", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "true",
+                                  VERBOSE_ENV: "1"}  # fmt: skip
+
+
+def configure_verbose() -> None:
+    """Show the third-party messages medpipe hides by default, in this process and the ones it starts."""
+    os.environ.update(VERBOSE_VALUES)
+
+
+def verbose() -> bool:
+    """Whether `medpipe -v` asked for third-party messages (see configure_verbose)."""
+    return os.environ.get(VERBOSE_ENV) == "1"
+
+
 def configure_offline() -> None:
     """Set medpipe's offline defaults, leaving any value the user set alone."""
     for key, value in OFFLINE_DEFAULTS.items():

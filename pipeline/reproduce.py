@@ -8,12 +8,14 @@ and metrics are compared with the original's.
 """
 
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, cast
@@ -24,6 +26,9 @@ from pipeline.config import Params, Workspace
 from pipeline.errors import MedpipeError
 
 COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a full SHA-1 or SHA-256 object name, nothing else
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -188,8 +193,11 @@ def rebuild(into: Path, logged: dict, base: Path) -> Rebuilt:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PYTHONPATH"] = str(into)
     command = [sys.executable, "-m", "cli" if (into / "cli" / "__main__.py").is_file() else "pipeline.cli"]
-    for step in training_steps(into / "dvc.yaml"):
+    steps = training_steps(into / "dvc.yaml")
+    for i, step in enumerate(steps, 1):
+        started = time.monotonic()
         _run([*command, "stage", step, "--params", "params.yaml"], into, env, f"rebuild step {step}")
+        log.info("rebuilt step %d/%d: %s (%.0f s)", i, len(steps), step, time.monotonic() - started)
     trained = json.loads((into / "outputs" / "train" / "run.json").read_text())
     return Rebuilt(trained["weights_sha256"], json.loads((into / "outputs" / "metrics.json").read_text()))
 
@@ -240,6 +248,8 @@ def reproduce(params: Params, ws: Workspace, version: int, keep: Path | None = N
         MedpipeError: the version cannot be rebuilt (see original, checkout, rebuild).
     """
     tags, metrics, logged = original(params, ws, version)
+    log.info("rebuilding version %s from commit %s and data %s", version, tags.get("medpipe.git_commit", "?")[:12],
+             tags.get("medpipe.data_md5", "?")[:8])  # fmt: skip
     folder = Path(tempfile.mkdtemp(prefix=f"medpipe-reproduce-v{version}-")) if keep is None else keep
     try:
         notes = checkout(

@@ -102,13 +102,15 @@ def test_reproduce_rebuilds_a_version_from_its_lineage(retrained):
     out, err = rebuilt.communicate(timeout=900)
     assert rebuilt.returncode == 0, out + err
     assert "weights identical, all metrics identical" in out
+    assert "rebuilt step 1/5: validate" in out  # progress while it takes minutes
+    assert "rebuilt step 5/5: evaluate" in out
 
 
 def test_dvc_repro_runs_the_same_steps_as_stages(retrained):
     project, client = retrained.project, _client(retrained.project)
     before = len(client.search_model_versions("name='medpipe-classifier'"))
     out = sh(project, str(BIN / "dvc"), "repro", "--force")
-    for stage in ("validate", "preprocess", "balance", "train", "evaluate", "register", "promote"):
+    for stage in ("validate", "preprocess", "balance", "train", "evaluate", "register", "promote", "card"):
         assert f"Running stage '{stage}'" in out
     made = client.get_model_version("medpipe-classifier", str(before + 1)).tags
     assert made["medpipe.data_md5"] == retrained.versions[1].tags["medpipe.data_md5"]

@@ -177,3 +177,20 @@ def test_own_class_folders_bring_their_classes_and_a_wrong_pin_stops_before_any_
     _one_error_line(done, 2, "validate.labels:", "holds benign, malignant", "--set validate.labels=benign,malignant")
     assert not (project / "outputs").exists()
     assert not (project / "mlflow" / "mlflow.db").exists()
+
+
+def test_verbose_shows_what_medpipe_hides_by_default(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from pipeline._env import OFFLINE_DEFAULTS, VERBOSE_VALUES
+
+    for key in VERBOSE_VALUES:  # restored after the test
+        monkeypatch.setenv(key, OFFLINE_DEFAULTS.get(key, ""))
+    args = ["data", "synth", "--out", str(tmp_path / "d"), "--patients", "3", "--size", "16"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"  # TensorFlow's C++ log hidden by default
+    assert CliRunner().invoke(app, ["-v", *args[:3], str(tmp_path / "e"), *args[4:]]).exit_code == 0
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"  # ... and shown with -v, also to the processes it starts
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "true"
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"  # telemetry stays off
