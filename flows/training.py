@@ -9,7 +9,7 @@ from prefect.states import Failed
 
 from flows.data import run_on_dask
 from flows.promotion import promotion_flow
-from pipeline import autoparams, lineage, preprocess, promote, registry, train, validate
+from pipeline import autoparams, card, lineage, preprocess, promote, registry, train, validate
 from pipeline.config import Params, Workspace, load_params
 from pipeline.errors import DataError, MedpipeError
 from pipeline.lock import project_lock
@@ -127,6 +127,9 @@ def _finish(params: Params, ws: Workspace, match) -> UpToDate:
         _data_steps(params, ws)  # the current test split (cached when unchanged)
         decision = promotion_flow(params, ws, match.version)
         finished = f"the gate it had missed made it @{decision.alias}"
+    missing = card.missing_inputs(params, ws, match.version)
+    if missing is not None:  # a crash came between its gate and its card
+        card_task(params, ws, *missing)
     done = UpToDate(params.register_.model_name, match.version, finished)
     create_markdown_artifact(done.message(), key="medpipe-training-summary", description="nothing to retrain")
     print(done.message())

@@ -226,6 +226,43 @@ def _copy_figures(evaluated: EvaluateResult, folder: Path, classes: list[str]) -
     return out
 
 
+def missing_inputs(params: Params, ws: Workspace, version: int) -> tuple | None:
+    """What the card step needs for `version`, when a crash left that version without its card and this
+    workspace still holds its outputs (the run that gates or finds it up to date then writes the card).
+
+    Args:
+        params: The run's params (where MLflow is, the model's name).
+        ws: The workspace.
+        version: The registered version.
+
+    Returns:
+        (validated, evaluated, registered, decision) for `run_step`, or None: the version has its card, or
+        the workspace's outputs are another version's.
+    """
+    import mlflow
+
+    from pipeline import evaluate, promote, register, validate
+    from pipeline.errors import MedpipeError
+    from pipeline.registry import setup_tracking
+
+    setup_tracking(params.register_, ws.base)
+    client = mlflow.MlflowClient()
+    made = client.get_model_version(params.register_.model_name, str(version))
+    if TAG in made.tags:
+        return None
+    try:
+        registered, decision = register.load_result(ws), promote.load_result(ws)
+        validated, evaluated = validate.load_result(ws), evaluate.load_result(ws)
+    except MedpipeError:
+        return None
+    if not (registered.version == decision.version == version and registered.run_id == made.run_id):
+        return None
+    logged = client.get_run(registered.run_id).data.metrics  # the evaluation in outputs/ is this run's
+    if any(logged.get(k) != evaluated.metrics.get(k) for k in ("test_accuracy", "test_roc_auc")):
+        return None
+    return validated, evaluated, registered, decision
+
+
 def run_step(
     params: Params,
     ws: Workspace,

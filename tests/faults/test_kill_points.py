@@ -270,6 +270,7 @@ def test_promote_and_stage_wait_for_the_run_gate_and_end_consistent(chain):
     assert "@challenger" in _output(run)  # a tie does not promote
     assert _aliases(chain) == {"champion": 2, "previous": 1}  # the forced promotion came after, whole
     assert _client(chain).get_model_version(NAME, "2").tags["medpipe.promotion"] == "promoted (forced)"
+    assert "medpipe.model_card" in _client(chain).get_model_version(NAME, "2").tags  # the run that gated it made it
     _invariants(chain, killed=False)
 
 

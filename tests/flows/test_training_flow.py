@@ -126,6 +126,26 @@ def test_each_version_has_a_model_card_with_its_subgroups(twice):
     assert page.count("<img ") == page.count('<img src="data:image/png;base64,')  # every figure embedded
 
 
+def test_a_version_left_without_its_card_gets_it_from_the_outputs_that_are_its_own(twice):
+    from pipeline.card import TAG, missing_inputs
+    from pipeline.config import Workspace, load_params
+
+    params = load_params(twice.project / "params.yaml")
+    ws, client = Workspace.create(params, twice.project / "params.yaml"), _client(twice.project)
+    assert missing_inputs(params, ws, 2) is None  # it has its card
+    client.delete_model_version_tag("medpipe-classifier", "2", TAG)  # as a crash after the gate leaves it
+    try:
+        validated, evaluated, registered, decision = missing_inputs(params, ws, 2)
+        assert registered.version == 2
+        assert decision.version == 2
+        assert evaluated.metrics == twice.metrics
+        client.delete_model_version_tag("medpipe-classifier", "1", TAG)
+        assert missing_inputs(params, ws, 1) is None  # outputs/ hold version 2's results, not 1's
+    finally:
+        for version in ("1", "2"):
+            client.set_model_version_tag("medpipe-classifier", version, TAG, "model_card/model_card.html")
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 def test_the_report_and_the_card_render_with_every_image_in_chromium(twice):
     for page in ("outputs/card/model_card.html", "outputs/evaluate/report.html"):
