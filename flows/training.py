@@ -163,7 +163,7 @@ def _train_and_promote(
     create_markdown_artifact(
         evaluation_markdown(evaluated.report_md, trained.run_id, registry.tracking_uri(params.register_, ws.base)),
         key="medpipe-evaluation",
-        description="test and validation metrics with 95% intervals (figures in MLflow)",
+        description="test and validation metrics with 95% intervals, and the summary figures",
     )
     registered = register_task(params, ws, prepared, trained)
     decision = promotion_flow(params, ws, registered.version)

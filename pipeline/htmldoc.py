@@ -21,7 +21,7 @@ _CSS = (
 _SRC = re.compile(r'<img src="([^"]*)"')
 
 
-def _data_uri(folder: Path, src: str) -> str | None:
+def data_uri(folder: Path, src: str) -> str | None:
     """A PNG or JPEG under `folder` named by a relative link, as a data: URI (None: not one)."""
     path = (folder / html.unescape(src)).resolve()
     kind = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}.get(path.suffix.lower())
@@ -46,7 +46,7 @@ def markdown_html(markdown: str, folder: Path, title: str) -> str:
     from markdown_it import MarkdownIt
 
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
-    body = _SRC.sub(lambda m: f'<img src="{_data_uri(folder, m.group(1)) or m.group(1)}"', body)
+    body = _SRC.sub(lambda m: f'<img src="{data_uri(folder, m.group(1)) or m.group(1)}"', body)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'

@@ -120,25 +120,40 @@ def ui_hint(uri: str) -> str:
     return f"open {uri}"
 
 
+EMBEDDED = ("roc_pr", "confusion_matrix", "reliability", "training_curves")  # in the Prefect artifact (~150 KB)
+
+
 def evaluation_markdown(report_md: Path, run_id: str, uri: str) -> str:
-    """The evaluation report for the Prefect UI: its tables, and where its figures are (the Markdown
-    report's relative image links would not load there).
+    """The evaluation report for the Prefect UI: its tables, the summary figures embedded as data: URIs
+    (the Markdown report's relative links would not load there; Prefect's UI renders embedded images),
+    and where the Grad-CAM overlays are.
 
     Args:
         report_md: The evaluate step's report.md.
-        run_id: The MLflow run holding the figures (artifacts `evaluation/`).
+        run_id: The MLflow run holding all figures (artifacts `evaluation/`).
         uri: The tracking URI.
 
     Returns:
-        report.md without its image lines, ending with the MLflow run and how to open it.
+        report.md with the EMBEDDED figures inline and the others left out, ending with the MLflow run and
+        how to open it.
     """
-    lines = report_md.read_text().splitlines()
-    figures = [line for line in lines if line.startswith("![")]
-    kept = [line for line in lines if not line.startswith("![")]
+    import re
+
+    from pipeline.htmldoc import data_uri
+
+    kept: list[str] = []
+    left = 0
+    for line in report_md.read_text().splitlines():
+        found = re.fullmatch(r"!\[([^\]]*)\]\(([^)]*)\)", line)
+        if found is None:
+            kept.append(line)
+            continue
+        embedded = data_uri(report_md.parent, found.group(2)) if found.group(1) in EMBEDDED else None
+        if embedded:
+            kept.append(f"![{found.group(1)}]({embedded})")
+        else:
+            left += 1
     while kept and not kept[-1].strip():
         kept.pop()
-    where = (
-        f"{len(figures)} figures (confusion matrix, ROC/PR, reliability, training curves, Grad-CAM overlays) "
-        f"are in MLflow run `{run_id}`, artifacts `evaluation/`: {ui_hint(uri)}"
-    )
-    return "\n".join([*kept, "", where]) + "\n"
+    where = f"{left} more figure(s) (Grad-CAM overlays), and all figures as files, are in MLflow run `{run_id}`, "
+    return "\n".join([*kept, "", where + f"artifacts `evaluation/`: {ui_hint(uri)}"]) + "\n"

@@ -4,19 +4,25 @@ from pipeline.summary import evaluation_markdown, ui_hint
 from pipeline.validate import counts_text
 
 
-def test_the_prefect_evaluation_artifact_has_no_broken_images_and_says_where_the_figures_are(tmp_path):
+def test_the_prefect_evaluation_artifact_embeds_its_figures_and_says_where_the_others_are(tmp_path):
+    import cv2
+    import numpy as np
+
+    for name in ("confusion_matrix.png", "roc_pr.png", "gradcam/a_correct_x.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / name), np.full((8, 8), 128, np.uint8))
     report = tmp_path / "report.md"
     report.write_text(
         "# Evaluation\n\n| metric | test |\n|---|---|\n| accuracy | 0.9 |\n\n"
-        "![confusion_matrix](confusion_matrix.png)\n![roc_pr](roc_pr.png)\n"
+        "![confusion_matrix](confusion_matrix.png)\n![roc_pr](roc_pr.png)\n![a_correct_x](gradcam/a_correct_x.png)\n"
     )
     text = evaluation_markdown(report, "abc123", "sqlite:////p/mlflow/mlflow.db")
-    assert "![" not in text
     assert "| accuracy | 0.9 |" in text
+    assert text.count("](data:image/png;base64,") == 2  # Prefect's UI renders them; relative links would break
+    assert ".png)" not in text
     assert text.rstrip().endswith(
-        "2 figures (confusion matrix, ROC/PR, reliability, training curves, Grad-CAM "
-        "overlays) are in MLflow run `abc123`, artifacts `evaluation/`: mlflow ui "
-        "--backend-store-uri sqlite:////p/mlflow/mlflow.db   (or: make mlflow-ui)"
+        "1 more figure(s) (Grad-CAM overlays), and all figures as files, are in MLflow run `abc123`, artifacts "
+        "`evaluation/`: mlflow ui --backend-store-uri sqlite:////p/mlflow/mlflow.db   (or: make mlflow-ui)"
     )
 
 
