@@ -15,6 +15,13 @@ console = Console(markup=False)  # user paths and labels may contain [brackets]
 err_console = Console(stderr=True, markup=False)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Parameter file.")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Registered model: models:/NAME/VERSION, models:/NAME@ALIAS or models:/NAME/latest (default: "
+        "register.model_name@champion)."
+    ),
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option(

@@ -5,20 +5,13 @@ from typing import Annotated
 
 import typer
 
-from cli.common import ParamsOpt, console
+from cli.common import ModelOpt, ParamsOpt, console
 from pipeline.errors import MedpipeError
 
 
 def explain(
     image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG or DICOM).")],
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="Registered model: models:/NAME/VERSION, "
-            "models:/NAME@ALIAS or models:/NAME/latest (default: "
-            "register.model_name@champion)."
-        ),
-    ] = None,
+    model: ModelOpt = None,
     out: Annotated[Path, typer.Option(help="Where to write the Grad-CAM picture.")] = Path("cam.png"),
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
@@ -61,14 +54,7 @@ def explain(
 
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG or DICOM).")],
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="Registered model: models:/NAME/VERSION, "
-            "models:/NAME@ALIAS or models:/NAME/latest (default: "
-            "register.model_name@champion)."
-        ),
-    ] = None,
+    model: ModelOpt = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Classify images with a registered model; print JSON: label and class probabilities per image."""

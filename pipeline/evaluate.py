@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import Params, Workspace
+from pipeline.config import GATE_METRICS, Params, Workspace
 from pipeline.data import SUBGROUP_PREFIX
 from pipeline.metrics import (
     bootstrap_ci,
@@ -317,20 +317,7 @@ def write_report(
 
     m = metrics
     lines = ["# Evaluation", "", "| metric | validation | test |", "|---|---|---|"]
-    lines += [
-        f"| {k} | {m[f'val_{k}']:.3f} | {m[f'test_{k}']:.3f} |"
-        for k in (
-            "accuracy",
-            "balanced_accuracy",
-            "roc_auc",
-            "pr_auc",
-            "sensitivity",
-            "specificity",
-            "log_loss",
-            "brier",
-            "ece",
-        )
-    ]
+    lines += [f"| {k} | {m[f'val_{k}']:.3f} | {m[f'test_{k}']:.3f} |" for k in GATE_METRICS]
     if "test_clean_accuracy" in m:
         lines += [
             "",
@@ -339,20 +326,7 @@ def write_report(
             "| metric | test | test (clean) |",
             "|---|---|---|",
         ]
-        lines += [
-            f"| {k} | {m[f'test_{k}']:.3f} | {m[f'test_clean_{k}']:.3f} |"
-            for k in (
-                "accuracy",
-                "balanced_accuracy",
-                "roc_auc",
-                "pr_auc",
-                "sensitivity",
-                "specificity",
-                "log_loss",
-                "brier",
-                "ece",
-            )
-        ]
+        lines += [f"| {k} | {m[f'test_{k}']:.3f} | {m[f'test_clean_{k}']:.3f} |" for k in GATE_METRICS]
     elif "test_clean_n" in m:
         lines += [
             "",
