@@ -288,7 +288,12 @@ class _SectionView:
     def __init__(self, section: Section, fields: frozenset[str], where: str) -> None:
         self._section, self._fields, self._where = section, fields, where
 
+    def __reduce__(self) -> tuple:  # pickled whole for a Dask worker or a process pool
+        return _SectionView, (self._section, self._fields, self._where)
+
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)  # copy, pickle and inspect probe these: not params
         section = self.__dict__["_section"]
         if name in type(section).model_fields:
             if name not in self._fields:
@@ -314,7 +319,13 @@ class _ParamsView:
                 fields.add(field.split(".")[0])
         self._params, self._sections, self._step = params, sections, step
 
+    def __reduce__(self) -> tuple:
+        keys = tuple(k if f is None else f"{k}.{x}" for k, f in self._sections.items() for x in (f or [None]))
+        return _ParamsView, (self._params, keys, self._step)
+
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
         params = self.__dict__["_params"]
         info = type(params).model_fields.get(name)
         if info is None:

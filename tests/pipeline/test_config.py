@@ -129,3 +129,18 @@ def test_the_view_keeps_the_whole_params_as_lineage():
     seen = step_params(params, ("train",), "train")
     assert seen.md5() == params.md5()  # hashed and logged whole by the training run
     assert seen.model_dump(by_alias=True) == params.model_dump(by_alias=True)
+
+
+def test_the_view_survives_pickling_for_a_worker_process():
+    import pickle
+
+    from pipeline.config import UndeclaredParams, step_params
+
+    seen = pickle.loads(pickle.dumps(step_params(Params(), ("preprocess.size", "balance"), "preprocess")))
+    assert seen.preprocess.size == Params().preprocess.size
+    assert seen.balance == Params().balance
+    with pytest.raises(UndeclaredParams):
+        _ = seen.preprocess.fit
+    section = pickle.loads(pickle.dumps(seen.preprocess))
+    with pytest.raises(UndeclaredParams):
+        _ = section.fit
