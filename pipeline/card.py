@@ -228,7 +228,8 @@ def _copy_figures(evaluated: EvaluateResult, folder: Path, classes: list[str]) -
 
 def missing_inputs(params: Params, ws: Workspace, version: int) -> tuple | None:
     """What the card step needs for `version`, when a crash left that version without its card and this
-    workspace still holds its outputs (the run that gates or finds it up to date then writes the card).
+    workspace still holds its outputs: its training run's (outputs/train), evaluation (the test metrics the
+    run logged) and gate decision. The run that gates it or finds it up to date then writes the card.
 
     Args:
         params: The run's params (where MLflow is, the model's name).
@@ -241,26 +242,26 @@ def missing_inputs(params: Params, ws: Workspace, version: int) -> tuple | None:
     """
     import mlflow
 
-    from pipeline import evaluate, promote, register, validate
+    from pipeline import evaluate, promote, train, validate
     from pipeline.errors import MedpipeError
     from pipeline.registry import setup_tracking
 
     setup_tracking(params.register_, ws.base)
-    client = mlflow.MlflowClient()
-    made = client.get_model_version(params.register_.model_name, str(version))
-    if TAG in made.tags:
+    client, name = mlflow.MlflowClient(), params.register_.model_name
+    made = client.get_model_version(name, str(version))
+    if TAG in made.tags or made.run_id is None:
         return None
-    try:
-        registered, decision = register.load_result(ws), promote.load_result(ws)
+    try:  # outputs/register may be older: a run killed right after registering never wrote it
+        trained, decision = train.load_result(ws), promote.load_result(ws)
         validated, evaluated = validate.load_result(ws), evaluate.load_result(ws)
     except MedpipeError:
         return None
-    if not (registered.version == decision.version == version and registered.run_id == made.run_id):
+    if not (trained.run_id == made.run_id and decision.version == version):
         return None
-    logged = client.get_run(registered.run_id).data.metrics  # the evaluation in outputs/ is this run's
+    logged = client.get_run(made.run_id).data.metrics  # the evaluation in outputs/ is this run's
     if any(logged.get(k) != evaluated.metrics.get(k) for k in ("test_accuracy", "test_roc_auc")):
         return None
-    return validated, evaluated, registered, decision
+    return validated, evaluated, RegisterResult(name, version, made.run_id, f"models:/{name}/{version}"), decision
 
 
 def run_step(
