@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import Params, Workspace
-from pipeline.evaluate import EvaluateResult, subgroup_table
+from pipeline.evaluate import EvaluateResult, number, subgroup_table
 from pipeline.outputs import replace_dir
 from pipeline.promote import Decision
 from pipeline.register import RegisterResult
@@ -61,10 +61,6 @@ class CardFacts:
     words: dict[str, str]  # params `card`: intended_use, out_of_scope, limitations
 
 
-def _f(value: float | None) -> str:
-    return "n/a" if value is None or value != value else f"{value:.3f}"
-
-
 def counts_table(splits: pd.DataFrame) -> list[str]:
     """Markdown lines: images per class (rows) and split (columns), with totals.
 
@@ -97,15 +93,16 @@ def limitations(facts: CardFacts) -> list[str]:
     n_test = int((facts.splits["split"] == "test").sum())
     out.append(
         f"Tested on {n_test} images of one data set, split from the training data: no external validation. "
-        f"The 95% interval of test ROC-AUC is [{_f(m.get('test_roc_auc_ci_low'))}, "
-        f"{_f(m.get('test_roc_auc_ci_high'))}]."
+        f"The 95% interval of test ROC-AUC is [{number(m.get('test_roc_auc_ci_low'))}, "
+        f"{number(m.get('test_roc_auc_ci_high'))}]."
     )
     near = facts.validated.near_duplicates
     if near.get("n_cross_split"):
         clean = ""
         if "test_clean_n" in m:
             clean = (
-                f"; on the {int(m['test_clean_n'])} test images without one, ROC-AUC {_f(m.get('test_clean_roc_auc'))}"
+                f"; on the {int(m['test_clean_n'])} test images without one, ROC-AUC "
+                f"{number(m.get('test_clean_roc_auc'))}"
             )
         out.append(f"{near['n_cross_split']} near-duplicate group(s) cross splits{clean}.")
     small = [f"{r['column']}={r['group']} ({r['n']})" for r in facts.subgroups if r["n"] < FEW]
@@ -164,27 +161,28 @@ def card_markdown(facts: CardFacts) -> str:
     lines += ["", *counts_table(facts.splits), "", "## Performance on the test split", ""]
     lines += ["| metric | test | 95% interval | validation |", "|---|---|---|---|"]
     for k in HEADLINE:
-        ci = f"[{_f(m[f'test_{k}_ci_low'])}, {_f(m[f'test_{k}_ci_high'])}]" if f"test_{k}_ci_low" in m else ""
-        lines.append(f"| {k} | {_f(m.get(f'test_{k}'))} | {ci} | {_f(m.get(f'val_{k}'))} |")
+        ci = f"[{number(m[f'test_{k}_ci_low'])}, {number(m[f'test_{k}_ci_high'])}]" if f"test_{k}_ci_low" in m else ""
+        lines.append(f"| {k} | {number(m.get(f'test_{k}'))} | {ci} | {number(m.get(f'val_{k}'))} |")
     if "threshold" in m:
         lines += [
             "",
             f"Operating threshold (chosen on validation): {m['threshold']:.3f}, giving test sensitivity "
-            f"{_f(m.get('test_sensitivity_at_threshold'))} and specificity "
-            f"{_f(m.get('test_specificity_at_threshold'))}.",
+            f"{number(m.get('test_sensitivity_at_threshold'))} and specificity "
+            f"{number(m.get('test_specificity_at_threshold'))}.",
         ]
     lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     lines += [
-        f"| {c} | {_f(m.get(f'test_precision_{c}'))} | {_f(m.get(f'test_recall_{c}'))} | {_f(m.get(f'test_f1_{c}'))} "
-        f"| {int(m.get(f'test_support_{c}', 0))} |"
+        f"| {c} | "
+        + " | ".join(number(m.get(f"test_{k}_{c}")) for k in ("precision", "recall", "f1"))
+        + f" | {int(m.get(f'test_support_{c}', 0))} |"
         for c in classes
     ]
     lines += [
         "",
         "## Calibration",
         "",
-        f"Expected calibration error {_f(m.get('test_ece'))}, Brier score "
-        f"{_f(m.get('test_brier'))}, log loss {_f(m.get('test_log_loss'))} (test).",
+        f"Expected calibration error {number(m.get('test_ece'))}, Brier score "
+        f"{number(m.get('test_brier'))}, log loss {number(m.get('test_log_loss'))} (test).",
         "",
     ]
     lines += [f"![{Path(f).stem}]({f})" for f in facts.figures if "gradcam" not in f]
@@ -200,22 +198,23 @@ def card_markdown(facts: CardFacts) -> str:
     lines += ["## Promotion decision", "", f"@{d.alias}:", "", *(f"- {r}" for r in d.reasons), ""]
     if d.champion:
         lines += [f"| metric | this version | champion (version {d.champion_version}) |", "|---|---|---|"]
-        lines += [f"| {k} | {_f(d.candidate.get(k))} | {_f(d.champion.get(k))} |" for k in HEADLINE if k in d.champion]
+        lines += [
+            f"| {k} | {number(d.candidate.get(k))} | {number(d.champion.get(k))} |" for k in HEADLINE if k in d.champion
+        ]
         lines.append("")
     return "\n".join(lines)
 
 
 def _copy_figures(evaluated: EvaluateResult, folder: Path, classes: list[str]) -> list[str]:
     """The evaluation figures the card shows, copied under `folder/figures` (paths relative to folder)."""
-    (folder / "figures").mkdir(parents=True, exist_ok=True)
     chosen = [p for name in _FIGURES for p in evaluated.plots if p.stem == name]
     cams = [p for p in evaluated.plots if p.parent.name == "gradcam"]  # <class>_<correct|wrong>_<source>...
-    firsts = [
-        next(p for p in cams if p.name.startswith(f"{c}_{kind}_"))
-        for kind in ("wrong", "correct")
-        for c in classes
-        if any(p.name.startswith(f"{c}_{kind}_") for p in cams)
-    ]
+    firsts = []
+    for kind in ("wrong", "correct"):
+        for c in classes:
+            found = next((p for p in cams if p.name.startswith(f"{c}_{kind}_")), None)
+            if found is not None:
+                firsts.append(found)
     chosen += [*firsts, *(p for p in cams if p not in firsts)][:_CAMS]  # one per class and kind first
     out = []
     for path in chosen:

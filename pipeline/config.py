@@ -317,11 +317,10 @@ class _ParamsView:
                 sections[name] = None  # the whole section
             elif fields is not None:
                 fields.add(field.split(".")[0])
-        self._params, self._sections, self._step = params, sections, step
+        self._params, self._keys, self._sections, self._step = params, keys, sections, step
 
-    def __reduce__(self) -> tuple:
-        keys = tuple(k if f is None else f"{k}.{x}" for k, f in self._sections.items() for x in (f or [None]))
-        return _ParamsView, (self._params, keys, self._step)
+    def __reduce__(self) -> tuple:  # pickled whole for a Dask worker or a process pool
+        return _ParamsView, (self._params, self._keys, self._step)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):

@@ -288,13 +288,15 @@ def subgroup_table(rows: list[dict]) -> list[str]:
         "|---" * (3 + len(keys)) + "|",
     ]
     lines += [
-        f"| {r['column']} | {r['group']} | {r['n']} | " + " | ".join(_num(r[k]) for k in keys) + " |" for r in rows
+        f"| {r['column']} | {r['group']} | {r['n']} | " + " | ".join(number(r[k]) for k in keys) + " |" for r in rows
     ]
     return [*lines, ""]
 
 
-def _num(value: float) -> str:
-    return "n/a" if value != value else f"{value:.3f}"  # NaN: the group lacks a class the metric needs
+def number(value: float | None) -> str:
+    """A metric as the reports print it: three decimals; `n/a` when missing or NaN (e.g. a group lacking a
+    class the metric needs)."""
+    return "n/a" if value is None or value != value else f"{value:.3f}"
 
 
 def write_report(
