@@ -154,46 +154,26 @@ def test_the_report_and_the_card_render_with_every_image_in_chromium(twice):
         assert broken == 0, page
 
 
+def _medpipe(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """`medpipe ARGS --params <project>/params.yaml`, as a user runs it."""
+    command = [str(Path(sys.executable).with_name("medpipe")), *args, "--params", str(project / "params.yaml")]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
 def test_explain_and_label_suggest_use_the_registered_versions(twice):
     project = twice.project
-    done = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("medpipe")),
-            "explain",
-            str(project / "data" / pd.read_csv(project / "data/manifest.csv")["path"][0]),
-            "--model",
-            "models:/medpipe-classifier/1",
-            "--out",
-            str(project / "cam.png"),
-            "--params",
-            str(project / "params.yaml"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    image = project / "data" / pd.read_csv(project / "data/manifest.csv")["path"][0]
+    done = _medpipe(
+        project, "explain", str(image), "--model", "models:/medpipe-classifier/1", "--out", str(project / "cam.png")
     )
     answer = json.loads(done.stdout)
     assert answer["version"] == 1
     assert answer["predictions"][0]["label"] in ("normal", "nodule", "effusion")
     assert sum(answer["predictions"][0]["probabilities"].values()) == pytest.approx(1, abs=1e-3)
     assert (project / "cam.png").read_bytes()[:4] == b"\x89PNG"
-    done = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("medpipe")),
-            "label",
-            "suggest",
-            "--images",
-            str(project / "data" / "images"),
-            "--model",
-            "models:/medpipe-classifier/2",
-            "--out",
-            str(project / "queue.csv"),
-            "--params",
-            str(project / "params.yaml"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    images, queue_csv = str(project / "data" / "images"), str(project / "queue.csv")
+    done = _medpipe(
+        project, "label", "suggest", "--images", images, "--model", "models:/medpipe-classifier/2", "--out", queue_csv
     )
     queue = pd.read_csv(project / "queue.csv")
     assert done.returncode == 0
