@@ -1,6 +1,7 @@
 """Evaluation: headline and per-class metrics, a confusion-matrix plot, metrics.json for DVC."""
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -143,7 +144,32 @@ def run_step(
         mlflow.set_tags(owner_tags())
         mlflow.log_metrics(metrics, step=trained.epochs_run)
         mlflow.log_artifacts(str(out), "evaluation")
+        for path in plots_made:  # as images too, so the run page shows them among its charts
+            mlflow.log_image(_picture(path), key=image_key(path, out), step=trained.epochs_run, synchronous=True)
     return result
+
+
+def image_key(figure: Path, out: Path) -> str:
+    """The MLflow image key of an evaluation figure: `figures/<name>`, or `gradcam/<name>` for an overlay.
+
+    MLflow shows each key as a chart in the section before its slash (after the learning curves).
+
+    Args:
+        figure: A figure under `out`.
+        out: The evaluation folder.
+
+    Returns:
+        A key of the characters MLflow accepts.
+    """
+    section = "gradcam" if figure.relative_to(out).parts[0] == "gradcam" else "figures"
+    return f"{section}/{re.sub(r'[^a-zA-Z0-9_.-]', '_', figure.stem)}"
+
+
+def _picture(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.copy()
 
 
 RESULT = "result.json"  # what load_result reads back (paths relative to the project)

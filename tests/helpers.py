@@ -333,3 +333,67 @@ def chromium_images(page: Path, screenshot: Path | None = None) -> tuple[int, in
     found = re.search(r'<body[^>]*data-images="(\d+)"[^>]*data-broken="(\d+)"', done.stdout)
     assert found, f"the page did not finish loading: {done.stderr[-2000:]}"
     return int(found.group(1)), int(found.group(2))
+
+
+def chromium_page(url: str, ready: str, value: str, seconds: int = 120, screenshot: Path | None = None):
+    """Open a page served on 127.0.0.1 in a real headless Chromium (DevTools protocol), wait until the
+    JavaScript expression `ready` is true there, and return the JSON value of the expression `value`.
+
+    Args:
+        url: The page (a single-page app such as MLflow's or Prefect's UI).
+        ready: A JavaScript expression that is true once the page shows what the test looks at.
+        value: A JavaScript expression whose value, passed through JSON, is returned.
+        seconds: How long to wait for `ready`.
+        screenshot: Where to write a PNG of the page as rendered (None: no screenshot).
+
+    Returns:
+        The value of `value`.
+    """
+    import base64
+    import tempfile
+
+    from websockets.sync.client import connect
+
+    port = free_port()
+    with tempfile.TemporaryDirectory() as profile:
+        browser = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "--window-size=1300,2200",
+             "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            targets = wait_for(lambda: api_call(f"http://127.0.0.1:{port}/json/list"), 60, "chromium")
+            page = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+            with connect(page, max_size=None, open_timeout=30) as ws:
+                calls = iter(range(1, 1_000_000))
+
+                def call(method: str, **params):
+                    number = next(calls)
+                    ws.send(json.dumps({"id": number, "method": method, "params": params}))
+                    while (answer := json.loads(ws.recv(timeout=60))).get("id") != number:
+                        pass  # an event
+                    return answer["result"]
+
+                def evaluate(expression: str):
+                    return call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+                call("Emulation.setDeviceMetricsOverride", width=1300, height=2200, deviceScaleFactor=1, mobile=False)
+                call("Page.navigate", url=url)
+                deadline = time.monotonic() + seconds
+                while not evaluate(f"!!({ready})"):
+                    shown = "document.body && document.body.innerText.slice(0, 2000)"
+                    assert time.monotonic() < deadline, f"{url} never showed {ready}: {evaluate(shown)}"
+                    time.sleep(0.5)
+                time.sleep(1)  # the last images decode
+                found = json.loads(evaluate(f"JSON.stringify({value})"))
+                if screenshot is not None:
+                    screenshot.write_bytes(base64.b64decode(call("Page.captureScreenshot", format="png")["data"]))
+                return found
+        finally:
+            browser.kill()
+            browser.wait(timeout=30)
+
+
+IMAGES_JS = "[...document.images].map(i => [i.src.slice(0, 60), i.complete && i.naturalWidth > 0])"

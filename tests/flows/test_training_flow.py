@@ -107,6 +107,23 @@ def test_the_run_holds_the_metrics_curves_and_figures(twice):
     assert metrics["test_roc_auc_ci_low"] <= metrics["test_roc_auc"] <= metrics["test_roc_auc_ci_high"]
 
 
+def test_the_curves_have_a_section_first_and_the_figures_are_logged_as_images(twice):
+    client, run_id = _client(twice.project), twice.first.run_id
+
+    def history(name: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in client.get_metric_history(run_id, name)]
+
+    for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_roc_auc", "lr"):
+        curve = history(f"curves/{name}")
+        assert [step for step, _ in curve] == [0, 1]
+        assert history(name)[:2] == curve  # val_roc_auc's record then has the final value
+    keys = {a.path.split("+")[0] for a in client.list_artifacts(run_id, "images")}  # <key>+step+<n>+...
+    figures = {k for k in keys if k.startswith("images/figures~")}
+    assert figures == {f"images/figures~{n}" for n in ("confusion_matrix", "roc_pr", "reliability", "training_curves")}
+    overlays = {a.path for a in client.list_artifacts(run_id, "evaluation/gradcam")}
+    assert len([k for k in keys if k.startswith("images/gradcam~")]) == len(overlays)
+
+
 def test_each_version_has_a_model_card_with_its_subgroups(twice):
     from pipeline.card import TAG
 

@@ -4,13 +4,19 @@ process work pool, `prefect deploy` of the repo's prefect.yaml, and a process wo
 import json
 import shutil
 import subprocess
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 from tests.helpers import (
     BIN,
+    CHROMIUM,
+    IMAGES_JS,
+    NO_CHROMIUM,
     REPO,
     api_call,
+    chromium_page,
     guarded_env,
     prefect_server_env,
     start_prefect_server,
@@ -18,6 +24,7 @@ from tests.helpers import (
     stop,
     wait_for,
     wait_for_run,
+    write_params,
 )
 
 pytestmark = pytest.mark.slow
@@ -31,13 +38,27 @@ def _prefect(args: list[str], env: dict, cwd) -> str:
     return done.stdout
 
 
-def test_process_work_pool_runs_the_training_deployment(project, tmp_path):
+class Deployed(NamedTuple):
+    """The training deployment run once by a process worker; its Prefect server (with its UI) still up."""
+
+    api: str
+    run: dict
+    project: Path
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory, tiny_data):
+    project, tmp_path = tmp_path_factory.mktemp("pool_project"), tmp_path_factory.mktemp("pool")
+    shutil.copytree(tiny_data, project / "data")
+    write_params(project)
     for part in ("flows", "pipeline", "prefect.yaml"):  # the project as a team's clone has it
         copy = shutil.copytree if (REPO / part).is_dir() else shutil.copy
         copy(REPO / part, project / part)
     api, env = prefect_server_env(tmp_path)
     env = guarded_env(env, tmp_path / "netguard.log")
     env["MEDPIPE_HOME"] = str(project)  # the deployment's pull step: where the worker runs the flow
+    if CHROMIUM is not None:  # the UI, to look at the artifacts as users do
+        env.update(PREFECT_UI_ENABLED="true", PREFECT_UI_API_URL=api)
     server = start_prefect_server(api, env, tmp_path)
     worker = None
     try:
@@ -51,8 +72,9 @@ def test_process_work_pool_runs_the_training_deployment(project, tmp_path):
         worker = start_process([str(BIN / "prefect"), "worker", "start", "--pool", "medpipe-process"], env, project)
         state = wait_for_run(api, run["id"], server, worker)
         assert state == "COMPLETED", api_call(f"{api}/flow_runs/{run['id']}")["state"]["message"]
-        assert json.loads((project / "outputs" / "register" / "model_version.json").read_text())["version"] == 1
-        assert wait_for(lambda: api_call(f"{api}/flow_runs/{run['id']}")["work_pool_name"], 10, "pool name")
+        stop(worker)
+        worker = None
+        yield Deployed(api, run, project)
     finally:
         stop(worker, server)
     # Prefect's `work-pool create`/`worker start` look up its collection registry on
@@ -63,3 +85,19 @@ def test_process_work_pool_runs_the_training_deployment(project, tmp_path):
         a for a in (log.read_text().splitlines() if log.exists() else []) if "raw.githubusercontent.com" not in a
     ]
     assert attempts == [], attempts
+
+
+def test_process_work_pool_runs_the_training_deployment(deployed):
+    assert json.loads((deployed.project / "outputs" / "register" / "model_version.json").read_text())["version"] == 1
+    pool = wait_for(lambda: api_call(f"{deployed.api}/flow_runs/{deployed.run['id']}")["work_pool_name"], 10, "pool")
+    assert pool == "medpipe-process"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
+def test_the_evaluation_artifact_shows_its_figures_in_the_prefect_ui(deployed):
+    (artifact,) = api_call(f"{deployed.api}/artifacts/filter", {"artifacts": {"key": {"any_": ["medpipe-evaluation"]}}})
+    ui = deployed.api.removesuffix("/api")
+    embedded = "document.querySelectorAll('img[src^=\"data:image/png\"]').length >= 4"
+    images = chromium_page(f"{ui}/artifacts/artifact/{artifact['id']}", embedded, IMAGES_JS)
+    assert len(images) >= 4  # the four summary figures, embedded
+    assert all(ok for _, ok in images), images

@@ -37,3 +37,11 @@ def test_figures_and_report(tmp_path, multiclass):
     assert "95% CI" in text
     assert "![roc](roc.png)" in text
     assert "| b |" in text
+
+
+def test_image_keys_name_the_section_and_keep_to_mlflow_characters(tmp_path):
+    from pipeline.evaluate import image_key
+
+    assert image_key(tmp_path / "roc_pr.png", tmp_path) == "figures/roc_pr"
+    overlay = tmp_path / "gradcam" / "nodule-wrong-1 (scan #3, ü).png"
+    assert image_key(overlay, tmp_path) == "gradcam/nodule-wrong-1__scan__3____"

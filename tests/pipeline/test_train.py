@@ -142,3 +142,14 @@ def test_one_plain_line_per_epoch_off_a_terminal():
     assert line.endswith("lr 0.001 *best")
     assert "\x1b" not in line
     assert "\n" not in line
+
+
+def test_curve_metrics_log_each_figure_under_its_name_and_in_the_curves_section():
+    from pipeline.train import CURVES, curve_metrics
+
+    logged = curve_metrics({k: i / 10 for i, k in enumerate(CURVES)})
+    assert logged["train_loss"] == logged["curves/train_loss"] == 0.0
+    assert logged["val_roc_auc"] == logged["curves/val_roc_auc"] == 0.4
+    names = {n for n in logged if "/" not in n}
+    assert set(logged) - names == {f"curves/{n}" for n in names}
+    assert len(names) == len(CURVES)
