@@ -14,7 +14,7 @@ from pipeline.config import Params, Workspace, load_params
 from pipeline.errors import DataError, MedpipeError
 from pipeline.lock import project_lock
 from pipeline.steps import step
-from pipeline.summary import TrainingSummary, UpToDate, evaluation_markdown
+from pipeline.summary import TrainingSummary, UpToDate, evaluation_markdown, run_page
 
 
 # The tasks are made as task(fn, **options): Prefect accepts that form at runtime, but its typed
@@ -160,8 +160,9 @@ def _train_and_promote(
     balanced = balance_task(params, ws, prepared)
     trained = train_task(params, ws, report, prepared, balanced, resume=resume)
     evaluated = evaluate_task(params, ws, report, prepared, trained)
+    uri = registry.tracking_uri(params.register_, ws.base)
     create_markdown_artifact(
-        evaluation_markdown(evaluated.report_md, trained.run_id, registry.tracking_uri(params.register_, ws.base)),
+        evaluation_markdown(evaluated.report_md, trained.run_id, uri, run_page(uri, trained.run_id)),
         key="medpipe-evaluation",
         description="test and validation metrics with 95% intervals, and the summary figures",
     )

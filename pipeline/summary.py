@@ -120,10 +120,40 @@ def ui_hint(uri: str) -> str:
     return f"open {uri}"
 
 
+LOCAL_UI = "http://127.0.0.1:5000"  # where `make mlflow-ui` serves a local (SQLite) store
+
+
+def run_page(uri: str, run_id: str) -> str | None:
+    """The address of a run's page in the MLflow UI: on the tracking server itself, or for a local store
+    where `make mlflow-ui` serves it.
+
+    Args:
+        uri: The tracking URI.
+        run_id: The run.
+
+    Returns:
+        The page's URL, or None for a store no local UI serves (e.g. Databricks) or a run it does not hold.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if uri.startswith(("http://", "https://")):
+        base = uri.rstrip("/")
+    elif uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        base = LOCAL_UI
+    else:
+        return None
+    try:
+        experiment = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).info.experiment_id
+    except MlflowException:
+        return None
+    return f"{base}/#/experiments/{experiment}/runs/{run_id}"
+
+
 EMBEDDED = ("roc_pr", "confusion_matrix", "reliability", "training_curves")  # in the Prefect artifact (~150 KB)
 
 
-def evaluation_markdown(report_md: Path, run_id: str, uri: str) -> str:
+def evaluation_markdown(report_md: Path, run_id: str, uri: str, page: str | None = None) -> str:
     """The evaluation report for the Prefect UI: its tables, the summary figures embedded as data: URIs
     (the Markdown report's relative links would not load there; Prefect's UI renders embedded images),
     and where the Grad-CAM overlays are.
@@ -132,6 +162,7 @@ def evaluation_markdown(report_md: Path, run_id: str, uri: str) -> str:
         report_md: The evaluate step's report.md.
         run_id: The MLflow run holding all figures (artifacts `evaluation/`).
         uri: The tracking URI.
+        page: The run's page in the MLflow UI (run_page), linked when given.
 
     Returns:
         report.md with the EMBEDDED figures inline and the others left out, ending with the MLflow run and
@@ -155,5 +186,6 @@ def evaluation_markdown(report_md: Path, run_id: str, uri: str) -> str:
             left += 1
     while kept and not kept[-1].strip():
         kept.pop()
-    where = f"{left} more figure(s) (Grad-CAM overlays), and all figures as files, are in MLflow run `{run_id}`, "
+    run = f"[`{run_id}`]({page})" if page else f"`{run_id}`"
+    where = f"{left} more figure(s) (Grad-CAM overlays), and all figures as files, are in MLflow run {run}, "
     return "\n".join([*kept, "", where + f"artifacts `evaluation/`: {ui_hint(uri)}"]) + "\n"

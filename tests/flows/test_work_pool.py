@@ -98,6 +98,9 @@ def test_the_evaluation_artifact_shows_its_figures_in_the_prefect_ui(deployed):
     (artifact,) = api_call(f"{deployed.api}/artifacts/filter", {"artifacts": {"key": {"any_": ["medpipe-evaluation"]}}})
     ui = deployed.api.removesuffix("/api")
     embedded = "document.querySelectorAll('img[src^=\"data:image/png\"]').length >= 4"
-    images = chromium_page(f"{ui}/artifacts/artifact/{artifact['id']}", embedded, IMAGES_JS)
+    links = "[...document.querySelectorAll('a')].map(a => a.href).filter(h => h.includes('#/experiments/'))"
+    images, links = chromium_page(f"{ui}/artifacts/artifact/{artifact['id']}", embedded, f"[{IMAGES_JS}, {links}]")
     assert len(images) >= 4  # the four summary figures, embedded
     assert all(ok for _, ok in images), images
+    run_id = json.loads((deployed.project / "outputs/train/run.json").read_text())["run_id"]
+    assert links == [f"http://127.0.0.1:5000/#/experiments/1/runs/{run_id}"]  # where `make mlflow-ui` shows it

@@ -1,6 +1,6 @@
 """Summaries for people: the Prefect evaluation artifact, UI hints, counts without dict reprs."""
 
-from pipeline.summary import evaluation_markdown, ui_hint
+from pipeline.summary import evaluation_markdown, run_page, ui_hint
 from pipeline.validate import counts_text
 
 
@@ -30,3 +30,18 @@ def test_ui_hints_and_counts():
     assert ui_hint("http://127.0.0.1:5000") == "open http://127.0.0.1:5000"
     assert counts_text({"normal": 409, "nodule": 133}) == "normal 409, nodule 133"
     assert counts_text({}) == "none"
+
+
+def test_the_artifact_links_the_run_page_when_there_is_one(tmp_path):
+    import mlflow
+
+    report = tmp_path / "report.md"
+    report.write_text("# Evaluation\n")
+    page = "http://127.0.0.1:5000/#/experiments/1/runs/abc123"
+    assert f"in MLflow run [`abc123`]({page}), artifacts" in evaluation_markdown(report, "abc123", "sqlite:///x", page)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    experiment = mlflow.MlflowClient(tracking_uri=uri).create_experiment("medpipe")
+    run = mlflow.MlflowClient(tracking_uri=uri).create_run(experiment).info.run_id
+    assert run_page(uri, run) == f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run}"
+    assert run_page(uri, "0" * 32) is None  # no such run
+    assert run_page("databricks", run) is None
