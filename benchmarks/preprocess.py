@@ -6,8 +6,13 @@ shards written to disk, and the unit normalisation applied to every shard. Both 
 the same files, alternating, best of `--repeats`. `decode_only` is the PNG decode alone on all cores: no
 preprocessing that decodes every image can beat it, so `decode_only_ratio` is the ceiling of the ratio.
 
+The second line is reduced JPEG decoding: `--jpeg-images` 1024 px JPEGs (quality 90; the chest X-rays of
+../shared/datasets upscaled, else generated chest images) to 224 px. The seed's naive loop, medpipe with
+`preprocess.jpeg_reduced` off (full decode) and on (libjpeg decodes at 1/4, then the area resize), and the
+mean absolute error between medpipe's two outputs (uint8 grey levels).
+
 Prints one JSON object per line (see docs/benchmarks.md).
-Usage: python benchmarks/preprocess.py [--images 5000] [--source 256] [--size 64]
+Usage: python benchmarks/preprocess.py [--images 5000] [--source 256] [--size 64] [--jpeg-images 1000]
 """
 
 from pipeline import configure_offline
@@ -54,6 +59,58 @@ def decode_only(paths: list[Path], workers: int) -> None:
         list(pool.map(lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_GRAYSCALE), blobs))
 
 
+SHARED_XRAYS = Path(__file__).resolve().parents[1].parent / "shared/datasets/chest_xray_kermany224"
+
+
+def large_jpegs(folder: Path, n: int, side: int = 1024) -> list[Path]:
+    """`n` side x side JPEGs: the shared chest X-rays upscaled (cubic), else generated chest images."""
+    sources = sorted(SHARED_XRAYS.rglob("*.jpeg"))[:n] if SHARED_XRAYS.is_dir() else []
+    if len(sources) < n:
+        manifest = synthesize(folder / "src", n_patients=n // 3 + 50, size=256, seed=5)
+        sources = [folder / "src" / p for p in manifest["path"][:n]]
+    paths = []
+    for i, source in enumerate(sources):
+        img = cv2.resize(cv2.imread(str(source), cv2.IMREAD_GRAYSCALE), (side, side), interpolation=cv2.INTER_CUBIC)
+        paths.append(folder / f"{i}.jpg")
+        cv2.imwrite(str(paths[-1]), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return paths
+
+
+def jpeg_bench(tmp: Path, n: int, repeats: int) -> dict:
+    """Reduced JPEG decoding against the full decode and the seed's loop, 1024 px JPEGs to 224 px."""
+    folder = tmp / "jpeg"
+    folder.mkdir()
+    paths = large_jpegs(folder, n)
+    naive(paths, 224)  # warm the page cache
+    t_naive = best_of(repeats, lambda: naive(paths, 224))
+    times, outputs = {}, {}
+    for reduced in (False, True):
+        for workers in (1, 0):
+            pp = PreprocessParams(size=224, workers=workers, jpeg_reduced=reduced)
+            out = folder / f"out{int(reduced)}{workers}"
+            out.mkdir()
+            times[reduced, workers] = best_of(repeats, lambda: medpipe(paths, out, pp))
+        outputs[reduced] = np.rint(medpipe(paths, out, pp) * 255.0)  # the uint8 pixels again
+    error = np.abs(outputs[True] - outputs[False])
+    return {
+        "bench": "preprocess_jpeg",
+        "images": len(paths),
+        "source": "chest_xray_kermany224 upscaled" if SHARED_XRAYS.is_dir() else "synthetic upscaled",
+        "source_px": 1024,
+        "size_px": 224,
+        "naive_img_per_s": round(n / t_naive, 1),
+        "full_decode_img_per_s": round(n / times[False, 0], 1),
+        "full_decode_1_thread_img_per_s": round(n / times[False, 1], 1),
+        "reduced_img_per_s": round(n / times[True, 0], 1),
+        "reduced_1_thread_img_per_s": round(n / times[True, 1], 1),
+        "reduced_vs_naive_ratio": round(t_naive / times[True, 0], 2),
+        "reduced_vs_full_ratio": round(times[False, 0] / times[True, 0], 2),
+        "reduced_vs_full_1_thread_ratio": round(times[False, 1] / times[True, 1], 2),
+        "mean_abs_error": round(float(error.mean()), 3),
+        "p99_abs_error": int(np.percentile(error, 99)),
+    }
+
+
 def best_of(repeats: int, fn) -> float:
     times = []
     for _ in range(repeats):
@@ -69,6 +126,7 @@ def main() -> None:
     parser.add_argument("--source", type=int, default=256, help="side of the generated chest PNGs")
     parser.add_argument("--size", type=int, default=64, help="side after preprocessing")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--jpeg-images", type=int, default=1000, help="1024 px JPEGs for the second line; 0: skip")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         manifest = synthesize(Path(tmp) / "data", n_patients=args.images // 3 + 50, size=args.source, seed=3)
@@ -82,6 +140,7 @@ def main() -> None:
             out.mkdir()
             figures[workers] = best_of(args.repeats, lambda: medpipe(paths, out, pp))
         t_decode = best_of(args.repeats, lambda: decode_only(paths, 0))
+        jpeg = jpeg_bench(Path(tmp), args.jpeg_images, args.repeats) if args.jpeg_images else None
     n = len(paths)
     print(
         json.dumps(
@@ -103,6 +162,8 @@ def main() -> None:
         ),
         flush=True,
     )
+    if jpeg is not None:
+        print(json.dumps(jpeg), flush=True)
 
 
 if __name__ == "__main__":

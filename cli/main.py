@@ -65,7 +65,7 @@ def _main(
 
 
 command: Callable[..., None]  # the loops below register commands of different signatures
-for command in (training.run, training.validate, training.stage, models.explain, models.predict):
+for command in (training.run, training.validate, training.stage, training.tune, models.explain, models.predict):
     app.command()(command)
 label_app.command("suggest")(models.label_suggest)
 for command in (registry.promote, training.schedule, registry.reproduce, registry.rollback):

@@ -190,3 +190,66 @@ def schedule(
         global_limit=1,
         description="medpipe scheduled retraining: skips when nothing changed, one run at a time",
     )
+
+
+def tune(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    trials: Annotated[int | None, typer.Option(help="Budget: finished trials in all (default: tune.trials).")] = None,
+    minutes: Annotated[
+        float | None, typer.Option(help="Budget: wall-clock minutes of this run (default: tune.minutes).")
+    ] = None,
+    register: Annotated[
+        bool,
+        typer.Option(metavar="", help="Then train the best recipe through the normal flow (registry and gate)."),
+    ] = False,
+) -> None:
+    """Search for a training recipe (Optuna over the params in tune.space), scored on validation only.
+
+    A stopped study resumes where it ended (outputs/tune/study.db).
+
+    Each trial is an MLflow run nested under the study's run.
+
+    The best trial's params go to outputs/tune/best_params.yaml.
+    """
+    from pipeline.autoparams import labels_from_data, resolve
+    from pipeline.config import Workspace, load_params
+    from pipeline.lock import project_lock
+    from pipeline.tune import overrides as as_overrides
+    from pipeline.tune import run as run_study
+
+    extra = {"tune.trials": str(trials)} if trials is not None else {}
+    extra |= {"tune.minutes": str(minutes)} if minutes is not None else {}
+    overrides = parse_overrides(set_)
+    p = load_params(params, {**overrides, **extra})
+    ws = Workspace.create(p, params)
+    p, notes = resolve(p, ws.data_root, labels_from_data(False, overrides))
+    for note in notes:
+        console.print(note, markup=False, soft_wrap=True)
+    with project_lock(ws.base, say=say):
+        result = run_study(p, ws, say=lambda line: console.print(line, markup=False, soft_wrap=True))
+    for note in result.notes:
+        console.print(note, markup=False, soft_wrap=True)
+    table = Table(title=f"{result.study}: {result.metric} on the validation split ({result.direction})")
+    for column in ("trial", "state", result.metric, *(result.trials[0].params if result.trials else ())):
+        table.add_column(column)
+    for t in result.trials:
+        value = "" if t.value is None else f"{t.value:.4f}"
+        marker = " *" if result.best is not None and t.number == result.best.number else ""
+        shown = (f"{v:.4g}" if isinstance(v, float) else str(v) for v in t.params.values())
+        table.add_row(f"{t.number}{marker}", t.state.lower(), value, *shown)
+    console.print(table)
+    if result.best is None:
+        err_console.print("error: no trial finished; nothing to recommend", soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(f"best: trial {result.best.number}; its params: {result.best_file}", soft_wrap=True)
+    chosen = as_overrides(result.best.params)
+    console.print("train it: medpipe run " + " ".join(f"--set {k}={v}" for k, v in chosen.items()), soft_wrap=True)
+    if register:
+        from flows.training import training_flow
+
+        state = training_flow(params_file=str(params), overrides={**overrides, **chosen}, return_state=True)
+        if state.is_failed():
+            err_console.print(f"error: {state.message}", markup=False, soft_wrap=True)
+            raise typer.Exit(1)
+        _print_summary(state.result())

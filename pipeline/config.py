@@ -94,6 +94,9 @@ class ClaheParams(Section):
     tile_grid: int = Field(8, ge=1, le=64)
 
 
+PIXEL_FIELDS = ("size", "color", "fit", "clahe", "denoise", "jpeg_reduced")  # what the model's input pixels depend on
+
+
 class PreprocessParams(Section):
     """Image geometry, colour, quality fixes, normalisation; the patient-grouped split; the shard cache."""
 
@@ -102,6 +105,9 @@ class PreprocessParams(Section):
     fit: Literal["pad", "crop", "stretch"] = "pad"  # keep aspect and pad, keep aspect and centre-crop, or squash
     clahe: ClaheParams = ClaheParams()
     denoise: Literal["none", "median", "bilateral", "nlmeans"] = "none"
+    # A JPEG at least twice the size it is fitted to decodes at 1/2, 1/4 or 1/8 of its size inside libjpeg
+    # (DCT scaling), never below that size, then resizes: several times faster, within ~0.5 grey levels.
+    jpeg_reduced: bool = True
     normalize: Literal["unit", "zscore", "dataset"] = "unit"  # [0,1]; per image; train mean/std
     shard_size: int = Field(4096, ge=1)  # images per shard file
     workers: int = Field(0, ge=0)  # decoding threads; 0 = one per core
@@ -199,6 +205,53 @@ class CardParams(Section):
     limitations: str = ""  # known limitations, in the authors' words (the card adds the ones it measures)
 
 
+class Range(Section):
+    """A numeric range of the recipe search: uniform, or log-uniform with `log`; whole numbers with `integer`."""
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+TUNE_METRICS = {"val_roc_auc": "maximize", "val_accuracy": "maximize", "val_loss": "minimize"}
+
+
+class TuneParams(Section):
+    """`medpipe tune` (pipeline/tune.py): a search space over other params, a budget, a seed; selection on the
+    validation split only. Not lineage of a model (a tuned recipe is recorded as the params it chose)."""
+
+    trials: int | None = Field(20, ge=1)  # budget in finished trials (None: only the minutes count)
+    minutes: float | None = Field(None, gt=0)  # budget in wall-clock minutes of this invocation
+    seed: int = 0  # the sampler's (TPE) seed: the same seed and trials give the same trials
+    metric: Literal["val_roc_auc", "val_accuracy", "val_loss"] = "val_roc_auc"  # at each trial's best epoch
+    prune: bool = True  # stop a trial whose per-epoch metric trails the median of earlier trials
+    # dotted params keys: a list of choices, or a Range {low, high, log, integer}
+    space: dict[str, Range | list[Any]] = {
+        "train.learning_rate": Range(low=3e-4, high=3e-3, log=True),
+        "train.batch_size": [16, 32, 64],
+    }
+
+    @model_validator(mode="after")
+    def _budget_and_space(self) -> "TuneParams":
+        if self.trials is None and self.minutes is None:
+            raise ValueError("give a budget: trials, minutes or both")
+        if not self.space:
+            raise ValueError("the search space is empty")
+        for key, choices in self.space.items():
+            if isinstance(choices, list) and not choices:
+                raise ValueError(f"space {key!r}: no choices")
+        return self
+
+
 class RegisterParams(Section):
     """Where models are tracked and registered."""
 
@@ -260,18 +313,20 @@ class Params(Section):
     register_: RegisterParams = Field(RegisterParams(), alias="register")
     promote: PromoteParams = PromoteParams()
     card: CardParams = CardParams()
+    tune: TuneParams = TuneParams()
     dask: DaskParams = DaskParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     def md5(self) -> str:
         """Stable hash of the effective parameters (lineage tag `medpipe.params_md5`); where the data
-        steps ran (`dask`) and the model card's words (`card`) change no model, so they are left out.
+        steps ran (`dask`), the model card's words (`card`) and the recipe search's settings (`tune`) change
+        no model, so they are left out.
 
         Returns:
-            The hex md5 of the params as sorted JSON (by alias), without `dask` and `card`.
+            The hex md5 of the params as sorted JSON (by alias), without `dask`, `card` and `tune`.
         """
-        text = json.dumps(self.model_dump(mode="json", by_alias=True, exclude={"dask", "card"}), sort_keys=True)
+        text = json.dumps(self.model_dump(mode="json", by_alias=True, exclude={"dask", "card", "tune"}), sort_keys=True)
         return hashlib.md5(text.encode()).hexdigest()
 
 

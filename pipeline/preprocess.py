@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 
 from pipeline import faults
-from pipeline.config import Params, PreprocessParams, Workspace
+from pipeline.config import PIXEL_FIELDS, Params, PreprocessParams, Workspace
 from pipeline.errors import MedpipeError
 from pipeline.imageio import imdecode, read_dicom, read_image
-from pipeline.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, MB, check_image
+from pipeline.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, JPEG_MAGIC, MB, Dimensions, check_image
 from pipeline.outputs import replace_dir
 from pipeline.scan import Mapper
 from pipeline.shards import read_meta
@@ -29,7 +29,6 @@ from pipeline.split import SPLITS
 from pipeline.validate import ValidationReport
 
 CODE_VERSION = "2"  # part of the cache key: bump whenever the pixel transform changes
-_KEY_FIELDS = ("size", "color", "fit", "clahe", "denoise")
 _LEVELS = np.arange(256) / 255.0
 
 
@@ -46,12 +45,41 @@ class PreprocessResult:
     std: float
 
 
+# libjpeg's DCT scaling: the factor, and OpenCV's flags for it in gray and in colour
+_REDUCED = (
+    (8, cv2.IMREAD_REDUCED_GRAYSCALE_8, cv2.IMREAD_REDUCED_COLOR_8),
+    (4, cv2.IMREAD_REDUCED_GRAYSCALE_4, cv2.IMREAD_REDUCED_COLOR_4),
+    (2, cv2.IMREAD_REDUCED_GRAYSCALE_2, cv2.IMREAD_REDUCED_COLOR_2),
+)
+
+
+def jpeg_reduction(dims: Dimensions | None, size: int, fit: str) -> int:
+    """How much smaller a JPEG may decode and still only shrink when fitted to `size` (fit_to_size).
+
+    The side that fit_to_size scales to `size` (the longer one for `pad`, the shorter for `crop` and
+    `stretch`) must stay at least `size` after the reduction, so no pixel is made up by an upscale.
+
+    Args:
+        dims: What the JPEG's header declares (None: unknown).
+        size: The side of the fitted image.
+        fit: "pad", "crop" or "stretch".
+
+    Returns:
+        8, 4 or 2 (decode at 1/8, 1/4 or 1/2 of the size), or 1 (decode at full size).
+    """
+    if dims is None:
+        return 1
+    side = max(dims.width, dims.height) if fit == "pad" else min(dims.width, dims.height)
+    return next((factor for factor, _, _ in _REDUCED if side // factor >= size), 1)
+
+
 def decode_uint8(
     path: Path,
     color: str,
     data: bytes | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_FILE_MB * MB,
+    fitted: tuple[int, str] | None = None,
 ) -> np.ndarray:
     """Decode PNG/JPEG (8 or 16 bit) or DICOM into uint8, (H, W) gray or (H, W, 3) RGB.
 
@@ -66,16 +94,22 @@ def decode_uint8(
         data: The file's bytes, if already read.
         max_pixels: The most pixels a header may declare.
         max_bytes: The largest file accepted.
+        fitted: (size, fit) the pixels will be fitted to: a JPEG that large enough decodes reduced
+            (jpeg_reduction). None: always at full size.
 
     Returns:
         uint8 pixels, (H, W) for gray or (H, W, 3) RGB.
     """
+    dims = None
     if data is not None or path.is_file():
-        check_image(path, path if data is None else data, max_pixels, max_bytes)
+        dims = check_image(path, path if data is None else data, max_pixels, max_bytes)
     dicom = path.suffix.lower() == ".dcm" or (data is not None and data[128:132] == b"DICM")
     if not dicom and (data is not None or path.is_file()):
         buf = np.frombuffer(data, np.uint8) if data is not None else np.fromfile(path, np.uint8)
         flags = cv2.IMREAD_ANYDEPTH | (cv2.IMREAD_GRAYSCALE if color == "gray" else cv2.IMREAD_COLOR)
+        factor = jpeg_reduction(dims, *fitted) if fitted and buf[:3].tobytes() == JPEG_MAGIC else 1
+        if factor > 1:  # 8-bit JPEG pixels either way
+            flags = next(gray if color == "gray" else rgb for f, gray, rgb in _REDUCED if f == factor)
         raw = imdecode(path, buf, flags) if buf.size else None
         if raw is not None and raw.size and raw.dtype in (np.uint8, np.uint16):
             raw = raw if raw.dtype == np.uint8 else np.round(raw / 257.0).astype(np.uint8)
@@ -179,7 +213,10 @@ def prepare_image(path: Path, preprocessing: PreprocessParams, data: bytes | Non
     Returns:
         uint8 (size, size, channels).
     """
-    img = decode_uint8(path, preprocessing.color, data, preprocessing.max_pixels, preprocessing.max_file_mb * MB)
+    fitted = (preprocessing.size, preprocessing.fit) if preprocessing.jpeg_reduced else None
+    img = decode_uint8(
+        path, preprocessing.color, data, preprocessing.max_pixels, preprocessing.max_file_mb * MB, fitted
+    )
     return prepare_pixels(img, preprocessing)
 
 
@@ -226,7 +263,7 @@ def cache_key(params: Params, validated: ValidationReport) -> str:
         "code": CODE_VERSION,
         "labels": params.validate_.classes,
         "shard_size": preprocessing["shard_size"],
-        "pixels": {k: preprocessing[k] for k in _KEY_FIELDS},
+        "pixels": {k: preprocessing[k] for k in PIXEL_FIELDS},
         "splits": hashlib.md5(validated.splits_csv.read_bytes()).hexdigest(),
     }
     return hashlib.md5(json.dumps(spec, sort_keys=True).encode()).hexdigest()

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from pipeline.config import LOWER_IS_BETTER, Params, PromoteParams, Workspace
+from pipeline.config import LOWER_IS_BETTER, PIXEL_FIELDS, Params, PromoteParams, Workspace
 from pipeline.errors import MedpipeError
 from pipeline.register import RegisterResult
 from pipeline.registry import aliases_of
@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 JOURNAL = "medpipe.alias_journal"
-PIXEL_FIELDS = ("size", "color", "fit", "clahe", "denoise")
 
 
 @dataclass

@@ -51,6 +51,21 @@ def _pixels_or_bytes(cell, row: int) -> bytes | np.ndarray:
     return pixels
 
 
+def served_preprocessing(logged: dict) -> PreprocessParams:
+    """The preprocessing a served model was logged with (its serving.json), as params.
+
+    Keys added to medpipe after the model was logged take the value that reproduces how it was trained:
+    `jpeg_reduced` off (before it existed, JPEGs decoded at full size).
+
+    Args:
+        logged: serving.json's `preprocess`.
+
+    Returns:
+        The preprocess params.
+    """
+    return PreprocessParams.model_validate({"jpeg_reduced": False, **logged})
+
+
 def model_input(cell, row: int, preprocessing: PreprocessParams) -> np.ndarray:
     """One cell as a model input: float32 (size, size, channels) in [0, 1].
 
@@ -166,7 +181,7 @@ class RawImageClassifier(_python_model_base()):  # type: ignore[misc]  # mlflow'
 
         self.model = load_model(keras_file)
         config = json.loads(config_file.read_text())
-        self.classes, self.pp = config["classes"], PreprocessParams.model_validate(config["preprocess"])
+        self.classes, self.pp = config["classes"], served_preprocessing(config["preprocess"])
         return self
 
     # The DataFrame hint tells MLflow not to infer a schema from it (the signature is explicit) and so not to

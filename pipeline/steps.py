@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Params, step_params
+from pipeline.config import PIXEL_FIELDS, Params, step_params
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ class Step:
         return sorted({*code_deps(f"{PACKAGE}.{self.module}"), *code_deps(f"{PACKAGE}.autoparams"), *self.files})
 
 
-PIXELS = tuple(f"preprocess.{key}" for key in ("size", "color", "fit", "clahe", "denoise"))  # promote.PIXEL_FIELDS
+PIXELS = tuple(f"preprocess.{key}" for key in PIXEL_FIELDS)  # promote compares them
 TRACKING = ("register.tracking_uri", "register.artifact_root", "register.experiment")  # where MLflow runs go
 
 STEPS: tuple[Step, ...] = (
@@ -134,6 +134,7 @@ STEPS: tuple[Step, ...] = (
             "preprocess.fit",
             "preprocess.clahe",
             "preprocess.denoise",
+            "preprocess.jpeg_reduced",
             "preprocess.shard_size",
             "preprocess.max_pixels",
             "preprocess.max_file_mb",

@@ -491,7 +491,9 @@ def dropped_count(near_duplicates: dict) -> int:
     return int(near_duplicates.get("n_dropped", 0))
 
 
-def start_run(params: Params, ws: Workspace, validated: ValidationReport, progress: Progress):
+def start_run(
+    params: Params, ws: Workspace, validated: ValidationReport, progress: Progress, tags: dict[str, str] | None = None
+):
     """Open a new MLflow run with lineage tags and params, or reopen the resumed one (an ActiveRun).
 
     Args:
@@ -499,6 +501,7 @@ def start_run(params: Params, ws: Workspace, validated: ValidationReport, progre
         ws: The workspace.
         validated: The validate step's report (its outcome is tagged, its folder logged).
         progress: Where the run stands (a run_id: reopen that run).
+        tags: More tags for a new run (e.g. `mlflow.parentRunId` of a tuning study's run).
 
     Returns:
         The mlflow ActiveRun.
@@ -511,6 +514,7 @@ def start_run(params: Params, ws: Workspace, validated: ValidationReport, progre
     if progress.run_id:
         return mlflow.start_run(run_id=progress.run_id)
     tags = {
+        **(tags or {}),
         **lineage_tags(params, ws),
         "medpipe.validation": "passed" if validated.success else "failed",
         "medpipe.near_duplicates_dropped": str(dropped_count(validated.near_duplicates)),
@@ -598,6 +602,7 @@ def run_step(
     balanced: BalanceResult,
     resume: bool = False,
     callbacks: tuple = (),
+    run_tags: dict[str, str] | None = None,
 ) -> TrainResult:
     """Train params.model on the balanced train split inside an MLflow run; with `resume`, continue from
     the last checkpoint of an interrupted run with the same inputs (else start afresh).
@@ -610,6 +615,7 @@ def run_step(
         balanced: The balance step's result (the sampling plan, class weights).
         resume: Continue from a matching checkpoint.
         callbacks: More Keras callbacks.
+        run_tags: More tags for its MLflow run.
 
     Returns:
         The run id, model path, epochs run, best epoch, weights sha256, data md5 and resume epoch.
@@ -631,7 +637,7 @@ def run_step(
     resumed_from = progress.epoch
     final = ws.out / "train"
     # an exception marks the run FAILED
-    with start_run(params, ws, validated, progress) as run, replace_dir(final) as out:
+    with start_run(params, ws, validated, progress, run_tags) as run, replace_dir(final) as out:
         progress.run_id = run.info.run_id
         mlflow.set_tags(owner_tags())  # a killed process's run is closed as KILLED by the next command
         mlflow.log_dict({"before": balance.counts_before, "after": balance.counts_after}, "balance/class_counts.json")

@@ -87,6 +87,7 @@ LONGEST_FIRST = (
     "tests/flows/test_retraining.py",  # ~560 s (two runs at once, reproduce, dvc repro)
     "tests/faults/test_kill_points.py",  # ~470 s
     "tests/flows/test_training_flow.py",  # ~180 s
+    "tests/pipeline/test_tune.py",  # ~200 s (five medpipe tune processes, one killed)
     "tests/flows/test_serving.py",  # ~170 s
     "tests/flows/test_work_pool.py",  # ~145 s
     "tests/flows/test_promotion.py",  # ~130 s

@@ -6,11 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.config import Params, PreprocessParams
+from pipeline.config import PIXEL_FIELDS, Params, PreprocessParams
 from pipeline.errors import ImageError, MedpipeError
 from pipeline.imageio import read_image
 from pipeline.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, MB, Dimensions, check_image, header_dimensions
-from pipeline.preprocess import _KEY_FIELDS, decode_uint8
+from pipeline.preprocess import decode_uint8
 from pipeline.scan import scan, scan_file
 from pipeline.serving import cells, model_input
 from tests.helpers import bomb_dicom, bomb_png, write_dicom
@@ -61,8 +61,8 @@ def test_header_dimensions_of_real_files(tmp_path):
 def test_caps_are_params_outside_the_cache_key():
     pp = Params().preprocess
     assert (pp.max_pixels, pp.max_file_mb) == (DEFAULT_MAX_PIXELS, DEFAULT_MAX_FILE_MB) == (50_000_000, 512)
-    assert "max_pixels" not in _KEY_FIELDS
-    assert "max_file_mb" not in _KEY_FIELDS
+    assert "max_pixels" not in PIXEL_FIELDS
+    assert "max_file_mb" not in PIXEL_FIELDS
     old = {k: v for k, v in pp.model_dump(mode="json").items() if k not in ("max_pixels", "max_file_mb")}
     assert PreprocessParams.model_validate(old) == pp  # an older serving.json gets the defaults
 

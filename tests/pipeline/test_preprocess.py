@@ -103,3 +103,56 @@ def test_unchanged_inputs_come_from_the_cache(tmp_path, tiny_data):
     assert redone.key != first.key
     (first.folder / "y_val.npy").unlink()  # a damaged cache is rebuilt, not trusted
     assert not run_step(changed, ws, report).cached
+
+
+def test_jpeg_reduction_keeps_the_fitted_side_at_least_the_target():
+    from pipeline.limits import Dimensions
+    from pipeline.preprocess import jpeg_reduction
+
+    wide = Dimensions(1024, 768)
+    assert jpeg_reduction(wide, 224, "pad") == 4  # the longer side: 1024 / 4 = 256 >= 224, / 8 = 128 is not
+    assert jpeg_reduction(wide, 224, "crop") == 2  # the shorter side: 768 / 2 = 384, / 4 = 192 < 224
+    assert jpeg_reduction(wide, 224, "stretch") == 2
+    assert jpeg_reduction(wide, 64, "pad") == 8
+    assert jpeg_reduction(Dimensions(300, 300), 224, "pad") == 1
+    assert jpeg_reduction(None, 64, "pad") == 1
+
+
+@pytest.fixture(scope="module")
+def large_jpegs(tmp_path_factory, tiny_data):
+    """1024 px JPEGs (quality 90) made from the tiny chest images, gray and colour."""
+    folder = tmp_path_factory.mktemp("large_jpegs")
+    paths = []
+    for i, path in enumerate(sorted((tiny_data / "images").rglob("*.png"))[:6]):
+        img = cv2.resize(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), (1024, 768), interpolation=cv2.INTER_CUBIC)
+        if i % 2:  # a tinted colour version
+            img = cv2.merge([img, cv2.add(img, 20), cv2.subtract(img, 20)])
+        paths.append(folder / f"{i}.jpg")
+        cv2.imwrite(str(paths[-1]), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return paths
+
+
+@pytest.mark.parametrize("color", ["gray", "rgb"])
+def test_large_jpegs_decode_reduced_within_a_grey_level_of_the_full_decode(large_jpegs, color):
+    from pipeline.preprocess import prepare_image
+
+    reduced, full = (PreprocessParams(size=224, color=color, jpeg_reduced=on) for on in (True, False))
+    flag = cv2.IMREAD_REDUCED_GRAYSCALE_4 if color == "gray" else cv2.IMREAD_REDUCED_COLOR_4
+    for path in large_jpegs:
+        fast, slow = prepare_image(path, reduced), prepare_image(path, full)
+        assert fast.shape == slow.shape == (224, 224, 1 if color == "gray" else 3)
+        assert np.abs(fast.astype(int) - slow).mean() < 1.0  # mean absolute error, grey levels of 255
+        libjpeg = cv2.imdecode(np.fromfile(path, np.uint8), flag)  # 1024 / 4 = 256 >= 224: a quarter
+        libjpeg = libjpeg if color == "gray" else cv2.cvtColor(libjpeg, cv2.COLOR_BGR2RGB)
+        assert np.array_equal(fast.reshape(fast.shape[:2] + (-1,)).squeeze(), fit_to_size(libjpeg, 224, "pad"))
+
+
+def test_pngs_and_small_jpegs_decode_at_full_size(tiny_data, tmp_path):
+    from pipeline.preprocess import prepare_image
+
+    png = next((tiny_data / "images/normal").glob("*.png"))
+    small = tmp_path / "small.jpg"
+    cv2.imwrite(str(small), cv2.imread(str(png)), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    for path in (png, small):  # 64 px sources for a 48 px model: no reduction keeps 48 px
+        on, off = (prepare_image(path, PreprocessParams(size=48, jpeg_reduced=flag)) for flag in (True, False))
+        assert np.array_equal(on, off)

@@ -61,3 +61,11 @@ def test_predict_files_gives_what_the_table_gives_for_the_same_files(tiny_data):
     assert [r["label"] for r in rows] == table["label"].tolist()
     for row, (_, expected) in zip(rows, table.iterrows()):
         assert row["probabilities"] == {c: round(float(expected[c]), 4) for c in classes}
+
+
+def test_a_model_logged_before_reduced_jpeg_decoding_keeps_the_full_decode():
+    from pipeline.serving import served_preprocessing
+
+    old = PreprocessParams().model_dump(mode="json", exclude={"jpeg_reduced"})  # a serving.json of before
+    assert served_preprocessing(old).jpeg_reduced is False
+    assert served_preprocessing(PreprocessParams().model_dump(mode="json")).jpeg_reduced is True

@@ -109,6 +109,6 @@ def test_a_step_is_run_with_only_its_declared_params(monkeypatch):
 
 
 def test_promote_declares_the_pixel_params_its_gate_compares():
-    from pipeline.promote import PIXEL_FIELDS
+    from pipeline.config import PIXEL_FIELDS
 
     assert {f"preprocess.{key}" for key in PIXEL_FIELDS} <= set(step("promote").params)

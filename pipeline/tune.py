@@ -1,0 +1,359 @@
+"""The recipe search (`medpipe tune`): Optuna's TPE over params the user names, each trial trained like a normal
+run and scored on the validation split only (the test split is not read), pruned when it trails.
+
+The study lives in SQLite under outputs/tune, so a stopped search resumes where it stopped. Each trial is an
+MLflow run nested under the study's run, which carries the best value so far. The result is a params override
+file (outputs/tune/best_params.yaml) that `medpipe tune --register` (or `medpipe run --set ...`) trains through
+the normal flow, gate included.
+"""
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import yaml
+
+from pipeline.config import TUNE_METRICS, Params, Range, Workspace, parse_params
+from pipeline.errors import ConfigError, DataError
+from pipeline.outputs import write_text
+from pipeline.steps import step
+
+log = logging.getLogger(__name__)
+
+FOLDER = "tune"  # under outputs/
+BEST_FILE = "best_params.yaml"
+NOT_TUNABLE = ("data", "register", "tune", "card", "dask")  # where the data and models live, and how: not a recipe
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One finished (or pruned, or failed) trial."""
+
+    number: int
+    state: str  # COMPLETE, PRUNED or FAIL
+    value: float | None
+    params: dict[str, Any]
+    run_id: str | None
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """The study after this invocation: its trials, the best one, and where its params were written."""
+
+    study: str
+    metric: str
+    direction: str
+    trials: list[Trial]
+    best: Trial | None
+    best_file: Path | None
+    parent_run_id: str
+    new_trials: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _default(params: Params, key: str) -> Any:
+    """The current value of a dotted params key; ConfigError when there is none."""
+    node: Any = params.model_dump(mode="json", by_alias=True)
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"tune.space.{key}", "no such params key (use a dotted key such as train.learning_rate)")
+        node = node[part]
+    return node
+
+
+def trial_params(params: Params, chosen: dict[str, Any]) -> Params:
+    """The params of one trial: `params` with the chosen values set.
+
+    Args:
+        params: The base params.
+        chosen: Dotted key to value.
+
+    Returns:
+        The validated trial params.
+
+    Raises:
+        ConfigError: a chosen value is not valid there (blamed on `tune.space.<key>`).
+    """
+    raw = params.model_dump(mode="json", by_alias=True)
+    for key, value in chosen.items():
+        node = raw
+        *path, leaf = key.split(".")
+        for part in path:
+            node = node[part]
+        node[leaf] = value
+    return parse_params(raw, "tune.space")
+
+
+def check_space(params: Params) -> None:
+    """Refuse a search space that names unknown or untunable keys, or values the params reject, before any work.
+
+    Args:
+        params: The params (their `tune.space`).
+
+    Raises:
+        ConfigError: one line naming `tune.space.<key>`.
+    """
+    for key, choices in params.tune.space.items():
+        if key.split(".")[0] in NOT_TUNABLE:
+            raise ConfigError(f"tune.space.{key}", f"sections {', '.join(NOT_TUNABLE)} are not part of a recipe")
+        current = _default(params, key)
+        if isinstance(current, dict):
+            raise ConfigError(f"tune.space.{key}", "is a section; name one of its keys")
+        values = [choices.low, choices.high] if isinstance(choices, Range) else choices
+        for value in values:
+            value = int(value) if isinstance(choices, Range) and choices.integer else value
+            try:
+                trial_params(params, {key: value})
+            except ConfigError as err:
+                raise ConfigError(f"tune.space.{key}", f"{value!r}: {err.reason}") from None
+
+
+def study_name(params: Params, data_md5: str) -> str:
+    """The study's name: the data version, the base params (without the budget) and the space and seed.
+    The same search on the same data resumes; any other change starts a new study.
+
+    Args:
+        params: The params.
+        data_md5: The data version.
+
+    Returns:
+        `tune-<12 hex>`.
+    """
+    tune = params.tune.model_dump(mode="json", exclude={"trials", "minutes"})
+    text = json.dumps({"data": data_md5, "params": params.md5(), "tune": tune}, sort_keys=True)
+    return f"tune-{hashlib.md5(text.encode()).hexdigest()[:12]}"
+
+
+def suggest(trial, space: dict) -> dict[str, Any]:
+    """One trial's values from the space (Optuna's suggest_* calls).
+
+    Args:
+        trial: The optuna Trial.
+        space: tune.space.
+
+    Returns:
+        Dotted key to value.
+    """
+    chosen: dict[str, Any] = {}
+    for key, choices in space.items():
+        if isinstance(choices, Range) and choices.integer:
+            chosen[key] = trial.suggest_int(key, int(choices.low), int(choices.high), log=choices.log)
+        elif isinstance(choices, Range):
+            chosen[key] = trial.suggest_float(key, choices.low, choices.high, log=choices.log)
+        else:
+            chosen[key] = trial.suggest_categorical(key, choices)
+    return chosen
+
+
+def overrides(chosen: dict[str, Any]) -> dict[str, str]:
+    """Chosen values as `--set KEY=VALUE` overrides (YAML values).
+
+    Args:
+        chosen: Dotted key to value.
+
+    Returns:
+        Dotted key to its YAML text.
+    """
+    return {
+        key: yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        for key, value in chosen.items()
+    }
+
+
+def nested(chosen: dict[str, Any]) -> dict:
+    """Dotted keys as the nested sections of a params file.
+
+    Args:
+        chosen: Dotted key to value.
+
+    Returns:
+        {"train": {"learning_rate": ...}, ...}.
+    """
+    tree: dict = {}
+    for key, value in chosen.items():
+        node = tree
+        *path, leaf = key.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def _data(params: Params, ws: Workspace, cache: dict) -> tuple:
+    """Validate and preprocess once per distinct set of data params (outputs/tune/data-<key>), not per trial."""
+    from pipeline.preprocess import cache_key
+
+    key = hashlib.md5(
+        json.dumps(
+            params.model_dump(mode="json", by_alias=True, include={"validate_", "preprocess"}), sort_keys=True
+        ).encode()
+    ).hexdigest()[:8]
+    if key not in cache:
+        data_ws = Workspace(base=ws.base, data_root=ws.data_root, out=ws.out / FOLDER / f"data-{key}")
+        validated = step("validate").run(params, data_ws)
+        if not validated.success:
+            from pipeline import validate
+
+            raise DataError(ws.data_root, str(validate.failure(validated, ws.data_root)))
+        prepared = step("preprocess").run(params, data_ws, validated)
+        cache[key] = (validated, prepared, cache_key(params, validated))
+    return cache[key]
+
+
+def _pruner(trial, metric: str):
+    """A Keras callback reporting the metric each epoch; it stops training when Optuna would prune."""
+    import keras
+
+    class Report(keras.callbacks.Callback):
+        pruned = False
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            value = (logs or {}).get(metric)
+            if value is None:
+                return
+            trial.report(float(value), epoch)
+            if trial.should_prune():
+                self.pruned = True
+                self.model.stop_training = True
+
+    return Report()
+
+
+def _parent_run(params: Params, ws: Workspace, name: str) -> str:
+    """The study's MLflow run (made on first use, found again on resume)."""
+    import mlflow
+
+    from pipeline.registry import setup_tracking
+
+    experiment = setup_tracking(params.register_, ws.base)
+    client = mlflow.MlflowClient()
+    study = f"tags.`medpipe.tune.study` = '{name}' AND tags.`medpipe.tune.trial` IS NULL"  # not a trial's run
+    found = client.search_runs([experiment], study, max_results=1)
+    if found:
+        return found[0].info.run_id
+    tags = {"medpipe.tune.study": name, "medpipe.tune.metric": params.tune.metric}
+    run = client.create_run(experiment, run_name=name, tags=tags)
+    client.log_dict(run.info.run_id, params.tune.model_dump(mode="json"), "tune.yaml")
+    return run.info.run_id
+
+
+def _record(trial) -> Trial:
+    return Trial(
+        trial.number,
+        trial.state.name,
+        trial.value,
+        dict(trial.params),
+        trial.user_attrs.get("run_id"),
+    )
+
+
+def run(params: Params, ws: Workspace, say: Callable[[str], None] = log.info) -> TuneResult:
+    """Run (or resume) the recipe search within its budget, and write the best trial's params.
+
+    Call it holding the project lock (pipeline.lock): a trial left RUNNING by a killed search is then
+    known to be dead, and is marked failed.
+
+    Args:
+        params: The params, `auto` labels and colour resolved (pipeline.autoparams).
+        ws: The workspace (writes outputs/tune).
+        say: Where progress lines go (one per trial).
+
+    Returns:
+        The study's trials, the best one and its params file.
+
+    Raises:
+        ConfigError: the search space is invalid.
+        DataError: the data fail validation.
+    """
+    import mlflow
+    import optuna
+
+    from pipeline.lineage import content_hash
+    from pipeline.registry import close_orphaned_runs
+
+    check_space(params)
+    tune, direction = params.tune, TUNE_METRICS[params.tune.metric]
+    folder = ws.out / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    name = study_name(params, content_hash(ws.data_root)[0])
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
+    storage = optuna.storages.RDBStorage(f"sqlite:///{folder / 'study.db'}")
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        load_if_exists=True,
+        direction=cast(Literal["minimize", "maximize"], direction),
+        sampler=optuna.samplers.TPESampler(seed=tune.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        if tune.prune
+        else optuna.pruners.NopPruner(),
+    )
+    notes: list[str] = []
+    close_orphaned_runs(params.register_, ws.base, say=notes.append)  # the MLflow run of a killed trial
+    for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_state_values(stale._trial_id, optuna.trial.TrialState.FAIL)  # its process is gone
+        notes.append(f"trial {stale.number} was cut short by a stopped search: marked failed")
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = len(study.get_trials(deepcopy=False, states=finished))
+    remaining = None if tune.trials is None else max(tune.trials - done, 0)
+    parent = _parent_run(params, ws, name)
+    client, cache = mlflow.MlflowClient(), cast(dict[str, tuple], {})
+    if done:
+        notes.append(f"study {name} resumed: {done} trial(s) already finished")
+
+    def objective(trial) -> float:
+        chosen = suggest(trial, tune.space)
+        trial_ps = trial_params(params, chosen)
+        validated, prepared, _ = _data(trial_ps, ws, cache)
+        trial_ws = Workspace(base=ws.base, data_root=ws.data_root, out=folder / "trials" / f"{trial.number:04d}")
+        balanced = step("balance").run(trial_ps, trial_ws, prepared)
+        report = _pruner(trial, tune.metric)
+        tags = {"mlflow.parentRunId": parent, "medpipe.tune.study": name, "medpipe.tune.trial": str(trial.number)}
+        trained = step("train").run(
+            trial_ps, trial_ws, validated, prepared, balanced, callbacks=(report,), run_tags=tags
+        )
+        trial.set_user_attr("run_id", trained.run_id)
+        history = json.loads((trained.folder(ws.base) / "history.json").read_text())
+        value = float(history[tune.metric][trained.best_epoch - 1])  # the epoch whose weights were kept
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items())
+        if report.pruned:
+            client.set_tag(trained.run_id, "medpipe.tune.state", "pruned")
+            say(f"trial {trial.number}: {shown}: pruned after {trained.epochs_run} epoch(s)")
+            raise optuna.TrialPruned()
+        client.set_tag(trained.run_id, "medpipe.tune.state", "complete")
+        say(f"trial {trial.number}: {shown}: {tune.metric} {value:.4f} (epoch {trained.best_epoch})")
+        return value
+
+    def progress(study, frozen) -> None:
+        if frozen.state == optuna.trial.TrialState.COMPLETE and study.best_trial.number == frozen.number:
+            client.log_metric(parent, f"best_{tune.metric}", frozen.value, step=frozen.number)
+            client.set_tag(parent, "medpipe.tune.best_trial", str(frozen.number))
+            _write_best(folder, study.best_trial, name, tune.metric)
+
+    before = len(study.trials)
+    if remaining != 0:
+        study.optimize(
+            objective,
+            n_trials=remaining,
+            timeout=None if tune.minutes is None else tune.minutes * 60,
+            callbacks=[progress],
+            catch=(),
+        )
+    client.set_terminated(parent)
+    trials = [_record(t) for t in study.get_trials(deepcopy=False)]
+    complete = any(t.state == "COMPLETE" for t in trials)
+    best = _record(study.best_trial) if complete else None
+    best_file = _write_best(folder, study.best_trial, name, tune.metric) if complete else None
+    return TuneResult(name, tune.metric, direction, trials, best, best_file, parent, len(study.trials) - before, notes)
+
+
+def _write_best(folder: Path, trial, name: str, metric: str) -> Path:
+    """outputs/tune/best_params.yaml: the best trial's values as a params override file."""
+    head = f"# medpipe tune: study {name}, trial {trial.number}, {metric} {trial.value:.4f} (validation split)\n"
+    path = folder / BEST_FILE
+    write_text(path, head + yaml.safe_dump(nested(dict(trial.params)), sort_keys=True))
+    return path

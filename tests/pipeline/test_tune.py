@@ -1,0 +1,200 @@
+"""The recipe search for real on tiny data: Optuna (SQLite study), MLflow nested runs, Keras training."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import yaml
+
+from pipeline.config import Params, Range
+from pipeline.errors import ConfigError
+from tests.helpers import write_params
+
+SPACE = {"train.learning_rate": {"low": 0.0005, "high": 0.005, "log": True}, "train.batch_size": [8, 16]}
+
+
+def _medpipe(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name("medpipe")), *args, "--params", str(project / "params.yaml")]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=project)
+
+
+def _study(project: Path):
+    import optuna
+
+    storage = f"sqlite:///{project}/outputs/tune/study.db"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage)
+
+
+def _client(project: Path):
+    import mlflow
+
+    uri = f"sqlite:///{project}/mlflow/mlflow.db"
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_the_space_names_real_tunable_keys_with_valid_values():
+    from pipeline.tune import check_space
+
+    check_space(Params())  # the shipped space
+    for space, blamed in (
+        ({"train.learning_rat": [0.1]}, "tune.space.train.learning_rat: no such params key"),
+        ({"train": [1]}, "tune.space.train: is a section"),
+        ({"register.model_name": ["a"]}, "tune.space.register.model_name: sections data, register"),
+        ({"train.batch_size": [16, 0]}, "tune.space.train.batch_size: 0: "),
+        ({"train.schedule": ["cosine", "linear"]}, "tune.space.train.schedule: 'linear': "),
+    ):
+        with pytest.raises(ConfigError, match=blamed.replace(".", r"\.")):
+            check_space(Params.model_validate({"tune": {"space": space}}))
+    with pytest.raises(ValueError, match="low"):
+        Range(low=1, high=1)
+    with pytest.raises(ValueError, match="budget"):
+        Params.model_validate({"tune": {"trials": None, "minutes": None}})
+
+
+def test_the_chosen_values_become_overrides_and_a_params_file():
+    from pipeline.tune import nested, overrides, trial_params
+
+    chosen = {"train.learning_rate": 0.00123, "train.batch_size": 16, "model.name": "resnet_small"}
+    assert overrides(chosen) == {
+        "train.learning_rate": "0.00123",
+        "train.batch_size": "16",
+        "model.name": "resnet_small",
+    }
+    assert nested(chosen) == {"train": {"learning_rate": 0.00123, "batch_size": 16}, "model": {"name": "resnet_small"}}
+    tried = trial_params(Params(), chosen)
+    assert (tried.train.learning_rate, tried.train.batch_size, tried.model.name) == (0.00123, 16, "resnet_small")
+    assert Params().md5() == Params.model_validate({"tune": {"trials": 3}}).md5()  # the search is no lineage
+
+
+class Searched(NamedTuple):
+    project: Path
+    first: subprocess.CompletedProcess
+    resumed: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, tiny_data) -> Searched:
+    """Two trials, then a resume to three."""
+    project = tmp_path_factory.mktemp("tune")
+    shutil.copytree(tiny_data, project / "data")
+    write_params(project, tune={"trials": 2, "seed": 7, "space": SPACE, "prune": False})
+    first = _medpipe(project, "tune")
+    resumed = _medpipe(project, "tune", "--trials", "3")
+    return Searched(project, first, resumed)
+
+
+@pytest.mark.slow
+def test_a_search_runs_its_budget_and_resumes(searched):
+    assert searched.first.returncode == 0, searched.first.stderr[-3000:]
+    assert searched.resumed.returncode == 0, searched.resumed.stderr[-3000:]
+    assert "trial 0: " in searched.first.stdout
+    assert "trial 1: " in searched.first.stdout
+    assert "resumed: 2 trial(s) already finished" in searched.resumed.stdout
+    assert "trial 2: " in searched.resumed.stdout
+    assert "trial 0: " not in searched.resumed.stdout  # not trained again
+    study = _study(searched.project)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+
+
+@pytest.mark.slow
+def test_the_best_trial_is_chosen_on_validation_and_written_as_params(searched):
+    study = _study(searched.project)
+    best = max(study.trials, key=lambda t: t.value)
+    written = yaml.safe_load((searched.project / "outputs/tune/best_params.yaml").read_text())
+    assert written == {
+        "train": {"learning_rate": best.params["train.learning_rate"], "batch_size": best.params["train.batch_size"]}
+    }
+    for trial in study.trials:  # the value is the kept epoch's validation ROC-AUC
+        history = json.loads(
+            (searched.project / f"outputs/tune/trials/{trial.number:04d}/train/history.json").read_text()
+        )
+        assert trial.value in history["val_roc_auc"]
+    assert f"--set train.batch_size={best.params['train.batch_size']}" in searched.resumed.stdout
+
+
+@pytest.mark.slow
+def test_each_trial_is_a_nested_mlflow_run_and_no_trial_sees_the_test_split(searched):
+    client = _client(searched.project)
+    experiment = client.get_experiment_by_name("medpipe").experiment_id
+    (parent,) = client.search_runs(
+        [experiment], "tags.`medpipe.tune.study` LIKE 'tune-%' AND tags.`medpipe.tune.trial` IS NULL"
+    )
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(int(r.data.tags["medpipe.tune.trial"]) for r in children) == [0, 1, 2]
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert not [k for k in run.data.metrics if k.startswith("test_")]
+        assert float(run.data.params["params.train.learning_rate"]) == pytest.approx(
+            _study(searched.project).trials[int(run.data.tags["medpipe.tune.trial"])].params["train.learning_rate"]
+        )
+    best = max(_study(searched.project).trials, key=lambda t: t.value)
+    assert parent.data.tags["medpipe.tune.best_trial"] == str(best.number)
+    assert parent.data.metrics["best_val_roc_auc"] == pytest.approx(best.value)
+    assert parent.info.status == "FINISHED"
+    assert not (searched.project / "outputs/evaluate").exists()  # nothing was evaluated on test
+    assert not client.search_registered_models()  # nor registered
+
+
+@pytest.mark.slow
+def test_the_same_seed_and_budget_give_the_same_trials(searched, tmp_path, tiny_data):
+    shutil.copytree(tiny_data, tmp_path / "data")
+    write_params(tmp_path, tune={"trials": 2, "seed": 7, "space": SPACE, "prune": False})
+    again = _medpipe(tmp_path, "tune")
+    assert again.returncode == 0, again.stderr[-3000:]
+    first, second = _study(searched.project).trials[:2], _study(tmp_path).trials
+    assert [t.params for t in second] == [t.params for t in first]
+    assert [t.value for t in second] == [t.value for t in first]  # and the same training
+
+
+@pytest.mark.slow
+def test_register_trains_the_best_recipe_through_the_flow_and_its_gate(searched):
+    done = _medpipe(searched.project, "tune", "--trials", "3", "--register")  # the budget is spent: no trial
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trial 3" not in done.stdout
+    best = max(_study(searched.project).trials, key=lambda t: t.value)
+    version = _client(searched.project).get_model_version("medpipe-classifier", "1")
+    run = _client(searched.project).get_run(version.run_id)
+    assert "mlflow.parentRunId" not in run.data.tags  # a normal run, not a trial
+    assert int(run.data.params["params.train.batch_size"]) == best.params["train.batch_size"]
+    assert float(run.data.params["params.train.learning_rate"]) == pytest.approx(best.params["train.learning_rate"])
+    aliases = _client(searched.project).get_registered_model("medpipe-classifier").aliases
+    assert aliases == {"champion": "1"}  # through the gate (a first model: its floors)
+    assert "test_roc_auc" in run.data.metrics  # the test split, once, by this model
+
+
+@pytest.mark.slow
+def test_a_search_killed_inside_a_trial_resumes_and_marks_that_trial_failed(tmp_path, tiny_data):
+    shutil.copytree(tiny_data, tmp_path / "data")
+    write_params(tmp_path, tune={"trials": 2, "seed": 3, "space": SPACE, "prune": False})
+    marker = tmp_path / "fault.pid"
+    env = {**os.environ, "MEDPIPE_FAULT_POINT": "train.epoch:3", "MEDPIPE_FAULT_MARKER": str(marker)}
+    command = [str(Path(sys.executable).with_name("medpipe")), "tune", "--params", str(tmp_path / "params.yaml")]
+    process = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        from tests.helpers import wait_for
+
+        wait_for(marker.exists, 600, "the second trial's first epoch", process)  # trial 0: two epochs
+        os.kill(int(marker.read_text()), signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    resumed = _medpipe(tmp_path, "tune")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "trial 1 was cut short by a stopped search: marked failed" in resumed.stdout
+    states = [t.state.name for t in _study(tmp_path).trials]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE"]  # the budget counts finished trials
+    runs = _client(tmp_path).search_runs([_client(tmp_path).get_experiment_by_name("medpipe").experiment_id])
+    assert sorted(r.info.status for r in runs if "medpipe.tune.trial" in r.data.tags) == [
+        "FINISHED",
+        "FINISHED",
+        "KILLED",
+    ]
