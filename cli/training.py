@@ -215,6 +215,7 @@ def tune(
     from pipeline.autoparams import labels_from_data, resolve
     from pipeline.config import Workspace, load_params
     from pipeline.lock import project_lock
+    from pipeline.tune import check_space
     from pipeline.tune import overrides as as_overrides
     from pipeline.tune import run as run_study
 
@@ -222,6 +223,7 @@ def tune(
     extra |= {"tune.minutes": str(minutes)} if minutes is not None else {}
     overrides = parse_overrides(set_)
     p = load_params(params, {**overrides, **extra})
+    check_space(p)  # before any work
     ws = Workspace.create(p, params)
     p, notes = resolve(p, ws.data_root, labels_from_data(False, overrides))
     for note in notes:

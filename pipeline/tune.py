@@ -334,16 +334,19 @@ def run(params: Params, ws: Workspace, say: Callable[[str], None] = log.info) ->
             client.set_tag(parent, "medpipe.tune.best_trial", str(frozen.number))
             _write_best(folder, study.best_trial, name, tune.metric)
 
-    before = len(study.trials)
-    if remaining != 0:
-        study.optimize(
-            objective,
-            n_trials=remaining,
-            timeout=None if tune.minutes is None else tune.minutes * 60,
-            callbacks=[progress],
-            catch=(),
-        )
-    client.set_terminated(parent)
+    before, status = len(study.trials), "FAILED"
+    try:
+        if remaining != 0:
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                timeout=None if tune.minutes is None else tune.minutes * 60,
+                callbacks=[progress],
+                catch=(),
+            )
+        status = "FINISHED"
+    finally:  # a failed trial (e.g. data that fail validation) ends the search, and the study's run with it
+        client.set_terminated(parent, status)
     trials = [_record(t) for t in study.get_trials(deepcopy=False)]
     complete = any(t.state == "COMPLETE" for t in trials)
     best = _record(study.best_trial) if complete else None

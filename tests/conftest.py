@@ -47,9 +47,17 @@ atexit.register(shutil.rmtree, _SANDBOX, ignore_errors=True)
 @pytest.fixture(autouse=True)
 def _no_inherited_mlflow_store(monkeypatch):
     """A test that called mlflow.set_tracking_uri itself leaves the URI in os.environ (MLflow puts it
-    there for child processes); no later test's subprocess may inherit another test's store."""
+    there for child processes); no later test's subprocess may inherit another test's store.
+
+    Removed again after each test: a module-scoped fixture is set up before this function-scoped one, and
+    a URI left over from the test before would make its flows (medpipe honours MLFLOW_TRACKING_URI) and
+    its subprocesses use that test's store (it did: test_mlflow_server then registered into another one).
+    """
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
 
 
 @pytest.fixture(scope="session")

@@ -102,5 +102,9 @@ def test_the_evaluation_artifact_shows_its_figures_in_the_prefect_ui(deployed):
     images, links = chromium_page(f"{ui}/artifacts/artifact/{artifact['id']}", embedded, f"[{IMAGES_JS}, {links}]")
     assert len(images) >= 4  # the four summary figures, embedded
     assert all(ok for _, ok in images), images
+    import mlflow
+
     run_id = json.loads((deployed.project / "outputs/train/run.json").read_text())["run_id"]
-    assert links == [f"http://127.0.0.1:5000/#/experiments/1/runs/{run_id}"]  # where `make mlflow-ui` shows it
+    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{deployed.project}/mlflow/mlflow.db").get_run(run_id)
+    page = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    assert links == [page]  # where `make mlflow-ui` shows the project's store

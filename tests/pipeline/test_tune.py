@@ -73,6 +73,17 @@ def test_the_chosen_values_become_overrides_and_a_params_file():
     assert Params().md5() == Params.model_validate({"tune": {"trials": 3}}).md5()  # the search is no lineage
 
 
+def test_a_bad_space_is_one_line_and_exit_2_before_any_work(tmp_path, tiny_data):
+    shutil.copytree(tiny_data, tmp_path / "data")
+    write_params(tmp_path, tune={"space": {"train.batch_size": [16, -1]}})
+    done = _medpipe(tmp_path, "tune")
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: tune.space.train.batch_size: -1: ")
+    assert not (tmp_path / "outputs").exists()
+    assert not (tmp_path / "mlflow" / "mlflow.db").exists()
+
+
 class Searched(NamedTuple):
     project: Path
     first: subprocess.CompletedProcess
@@ -165,14 +176,14 @@ def test_register_trains_the_best_recipe_through_the_flow_and_its_gate(searched)
     assert int(run.data.params["params.train.batch_size"]) == best.params["train.batch_size"]
     assert float(run.data.params["params.train.learning_rate"]) == pytest.approx(best.params["train.learning_rate"])
     aliases = _client(searched.project).get_registered_model("medpipe-classifier").aliases
-    assert aliases == {"champion": "1"}  # through the gate (a first model: its floors)
+    assert {alias: int(v) for alias, v in aliases.items()} == {"champion": 1}  # through the gate (its floors)
     assert "test_roc_auc" in run.data.metrics  # the test split, once, by this model
 
 
 @pytest.mark.slow
 def test_a_search_killed_inside_a_trial_resumes_and_marks_that_trial_failed(tmp_path, tiny_data):
     shutil.copytree(tiny_data, tmp_path / "data")
-    write_params(tmp_path, tune={"trials": 2, "seed": 3, "space": SPACE, "prune": False})
+    write_params(tmp_path, tune={"trials": 5, "seed": 3, "space": SPACE, "prune": False})
     marker = tmp_path / "fault.pid"
     env = {**os.environ, "MEDPIPE_FAULT_POINT": "train.epoch:3", "MEDPIPE_FAULT_MARKER": str(marker)}
     command = [str(Path(sys.executable).with_name("medpipe")), "tune", "--params", str(tmp_path / "params.yaml")]
@@ -187,11 +198,11 @@ def test_a_search_killed_inside_a_trial_resumes_and_marks_that_trial_failed(tmp_
         process.wait(timeout=60)
     finally:
         process.kill()
-    resumed = _medpipe(tmp_path, "tune")
+    resumed = _medpipe(tmp_path, "tune", "--minutes", "0.01")  # a budget in time: the trial under way finishes
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "trial 1 was cut short by a stopped search: marked failed" in resumed.stdout
     states = [t.state.name for t in _study(tmp_path).trials]
-    assert states == ["COMPLETE", "FAIL", "COMPLETE"]  # the budget counts finished trials
+    assert states == ["COMPLETE", "FAIL", "COMPLETE"]  # one more trial, not the four the trial budget left
     runs = _client(tmp_path).search_runs([_client(tmp_path).get_experiment_by_name("medpipe").experiment_id])
     assert sorted(r.info.status for r in runs if "medpipe.tune.trial" in r.data.tags) == [
         "FINISHED",
