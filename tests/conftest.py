@@ -44,20 +44,15 @@ from tests.helpers import TINY_PATIENTS, TINY_SIZE, write_params  # noqa: E402
 atexit.register(shutil.rmtree, _SANDBOX, ignore_errors=True)
 
 
-@pytest.fixture(autouse=True)
-def _no_inherited_mlflow_store(monkeypatch):
-    """A test that called mlflow.set_tracking_uri itself leaves the URI in os.environ (MLflow puts it
-    there for child processes); no later test's subprocess may inherit another test's store.
-
-    Removed again after each test: a module-scoped fixture is set up before this function-scoped one, and
-    a URI left over from the test before would make its flows (medpipe honours MLFLOW_TRACKING_URI) and
-    its subprocesses use that test's store (it did: test_mlflow_server then registered into another one).
-    """
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    yield
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.pop("MLFLOW_REGISTRY_URI", None)
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    """No MLflow store URI left in os.environ by an earlier test or fixture: mlflow.set_tracking_uri exports it
+    there for child processes, and medpipe honours MLFLOW_TRACKING_URI. It is removed before any fixture of
+    this test is set up, module-scoped ones included (a function-scoped fixture came too late for them: the
+    CI of d66b402 and of 05d43c0 had test_mlflow_server's flows and the work pool's deployment register into
+    another test's store), so no flow or subprocess of a test uses another test's store."""
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(variable, None)
 
 
 @pytest.fixture(scope="session")
