@@ -355,13 +355,14 @@ def chromium_page(url: str, ready: str, value: str, seconds: int = 120, screensh
     from websockets.sync.client import connect
 
     port = free_port()
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes may still write its profile for a moment after it is killed
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         browser = subprocess.Popen(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "--window-size=1300,2200",
              "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         try:
             targets = wait_for(lambda: api_call(f"http://127.0.0.1:{port}/json/list"), 60, "chromium")
@@ -392,7 +393,7 @@ def chromium_page(url: str, ready: str, value: str, seconds: int = 120, screensh
                     screenshot.write_bytes(base64.b64decode(call("Page.captureScreenshot", format="png")["data"]))
                 return found
         finally:
-            browser.kill()
+            os.killpg(browser.pid, signal.SIGKILL)  # the browser and its helper processes
             browser.wait(timeout=30)
 
 
