@@ -102,7 +102,9 @@ def test_the_run_page_shows_the_learning_curves_first_and_the_figures_load(track
 
     run = mlflow.MlflowClient(tracking_uri=tracked.url).get_run(tracked.first.run_id)
     page = f"{tracked.url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/model-metrics"
-    text = chromium_page(page, "document.body.innerText.includes('Model metrics\\n(')", "document.body.innerText")
+    # the image sections come once the page has listed the run's images, after the metric sections
+    listed = "['Model metrics', 'gradcam'].every(title => document.body.innerText.includes(title + '\\n('))"
+    text = chromium_page(page, listed, "document.body.innerText")
     sections = re.findall(r"\n([^\n]+)\n\((\d+)\)\nAdd chart", text)  # each section's title and chart count
     assert [title for title, _ in sections] == ["curves", "figures", "gradcam", "Model metrics"], sections
     assert dict(sections)["curves"] == "6"  # train_loss, train_accuracy, val_loss, val_accuracy, val_roc_auc, lr
