@@ -232,7 +232,8 @@ def tune(
         result = run_study(p, ws, say=lambda line: console.print(line, markup=False, soft_wrap=True))
     for note in result.notes:
         console.print(note, markup=False, soft_wrap=True)
-    table = Table(title=f"{result.study}: {result.metric} on the validation split ({result.direction})")
+    title = f"{result.study}: {result.metric} on the validation split ({result.direction})"
+    table = Table(title=f"{title}; {result.new_trials} new trial(s)")
     for column in ("trial", "state", result.metric, *(result.trials[0].params if result.trials else ())):
         table.add_column(column)
     for t in result.trials:

@@ -185,8 +185,6 @@ def nested(chosen: dict[str, Any]) -> dict:
 
 def _data(params: Params, ws: Workspace, cache: dict) -> tuple:
     """Validate and preprocess once per distinct set of data params (outputs/tune/data-<key>), not per trial."""
-    from pipeline.preprocess import cache_key
-
     key = hashlib.md5(
         json.dumps(
             params.model_dump(mode="json", by_alias=True, include={"validate_", "preprocess"}), sort_keys=True
@@ -200,7 +198,7 @@ def _data(params: Params, ws: Workspace, cache: dict) -> tuple:
 
             raise DataError(ws.data_root, str(validate.failure(validated, ws.data_root)))
         prepared = step("preprocess").run(params, data_ws, validated)
-        cache[key] = (validated, prepared, cache_key(params, validated))
+        cache[key] = (validated, prepared)
     return cache[key]
 
 
@@ -308,7 +306,7 @@ def run(params: Params, ws: Workspace, say: Callable[[str], None] = log.info) ->
     def objective(trial) -> float:
         chosen = suggest(trial, tune.space)
         trial_ps = trial_params(params, chosen)
-        validated, prepared, _ = _data(trial_ps, ws, cache)
+        validated, prepared = _data(trial_ps, ws, cache)
         trial_ws = Workspace(base=ws.base, data_root=ws.data_root, out=folder / "trials" / f"{trial.number:04d}")
         balanced = step("balance").run(trial_ps, trial_ws, prepared)
         report = _pruner(trial, tune.metric)
@@ -332,7 +330,7 @@ def run(params: Params, ws: Workspace, say: Callable[[str], None] = log.info) ->
         if frozen.state == optuna.trial.TrialState.COMPLETE and study.best_trial.number == frozen.number:
             client.log_metric(parent, f"best_{tune.metric}", frozen.value, step=frozen.number)
             client.set_tag(parent, "medpipe.tune.best_trial", str(frozen.number))
-            _write_best(folder, study.best_trial, name, tune.metric)
+            _write_best(folder, study.best_trial, name, tune.metric)  # a search killed later keeps its best so far
 
     before, status = len(study.trials), "FAILED"
     try:
@@ -350,6 +348,7 @@ def run(params: Params, ws: Workspace, say: Callable[[str], None] = log.info) ->
     trials = [_record(t) for t in study.get_trials(deepcopy=False)]
     complete = any(t.state == "COMPLETE" for t in trials)
     best = _record(study.best_trial) if complete else None
+    # written again: a resumed study with no trial left, or one killed between a trial and its callback
     best_file = _write_best(folder, study.best_trial, name, tune.metric) if complete else None
     return TuneResult(name, tune.metric, direction, trials, best, best_file, parent, len(study.trials) - before, notes)
 

@@ -110,6 +110,8 @@ def test_a_search_runs_its_budget_and_resumes(searched):
     assert "resumed: 2 trial(s) already finished" in searched.resumed.stdout
     assert "trial 2: " in searched.resumed.stdout
     assert "trial 0: " not in searched.resumed.stdout  # not trained again
+    assert "2 new trial(s)" in " ".join(searched.first.stdout.split())
+    assert "1 new trial(s)" in " ".join(searched.resumed.stdout.split())
     study = _study(searched.project)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
 
