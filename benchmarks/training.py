@@ -1,4 +1,4 @@
-"""Training throughput of the seed CNN: medpipe's tf.data input pipeline vs plain `model.fit` on numpy arrays.
+"""Training throughput: medpipe's tf.data input pipeline vs plain `model.fit` on numpy arrays, same model.
 
 Same model, data, batch size and determinism setting on both sides; epoch times after the first
 (tracing) epoch, alternating sides, best of `--repeats`. Also reports the fraction of the CPU's peak
@@ -6,7 +6,8 @@ FLOP/s reached, against both a measured peak (a large float32 matmul in TF) and 
 (cores x clock x 32 FP32 FLOP per cycle for AVX2/AVX-512 FMA), and medpipe with augmentation on.
 
 Prints one JSON object per line (see docs/benchmarks.md).
-Usage: python benchmarks/training.py [--images 20000] [--size 28] [--batch 128] [--epochs 4]
+The JSON also states TensorFlow's intra-/inter-op thread settings (0: TensorFlow picks, all cores).
+Usage: python benchmarks/training.py [--images 20000] [--size 28] [--batch 128] [--epochs 4] [--model seed_cnn]
 """
 
 from pipeline import configure_offline
@@ -95,11 +96,11 @@ def epoch_seconds(fit) -> list[float]:
     return times
 
 
-def fresh_model(size: int):
+def fresh_model(size: int, name: str = "seed_cnn"):
     import keras
 
     configure_determinism(0, True)
-    model = build_model(ModelParams(), (size, size, 1), 2)
+    model = build_model(ModelParams(name=name), (size, size, 1), 2)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
     return model
 
@@ -111,6 +112,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--model", default="seed_cnn", choices=ModelParams.model_fields["name"].annotation.__args__)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (args.images, args.size, args.size, 1), dtype=np.uint8)
@@ -126,7 +128,7 @@ def main() -> None:
             "medpipe_augmented": (np.arange(len(x)), np.ones(len(x), bool)),
         }
         for _ in range(args.repeats):
-            model = fresh_model(args.size)
+            model = fresh_model(args.size, args.model)
             t = epoch_seconds(
                 lambda cb: model.fit(
                     x_float,
@@ -140,7 +142,7 @@ def main() -> None:
             )
             best["numpy"] = min(best["numpy"], float(np.median(t[1:])))
             for side, ap in (("medpipe", plain), ("medpipe_augmented", augmented)):
-                model = fresh_model(args.size)
+                model = fresh_model(args.size, args.model)
                 data, steps = train_dataset(shards, plans[side], 2, tp, ap)
                 t = epoch_seconds(
                     lambda cb: model.fit(
@@ -149,22 +151,27 @@ def main() -> None:
                 )
                 best[side] = min(best[side], float(np.median(t[1:])))
     rate = {k: args.images / v for k, v in best.items()}
-    flop = train_flop_per_image(fresh_model(args.size))
+    flop = train_flop_per_image(fresh_model(args.size, args.model))
+    import tensorflow as tf
+
+    threads = tf.config.threading
     measured, nominal = measured_peak_flops(), nominal_peak_flops()
     print(
         json.dumps(
             {
                 "bench": "training",
-                "model": "seed_cnn",
+                "model": args.model,
                 "images": args.images,
                 "size_px": args.size,
                 "batch": args.batch,
                 "cpus": os.cpu_count(),
                 "machine": platform.machine(),
-                "medpipe_img_per_s": round(rate["medpipe"]),
-                "numpy_fit_img_per_s": round(rate["numpy"]),
+                "intra_op_threads": threads.get_intra_op_parallelism_threads(),
+                "inter_op_threads": threads.get_inter_op_parallelism_threads(),
+                "medpipe_img_per_s": round(rate["medpipe"], 1),
+                "numpy_fit_img_per_s": round(rate["numpy"], 1),
                 "throughput_ratio": round(rate["medpipe"] / rate["numpy"], 3),
-                "medpipe_augmented_img_per_s": round(rate["medpipe_augmented"]),
+                "medpipe_augmented_img_per_s": round(rate["medpipe_augmented"], 1),
                 "train_mflop_per_image": round(flop / 1e6, 2),
                 "achieved_gflop_per_s": round(rate["medpipe"] * flop / 1e9, 1),
                 "measured_peak_gflop_per_s": round(measured / 1e9, 1),

@@ -199,6 +199,13 @@ def tune(
     minutes: Annotated[
         float | None, typer.Option(help="Budget: wall-clock minutes of this run (default: tune.minutes).")
     ] = None,
+    parallel: Annotated[
+        int | None,
+        typer.Option(
+            help="Trials trained at once (default: tune.parallel): on the Dask scheduler of dask.address, "
+            "else on that many local processes."
+        ),
+    ] = None,
     register: Annotated[
         bool,
         typer.Option(metavar="", help="Then train the best recipe through the normal flow (registry and gate)."),
@@ -221,6 +228,7 @@ def tune(
 
     extra = {"tune.trials": str(trials)} if trials is not None else {}
     extra |= {"tune.minutes": str(minutes)} if minutes is not None else {}
+    extra |= {"tune.parallel": str(parallel)} if parallel is not None else {}
     overrides = parse_overrides(set_)
     p = load_params(params, {**overrides, **extra})
     check_space(p)  # before any work
@@ -228,8 +236,18 @@ def tune(
     p, notes = resolve(p, ws.data_root, labels_from_data(False, overrides))
     for note in notes:
         console.print(note, markup=False, soft_wrap=True)
+
+    def show(line: str) -> None:
+        console.print(line, markup=False, soft_wrap=True)
+
     with project_lock(ws.base, say=say):
-        result = run_study(p, ws, say=lambda line: console.print(line, markup=False, soft_wrap=True))
+        if p.tune.parallel > 1:
+            from flows.data import trial_executor
+
+            with trial_executor(p.dask, p.tune.parallel) as executor:
+                result = run_study(p, ws, say=show, executor=executor)
+        else:
+            result = run_study(p, ws, say=show)
     for note in result.notes:
         console.print(note, markup=False, soft_wrap=True)
     title = f"{result.study}: {result.metric} on the validation split ({result.direction})"

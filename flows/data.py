@@ -4,6 +4,9 @@ tasks on a `DaskTaskRunner`, when params.yaml's `dask` section (or $MEDPIPE_DASK
 import logging
 import os
 import socket
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from contextlib import contextmanager
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -85,6 +88,45 @@ def dask_runner(dp: DaskParams) -> DaskTaskRunner | None:
             "preload": PRELOAD,
         }
     )
+
+
+@contextmanager
+def trial_executor(dp: DaskParams, parallel: int) -> Iterator[Executor]:
+    """Where `medpipe tune` trains `parallel` trials at a time: the running scheduler asked for
+    ($MEDPIPE_DASK_ADDRESS, else `dask.address`), else a LocalCluster of `parallel` processes on 127.0.0.1,
+    each with its share of the cores for TensorFlow (`TF_NUM_INTRAOP_THREADS`).
+
+    Args:
+        dp: The dask params.
+        parallel: Trials at a time (tune.parallel).
+
+    Yields:
+        A concurrent.futures Executor on the cluster's workers.
+
+    Raises:
+        ConfigError: No scheduler answers at the address asked for.
+    """
+    from distributed import Client, LocalCluster
+
+    check_scheduler(dp)
+    if not verbose():
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    address = scheduler_address(dp)
+    if address:
+        with Client(address) as client:
+            yield client.get_executor()
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // parallel))
+    cluster = LocalCluster(
+        n_workers=parallel,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        env={"TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": "1"},
+    )
+    with cluster, Client(cluster) as client:
+        yield client.get_executor()
 
 
 def on_task_runner(fn, items: list) -> list:

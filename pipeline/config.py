@@ -234,6 +234,8 @@ class TuneParams(Section):
     seed: int = 0  # the sampler's (TPE) seed: the same seed and trials give the same trials
     metric: Literal["val_roc_auc", "val_accuracy", "val_loss"] = "val_roc_auc"  # at each trial's best epoch
     prune: bool = True  # stop a trial whose per-epoch metric trails the median of earlier trials
+    parallel: int = Field(1, ge=1)  # trials trained at once; > 1 on Dask: the scheduler of `dask.address`
+    # (or $MEDPIPE_DASK_ADDRESS), else a LocalCluster of this many processes. Seeded repeats need 1.
     # dotted params keys: a list of choices, or a Range {low, high, log, integer}
     space: dict[str, Range | list[Any]] = {
         "train.learning_rate": Range(low=3e-4, high=3e-3, log=True),

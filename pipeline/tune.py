@@ -10,7 +10,9 @@ the normal flow, gate included.
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -113,7 +115,8 @@ def check_space(params: Params) -> None:
 
 
 def study_name(params: Params, data_md5: str) -> str:
-    """The study's name: the data version, the base params (without the budget) and the space and seed.
+    """The study's name: the data version, the base params (without the budget or the parallelism) and the
+    space and seed.
     The same search on the same data resumes; any other change starts a new study.
 
     Args:
@@ -123,7 +126,7 @@ def study_name(params: Params, data_md5: str) -> str:
     Returns:
         `tune-<12 hex>`.
     """
-    tune = params.tune.model_dump(mode="json", exclude={"trials", "minutes"})
+    tune = params.tune.model_dump(mode="json", exclude={"trials", "minutes", "parallel"})  # how, not what
     text = json.dumps({"data": data_md5, "params": params.md5(), "tune": tune}, sort_keys=True)
     return f"tune-{hashlib.md5(text.encode()).hexdigest()[:12]}"
 
@@ -202,6 +205,13 @@ def _data(params: Params, ws: Workspace, cache: dict) -> tuple:
     return cache[key]
 
 
+def _make_pruner(prune: bool):
+    """The study's pruner: the median rule after two trials and one epoch, or none."""
+    import optuna
+
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if prune else optuna.pruners.NopPruner()
+
+
 def _pruner(trial, metric: str):
     """A Keras callback reporting the metric each epoch; it stops training when Optuna would prune."""
     import keras
@@ -239,6 +249,77 @@ def _parent_run(params: Params, ws: Workspace, name: str) -> str:
     return run.info.run_id
 
 
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What training one trial gave: its MLflow run, the metric at the kept epoch, and whether it was pruned."""
+
+    run_id: str
+    value: float
+    best_epoch: int
+    epochs_run: int
+    pruned: bool
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """One trial for a worker process (tune.parallel > 1): everything it needs, picklable."""
+
+    params: Params  # the trial's params (the chosen values set)
+    ws: Workspace
+    data: tuple  # (validated, prepared): the data steps ran in the searching process
+    trial_id: int
+    study: str
+    storage: str
+    parent: str
+
+
+def _train_trial(trial, params: Params, ws: Workspace, data: tuple, parent: str, name: str) -> TrialOutcome:
+    """Balance and train one trial in outputs/tune/trials/NNNN, its MLflow run nested under the study's."""
+    import mlflow
+
+    validated, prepared = data
+    trial_ws = Workspace(base=ws.base, data_root=ws.data_root, out=ws.out / FOLDER / "trials" / f"{trial.number:04d}")
+    balanced = step("balance").run(params, trial_ws, prepared)
+    report = _pruner(trial, params.tune.metric)
+    tags = {"mlflow.parentRunId": parent, "medpipe.tune.study": name, "medpipe.tune.trial": str(trial.number)}
+    trained = step("train").run(params, trial_ws, validated, prepared, balanced, callbacks=(report,), run_tags=tags)
+    trial.set_user_attr("run_id", trained.run_id)
+    history = json.loads((trained.folder(ws.base) / "history.json").read_text())
+    value = float(history[params.tune.metric][trained.best_epoch - 1])  # the epoch whose weights were kept
+    mlflow.MlflowClient().set_tag(trained.run_id, "medpipe.tune.state", "pruned" if report.pruned else "complete")
+    return TrialOutcome(trained.run_id, value, trained.best_epoch, trained.epochs_run, report.pruned)
+
+
+def run_trial(job: TrialJob) -> TrialOutcome:
+    """Train one trial in a worker process, reporting its epochs to the shared study (for pruning).
+
+    Args:
+        job: The trial, as the searching process asked it of the study.
+
+    Returns:
+        The trial's outcome; the searching process tells the study.
+    """
+    import optuna
+
+    from pipeline import configure_offline
+
+    configure_offline()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=job.study, storage=job.storage, pruner=_make_pruner(job.params.tune.prune))
+    return _train_trial(optuna.trial.Trial(study, job.trial_id), job.params, job.ws, job.data, job.parent, job.study)
+
+
+def _shown(chosen: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items())
+
+
+def _said(say: Callable[[str], None], number: int, chosen: dict[str, Any], out: TrialOutcome, metric: str) -> None:
+    if out.pruned:
+        say(f"trial {number}: {_shown(chosen)}: pruned after {out.epochs_run} epoch(s)")
+    else:
+        say(f"trial {number}: {_shown(chosen)}: {metric} {out.value:.4f} (epoch {out.best_epoch})")
+
+
 def _record(trial) -> Trial:
     return Trial(
         trial.number,
@@ -249,7 +330,9 @@ def _record(trial) -> Trial:
     )
 
 
-def run(params: Params, ws: Workspace, say: Callable[[str], None] = log.info) -> TuneResult:
+def run(
+    params: Params, ws: Workspace, say: Callable[[str], None] = log.info, executor: Executor | None = None
+) -> TuneResult:
     """Run (or resume) the recipe search within its budget, and write the best trial's params.
 
     Call it holding the project lock (pipeline.lock): a trial left RUNNING by a killed search is then
@@ -259,6 +342,8 @@ def run(params: Params, ws: Workspace, say: Callable[[str], None] = log.info) ->
         params: The params, `auto` labels and colour resolved (pipeline.autoparams).
         ws: The workspace (writes outputs/tune).
         say: Where progress lines go (one per trial).
+        executor: Where trials train when `tune.parallel` > 1 (processes: e.g. a Dask client's executor);
+            None: one at a time in this process.
 
     Returns:
         The study's trials, the best one and its params file.
@@ -279,16 +364,18 @@ def run(params: Params, ws: Workspace, say: Callable[[str], None] = log.info) ->
     folder.mkdir(parents=True, exist_ok=True)
     name = study_name(params, content_hash(ws.data_root)[0])
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
-    storage = optuna.storages.RDBStorage(f"sqlite:///{folder / 'study.db'}")
+    url = f"sqlite:///{folder / 'study.db'}"
+    storage = optuna.storages.RDBStorage(url)
+    parallel = tune.parallel > 1 and executor is not None
     study = optuna.create_study(
         study_name=name,
         storage=storage,
         load_if_exists=True,
         direction=cast(Literal["minimize", "maximize"], direction),
+        # constant_liar (Optuna 5's default): trials still training count as their worst, so parallel
+        # trials do not draw the same values
         sampler=optuna.samplers.TPESampler(seed=tune.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-        if tune.prune
-        else optuna.pruners.NopPruner(),
+        pruner=_make_pruner(tune.prune),
     )
     notes: list[str] = []
     close_orphaned_runs(params.register_, ws.base, say=notes.append)  # the MLflow run of a killed trial
@@ -306,25 +393,16 @@ def run(params: Params, ws: Workspace, say: Callable[[str], None] = log.info) ->
     def objective(trial) -> float:
         chosen = suggest(trial, tune.space)
         trial_ps = trial_params(params, chosen)
-        validated, prepared = _data(trial_ps, ws, cache)
-        trial_ws = Workspace(base=ws.base, data_root=ws.data_root, out=folder / "trials" / f"{trial.number:04d}")
-        balanced = step("balance").run(trial_ps, trial_ws, prepared)
-        report = _pruner(trial, tune.metric)
-        tags = {"mlflow.parentRunId": parent, "medpipe.tune.study": name, "medpipe.tune.trial": str(trial.number)}
-        trained = step("train").run(
-            trial_ps, trial_ws, validated, prepared, balanced, callbacks=(report,), run_tags=tags
-        )
-        trial.set_user_attr("run_id", trained.run_id)
-        history = json.loads((trained.folder(ws.base) / "history.json").read_text())
-        value = float(history[tune.metric][trained.best_epoch - 1])  # the epoch whose weights were kept
-        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items())
-        if report.pruned:
-            client.set_tag(trained.run_id, "medpipe.tune.state", "pruned")
-            say(f"trial {trial.number}: {shown}: pruned after {trained.epochs_run} epoch(s)")
+        out = _train_trial(trial, trial_ps, ws, _data(trial_ps, ws, cache), parent, name)
+        _said(say, trial.number, chosen, out, tune.metric)
+        if out.pruned:
             raise optuna.TrialPruned()
-        client.set_tag(trained.run_id, "medpipe.tune.state", "complete")
-        say(f"trial {trial.number}: {shown}: {tune.metric} {value:.4f} (epoch {trained.best_epoch})")
-        return value
+        return out.value
+
+    def job(trial) -> tuple[TrialJob, dict[str, Any]]:
+        chosen = suggest(trial, tune.space)
+        trial_ps = trial_params(params, chosen)
+        return TrialJob(trial_ps, ws, _data(trial_ps, ws, cache), trial._trial_id, name, url, parent), chosen
 
     def progress(study, frozen) -> None:
         if frozen.state == optuna.trial.TrialState.COMPLETE and study.best_trial.number == frozen.number:
@@ -334,14 +412,14 @@ def run(params: Params, ws: Workspace, say: Callable[[str], None] = log.info) ->
 
     before, status = len(study.trials), "FAILED"
     try:
-        if remaining != 0:
-            study.optimize(
-                objective,
-                n_trials=remaining,
-                timeout=None if tune.minutes is None else tune.minutes * 60,
-                callbacks=[progress],
-                catch=(),
+        timeout = None if tune.minutes is None else tune.minutes * 60
+        if remaining != 0 and parallel:
+            say(f"training {tune.parallel} trials at a time")
+            _in_parallel(
+                study, job, cast(Executor, executor), tune.parallel, remaining, timeout, tune.metric, say, progress
             )
+        elif remaining != 0:
+            study.optimize(objective, n_trials=remaining, timeout=timeout, callbacks=[progress], catch=())
         status = "FINISHED"
     finally:  # a failed trial (e.g. data that fail validation) ends the search, and the study's run with it
         client.set_terminated(parent, status)
@@ -351,6 +429,63 @@ def run(params: Params, ws: Workspace, say: Callable[[str], None] = log.info) ->
     # written again: a resumed study with no trial left, or one killed between a trial and its callback
     best_file = _write_best(folder, study.best_trial, name, tune.metric) if complete else None
     return TuneResult(name, tune.metric, direction, trials, best, best_file, parent, len(study.trials) - before, notes)
+
+
+def _in_parallel(
+    study,
+    job: Callable,
+    executor: Executor,
+    parallel: int,
+    remaining: int | None,
+    timeout: float | None,
+    metric: str,
+    say: Callable[[str], None],
+    progress: Callable,
+) -> None:
+    """Ask the study for trials and train `parallel` of them at a time on `executor` (ask and tell).
+
+    Like `study.optimize`: no trial starts after `timeout` seconds, and the first failure starts no more;
+    trials already training finish and are told first, then the failure is raised.
+    """
+    import optuna
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    running: dict[Future, tuple[Any, dict[str, Any]]] = {}
+    started, failure = 0, cast(BaseException | None, None)
+    while True:
+        while (
+            failure is None
+            and len(running) < parallel
+            and (remaining is None or started < remaining)
+            and (deadline is None or time.monotonic() < deadline)
+        ):
+            trial = study.ask()
+            started += 1
+            try:
+                work, chosen = job(trial)  # the data steps run here, once per set of data params
+                running[executor.submit(run_trial, work)] = (trial, chosen)
+            except Exception as err:  # noqa: BLE001 (told, then raised once the running trials are in)
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                failure = err
+        if not running:
+            break
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            trial, chosen = running.pop(future)
+            try:
+                out = future.result()
+            except Exception as err:  # noqa: BLE001
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                failure = failure or err
+                continue
+            _said(say, trial.number, chosen, out, metric)
+            if out.pruned:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                study.tell(trial, out.value)
+            progress(study, study.get_trials(deepcopy=False)[trial.number])
+    if failure is not None:
+        raise failure
 
 
 def _write_best(folder: Path, trial, name: str, metric: str) -> Path:

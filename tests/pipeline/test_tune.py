@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -211,3 +212,114 @@ def test_a_search_killed_inside_a_trial_resumes_and_marks_that_trial_failed(tmp_
         "FINISHED",
         "KILLED",
     ]
+
+
+class Parallel(NamedTuple):
+    project: Path
+    workers: list[int]  # the processes the killed search had started
+    left: list[int]  # those still alive a minute after it was killed
+    resumed: subprocess.CompletedProcess
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+
+
+def _training(project: Path) -> int:
+    """The trial runs training now (MLflow status RUNNING)."""
+    if not (project / "mlflow" / "mlflow.db").exists():
+        return 0
+    client = _client(project)
+    experiment = client.get_experiment_by_name("medpipe")
+    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    return sum(r.info.status == "RUNNING" and "medpipe.tune.trial" in r.data.tags for r in runs)
+
+
+def _gone(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "\nState:\tZ" in status.read_text()  # a zombie no one has reaped yet is gone too
+    except FileNotFoundError:
+        return True
+
+
+@pytest.fixture(scope="module")
+def parallel(tmp_path_factory, tiny_data) -> Parallel:
+    """A search of two trials at a time, killed (-9) while both train, then resumed, two at a time, to 3."""
+    from tests.helpers import wait_for
+
+    project = tmp_path_factory.mktemp("parallel")
+    shutil.copytree(tiny_data, project / "data")
+    write_params(project, tune={"trials": 3, "seed": 7, "space": SPACE, "prune": False}, train={"epochs": 3})
+    marker = project / "fault.pid"
+    env = {**os.environ, "MEDPIPE_FAULT_POINT": "train.epoch", "MEDPIPE_FAULT_MARKER": str(marker)}
+    command = [str(Path(sys.executable).with_name("medpipe")), "tune", "--parallel", "2"]
+    process = subprocess.Popen(
+        [*command, "--params", str(project / "params.yaml")],
+        env=env,
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(marker.exists, 600, "a worker's first epoch", process)
+        wait_for(lambda: _training(project) == 2, 600, "both trials training", process)  # each paused in epoch 1
+        assert int(marker.read_text()) != process.pid  # trials train in worker processes
+        workers = _children(process.pid)
+        os.kill(process.pid, signal.SIGKILL)  # the search, not its workers
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    for _ in range(60):
+        if all(_gone(pid) for pid in workers):
+            break
+        time.sleep(1)
+    left = [pid for pid in workers if not _gone(pid)]
+    return Parallel(project, workers, left, _medpipe(project, "tune", "--parallel", "2"))
+
+
+@pytest.mark.slow
+def test_a_search_killed_while_trials_train_in_parallel_leaves_no_worker_and_resumes(parallel):
+    assert len(parallel.workers) >= 2  # a LocalCluster of two worker processes
+    assert parallel.left == [], f"processes {parallel.left} outlived their search"
+    assert parallel.resumed.returncode == 0, parallel.resumed.stderr[-3000:]
+    assert "trial 0 was cut short by a stopped search: marked failed" in parallel.resumed.stdout
+    assert "trial 1 was cut short by a stopped search: marked failed" in parallel.resumed.stdout
+    states = [t.state.name for t in _study(parallel.project).trials]
+    assert states == ["FAIL", "FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]  # the budget counts finished trials
+    client = _client(parallel.project)
+    runs = client.search_runs([client.get_experiment_by_name("medpipe").experiment_id])
+    statuses = sorted(r.info.status for r in runs if "medpipe.tune.trial" in r.data.tags)
+    assert statuses == ["FINISHED", "FINISHED", "FINISHED", "KILLED", "KILLED"]
+
+
+@pytest.mark.slow
+def test_parallel_trials_train_at_once_on_a_local_dask_cluster(parallel):
+    done = parallel.resumed
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "training 2 trials at a time" in done.stdout
+    assert "3 new trial(s)" in " ".join(done.stdout.split())
+    trials = [t for t in _study(parallel.project).trials if t.state.name == "COMPLETE"]
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 3  # no values drawn twice
+    client = _client(parallel.project)
+    runs = client.search_runs([client.get_experiment_by_name("medpipe").experiment_id])
+    (parent,) = [r for r in runs if "medpipe.tune.trial" not in r.data.tags]
+    children = sorted(
+        (r for r in runs if r.data.tags.get("medpipe.tune.state") == "complete"), key=lambda r: r.info.start_time
+    )
+    assert sorted(r.data.tags["medpipe.tune.trial"] for r in children) == ["2", "3", "4"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert {t.user_attrs["run_id"] for t in trials} == {r.info.run_id for r in children}
+    assert children[1].info.start_time < children[0].info.end_time  # two trials trained at the same time
+    best = max(trials, key=lambda t: t.value)
+    assert parent.data.tags["medpipe.tune.best_trial"] == str(best.number)
+    written = yaml.safe_load((parallel.project / "outputs" / "tune" / "best_params.yaml").read_text())
+    assert written["train"]["batch_size"] == best.params["train.batch_size"]
