@@ -85,6 +85,17 @@ def test_a_bad_space_is_one_line_and_exit_2_before_any_work(tmp_path, tiny_data)
     assert not (tmp_path / "mlflow" / "mlflow.db").exists()
 
 
+def test_parallel_trials_on_a_scheduler_that_does_not_answer_are_one_line_and_exit_2(tmp_path, tiny_data):
+    shutil.copytree(tiny_data, tmp_path / "data")
+    write_params(tmp_path, tune={"trials": 2, "space": SPACE}, dask={"address": "tcp://127.0.0.1:1"})
+    done = _medpipe(tmp_path, "tune", "--parallel", "2")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: dask.address: no Dask scheduler answers at tcp://127.0.0.1:1 (ConnectionRefusedError)"
+    )
+    assert not (tmp_path / "outputs" / "tune" / "study.db").exists()
+
+
 class Searched(NamedTuple):
     project: Path
     first: subprocess.CompletedProcess
