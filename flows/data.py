@@ -106,25 +106,32 @@ def trial_executor(dp: DaskParams, parallel: int) -> Iterator[Executor]:
     Raises:
         ConfigError: No scheduler answers at the address asked for.
     """
+    import dask
+    from dask.system import CPU_COUNT
     from distributed import Client, LocalCluster
 
     check_scheduler(dp)
-    if not verbose():
-        logging.getLogger("distributed").setLevel(logging.WARNING)
+    quiet = logging.DEBUG if verbose() else logging.WARNING
+    logging.getLogger("distributed").setLevel(quiet)
     address = scheduler_address(dp)
-    if address:
+    if address:  # its workers: one thread each (`dask worker --nthreads 1`), the project's paths shared
         with Client(address) as client:
             yield client.get_executor()
         return
-    threads = str(max(1, (os.cpu_count() or 1) // parallel))
-    cluster = LocalCluster(
-        n_workers=parallel,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        env={"TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": "1"},
-    )
+    threads = str(max(1, CPU_COUNT // parallel))  # CPU_COUNT honours affinity and cgroup limits
+    # A trial whose worker died is not run again (it would train under the same trial number twice), and no
+    # worker is killed for its memory: a trial that fits alone is not stopped for running beside another.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = LocalCluster(
+            n_workers=parallel,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            memory_limit=0,
+            silence_logs=quiet,
+            env={"TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": "1"},
+        )
     with cluster, Client(cluster) as client:
         yield client.get_executor()
 

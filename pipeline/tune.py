@@ -306,7 +306,11 @@ def run_trial(job: TrialJob) -> TrialOutcome:
     configure_offline()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=job.study, storage=job.storage, pruner=_make_pruner(job.params.tune.prune))
-    return _train_trial(optuna.trial.Trial(study, job.trial_id), job.params, job.ws, job.data, job.parent, job.study)
+    trial = optuna.trial.Trial(study, job.trial_id)
+    frozen = study.get_trials(deepcopy=False)[trial.number]
+    if frozen.state != optuna.trial.TrialState.RUNNING or "run_id" in frozen.user_attrs or frozen.intermediate_values:
+        raise RuntimeError(f"trial {trial.number} was started before: it is not trained twice")
+    return _train_trial(trial, job.params, job.ws, job.data, job.parent, job.study)
 
 
 def _shown(chosen: dict[str, Any]) -> str:
@@ -406,7 +410,8 @@ def run(
 
     def progress(study, frozen) -> None:
         if frozen.state == optuna.trial.TrialState.COMPLETE and study.best_trial.number == frozen.number:
-            client.log_metric(parent, f"best_{tune.metric}", frozen.value, step=frozen.number)
+            told = len(study.get_trials(deepcopy=False, states=finished))  # rises in any order trials end
+            client.log_metric(parent, f"best_{tune.metric}", frozen.value, step=told)
             client.set_tag(parent, "medpipe.tune.best_trial", str(frozen.number))
             _write_best(folder, study.best_trial, name, tune.metric)  # a search killed later keeps its best so far
 
@@ -451,6 +456,30 @@ def _in_parallel(
 
     deadline = None if timeout is None else time.monotonic() + timeout
     running: dict[Future, tuple[Any, dict[str, Any]]] = {}
+    try:
+        _ask_and_tell(study, job, executor, parallel, remaining, deadline, metric, say, progress, running)
+    except BaseException:  # e.g. Ctrl-C: the trials still training are told failed, as study.optimize does
+        for future, (trial, _) in running.items():
+            future.cancel()
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+
+
+def _ask_and_tell(
+    study,
+    job: Callable,
+    executor: Executor,
+    parallel: int,
+    remaining: int | None,
+    deadline: float | None,
+    metric: str,
+    say: Callable[[str], None],
+    progress: Callable,
+    running: dict[Future, tuple[Any, dict[str, Any]]],
+) -> None:
+    """_in_parallel's loop; `running` holds the trials training (future -> trial, chosen values)."""
+    import optuna
+
     started, failure = 0, cast(BaseException | None, None)
     while True:
         while (

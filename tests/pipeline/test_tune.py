@@ -88,11 +88,13 @@ def test_a_bad_space_is_one_line_and_exit_2_before_any_work(tmp_path, tiny_data)
 def test_parallel_trials_on_a_scheduler_that_does_not_answer_are_one_line_and_exit_2(tmp_path, tiny_data):
     shutil.copytree(tiny_data, tmp_path / "data")
     write_params(tmp_path, tune={"trials": 2, "space": SPACE}, dask={"address": "tcp://127.0.0.1:1"})
-    done = _medpipe(tmp_path, "tune", "--parallel", "2")
+    env = {k: v for k, v in os.environ.items() if k != "MEDPIPE_DASK_ADDRESS"}
+    done = _medpipe(tmp_path, "tune", "--parallel", "2", env=env)
     assert done.returncode == 2
-    assert done.stderr.strip() == (
+    assert done.stderr.strip().splitlines()[-1] == (
         "error: dask.address: no Dask scheduler answers at tcp://127.0.0.1:1 (ConnectionRefusedError)"
     )
+    assert "Traceback" not in done.stderr
     assert not (tmp_path / "outputs" / "tune" / "study.db").exists()
 
 
@@ -244,13 +246,16 @@ def _children(pid: int) -> list[int]:
 
 
 def _training(project: Path) -> int:
-    """The trial runs training now (MLflow status RUNNING)."""
+    """The trial runs training now: MLflow status RUNNING, and tagged with the process that holds them."""
     if not (project / "mlflow" / "mlflow.db").exists():
         return 0
     client = _client(project)
     experiment = client.get_experiment_by_name("medpipe")
     runs = client.search_runs([experiment.experiment_id]) if experiment else []
-    return sum(r.info.status == "RUNNING" and "medpipe.tune.trial" in r.data.tags for r in runs)
+    return sum(
+        r.info.status == "RUNNING" and "medpipe.tune.trial" in r.data.tags and "medpipe.pid" in r.data.tags
+        for r in runs
+    )
 
 
 def _gone(pid: int) -> bool:
@@ -263,12 +268,12 @@ def _gone(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def parallel(tmp_path_factory, tiny_data) -> Parallel:
-    """A search of two trials at a time, killed (-9) while both train, then resumed, two at a time, to 3."""
+    """A search of two trials at a time, killed (-9) while both train, then resumed, two at a time, to 2."""
     from tests.helpers import wait_for
 
     project = tmp_path_factory.mktemp("parallel")
     shutil.copytree(tiny_data, project / "data")
-    write_params(project, tune={"trials": 3, "seed": 7, "space": SPACE, "prune": False}, train={"epochs": 3})
+    write_params(project, tune={"trials": 2, "seed": 7, "space": SPACE, "prune": False}, train={"epochs": 2})
     marker = project / "fault.pid"
     env = {**os.environ, "MEDPIPE_FAULT_POINT": "train.epoch", "MEDPIPE_FAULT_MARKER": str(marker)}
     command = [str(Path(sys.executable).with_name("medpipe")), "tune", "--parallel", "2"]
@@ -280,10 +285,11 @@ def parallel(tmp_path_factory, tiny_data) -> Parallel:
         stderr=subprocess.PIPE,
         text=True,
     )
+    workers: list[int] = []
     try:
         wait_for(marker.exists, 600, "a worker's first epoch", process)
         wait_for(lambda: _training(project) == 2, 600, "both trials training", process)  # each paused in epoch 1
-        assert int(marker.read_text()) != process.pid  # trials train in worker processes
+        assert int(marker.read_text()) != process.pid  # trials train in worker processes (both wrote it by now)
         workers = _children(process.pid)
         os.kill(process.pid, signal.SIGKILL)  # the search, not its workers
         process.wait(timeout=60)
@@ -294,6 +300,8 @@ def parallel(tmp_path_factory, tiny_data) -> Parallel:
             break
         time.sleep(1)
     left = [pid for pid in workers if not _gone(pid)]
+    for pid in left:  # do not leave them paused at the fail point for the rest of the session
+        os.kill(pid, signal.SIGKILL)
     return Parallel(project, workers, left, _medpipe(project, "tune", "--parallel", "2"))
 
 
@@ -305,11 +313,11 @@ def test_a_search_killed_while_trials_train_in_parallel_leaves_no_worker_and_res
     assert "trial 0 was cut short by a stopped search: marked failed" in parallel.resumed.stdout
     assert "trial 1 was cut short by a stopped search: marked failed" in parallel.resumed.stdout
     states = [t.state.name for t in _study(parallel.project).trials]
-    assert states == ["FAIL", "FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]  # the budget counts finished trials
+    assert states == ["FAIL", "FAIL", "COMPLETE", "COMPLETE"]  # the budget counts finished trials
     client = _client(parallel.project)
     runs = client.search_runs([client.get_experiment_by_name("medpipe").experiment_id])
     statuses = sorted(r.info.status for r in runs if "medpipe.tune.trial" in r.data.tags)
-    assert statuses == ["FINISHED", "FINISHED", "FINISHED", "KILLED", "KILLED"]
+    assert statuses == ["FINISHED", "FINISHED", "KILLED", "KILLED"]
 
 
 @pytest.mark.slow
@@ -317,20 +325,22 @@ def test_parallel_trials_train_at_once_on_a_local_dask_cluster(parallel):
     done = parallel.resumed
     assert done.returncode == 0, done.stderr[-3000:]
     assert "training 2 trials at a time" in done.stdout
-    assert "3 new trial(s)" in " ".join(done.stdout.split())
+    assert "2 new trial(s)" in " ".join(done.stdout.split())
     trials = [t for t in _study(parallel.project).trials if t.state.name == "COMPLETE"]
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == 3  # no values drawn twice
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 2  # two trials, not one trained twice
     client = _client(parallel.project)
     runs = client.search_runs([client.get_experiment_by_name("medpipe").experiment_id])
     (parent,) = [r for r in runs if "medpipe.tune.trial" not in r.data.tags]
     children = sorted(
         (r for r in runs if r.data.tags.get("medpipe.tune.state") == "complete"), key=lambda r: r.info.start_time
     )
-    assert sorted(r.data.tags["medpipe.tune.trial"] for r in children) == ["2", "3", "4"]
+    assert sorted(r.data.tags["medpipe.tune.trial"] for r in children) == ["2", "3"]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     assert {t.user_attrs["run_id"] for t in trials} == {r.info.run_id for r in children}
     assert children[1].info.start_time < children[0].info.end_time  # two trials trained at the same time
-    best = max(trials, key=lambda t: t.value)
-    assert parent.data.tags["medpipe.tune.best_trial"] == str(best.number)
+    top = max(t.value for t in trials)
+    (best,) = [t for t in trials if str(t.number) == parent.data.tags["medpipe.tune.best_trial"]]
+    assert best.value == top  # a tie may name either
+    assert parent.data.metrics["best_val_roc_auc"] == pytest.approx(top)  # the latest value, in any finishing order
     written = yaml.safe_load((parallel.project / "outputs" / "tune" / "best_params.yaml").read_text())
     assert written["train"]["batch_size"] == best.params["train.batch_size"]
