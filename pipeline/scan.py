@@ -291,21 +291,36 @@ def scan(
 
     salt = data_salt(project, create=any(r.lower().endswith(".dcm") for r in rels))
     salt_id = f"{hashlib.sha256(salt).hexdigest()[:12]} max_pixels={max_pixels} max_bytes={max_bytes}"
-    cached = pd.DataFrame(columns=COLUMNS)
-    if cache is not None and cache.is_file() and cache.with_suffix(".salt").read_text() == salt_id:
-        old = pd.read_csv(cache, keep_default_na=False, dtype={"fingerprint": str})
-        if list(old.columns) == COLUMNS:  # a cache from an older medpipe (fewer columns) is rescanned
-            cached = _unchanged(old, root, rels)
+    cached = _read_cache(cache, salt_id, root, rels) if cache is not None else pd.DataFrame(columns=COLUMNS)
     todo = sorted(set(rels) - set(cached["path"]))
     rows = _run(root, todo, salt, workers or os.cpu_count() or 1, progress, mapper, chunk_size, (max_pixels, max_bytes))
     fresh = pd.DataFrame(rows, columns=COLUMNS)
     table = pd.concat([cached, fresh] if len(cached) else [fresh], ignore_index=True).astype(DTYPES)
     table = table.set_index("path").loc[rels].reset_index() if len(table) else table
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(cache, index=False)
-        cache.with_suffix(".salt").write_text(salt_id)
+    if cache is not None:  # each file whole or not at all (a killed scan, or two scans at once)
+        from pipeline.outputs import write_text
+
+        write_text(cache, table.to_csv(index=False))
+        write_text(cache.with_suffix(".salt"), salt_id)
     return table
+
+
+def _read_cache(cache: Path, salt_id: str, root: Path, rels: list[str]) -> "pd.DataFrame":
+    """The cached rows still true of their files; none when the cache is missing, of other caps or salt, of an
+    older medpipe (other columns), or unreadable (then every file is scanned again)."""
+    import pandas as pd
+
+    empty = pd.DataFrame(columns=COLUMNS)
+    salt = cache.with_suffix(".salt")
+    if not (cache.is_file() and salt.is_file() and salt.read_text() == salt_id):
+        return empty
+    try:
+        old = pd.read_csv(cache, keep_default_na=False, dtype={"fingerprint": str})
+        if list(old.columns) != COLUMNS:
+            return empty
+        return _unchanged(old.astype(DTYPES), root, rels)
+    except (ValueError, TypeError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return empty
 
 
 def duplicate_pairs(root: Path, threshold: int, cache: Path | None = None) -> "pd.DataFrame":

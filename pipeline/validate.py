@@ -531,7 +531,7 @@ def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, tuple[str, str
 
 
 def validate_data(
-    root: Path, params: Params, out: Path, project: Path, mapper: Mapper | None = None
+    root: Path, params: Params, out: Path, project: Path, mapper: Mapper | None = None, cache: Path | None = None
 ) -> tuple[ValidationReport, pd.DataFrame]:
     """Validate the data set under `root` (the scan through `mapper` if given); return the report and the
     image table with splits.
@@ -539,9 +539,10 @@ def validate_data(
     Args:
         root: The data root (manifest.csv or a folder per class).
         params: The run's params.
-        out: The validate output folder (the scan cache lives in its parent's cache/).
+        out: The validate output folder.
         project: The project root.
         mapper: Maps the scan over chunks (None: in this process).
+        cache: The scan cache CSV (None: cache/scan.csv beside `out`).
 
     Returns:
         The report, and the image table with splits assigned and leaks dropped.
@@ -555,7 +556,7 @@ def validate_data(
     images = image_table(
         manifest,
         root,
-        out.parent / "cache" / "scan.csv",
+        cache or out.parent / "cache" / "scan.csv",
         validation,
         project,
         mapper,
@@ -773,7 +774,10 @@ def run_step(params: Params, ws: Workspace, out: Path | None = None, mapper: Map
     final = out or ws.out / "validate"
     with replace_dir(final) as tmp:  # a crash leaves the previous reports and split, never half of them
         try:
-            report, images = validate_data(ws.data_root, params, final, ws.base, mapper)
+            # one scan cache per workspace, wherever the reports go: `medpipe validate DIR` (reports under
+            # outputs/reports/) leaves the cache `medpipe run --data DIR` reads, so the run does not rescan
+            cache = ws.out / "cache" / "scan.csv"
+            report, images = validate_data(ws.data_root, params, final, ws.base, mapper, cache)
         except DataError as err:
             report, images = ValidationReport(False, [Check("data set readable", False, [str(err)])], 0, {}), None
         faults.point("validate.scan")

@@ -55,6 +55,19 @@ def test_incremental_rescan_reads_only_changed_files(tmp_path):
     assert second.loc[0, "width"] == 5
 
 
+def test_an_unreadable_cache_is_scanned_again_and_rewritten_whole(tmp_path):
+    data, cache = tmp_path / "data", tmp_path / "cache" / "scan.csv"
+    rels = _images(data, 4)
+    first = scan(data, rels, cache=cache)
+    whole = cache.read_text()
+    for garbage in ('path,size\n"unterminated', "", first.to_csv(index=False).replace("True", "maybe", 1)):
+        cache.write_text(garbage)  # e.g. a disk that filled up, or a hand edit
+        again = scan(data, rels, cache=cache)
+        pd.testing.assert_frame_equal(again, first)
+        assert cache.read_text() == whole
+    assert sorted(p.name for p in cache.parent.iterdir()) == ["scan.csv", "scan.salt"]  # no temporary left
+
+
 def test_parallel_and_serial_agree(tmp_path, monkeypatch):
     from pipeline import scan as module
 

@@ -21,6 +21,18 @@ def data(tmp_path, tiny_data):
     return root
 
 
+def test_reports_elsewhere_share_the_workspace_scan_cache(data, tmp_path):
+    ws = Workspace(base=tmp_path, data_root=data, out=tmp_path / "outputs")
+    assert run_step(Params(), ws, tmp_path / "outputs" / "reports" / "data").success  # as `medpipe validate DIR`
+    cache = tmp_path / "outputs" / "cache" / "scan.csv"
+    assert not (tmp_path / "outputs" / "reports" / "cache").exists()
+    scanned = pd.read_csv(cache, keep_default_na=False)
+    scanned.loc[0, "mean"] = -1.0  # a marker: kept if the row is reused, gone if the image is read again
+    scanned.to_csv(cache, index=False)
+    assert run_step(Params(), ws).success  # as the flow's validate step
+    assert pd.read_csv(cache, keep_default_na=False).loc[0, "mean"] == -1.0  # the same cache, not rescanned
+
+
 def test_valid_data_passes_and_writes_reports(data, tmp_path):
     report = _run(data, tmp_path)
     assert report.success
