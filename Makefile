@@ -51,7 +51,7 @@ run: $(STAMP) $(DATA)/manifest.csv  ## install, build data if missing, run the t
 # the time. PYTEST_WORKERS=0 runs everything in one process.
 PYTEST_WORKERS ?= 2
 test: $(STAMP)  ## run the test suite (PYTEST_WORKERS=2 processes by default)
-	$(BIN)/python -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadscope) $(ARGS)
+	$(BIN)/python -m pytest --durations=20 $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadscope) $(ARGS)
 
 lint: $(STAMP)  ## ruff check and ruff format --check (code, tests, benchmarks), mypy (pipeline, flows, cli)
 	$(BIN)/ruff check pipeline flows cli tests benchmarks

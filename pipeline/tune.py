@@ -381,6 +381,8 @@ def run(
         sampler=optuna.samplers.TPESampler(seed=tune.seed),
         pruner=_make_pruner(tune.prune),
     )
+    if study.trials:  # resumed: a sampler seeded as at the start would draw the first trials' values again
+        study.sampler = optuna.samplers.TPESampler(seed=tune.seed + len(study.trials))
     notes: list[str] = []
     close_orphaned_runs(params.register_, ws.base, say=notes.append)  # the MLflow run of a killed trial
     for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
