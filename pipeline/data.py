@@ -74,6 +74,28 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return rows[:, i] * (1.0 - f)[None, :] + rows[:, i + 1] * f[None, :]
 
 
+TISSUE = 0.12  # contrast of an image's soft-tissue texture (outside the lungs, where findings are not)
+
+
+def soft_tissue(seed: int, patient: int, image: int, size: int) -> np.ndarray:
+    """An image's soft-tissue texture, from a stream of its own (the main stream's draws stay as they were).
+
+    Without it, two patients' images differ only by position and size (one template), which makes them
+    shifted near-copies of each other (pipeline.near_duplicates); per image, not per patient, so that a
+    model cannot tell patients apart by it.
+
+    Args:
+        seed: The data set's seed.
+        patient: The patient's number.
+        image: The image's number within the patient.
+        size: Side of the square image in pixels.
+
+    Returns:
+        (size, size) float64 texture, about unit variance.
+    """
+    return _smooth_noise(np.random.default_rng([seed, patient, image, 1]), size, 10)
+
+
 def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     """Draw one patient's chest geometry and tissue brightness.
 
@@ -139,7 +161,9 @@ def lesion_mask(lesion: Lesion, anatomy: Anatomy, size: int) -> np.ndarray:
     return lung * _smoothstep((yy - meniscus) / 0.03)
 
 
-def render(anatomy: Anatomy, lesion: Lesion | None, size: int, rng: np.random.Generator) -> np.ndarray:
+def render(
+    anatomy: Anatomy, lesion: Lesion | None, size: int, rng: np.random.Generator, tissue: np.ndarray | None = None
+) -> np.ndarray:
     """Render one radiograph as uint8: body, dark lungs, spine, ribs, texture, noise, finding.
 
     Args:
@@ -147,6 +171,7 @@ def render(anatomy: Anatomy, lesion: Lesion | None, size: int, rng: np.random.Ge
         lesion: The finding, or None.
         size: Side of the square image in pixels.
         rng: The seeded generator for texture, exposure and noise.
+        tissue: The image's soft-tissue texture, (size, size) (soft_tissue), or None.
 
     Returns:
         (size, size) uint8 image.
@@ -161,6 +186,8 @@ def render(anatomy: Anatomy, lesion: Lesion | None, size: int, rng: np.random.Ge
     img = img - a.air * lungs + 0.15 * _ellipse(xx, yy, a.cx, a.cy + 0.05, 0.06, 0.5)
     ribs = np.abs(np.mod(yy - 0.35 * (xx - a.cx) ** 2 + a.rib_phase * 0.09, 0.09) - 0.045) < 0.012
     img = img + 0.06 * ribs * lungs + 0.05 * _smooth_noise(rng, size, 6) * lungs
+    if tissue is not None:  # what tells two images apart beyond their position (pipeline.near_duplicates)
+        img = img + TISSUE * tissue * np.clip(_ellipse(xx, yy, a.cx, a.cy + 0.06, 0.46, 0.52) - lungs, 0, 1)
     if lesion is not None:
         img = img + lesion.contrast * lesion_mask(lesion, a, size)
     img = img * rng.uniform(0.9, 1.1) + rng.normal(0.0, 0.03, size=(size, size))
@@ -197,7 +224,7 @@ def synthesize(out: Path, n_patients: int = 200, size: int = 64, seed: int = 0) 
         for k in range(int(rng.integers(2, 5))):
             rel = Path("images") / label / f"P{p:04d}_{k}.png"
             (out / rel.parent).mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(out / rel), render(anatomy, lesion, size, rng))
+            cv2.imwrite(str(out / rel), render(anatomy, lesion, size, rng, soft_tissue(seed, p, k, size)))
             rows.append((rel.as_posix(), label, f"P{p:04d}"))
             findings[rel.as_posix()] = (anatomy, lesion)
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
