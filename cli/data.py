@@ -68,15 +68,24 @@ def data_duplicates(
     ] = None,
     out: Annotated[Path, typer.Option(help="CSV of the pairs.")] = Path("outputs/duplicates.csv"),
     cache: Annotated[Path, typer.Option(help="Scan cache (incremental).")] = Path("outputs/cache/scan.csv"),
+    windows: Annotated[
+        bool | None,
+        typer.Option(
+            "--windows/--no-windows",
+            help="Also find crops and shifts by 20 corner windows per image (default: params "
+            "validate.near_duplicates.windows).",
+            show_default=False,
+        ),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """List near-duplicate images (re-exports, resizes, JPEG copies, brightness changes) in groups."""
-    from pipeline.config import load_params
+    """List near-duplicate images (re-exports, resizes, JPEG copies, brightness changes, crops, shifts) in groups."""
+    from pipeline.config import NearDuplicateParams, load_params
     from pipeline.scan import duplicate_pairs
 
-    if threshold is None:
-        threshold = load_params(params).validate_.near_duplicates.threshold if params.is_file() else 20
-    pairs = duplicate_pairs(data, threshold, cache)
+    near = load_params(params).validate_.near_duplicates if params.is_file() else NearDuplicateParams()
+    threshold = near.threshold if threshold is None else threshold
+    pairs = duplicate_pairs(data, threshold, cache, near.windows if windows is None else windows)
     out.parent.mkdir(parents=True, exist_ok=True)
     pairs.to_csv(out, index=False, lineterminator="\n")
     summary = Table(title="near-duplicate groups (first 20)", show_header=True)

@@ -32,6 +32,7 @@ class NearDuplicateParams(Section):
     enabled: bool = True
     threshold: int = Field(20, ge=0, le=63)  # Hamming distance (of 256 bits) that makes a near copy
     action: Literal["error", "warning", "drop"] = "error"  # a group across fixed splits: stop, record, or drop
+    windows: bool = True  # crops and shifts too: 20 corner windows per image (pipeline.near_duplicates)
     clean_threshold: int | None = Field(None, ge=0, le=63)  # evaluate: test images farther than this from train;
     # None: 1.5 x threshold (capped at 63)
 

@@ -1,8 +1,9 @@
 """Near-duplicate images: a perceptual fingerprint per image and groups of near-copies, without all pairs.
 
 The fingerprint is a 256-bit DCT perceptual hash (pHash) of the image's luminance, made from the
-pixels the scan already decoded: area-resize to 32x32, 2-D DCT, the 16x16 lowest frequencies (DC
-swapped for the next coefficient) compared with their median. 64 bits (the usual 8x8 pHash) cannot
+pixels the scan already decoded: halved by 2x2 means while at least 128 px a side, area-resize to 32x32,
+2-D DCT, the 16x16 lowest frequencies (DC swapped for the next coefficient) compared with their median,
+as bits in a fixed shuffled order (BIT_ORDER). 64 bits (the usual 8x8 pHash) cannot
 tell apart different patients' chest X-rays, 256 can (benchmarks/near_duplicates.py). Luminance
 makes gray and RGB copies alike; the median makes it blind to brightness and contrast; the low
 frequencies survive resizing, JPEG and small crops (benchmarks/near_duplicates.py measures it).
@@ -12,9 +13,22 @@ bits are cut into 16 bands of 16; two hashes within `threshold` agree in at leas
 `threshold // 16` bits (pigeonhole), so each band's neighbours within that radius are looked up in a
 direct-address table of 65,536 buckets, and only those candidates are verified. Pairs become groups
 by union-find (transitive).
+
+Crops and shifts of a few percent move a global hash farther than another patient's image, so each image
+also keeps the fingerprints of 20 windows (`window_fingerprints`): its four corners' strips of 1, 2, 3, 4
+and 5 % of the height and width cut off (top+left, bottom+right, top+right, bottom+left), hashed as
+`fingerprint` hashes, from an area-reduced copy of at most 64 px through two matrix products. A crop of B
+from A is A's window against B's whole image; a shift by d is the window of A without one corner's strip
+against B's window without the opposite corner's strip of the same size (the rest of both is the same
+pixels). Two images are near when the closest of those combinations (`combined_distance`) is within the
+threshold. Window pairs are searched by exact band matches (radius 0, classes keeping each window to its
+partners): every combination within 15 bits is found, a farther one when one of its 16 bands agrees
+(measured in benchmarks/near_duplicates.py); this keeps 20 windows per image at about the cost of the
+whole-image search.
 """
 
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import combinations
 from typing import NamedTuple, cast
 
@@ -38,6 +52,91 @@ def _dct_rows(n: int, rows: int) -> np.ndarray:
 
 _DCT17 = _dct_rows(32, 17)
 
+WINDOW_LEVELS = (0.01, 0.02, 0.03, 0.04, 0.05)  # strips cut off, as fractions of the height and width
+WINDOW_SIDE = 64  # windows are taken from an area-reduced copy of at most this many pixels a side
+CORNERS = ("TL", "BR", "TR", "BL")  # the corner whose two strips a window cuts off; BR is TL's opposite
+N_WINDOWS = len(CORNERS) * len(WINDOW_LEVELS)
+# The hash's bits are the coefficients in this fixed shuffled order: the bits a shift changes touch every row
+# of frequencies, and shuffled they fall into the 16 index bands at random, so an exact band match finds a
+# window combination within 20 bits with probability >= 0.9996 (within 15: always).
+BIT_ORDER = np.random.default_rng(256).permutation(256)
+VERSION = 2  # of the fingerprints: a scan cache of another version is scanned again
+OPPOSITE = np.array([4 * (k // 4) + (1, 0, 3, 2)[k % 4] for k in range(N_WINDOWS)])  # window k's partner
+
+
+def _area_rows(n: int, lo: float, hi: float, out: int = 32) -> np.ndarray:
+    """(out, n) weights averaging `out` equal bins over the fractions [lo, hi) of n pixels (INTER_AREA's)."""
+    edges = np.linspace(lo * n, hi * n, out + 1)
+    p = np.arange(n + 1, dtype=np.float64)
+    overlap = np.minimum(edges[1:, None], p[None, 1:]) - np.maximum(edges[:-1, None], p[None, :-1])
+    return (np.clip(overlap, 0, None) / np.diff(edges)[:, None]).astype(np.float32)
+
+
+@lru_cache(maxsize=16)
+def _window_mats(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The operators (area average to 32 bins, then the low DCT) of every window's row spans, (spans * 17, h),
+    and per row span its two column spans side by side, (spans, w, 32); and where window k's block is."""
+    n = len(WINDOW_LEVELS)
+    spans = [(g, 1.0) for g in WINDOW_LEVELS] + [(0.0, 1.0 - g) for g in WINDOW_LEVELS]  # cut at start, at end
+    rows = np.concatenate([_DCT17 @ _area_rows(h, lo, hi) for lo, hi in spans])
+    cols = [(_DCT17[:16] @ _area_rows(w, lo, hi)).T for lo, hi in spans]
+    # rows cut at the top pair with columns cut at the left (TL) and at the right (TR); cut at the bottom,
+    # with the right (BR) and the left (BL)
+    pairs = np.stack([np.concatenate([cols[i], cols[(i + n) % (2 * n)]], axis=1) for i in range(2 * n)])
+    at = np.array([[2 * i, 2 * (n + i), 2 * i + 1, 2 * (n + i) + 1] for i in range(n)]).ravel()
+    return rows, pairs, at
+
+
+def _reduced(gray: np.ndarray) -> np.ndarray:
+    """The image halved by area averaging while its short side is >= 128 px: the cheap first step of the area
+    reductions below (OpenCV's area resize by an exact factor of 2 is several times faster than by others; an
+    odd side is averaged the slower way, not cropped: a crop of one pixel moved hashes by up to 26 bits)."""
+    small: np.ndarray = np.asarray(gray, np.float32)
+    while min(small.shape) >= 2 * WINDOW_SIDE:
+        h, w = small.shape
+        small = cv2.resize(small, ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_AREA)
+    return small
+
+
+def _whole(small: np.ndarray) -> str:
+    """The fingerprint of a (reduced) image: area average to 32x32, DCT, the lowest 16x16 against their median."""
+    small = cv2.resize(small, (32, 32), interpolation=cv2.INTER_AREA)
+    block = _DCT17 @ small @ _DCT17[:16].T  # the 2-D DCT's 17x16 lowest frequencies (as cv2.dct, 3x faster)
+    low = block[:16].ravel()
+    low[0] = block[16, 0]  # the 16x16 block, DC swapped for (16, 0)
+    mid = np.partition(low, (127, 128))  # the median, a third of np.median's time
+    return np.packbits(low[BIT_ORDER] > (mid[127] + mid[128]) / 2).tobytes().hex()
+
+
+def _windows(small: np.ndarray) -> str:
+    """The window fingerprints of a (reduced) image, from an area copy of at most WINDOW_SIDE px a side."""
+    h, w = small.shape
+    size = (min(w, WINDOW_SIDE), min(h, WINDOW_SIDE))
+    small = small if size == (w, h) else cv2.resize(small, size, interpolation=cv2.INTER_AREA)
+    rows, pairs, at = _window_mats(size[1], size[0])
+    spans = np.matmul((rows @ small).reshape(len(pairs), 17, size[0]), pairs)  # (spans, 17, 2 x 16)
+    block = spans.reshape(len(pairs), 17, 2, 16).transpose(0, 2, 1, 3).reshape(-1, 17, 16)[at]  # (20, 17, 16)
+    low = block[:, :16].reshape(N_WINDOWS, 256)
+    low[:, 0] = block[:, 16, 0]  # the DC swapped for (16, 0), as the whole image's
+    mid = np.partition(low, (127, 128), axis=1)
+    return np.packbits(low[:, BIT_ORDER] > (mid[:, 127:128] + mid[:, 128:129]) / 2, axis=1).tobytes().hex()
+
+
+def fingerprints(gray: np.ndarray) -> tuple[str, str]:
+    """The image's fingerprint and its windows' (see the module's docstring), from one reduction.
+
+    Args:
+        gray: (H, W) luminance, any scale (the scan passes float32 on 0-255).
+
+    Returns:
+        (fingerprint: 64 hex digits, windows: 20 x 64 hex digits, window k at [64 k, 64 k + 64): level
+        k // 4, corner CORNERS[k % 4]); ("", "") when the image is empty.
+    """
+    if gray.size == 0:
+        return "", ""
+    small = _reduced(gray)
+    return _whole(small), _windows(small)
+
 
 def fingerprint(gray: np.ndarray) -> str:
     """The 256-bit perceptual hash of a luminance image, as 64 hex digits.
@@ -48,14 +147,19 @@ def fingerprint(gray: np.ndarray) -> str:
     Returns:
         64 lowercase hex digits; "" when the image is empty.
     """
-    if gray.size == 0:
-        return ""
-    small = cv2.resize(np.asarray(gray, np.float32), (32, 32), interpolation=cv2.INTER_AREA)
-    block = _DCT17 @ small @ _DCT17[:16].T  # the 2-D DCT's 17x16 lowest frequencies (as cv2.dct, 3x faster)
-    low = block[:16].ravel()
-    low[0] = block[16, 0]  # the 16x16 block, DC swapped for (16, 0)
-    mid = np.partition(low, (127, 128))  # the median, a third of np.median's time
-    return np.packbits(low > (mid[127] + mid[128]) / 2).tobytes().hex()
+    return _whole(_reduced(gray)) if gray.size else ""
+
+
+def window_fingerprints(gray: np.ndarray) -> str:
+    """The fingerprints of the image's 20 corner windows, as one hex string (fingerprints' second half).
+
+    Args:
+        gray: (H, W) luminance, any scale.
+
+    Returns:
+        20 x 64 lowercase hex digits; "" when the image is empty.
+    """
+    return _windows(_reduced(gray)) if gray.size else ""
 
 
 def to_words(hashes: "list[str] | np.ndarray") -> np.ndarray:
@@ -105,35 +209,45 @@ class Pairs(NamedTuple):
     distance: np.ndarray
 
 
-def close_pairs(hashes: np.ndarray, threshold: int, others: np.ndarray | None = None, block: int = 2_000_000) -> Pairs:
+def close_pairs(
+    hashes: np.ndarray,
+    threshold: int,
+    others: np.ndarray | None = None,
+    block: int = 2_000_000,
+    radius: int | None = None,
+) -> Pairs:
     """Every pair of fingerprints within `threshold` bits, by multi-index hashing (never all pairs).
 
     Args:
         hashes: (N, 4) uint64 fingerprints (the queries).
-        threshold: the largest Hamming distance that counts (0 .. MAX_THRESHOLD).
+        threshold: the largest Hamming distance that counts (0 .. MAX_THRESHOLD when `radius` is None).
         others: (M, 4) uint64 fingerprints to search; None: `hashes` against itself (pairs i < j).
         block: candidate pairs verified at a time (bounds the memory).
+        radius: bits probed per band; None: threshold // 16, which finds every pair (smaller finds those
+            with a band that close, faster).
 
     Returns:
         (left, right, distance): left indexes `hashes`, right `others` (or `hashes`), each pair once.
 
     Raises:
-        ValueError: `threshold` is outside 0 .. MAX_THRESHOLD.
+        ValueError: `threshold` is outside 0 .. MAX_THRESHOLD (radius None).
     """
-    if not 0 <= threshold <= MAX_THRESHOLD:
-        raise ValueError(f"threshold must be 0..{MAX_THRESHOLD}, got {threshold}")
+    if radius is None:
+        if not 0 <= threshold <= MAX_THRESHOLD:
+            raise ValueError(f"threshold must be 0..{MAX_THRESHOLD}, got {threshold}")
+        radius = threshold // BANDS
     self_join = others is None
     table = cast(np.ndarray, hashes if self_join else others)  # others is set unless self_join
     empty = np.zeros(0, np.int64)
     if len(hashes) == 0 or len(table) == 0:
         return Pairs(empty, empty, empty)
-    masks = _probe_masks(threshold // BANDS)
+    masks = _probe_masks(radius)
     qcols = [np.ascontiguousarray(hashes[:, w]) for w in range(WORDS)]
     tcols = qcols if self_join else [np.ascontiguousarray(table[:, w]) for w in range(WORDS)]
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for band in range(BANDS):
         keys, qkeys = _band(table, band), _band(hashes, band)
-        order = np.argsort(keys, kind="stable")
+        order = np.argsort(keys.astype(np.uint16), kind="stable")  # a radix sort for 16-bit keys
         counts = np.bincount(keys, minlength=1 << BAND_BITS)
         starts = np.cumsum(counts) - counts
         pending_i, pending_j, size = [], [], 0
@@ -165,16 +279,15 @@ def close_pairs(hashes: np.ndarray, threshold: int, others: np.ndarray | None = 
 def _verify(
     pi: list, pj: list, q: list[np.ndarray], table: list[np.ndarray], threshold: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Candidates within `threshold`, word by word: most unrelated pairs are out after two words."""
+    """Candidates within `threshold`, word by word: most unrelated pairs are out after the first."""
     if not pi:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
     i, j = np.concatenate(pi), np.concatenate(pj)
     d = np.zeros(i.size, np.int64)
     for w in range(WORDS):
         d += np.bitwise_count(q[w][i] ^ table[w][j])
-        if w % 2:
-            keep = d <= threshold
-            i, j, d = i[keep], j[keep], d[keep]
+        keep = d <= threshold  # most unrelated pairs are out after the first word
+        i, j, d = i[keep], j[keep], d[keep]
     return i, j, d
 
 
@@ -207,21 +320,122 @@ def union_find(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return np.array([find(x) for x in range(n)], dtype=np.int64)
 
 
-def nearest_distances(hashes: np.ndarray, radius: int = 47) -> np.ndarray:
+def window_words(windows: "list[str] | np.ndarray") -> np.ndarray:
+    """Hex window fingerprints (window_fingerprints) as an (N, N_WINDOWS, 4) uint64 array (none empty).
+
+    Args:
+        windows: one window_fingerprints string per image.
+
+    Returns:
+        (N, N_WINDOWS, 4) uint64.
+    """
+    raw = bytes.fromhex("".join(windows))
+    return np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(len(windows), N_WINDOWS, WORDS)
+
+
+def combined_distance(base_a: np.ndarray, wins_a: np.ndarray, base_b: np.ndarray, wins_b: np.ndarray) -> np.ndarray:
+    """The distance of two images: the closest of whole against whole, whole against any window (either way),
+    and each window against its opposite (see the module's docstring).
+
+    Args:
+        base_a: (..., 4) uint64 fingerprints.
+        wins_a: (..., N_WINDOWS, 4) their window fingerprints.
+        base_b: (..., 4) the other images' fingerprints (broadcast against a's).
+        wins_b: (..., N_WINDOWS, 4) their window fingerprints.
+
+    Returns:
+        int64 distances.
+    """
+    d = hamming(base_a, base_b)
+    d = np.minimum(d, hamming(base_a[..., None, :], wins_b).min(axis=-1))
+    d = np.minimum(d, hamming(wins_a, base_b[..., None, :]).min(axis=-1))
+    return np.minimum(d, hamming(wins_a, wins_b[..., OPPOSITE, :]).min(axis=-1))
+
+
+def _window_candidates(base: np.ndarray, wins: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image pairs (i < j) with a whole-window or opposite-window combination that shares a band exactly and is
+    within `threshold`."""
+    n = len(base)
+    t, a, _ = close_pairs(wins.reshape(n * N_WINDOWS, WORDS), threshold, others=base, radius=0)  # any window
+    left, right = [a], [t // N_WINDOWS]  # ... against the whole of another image
+    for k in range(N_WINDOWS):  # TL against BR, TR against BL, of the same level
+        if CORNERS[k % 4] in ("TL", "TR"):
+            i, j, _ = close_pairs(wins[:, k], threshold, others=wins[:, OPPOSITE[k]], radius=0)
+            left.append(i)
+            right.append(j)
+    i, j = np.concatenate(left), np.concatenate(right)
+    i, j = np.minimum(i, j)[i != j], np.maximum(i, j)[i != j]
+    key = np.unique(i * n + j)
+    return key // n, key % n
+
+
+def near_pairs(hashes: np.ndarray, threshold: int, wins: np.ndarray | None = None, block: int = 20_000) -> Pairs:
+    """Image pairs (i < j) within `threshold`: by whole fingerprints (every such pair), and with windows by
+    their combined distance (see the module's docstring).
+
+    Args:
+        hashes: (N, 4) uint64 fingerprints.
+        threshold: the largest distance that counts (0 .. MAX_THRESHOLD).
+        wins: (N, N_WINDOWS, 4) their window fingerprints, or None for whole images only.
+        block: pairs whose combined distance is computed at a time.
+
+    Returns:
+        (left, right, distance), each pair once, distance the combined one when windows are given.
+    """
+    pairs = close_pairs(hashes, threshold)
+    if wins is None or len(hashes) < 2:
+        return pairs
+    wi, wj = _window_candidates(hashes, wins, threshold)
+    n = len(hashes)
+    key = np.unique(np.concatenate([pairs.left * n + pairs.right, wi * n + wj]))
+    i, j = key // n, key % n
+    d = np.concatenate(
+        [combined_distance(hashes[i[s]], wins[i[s]], hashes[j[s]], wins[j[s]]) for s in _slices(len(i), block)]
+        or [np.zeros(0, np.int64)]
+    )
+    keep = d <= threshold
+    return Pairs(i[keep], j[keep], d[keep])
+
+
+def _slices(n: int, block: int) -> list[slice]:
+    return [slice(k, min(n, k + block)) for k in range(0, n, block)]
+
+
+def nearest_distances(hashes: np.ndarray, radius: int = 47, wins: np.ndarray | None = None) -> np.ndarray:
     """Each fingerprint's distance to its nearest other one, capped at `radius` + 1 (for the histogram).
 
     Args:
         hashes: (N, 4) uint64 fingerprints.
         radius: search radius (larger is slower); farther neighbours show as radius + 1.
+        wins: (N, N_WINDOWS, 4) window fingerprints: combined distances (as near_pairs finds them).
 
     Returns:
         int64 distances, one per fingerprint.
     """
     best = np.full(len(hashes), radius + 1, dtype=np.int64)
-    i, j, d = close_pairs(hashes, radius)
+    i, j, d = near_pairs(hashes, radius, wins)
     np.minimum.at(best, i, d)
     np.minimum.at(best, j, d)
     return best
+
+
+def parse(fingerprints: "list[str] | np.ndarray", windows: "list[str] | np.ndarray | None") -> tuple:
+    """The rows that have a fingerprint, their words, and their windows' words (None when not all have them).
+
+    Args:
+        fingerprints: one hex fingerprint per row ("" for unreadable images).
+        windows: one window_fingerprints string per row, or None.
+
+    Returns:
+        (row indexes, (n, 4) words, (n, N_WINDOWS, 4) words or None).
+    """
+    fps = np.asarray(fingerprints, dtype=object)
+    rows = np.flatnonzero(fps != "")
+    hashes = to_words(list(fps[rows]))
+    if windows is None:
+        return rows, hashes, None
+    wins = np.asarray(windows, dtype=object)[rows]
+    return rows, hashes, window_words(list(wins)) if all(len(w) == 64 * N_WINDOWS for w in wins) else None
 
 
 @dataclass(frozen=True)
@@ -232,22 +446,23 @@ class Groups:
     pairs: Pairs  # row i, row j, distance
 
 
-def find_groups(fingerprints: "list[str] | np.ndarray", threshold: int) -> Groups:
+def find_groups(
+    fingerprints: "list[str] | np.ndarray", threshold: int, windows: "list[str] | np.ndarray | None" = None
+) -> Groups:
     """Near-duplicate groups (transitive) among hex fingerprints; rows with "" take part in none.
 
     Args:
         fingerprints: one hex fingerprint per row ("" for unreadable images).
-        threshold: the largest Hamming distance of a near copy.
+        threshold: the largest distance of a near copy.
+        windows: one window_fingerprints string per row (crops and shifts are found too), or None.
 
     Returns:
         The groups: the group id of each row is the index of its first row, -1 when alone.
     """
-    fps = np.asarray(fingerprints, dtype=object)
-    rows = np.flatnonzero(fps != "")
-    hashes = to_words(list(fps[rows]))
-    i, j, d = close_pairs(hashes, threshold)
+    rows, hashes, wins = parse(fingerprints, windows)
+    i, j, d = near_pairs(hashes, threshold, wins)
     comp = union_find(len(rows), i, j)
     sizes = np.bincount(comp, minlength=len(rows)) if len(rows) else np.zeros(0, np.int64)
-    group = np.full(len(fps), -1, dtype=np.int64)
+    group = np.full(len(fingerprints), -1, dtype=np.int64)
     group[rows] = np.where(sizes[comp] > 1, rows[comp], -1) if len(rows) else []
     return Groups(group, Pairs(rows[i], rows[j], d))

@@ -16,7 +16,8 @@ import cv2
 from pipeline.errors import ImageError
 from pipeline.imageio import chroma, read_image, to_gray
 from pipeline.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, MB, check_size
-from pipeline.near_duplicates import find_groups, fingerprint
+from pipeline.near_duplicates import VERSION as FINGERPRINT_VERSION
+from pipeline.near_duplicates import find_groups, fingerprints
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,6 +52,7 @@ class ScanRow(NamedTuple):
     patient_key: str
     fingerprint: str  # perceptual hash of the decoded pixels (pipeline.near_duplicates), "" when unreadable
     chroma: float = 0.0  # how much colour it carries (pipeline.imageio.chroma); 0 for one channel
+    windows: str = ""  # the fingerprints of 20 corner windows (crops and shifts), "" when unreadable
 
 
 COLUMNS = list(ScanRow._fields)
@@ -113,8 +115,8 @@ def scan_file(
 ) -> ScanRow:
     """Scan one image; an unusable file gives a row with readable=False and the reason.
 
-    The perceptual fingerprint comes from the same decode (`with_fingerprint=False` leaves it empty:
-    benchmarks measure its cost with it).
+    The perceptual fingerprint and its windows come from the same decode (`with_fingerprint=False` leaves
+    them empty: benchmarks measure their cost with it).
 
     A file over `max_bytes` (by stat) is not read, one whose header declares more than `max_pixels`
     is not decoded (pipeline.limits): both are unreadable rows naming the cap.
@@ -125,7 +127,7 @@ def scan_file(
         salt: The pseudonymisation salt (DICOM patient keys).
         max_pixels: Cap on the pixels its header declares.
         max_bytes: Cap on its size in bytes.
-        with_fingerprint: Compute the perceptual fingerprint.
+        with_fingerprint: Compute the perceptual fingerprint and its windows.
 
     Returns:
         The file's row (never raises for an unusable image).
@@ -152,6 +154,7 @@ def scan_file(
     mean, std = (float(v[0, 0]) for v in cv2.meanStdDev(gray))
     blur = float(cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_32F))[1][0, 0] ** 2)  # variance of the Laplacian
     h, w = image.pixels.shape[:2]
+    whole, windows = fingerprints(gray) if with_fingerprint else ("", "")
     return ScanRow(
         rel,
         size,
@@ -167,8 +170,9 @@ def scan_file(
         True,
         "",
         image.patient_key or "",
-        fingerprint(gray) if with_fingerprint else "",
+        whole,
         chroma(image.pixels),
+        windows,
     )
 
 
@@ -290,7 +294,10 @@ def scan(
     import pandas as pd
 
     salt = data_salt(project, create=any(r.lower().endswith(".dcm") for r in rels))
-    salt_id = f"{hashlib.sha256(salt).hexdigest()[:12]} max_pixels={max_pixels} max_bytes={max_bytes}"
+    salt_id = (
+        f"{hashlib.sha256(salt).hexdigest()[:12]} max_pixels={max_pixels} max_bytes={max_bytes} "
+        f"fingerprints=v{FINGERPRINT_VERSION}"
+    )
     cached = _read_cache(cache, salt_id, root, rels) if cache is not None else pd.DataFrame(columns=COLUMNS)
     todo = sorted(set(rels) - set(cached["path"]))
     rows = _run(root, todo, salt, workers or os.cpu_count() or 1, progress, mapper, chunk_size, (max_pixels, max_bytes))
@@ -315,7 +322,7 @@ def _read_cache(cache: Path, salt_id: str, root: Path, rels: list[str]) -> "pd.D
     if not (cache.is_file() and salt.is_file() and salt.read_text() == salt_id):
         return empty
     try:
-        old = pd.read_csv(cache, keep_default_na=False, dtype={"fingerprint": str})
+        old = pd.read_csv(cache, keep_default_na=False, dtype={"fingerprint": str, "windows": str})
         if list(old.columns) != COLUMNS:
             return empty
         return _unchanged(old.astype(DTYPES), root, rels)
@@ -323,13 +330,14 @@ def _read_cache(cache: Path, salt_id: str, root: Path, rels: list[str]) -> "pd.D
         return empty
 
 
-def duplicate_pairs(root: Path, threshold: int, cache: Path | None = None) -> "pd.DataFrame":
+def duplicate_pairs(root: Path, threshold: int, cache: Path | None = None, windows: bool = True) -> "pd.DataFrame":
     """Scan the data set under `root` (through the scan cache) and list its near-duplicate pairs.
 
     Args:
         root: a data root (manifest.csv or a folder per class).
         threshold: the largest Hamming distance of a near copy (0 .. MAX_THRESHOLD).
         cache: the scan cache CSV (None: no cache).
+        windows: also find crops and shifts (pipeline.near_duplicates' windows).
 
     Returns:
         One row per pair: group (its first path), path_a, label_a, path_b, label_b, distance; sorted by group.
@@ -340,8 +348,9 @@ def duplicate_pairs(root: Path, threshold: int, cache: Path | None = None) -> "p
 
     manifest, _ = discover(root)
     table = scan(root, manifest["path"].tolist(), cache=cache)
-    fps = table["fingerprint"].where(table["readable"].astype(bool), "").tolist()
-    groups = find_groups(fps, threshold)
+    readable = table["readable"].astype(bool)
+    fps = table["fingerprint"].where(readable, "").tolist()
+    groups = find_groups(fps, threshold, table["windows"].where(readable, "").tolist() if windows else None)
     i, j, d = groups.pairs
     paths, labels = table["path"].to_numpy(), manifest["label"].to_numpy()
     pairs = pd.DataFrame(

@@ -20,7 +20,7 @@ from pipeline.data import SUBGROUP_PREFIX, discover, with_subgroups
 from pipeline.errors import DataError
 from pipeline.imageio import CHROMA_MIN
 from pipeline.limits import MB
-from pipeline.near_duplicates import find_groups, hamming, nearest_distances, to_words
+from pipeline.near_duplicates import combined_distance, find_groups, hamming, nearest_distances, parse
 from pipeline.outputs import read_result, replace_dir
 from pipeline.scan import Mapper, inside_root, scan
 from pipeline.split import SPLITS, assign_splits
@@ -91,7 +91,7 @@ class ValidationReport:
 
     @property
     def splits_csv(self) -> Path:
-        """The split table the later steps read: path, label, patient_id, split, sha256, fingerprint."""
+        """The split table the later steps read: path, label, patient_id, split, sha256, fingerprint, windows."""
         return self.folder / "splits.csv"
 
     def split_table(self) -> pd.DataFrame:
@@ -149,7 +149,7 @@ def image_table(
 
     Returns:
         The manifest with the scan's columns and inside_root, exists, reason, not_blank and sharp; patient_id
-        filled from patient_key or the path, and no fingerprint for unreadable images.
+        filled from patient_key or the path, and no fingerprint or windows for unreadable images.
     """
     table = scan(
         root,
@@ -169,6 +169,7 @@ def image_table(
     df["not_blank"] = ~df["readable"] | (df["std"] >= validation.blank_std)
     df["sharp"] = ~df["readable"] | (df["blur"] >= validation.blur_min)
     df["fingerprint"] = df["fingerprint"].where(df["readable"], "")
+    df["windows"] = df["windows"].where(df["readable"], "")
     return df.drop(columns=["patient_key", "error"])
 
 
@@ -336,7 +337,7 @@ def near_duplicate_summary(
     pair, label conflicts, a histogram of nearest-neighbour distances, and what was dropped.
 
     Args:
-        images: The image table with `split`, `fingerprint` and `near_group`.
+        images: The image table with `split`, `fingerprint`, `windows` and `near_group`.
         validation: The validate params (its near_duplicates section).
         dropped: What drop_leaks removed.
         max_groups: At most this many cross-split groups are listed.
@@ -347,10 +348,9 @@ def near_duplicate_summary(
     near = validation.near_duplicates
     table = near_table(images)
     crossing = table[table["n_splits"] > 1]
-    fps = images["fingerprint"]
-    have = fps != ""
     radius = near.clean
-    nn: np.ndarray | list[int] = nearest_distances(to_words(list(fps[have])), radius) if have.sum() > 1 else []
+    _, hashes, wins = parse(images["fingerprint"], images["windows"] if near.windows else None)
+    nn: np.ndarray | list[int] = nearest_distances(hashes, radius, wins) if len(hashes) > 1 else []
     pairs: dict[str, int] = {}
     groups: list[list[dict[str, Any]]] = []
     for gid in crossing["near_group"]:
@@ -361,8 +361,8 @@ def near_duplicate_summary(
                 name = f"{splits[a]}-{splits[b]}"
                 pairs[name] = pairs.get(name, 0) + 1
         if len(groups) < max_groups:
-            words = to_words(list(rows["fingerprint"]))
-            dist = hamming(words, words[:1])
+            _, words, rwins = parse(rows["fingerprint"], rows["windows"] if near.windows else None)
+            dist = hamming(words, words[:1]) if rwins is None else combined_distance(words, rwins, words[:1], rwins[:1])
             groups.append(
                 [
                     {"path": p, "label": lb, "split": sp, "distance": int(d)}
@@ -373,6 +373,7 @@ def near_duplicate_summary(
     return {
         "enabled": near.enabled,
         "threshold": near.threshold,
+        "windows": near.windows,
         "action": near.action,
         "n_groups": int(len(table)),
         "n_images_in_groups": int((images["near_group"] >= 0).sum()),
@@ -564,7 +565,9 @@ def validate_data(
         params.preprocess,
     )
     near = validation.near_duplicates
-    images["near_group"] = find_groups(images["fingerprint"].tolist(), near.threshold).group if near.enabled else -1
+    windows = images["windows"].tolist() if near.windows else None
+    groups = find_groups(images["fingerprint"].tolist(), near.threshold, windows) if near.enabled else None
+    images["near_group"] = groups.group if groups is not None else -1
     published = images["split"].copy()
     images["split"] = assign_splits(images, params).fillna("")
     images, dropped = drop_leaks(images, validation)
@@ -651,7 +654,8 @@ def _near_html(near: dict, root: Path | None) -> str:
         return ""
     parts = [
         f"<h2>Near-duplicate images</h2><p>{near['n_groups']} group(s) of near copies (distance &le; "
-        f"{near['threshold']} of 256 bits), {near['n_cross_split']} across splits (action: "
+        f"{near['threshold']} of 256 bits{', crops and shifts included' if near.get('windows') else ''}), "
+        f"{near['n_cross_split']} across splits (action: "
         f"{escape(near['action'])}); {near['label_conflicts']} group(s) with conflicting labels; "
         f"{near['n_dropped']} image(s) dropped.</p>"
     ]
@@ -782,7 +786,7 @@ def run_step(params: Params, ws: Workspace, out: Path | None = None, mapper: Map
             report, images = ValidationReport(False, [Check("data set readable", False, [str(err)])], 0, {}), None
         faults.point("validate.scan")
         if images is not None:
-            columns = ["path", "label", "patient_id", "split", "sha256", "fingerprint"]
+            columns = ["path", "label", "patient_id", "split", "sha256", "fingerprint", "windows"]
             columns += [c for c in images.columns if c.startswith(SUBGROUP_PREFIX)]
             images[columns].to_csv(tmp / "splits.csv", index=False, lineterminator="\n")
             if report.near_duplicates.get("n_dropped"):

@@ -13,7 +13,19 @@ import pytest
 
 from pipeline.config import Params, Workspace, parse_params
 from pipeline.errors import ConfigError
-from pipeline.near_duplicates import close_pairs, find_groups, fingerprint, hamming, to_words
+from pipeline.near_duplicates import (
+    N_WINDOWS,
+    OPPOSITE,
+    close_pairs,
+    combined_distance,
+    find_groups,
+    fingerprint,
+    hamming,
+    near_pairs,
+    to_words,
+    window_fingerprints,
+    window_words,
+)
 
 LABELS = ["a", "b"]
 
@@ -263,3 +275,119 @@ def test_old_scan_cache_without_fingerprints_is_rescanned(tmp_path):
     first.drop(columns="fingerprint").to_csv(cache, index=False)  # what an older medpipe wrote
     again = scan(root, rels, cache=cache, workers=1)
     assert again["fingerprint"].tolist() == first["fingerprint"].tolist()
+
+
+def _cropped(image: np.ndarray) -> bytes:
+    """A crop: 4 % of the height and width cut off at the top and left (a PNG)."""
+    h, w = image.shape
+    return cv2.imencode(".png", image[round(0.04 * h) :, round(0.04 * w) :])[1].tobytes()
+
+
+def _shifted(image: np.ndarray) -> bytes:
+    """A shift by 3 % right and down, the border replicated (a PNG)."""
+    h, w = image.shape
+    move = np.float32([[1, 0, round(0.03 * w)], [0, 1, round(0.03 * h)]])
+    return cv2.imencode(".png", cv2.warpAffine(image, move, (w, h), borderMode=cv2.BORDER_REPLICATE))[1].tobytes()
+
+
+def _hashes(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    gray = image.astype(np.float32)
+    return to_words([fingerprint(gray)])[0], window_words([window_fingerprints(gray)])[0]
+
+
+def test_windows_tell_crops_and_shifts_from_other_images():
+    image = _texture(0, 96)
+    base, wins = _hashes(image)
+    assert len(window_fingerprints(image.astype(np.float32))) == 64 * N_WINDOWS
+    assert window_fingerprints(np.zeros((0, 0), np.float32)) == ""
+    for copy in (_cropped(image), _shifted(image)):
+        b, w = _hashes(cv2.imdecode(np.frombuffer(copy, np.uint8), cv2.IMREAD_GRAYSCALE))
+        assert hamming(base, b) > 20  # the whole images alone miss it ...
+        assert combined_distance(base, wins, b, w) <= 20  # ... their windows find it, either way round
+        assert combined_distance(b, w, base, wins) == combined_distance(base, wins, b, w)
+    other_base, other_wins = _hashes(_texture(1, 96))
+    assert combined_distance(base, wins, other_base, other_wins) > 60
+
+
+def test_window_index_finds_every_combination_within_15_bits():
+    rng = np.random.default_rng(1)
+    n = 300
+
+    def random(*shape):
+        return rng.integers(0, 2**63, size=shape, dtype=np.int64).astype(np.uint64) | (
+            rng.integers(0, 2, size=shape).astype(np.uint64) << np.uint64(63)
+        )
+
+    def flip(words, bits):
+        row = np.unpackbits(words.astype(">u8").view(np.uint8))
+        row[rng.choice(256, bits, replace=False)] ^= 1
+        return np.packbits(row).view(">u8").astype(np.uint64)
+
+    base, wins = random(n, 4), random(n, N_WINDOWS, 4)
+    for k in range(60):  # crops (a whole against a window), shifts (a window against its opposite), whole copies
+        w, bits = int(rng.integers(0, N_WINDOWS)), int(rng.integers(0, 21))
+        if k % 3 == 0:
+            base[100 + k] = flip(wins[k, w], bits)
+        elif k % 3 == 1:
+            wins[100 + k, w] = flip(wins[k, OPPOSITE[w]], bits)
+        else:
+            base[100 + k] = flip(base[k], bits)
+    brute = combined_distance(base[:, None], wins[:, None], base[None], wins[None])
+    i, j, d = near_pairs(base, 20, wins)
+    found = set(zip(i.tolist(), j.tolist()))
+    assert (d == brute[i, j]).all()
+    assert (d <= 20).all()
+    assert found >= set(zip(*np.nonzero(np.triu(brute <= 15, 1))))  # within 15 bits: always found
+    assert len(found) >= 55  # farther: when a band agrees exactly (most)
+    assert near_pairs(base, 20).left.size < len(found)  # whole images alone find only the whole copies
+
+
+def _crop_data(root: Path, splits: bool) -> Path:
+    """16 distinct 96 px images (8 per label), and a crop and a shift of the first train image as other
+    patients' test images."""
+    rows = []
+    for k in range(16):
+        rel = f"{LABELS[k % 2]}/img{k:02d}.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / rel), _texture(k, 96))
+        rows.append((rel, LABELS[k % 2], f"P{k}", "train" if k < 10 else "val" if k < 13 else "test"))
+    (root / "a/crop.png").write_bytes(_cropped(_texture(0, 96)))
+    (root / "a/shift.png").write_bytes(_shifted(_texture(0, 96)))
+    rows += [("a/crop.png", "a", "P98", "test"), ("a/shift.png", "a", "P99", "test")]
+    frame = pd.DataFrame(rows, columns=["path", "label", "patient_id", "split"])
+    (frame if splits else frame.drop(columns="split")).to_csv(root / "manifest.csv", index=False)
+    return root
+
+
+def test_crops_and_shifts_across_fixed_splits_are_errors_found_by_windows(tmp_path):
+    from pipeline.evaluate import clean_test_mask
+
+    root = _crop_data(tmp_path / "data", splits=True)
+    report, ws = _validate(tmp_path, root, _params())
+    assert not report.success
+    failed = [c for c in report.failed if c.name.startswith("each near-duplicate group")]
+    assert "a/crop.png" in failed[0].unexpected[0]
+    assert "a/shift.png" in failed[0].unexpected[0]
+    group = report.near_duplicates["cross_split_groups"][0]
+    assert {m["path"] for m in group} == {"a/img00.png", "a/crop.png", "a/shift.png"}
+    assert all(m["distance"] <= 20 for m in group)
+    splits = pd.read_csv(ws.out / "validate/splits.csv", keep_default_na=False)
+    assert (splits["windows"].str.len() == 64 * N_WINDOWS).all()
+    clean = clean_test_mask(splits, 30)  # evaluate's clean subset sees them too
+    test_paths = splits.loc[splits["split"] == "test", "path"].tolist()
+    assert {p for p, c in zip(test_paths, clean) if not c} == {"a/crop.png", "a/shift.png"}
+    assert clean_test_mask(splits, 30, use_windows=False).all()
+    off, _ = _validate(tmp_path, root, _params(windows=False))
+    assert off.success  # whole images alone: neither is found
+
+
+def test_medpipe_split_keeps_crops_and_shifts_with_their_original(tmp_path):
+    from pipeline.validate import validate_data
+
+    root = _crop_data(tmp_path / "data", splits=False)
+    for seed in range(3):
+        p = Params.model_validate({**_params().model_dump(by_alias=True), "preprocess": {"seed": seed}})
+        report, images = validate_data(root, p, tmp_path / "outputs/validate", tmp_path)
+        split = images.set_index("path")["split"]
+        assert report.success
+        assert split["a/crop.png"] == split["a/shift.png"] == split["a/img00.png"]
