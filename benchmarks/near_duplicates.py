@@ -1,5 +1,5 @@
 """Near-duplicate detection: recall on planted near-copies of real images, false positives on distinct
-images, the fingerprint's share of the scan, and grouping 100,000 fingerprints.
+images, the fingerprint's share of the scan, and grouping 100,000 fingerprints (whole images and windows).
 
 Prints one JSON object per line (see docs/benchmarks.md). Needs /work/shared/datasets (or --datasets).
 Usage: python benchmarks/near_duplicates.py [--every 10] [--n 100000]
@@ -20,10 +20,21 @@ import numpy as np
 import pandas as pd
 
 from pipeline.imageio import read_image, to_gray
-from pipeline.near_duplicates import find_groups, fingerprint, hamming, nearest_distances, to_words
+from pipeline.near_duplicates import (
+    N_WINDOWS,
+    combined_distance,
+    find_groups,
+    fingerprint,
+    hamming,
+    near_pairs,
+    to_words,
+    window_fingerprints,
+    window_words,
+)
 from pipeline.scan import scan_file
 
 THRESHOLDS = (14, 20, 24, 30, 36, 40, 46)
+DEFAULT = 20  # validate.near_duplicates.threshold
 
 
 def _encode(image: np.ndarray, kind: str, quality: int = 95) -> tuple[str, bytes]:
@@ -60,8 +71,13 @@ def variants(image: np.ndarray, rng: np.random.Generator) -> dict[str, tuple[str
     }
 
 
-def _fp_bytes(name: str, data: bytes) -> str:
-    return fingerprint(to_gray(read_image(Path(name), data=data).pixels) * 255.0)
+def _hashes(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(4,) words of the whole image's fingerprint and (N_WINDOWS, 4) of its windows, as the scan makes them."""
+    return to_words([fingerprint(gray)])[0], window_words([window_fingerprints(gray)])[0]
+
+
+def _hashes_bytes(name: str, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    return _hashes(to_gray(read_image(Path(name), data=data).pixels) * 255.0)
 
 
 def _images(datasets: Path, every: int) -> dict[str, list[tuple[str, np.ndarray]]]:
@@ -77,69 +93,96 @@ def _images(datasets: Path, every: int) -> dict[str, list[tuple[str, np.ndarray]
 
 
 def recall(datasets: Path, every: int, seed: int = 0) -> list[dict]:
-    """Distances between each sampled original and its planted copies; recall per family and threshold."""
+    """Each sampled original against its planted copies: recall per family and threshold by whole-image
+    distance (windows off) and by combined distance (windows on), and what the index finds at the default."""
     rng = np.random.default_rng(seed)
     rows = []
     for name, images in _images(datasets, every).items():
-        per: dict[str, list[int]] = {}
+        whole: dict[str, list[int]] = {}
+        combined: dict[str, list[int]] = {}
+        base, wins, pairs = [], [], []
         for _, image in images:
-            base = to_words([_fp_bytes(*_encode(image, "png"))])
+            b0, w0 = _hashes_bytes(*_encode(image, "png"))
+            original = len(base)
+            base.append(b0)
+            wins.append(w0)
             for family, (fname, data) in variants(image, rng).items():
-                per.setdefault(family, []).append(int(hamming(base, to_words([_fp_bytes(fname, data)]))[0]))
-        every_d = np.concatenate([np.array(v) for v in per.values()])
+                b1, w1 = _hashes_bytes(fname, data)
+                whole.setdefault(family, []).append(int(hamming(b0, b1)))
+                combined.setdefault(family, []).append(int(combined_distance(b0, w0, b1, w1)))
+                pairs.append((original, len(base), family))
+                base.append(b1)
+                wins.append(w1)
+        i, j, _ = near_pairs(np.stack(base), DEFAULT, np.stack(wins))  # the index, as validation runs it
+        found = set(zip(i.tolist(), j.tolist()))
+        by_index: dict[str, list[bool]] = {}
+        for a, b, family in pairs:
+            by_index.setdefault(family, []).append((a, b) in found)
+        all_whole = np.concatenate([np.array(v) for v in whole.values()])
+        all_comb = np.concatenate([np.array(v) for v in combined.values()])
         rows.append(
             {
                 "bench": "near_duplicates",
                 "what": "recall",
                 "dataset": name,
                 "originals": len(images),
-                "planted": int(every_d.size),
-                **{f"recall_at_{t}": round(float((every_d <= t).mean()), 4) for t in THRESHOLDS},
-                "max_distance": {f: int(max(v)) for f, v in per.items()},
-                "recall_at_30_by_family": {f: round(float((np.array(v) <= 30).mean()), 3) for f, v in per.items()},
+                "planted": int(all_comb.size),
+                **{f"recall_at_{t}": round(float((all_comb <= t).mean()), 4) for t in THRESHOLDS},
+                f"found_by_index_at_{DEFAULT}": round(float(np.mean([x for v in by_index.values() for x in v])), 4),
+                f"found_by_index_at_{DEFAULT}_by_family": {f: round(float(np.mean(v)), 4) for f, v in by_index.items()},
+                "max_distance": {f: int(max(v)) for f, v in combined.items()},
+                f"windows_off_recall_at_{DEFAULT}": round(float((all_whole <= DEFAULT).mean()), 4),
+                f"windows_off_recall_at_{DEFAULT}_by_family": {
+                    f: round(float((np.array(v) <= DEFAULT).mean()), 3) for f, v in whole.items()
+                },
             }
         )
     return rows
 
 
 def false_positives(datasets: Path) -> list[dict]:
-    """Share of distinct images with another distinct image within each threshold (byte-identical copies
-    listed in duplicates.csv, or identical arrays, are true duplicates and not counted)."""
+    """Share of distinct images with another distinct image within each threshold, windows on, through the
+    index (byte-identical copies listed in duplicates.csv, or identical arrays, are true duplicates and not
+    counted)."""
     rows = []
     for name in ("chest_xray_kermany224", "blood_cells_pbc", "pneumoniamnist"):
         if name == "pneumoniamnist":
             npz = np.load(datasets / "medmnist" / "pneumoniamnist_trainsubsampled.npz")
             arrays = np.concatenate([npz[f"{s}_images"] for s in ("train", "val", "test")])
             keys = [a.tobytes() for a in arrays]
-            fps = [fingerprint(a.astype(np.float32)) for a in arrays]
+            hashes = [_hashes(a.astype(np.float32)) for a in arrays]
         else:
             root = datasets / name
             paths = pd.read_csv(root / "manifest.csv")["path"].tolist()
-            fps = [fingerprint(to_gray(read_image(root / p).pixels) * 255.0) for p in paths]
+            hashes = [_hashes(to_gray(read_image(root / p).pixels) * 255.0) for p in paths]
             dup = pd.read_csv(root / "duplicates.csv")
             sha = dict(zip(dup["path"], dup["sha256"]))
             keys = [sha.get(p, p) for p in paths]
         first = pd.Series(keys).duplicated(keep="first").to_numpy()  # keep one of each true duplicate group
-        distinct = [f for f, d in zip(fps, first) if not d]
-        nn = nearest_distances(to_words(distinct), 47)
+        base = np.stack([h[0] for h, d in zip(hashes, first) if not d])
+        wins = np.stack([h[1] for h, d in zip(hashes, first) if not d])
+        flagged = {}
+        for t in THRESHOLDS:
+            i, j, _ = near_pairs(base, t, wins)
+            flagged[f"flagged_at_{t}"] = round(len(np.union1d(i, j)) / len(base), 5)
+        i, j, d = near_pairs(base, 46, wins)
         rows.append(
             {
                 "bench": "near_duplicates",
                 "what": "false_positives",
                 "dataset": name,
-                "images": len(fps),
-                "distinct": len(distinct),
+                "images": len(hashes),
+                "distinct": len(base),
                 "true_duplicates_left_out": int(first.sum()),
-                **{f"flagged_at_{t}": round(float((nn <= t).mean()), 5) for t in THRESHOLDS},
-                "nn_distance_min": int(nn.min()),
-                "nn_distance_p01": float(np.percentile(nn, 1)),
+                **flagged,
+                "closest_distinct_pair": int(d.min()) if len(d) else None,
             }
         )
     return rows
 
 
 def scan_cost(datasets: Path, n: int) -> dict:
-    """The same files scanned with and without the fingerprint, interleaved, best of 5 rounds."""
+    """The same files scanned with and without the fingerprint and its windows, interleaved, best of 5 rounds."""
     root = datasets / "chest_xray_kermany224"
     rels = pd.read_csv(root / "manifest.csv")["path"].tolist()[:n]
     cv2.setNumThreads(1)
@@ -163,38 +206,63 @@ def scan_cost(datasets: Path, n: int) -> dict:
     }
 
 
-def grouping(n: int, planted: int, threshold: int = 30, seed: int = 0) -> dict:
-    """Group n random fingerprints with `planted` near copies (up to threshold - 6 bits flipped)."""
+def _flip(rng: np.random.Generator, words: np.ndarray, bits: int) -> np.ndarray:
+    row = np.unpackbits(words.astype(">u8").view(np.uint8))
+    row[rng.choice(256, bits, replace=False)] ^= 1
+    return np.packbits(row).view(">u8").astype(np.uint64)
+
+
+def grouping(n: int, planted: int, threshold: int = DEFAULT, seed: int = 0) -> list[dict]:
+    """Group n random images (a fingerprint and N_WINDOWS window fingerprints each) with `planted` near copies:
+    a third whole-image copies, a third crops (a copy's whole = the original's window), a third shifts (a
+    copy's window = the original's opposite window), each 1 .. threshold bits off; windows off, then on."""
     rng = np.random.default_rng(seed)
-    words = rng.integers(0, 2**63, size=(n, 4), dtype=np.int64).astype(np.uint64) | (
-        rng.integers(0, 2, size=(n, 4)).astype(np.uint64) << np.uint64(63)
-    )
-    src, dst = rng.choice(n, planted, replace=False), None
+
+    def random(*shape: int) -> np.ndarray:
+        low = rng.integers(0, 2**63, size=shape, dtype=np.int64).astype(np.uint64)
+        return low | (rng.integers(0, 2, size=shape).astype(np.uint64) << np.uint64(63))
+
+    base, wins = random(n, 4), random(n, N_WINDOWS, 4)
+    src = rng.choice(n, planted, replace=False)
     dst = rng.choice(np.setdiff1d(np.arange(n), src), planted, replace=False)
-    copies = np.unpackbits(words[src].astype(">u8").view(np.uint8), axis=1)
-    for row in copies:
-        flip = rng.choice(256, int(rng.integers(1, threshold - 5)), replace=False)
-        row[flip] ^= 1
-    words[dst] = np.packbits(copies, axis=1).view(">u8").astype(np.uint64)
-    hexes = [w.astype(">u8").tobytes().hex() for w in words]
-    tracemalloc.start()
-    t = time.perf_counter()
-    groups = find_groups(hexes, threshold)
-    seconds = time.perf_counter() - t
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    found = float(np.mean(groups.group[src] == groups.group[dst]) * (groups.group[src] >= 0).mean())
-    return {
-        "bench": "near_duplicates",
-        "what": "grouping",
-        "fingerprints": n,
-        "planted": planted,
-        "threshold": threshold,
-        "seconds": round(seconds, 2),
-        "peak_mb": round(peak / 2**20, 1),
-        "planted_found": round(found, 4),
-        "pairs": int(len(groups.pairs[0])),
-    }
+    kind = np.arange(planted) % 3
+    for s, d, k in zip(src, dst, kind):
+        bits = int(rng.integers(1, threshold + 1))
+        w = int(rng.integers(0, N_WINDOWS))
+        if k == 0:
+            base[d] = _flip(rng, base[s], bits)
+        elif k == 1:
+            base[d] = _flip(rng, wins[s, w], bits)
+        else:
+            wins[d, w] = _flip(rng, wins[s, w ^ 1], bits)  # w ^ 1: the opposite corner, same level
+    hexes = [b.astype(">u8").tobytes().hex() for b in base]
+    windows = ["".join(x.astype(">u8").tobytes().hex() for x in row) for row in wins]
+    rows = []
+    for with_windows in (False, True):
+        tracemalloc.start()
+        t = time.perf_counter()
+        groups = find_groups(hexes, threshold, windows if with_windows else None)
+        seconds = time.perf_counter() - t
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        same = (groups.group[src] == groups.group[dst]) & (groups.group[src] >= 0)
+        rows.append(
+            {
+                "bench": "near_duplicates",
+                "what": "grouping",
+                "windows": with_windows,
+                "fingerprints": n,
+                "planted": planted,
+                "threshold": threshold,
+                "seconds": round(seconds, 2),
+                "peak_mb": round(peak / 2**20, 1),
+                "planted_found": {
+                    name: round(float(same[kind == k].mean()), 4) for k, name in enumerate(("whole", "crop", "shift"))
+                },
+                "pairs": int(len(groups.pairs[0])),
+            }
+        )
+    return rows
 
 
 def main() -> None:
@@ -210,7 +278,7 @@ def main() -> None:
         *recall(args.datasets, args.every),
         *false_positives(args.datasets),
         scan_cost(args.datasets, args.scan_files),
-        grouping(args.n, args.n // 20),
+        *grouping(args.n, args.n // 20),
     ]:
         print(json.dumps(row), flush=True)
 
