@@ -40,28 +40,18 @@ class EvaluateResult:
         return self.report_md.with_suffix(".html")
 
 
-def clean_test_mask(splits: pd.DataFrame, threshold: int, use_windows: bool = True) -> np.ndarray:
+def clean_test_mask(splits: pd.DataFrame) -> np.ndarray:
     """Which test images (in split-table order, as the test shards) have no near copy in train.
 
     Args:
-        splits: the split table (outputs/validate/splits.csv) with `split` and `fingerprint`.
-        threshold: the Hamming distance within which a train image counts as a near copy.
-        use_windows: compare crops and shifts too (the `windows` column, when the table has it).
+        splits: the split table (outputs/validate/splits.csv) with `split` and `near_train`, which validation
+            fills at `validate.near_duplicates.clean_threshold` (pipeline.validate.near_train).
 
     Returns:
-        A boolean per test image; images without a fingerprint count as clean.
+        A boolean per test image.
     """
-    from pipeline.near_duplicates import near_pairs, parse
-
-    fps = splits["fingerprint"] if "fingerprint" in splits else pd.Series("", index=splits.index)
-    windows = splits["windows"] if "windows" in splits and use_windows else None
-    rows, hashes, wins = parse(fps, windows)
-    split = splits["split"].to_numpy()[rows]
-    i, j, _ = near_pairs(hashes, threshold, wins)
-    near_train = np.concatenate([i[split[j] == "train"], j[split[i] == "train"]])  # either end may be the test one
-    test_rows = np.flatnonzero(splits["split"].to_numpy() == "test")
-    near_rows = set(rows[near_train].tolist())
-    return np.array([r not in near_rows for r in test_rows], dtype=bool)
+    test = splits[splits["split"] == "test"]
+    return ~test["near_train"].astype(str).eq("True").to_numpy()
 
 
 def clean_metrics(y: np.ndarray, p: np.ndarray, clean: np.ndarray, bins: int) -> dict[str, float]:
@@ -126,8 +116,7 @@ def run_step(
             }
         )
     splits = validated.split_table()
-    near = params.validate_.near_duplicates
-    clean = clean_test_mask(splits, near.clean, near.windows)
+    clean = clean_test_mask(splits)
     metrics.update(clean_metrics(y, p, clean, evaluation.ece_bins))
     test = splits[splits["split"] == "test"]
     groups = subgroup_metrics(y, p, {c: test[SUBGROUP_PREFIX + c].to_numpy() for c in evaluation.subgroups})

@@ -185,11 +185,14 @@ def scan_chunk(args: tuple) -> list[ScanRow]:
     Returns:
         One row per path, in order.
     """
+    from threadpoolctl import threadpool_limits
+
     root, rels, salt, *caps = args
     before = cv2.getNumThreads()
     cv2.setNumThreads(1)  # one process per core already; the caller's setting comes back afterwards
     try:
-        return [scan_file(root, rel, salt, *caps) for rel in rels]
+        with threadpool_limits(1):  # the fingerprints' matrix products, likewise
+            return [scan_file(root, rel, salt, *caps) for rel in rels]
     finally:
         cv2.setNumThreads(before)
 

@@ -20,7 +20,7 @@ from pipeline.data import SUBGROUP_PREFIX, discover, with_subgroups
 from pipeline.errors import DataError
 from pipeline.imageio import CHROMA_MIN
 from pipeline.limits import MB
-from pipeline.near_duplicates import combined_distance, find_groups, hamming, nearest_distances, parse
+from pipeline.near_duplicates import combined_distance, find_groups, hamming, near_pairs, nearest_distances, parse
 from pipeline.outputs import read_result, replace_dir
 from pipeline.scan import Mapper, inside_root, scan
 from pipeline.split import SPLITS, assign_splits
@@ -91,7 +91,7 @@ class ValidationReport:
 
     @property
     def splits_csv(self) -> Path:
-        """The split table the later steps read: path, label, patient_id, split, sha256, fingerprint, windows."""
+        """The split table the later steps read: path, label, patient_id, split, sha256, fingerprint, near_train."""
         return self.folder / "splits.csv"
 
     def split_table(self) -> pd.DataFrame:
@@ -330,6 +330,28 @@ def drop_leaks(images: pd.DataFrame, validation: ValidateParams) -> tuple[pd.Dat
     return images[~drop].reset_index(drop=True), dropped
 
 
+def near_train(images: pd.DataFrame, threshold: int, use_windows: bool) -> "np.ndarray":
+    """Per row, whether another image in train lies within `threshold`: the test images evaluation leaves out of
+    its `test_clean_*` metrics.
+
+    Args:
+        images: The image table with `split`, `fingerprint` and (for windows) `windows`.
+        threshold: The distance that makes a near copy (`validate.near_duplicates.clean`).
+        use_windows: Compare crops and shifts too (pipeline.near_duplicates' windows).
+
+    Returns:
+        A boolean per row (False for rows without a fingerprint).
+    """
+    import numpy as np
+
+    rows, hashes, wins = parse(images["fingerprint"], images["windows"] if use_windows else None)
+    split = images["split"].to_numpy()[rows]
+    i, j, _ = near_pairs(hashes, threshold, wins)
+    near = np.zeros(len(images), dtype=bool)
+    near[rows[np.concatenate([i[split[j] == "train"], j[split[i] == "train"]])]] = True  # either end the train one
+    return near
+
+
 def near_duplicate_summary(
     images: pd.DataFrame, validation: ValidateParams, dropped: pd.DataFrame, max_groups: int = 50
 ) -> dict:
@@ -353,8 +375,9 @@ def near_duplicate_summary(
     nn: np.ndarray | list[int] = nearest_distances(hashes, radius, wins) if len(hashes) > 1 else []
     pairs: dict[str, int] = {}
     groups: list[list[dict[str, Any]]] = []
+    members = images[images["near_group"].isin(crossing["near_group"])].groupby("near_group", sort=False)
     for gid in crossing["near_group"]:
-        rows = images[images["near_group"] == gid]
+        rows = members.get_group(gid)  # one pass over the images, not one per group
         splits = sorted(set(rows["split"]), key=lambda s: SPLIT_RANK.get(s, 9))
         for a in range(len(splits)):
             for b in range(a + 1, len(splits)):
@@ -571,6 +594,7 @@ def validate_data(
     published = images["split"].copy()
     images["split"] = assign_splits(images, params).fillna("")
     images, dropped = drop_leaks(images, validation)
+    images["near_train"] = near_train(images, near.clean, near.windows)
     frames = {"images": images, **derived_tables(images, validation.classes, empty_folders)}
     checks = (
         run_suites(frames, _expectations(validation))
@@ -786,7 +810,7 @@ def run_step(params: Params, ws: Workspace, out: Path | None = None, mapper: Map
             report, images = ValidationReport(False, [Check("data set readable", False, [str(err)])], 0, {}), None
         faults.point("validate.scan")
         if images is not None:
-            columns = ["path", "label", "patient_id", "split", "sha256", "fingerprint", "windows"]
+            columns = ["path", "label", "patient_id", "split", "sha256", "fingerprint", "near_train"]
             columns += [c for c in images.columns if c.startswith(SUBGROUP_PREFIX)]
             images[columns].to_csv(tmp / "splits.csv", index=False, lineterminator="\n")
             if report.near_duplicates.get("n_dropped"):

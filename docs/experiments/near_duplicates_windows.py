@@ -1,6 +1,10 @@
 """Near-duplicate fingerprints that survive crops and shifts: measure candidate schemes.
 
-An exploration, not part of medpipe (docs/benchmarks.md, "Near duplicates": what it found). Run from the repo:
+An exploration, not part of medpipe (docs/benchmarks.md, "Near duplicates": what it found). It ran against
+pipeline.near_duplicates as of commit 49e2f65; the fingerprint has changed since (bits in a shuffled order,
+large images halved first), so running it on later code no longer reproduces its .txt, and its mix of
+pipeline.fingerprint with its own unshuffled window bits makes whole/window distances meaningless there: check
+out 49e2f65 to rerun it. Run from the repo:
   nice -n 19 .venv/bin/python docs/experiments/near_duplicates_windows.py > docs/experiments/near_duplicates_windows.txt
   nice -n 19 .venv/bin/python docs/experiments/near_duplicates_windows.py --addendum >> docs/experiments/near_duplicates_windows.txt
 Reads the pipeline code and ../shared/datasets; writes nothing else.

@@ -199,6 +199,7 @@ def test_conflicting_labels_are_a_warning(tmp_path):
         ({"threshold": 64}, "validate.near_duplicates.threshold"),
         ({"threshold": -1}, "validate.near_duplicates.threshold"),
         ({"action": "ignore"}, "validate.near_duplicates.action"),
+        ({"windows": "sometimes"}, "validate.near_duplicates.windows"),
         ({"threshold": 20, "clean_threshold": 10}, "clean_threshold \\(10\\) must be at least threshold \\(20\\)"),
         ({"treshold": 3}, "unknown key 'validate.near_duplicates.treshold'"),
     ],
@@ -213,11 +214,14 @@ def test_params_are_validated(near, message):
 
 def test_clean_test_subset():
     from pipeline.evaluate import clean_metrics, clean_test_mask
+    from pipeline.validate import near_train
 
     fps = [fingerprint(_texture(k).astype(np.float32)) for k in range(6)]
     copy = fingerprint(cv2.imdecode(np.frombuffer(_near_copy(_texture(0)), np.uint8), 0).astype(np.float32))
     splits = pd.DataFrame({"split": ["train"] * 3 + ["test"] * 4, "fingerprint": fps[:3] + [copy, *fps[3:]]})
-    clean = clean_test_mask(splits, 45)
+    splits["near_train"] = near_train(splits, 45, use_windows=False)
+    assert splits["near_train"].tolist() == [False] * 3 + [True] + [False] * 3
+    clean = clean_test_mask(splits.astype(str))  # as read back from splits.csv
     assert clean.tolist() == [False, True, True, True]
     y, p = np.array([0, 1, 0, 1]), np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
     m = clean_metrics(y, p, clean, 10)
@@ -371,14 +375,15 @@ def test_crops_and_shifts_across_fixed_splits_are_errors_found_by_windows(tmp_pa
     group = report.near_duplicates["cross_split_groups"][0]
     assert {m["path"] for m in group} == {"a/img00.png", "a/crop.png", "a/shift.png"}
     assert all(m["distance"] <= 20 for m in group)
-    splits = pd.read_csv(ws.out / "validate/splits.csv", keep_default_na=False)
-    assert (splits["windows"].str.len() == 64 * N_WINDOWS).all()
-    clean = clean_test_mask(splits, 30)  # evaluate's clean subset sees them too
+    splits = pd.read_csv(ws.out / "validate/splits.csv", dtype=str, keep_default_na=False)
+    clean = clean_test_mask(splits)  # evaluate's clean subset leaves them out too
     test_paths = splits.loc[splits["split"] == "test", "path"].tolist()
     assert {p for p, c in zip(test_paths, clean) if not c} == {"a/crop.png", "a/shift.png"}
-    assert clean_test_mask(splits, 30, use_windows=False).all()
-    off, _ = _validate(tmp_path, root, _params(windows=False))
-    assert off.success  # whole images alone: neither is found
+    off, ws = _validate(tmp_path, root, _params(windows=False, action="warning"))
+    assert off.success
+    assert not off.warnings  # whole images alone: neither is found ...
+    splits = pd.read_csv(ws.out / "validate/splits.csv", dtype=str, keep_default_na=False)
+    assert clean_test_mask(splits).all()  # ... nor left out of the clean subset
 
 
 def test_medpipe_split_keeps_crops_and_shifts_with_their_original(tmp_path):
