@@ -22,6 +22,7 @@ import pandas as pd
 from pipeline.imageio import read_image, to_gray
 from pipeline.near_duplicates import (
     N_WINDOWS,
+    PAIRINGS,
     combined_distance,
     find_groups,
     fingerprint,
@@ -239,7 +240,8 @@ def _flip(rng: np.random.Generator, words: np.ndarray, bits: int) -> np.ndarray:
 def grouping(n: int, planted: int, threshold: int = DEFAULT, seed: int = 0) -> list[dict]:
     """Group n random images (a fingerprint and N_WINDOWS window fingerprints each) with `planted` near copies:
     a third whole-image copies, a third crops (a copy's whole = the original's window), a third shifts (a
-    copy's window = the original's opposite window), each 1 .. threshold bits off; windows off, then on."""
+    copy's window = a partner window of the original's, PAIRINGS), each 1 .. threshold bits off; windows off,
+    then on."""
     rng = np.random.default_rng(seed)
 
     def random(*shape: int) -> np.ndarray:
@@ -258,7 +260,8 @@ def grouping(n: int, planted: int, threshold: int = DEFAULT, seed: int = 0) -> l
         elif k == 1:
             base[d] = _flip(rng, wins[s, w], bits)
         else:
-            wins[d, w] = _flip(rng, wins[s, w ^ 1], bits)  # w ^ 1: the opposite corner, same level
+            a, b = PAIRINGS[w % len(PAIRINGS)]  # a partner window of the same level (a shift)
+            wins[d, a] = _flip(rng, wins[s, b], bits)
     hexes = [b.astype(">u8").tobytes().hex() for b in base]
     windows = ["".join(x.astype(">u8").tobytes().hex() for x in row) for row in wins]
     rows = []

@@ -18,13 +18,14 @@ Crops and shifts of a few percent move a global hash farther than another patien
 also keeps the fingerprints of 20 windows (`window_fingerprints`): its four corners' strips of 1, 2, 3, 4
 and 5 % of the height and width cut off (top+left, bottom+right, top+right, bottom+left), hashed as
 `fingerprint` hashes, from an area-reduced copy of at most 64 px through two matrix products. A crop of B
-from A is A's window against B's whole image; a shift by d is the window of A without one corner's strip
-against B's window without the opposite corner's strip of the same size (the rest of both is the same
-pixels). Two images are near when the closest of those combinations (`combined_distance`) is within the
-threshold. Window pairs are searched by exact band matches (radius 0, classes keeping each window to its
-partners): every combination within 15 bits is found, a farther one when one of its 16 bands agrees
-(measured in benchmarks/near_duplicates.py); this keeps 20 windows per image at about the cost of the
-whole-image search.
+from A at a corner is A's window against B's whole image. A diagonal shift by d is A's window without one
+corner's strips against B's window without the opposite corner's, of the same size: the rest of both is the
+same pixels. A shift along one axis is the same with corners that share a side (without top+left against
+without top+right, for a horizontal one). Two images are near when the closest of those combinations
+(`combined_distance`) is within the threshold. Window combinations are searched by exact band matches
+(radius 0): every combination within 15 bits is found, a farther one when one of its 16 bands agrees (with
+the bits shuffled, 0.9994 of those within 20; measured in benchmarks/near_duplicates.py). Crops from one side
+only are found when close enough to a corner window (not always).
 """
 
 import logging
@@ -75,7 +76,17 @@ BIT_ORDER = np.frombuffer(
     np.uint8,
 ).astype(np.intp)
 VERSION = 2  # of the fingerprints: a scan cache of another version is scanned again
-OPPOSITE = np.array([4 * (k // 4) + (1, 0, 3, 2)[k % 4] for k in range(N_WINDOWS)])  # window k's partner
+# Window pairs compared between two images, per level: opposite corners (a diagonal shift leaves the same
+# pixels in one image's window without the top-left strips and the other's without the bottom-right ones)
+# and corners sharing a side (a shift along one axis: without the top-left strips against without the
+# top-right ones, for a horizontal shift). Each pair is compared both ways round.
+PAIRINGS = [
+    (4 * level + a, 4 * level + b)
+    for level in range(len(WINDOW_LEVELS))
+    for a, b in ((0, 1), (2, 3), (0, 2), (0, 3), (1, 2), (1, 3))  # TL-BR, TR-BL; TL-TR, TL-BL, BR-TR, BR-BL
+]
+_FIRST = np.array([a for a, b in PAIRINGS] + [b for a, b in PAIRINGS])
+_SECOND = np.array([b for a, b in PAIRINGS] + [a for a, b in PAIRINGS])
 
 
 def _area_rows(n: int, lo: float, hi: float, out: int = 32) -> np.ndarray:
@@ -259,13 +270,14 @@ def close_pairs(
     masks = _probe_masks(radius)
     qcols = [np.ascontiguousarray(hashes[:, w]) for w in range(WORDS)]
     tcols = qcols if self_join else [np.ascontiguousarray(table[:, w]) for w in range(WORDS)]
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [(empty, empty, empty)]
     for band in range(BANDS):
         keys, qkeys = _band(table, band), _band(hashes, band)
         order = np.argsort(keys.astype(np.uint16), kind="stable")  # a radix sort for 16-bit keys
         counts = np.bincount(keys, minlength=1 << BAND_BITS)
         starts = np.cumsum(counts) - counts
-        pending_i, pending_j, size = [], [], 0
+        word = (band * BAND_BITS // 64 + 1) % WORDS  # checked first: a word without this band (all of it differs)
+        sorted_word = tcols[word][order]  # in key order: each probe reads runs of it, not scattered words
         for mask in masks:
             probe = qkeys ^ mask
             n = counts[probe]
@@ -278,35 +290,34 @@ def close_pairs(
                 hit = every_hit[lo:hi]
                 n_hit = n[hit]
                 qi = np.repeat(hit, n_hit)
-                offsets = np.arange(qi.size) - np.repeat(np.cumsum(n_hit) - n_hit, n_hit)
-                tj = order[np.repeat(starts[probe[hit]], n_hit) + offsets]
-                if self_join:
-                    keep = qi < tj
-                    qi, tj = qi[keep], tj[keep]
-                pending_i.append(qi)
-                pending_j.append(tj)
-                size += qi.size
-                if size >= block:
-                    found.append(_verify(pending_i, pending_j, qcols, tcols, threshold))
-                    pending_i, pending_j, size = [], [], 0
-        found.append(_verify(pending_i, pending_j, qcols, tcols, threshold))
+                at = np.repeat(starts[probe[hit]] - (np.cumsum(n_hit) - n_hit), n_hit) + np.arange(qi.size)
+                d = np.bitwise_count(qcols[word][qi] ^ sorted_word[at]).astype(np.int64)
+                keep = d <= threshold  # most unrelated pairs are out after this first word
+                found.append(_verify(qi[keep], order[at[keep]], d[keep], word, qcols, tcols, threshold, self_join))
     i, j, d = (np.concatenate([f[k] for f in found]) for k in range(3))
     first = np.unique(i * len(table) + j, return_index=True)[1]  # a pair can match in several bands
     return Pairs(i[first], j[first], d[first])
 
 
 def _verify(
-    pi: list, pj: list, q: list[np.ndarray], table: list[np.ndarray], threshold: int
+    i: np.ndarray,
+    j: np.ndarray,
+    d: np.ndarray,
+    done: int,
+    q: list[np.ndarray],
+    table: list[np.ndarray],
+    threshold: int,
+    self_join: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Candidates within `threshold`, word by word: most unrelated pairs are out after the first."""
-    if not pi:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    i, j = np.concatenate(pi), np.concatenate(pj)
-    d = np.zeros(i.size, np.int64)
-    for w in range(WORDS):
-        d += np.bitwise_count(q[w][i] ^ table[w][j])
-        keep = d <= threshold  # most unrelated pairs are out after the first word
+    """Candidates within `threshold` after the word `done` (counted in `d`), word by word (i < j in a self-join)."""
+    if self_join:
+        keep = i < j
         i, j, d = i[keep], j[keep], d[keep]
+    for w in range(WORDS):
+        if w != done:
+            d = d + np.bitwise_count(q[w][i] ^ table[w][j])
+            keep = d <= threshold
+            i, j, d = i[keep], j[keep], d[keep]
     return i, j, d
 
 
@@ -354,7 +365,7 @@ def window_words(windows: "list[str] | np.ndarray") -> np.ndarray:
 
 def combined_distance(base_a: np.ndarray, wins_a: np.ndarray, base_b: np.ndarray, wins_b: np.ndarray) -> np.ndarray:
     """The distance of two images: the closest of whole against whole, whole against any window (either way),
-    and each window against its opposite (see the module's docstring).
+    and each window against its partners of the same level (PAIRINGS, either way; see the module's docstring).
 
     Args:
         base_a: (..., 4) uint64 fingerprints.
@@ -368,21 +379,24 @@ def combined_distance(base_a: np.ndarray, wins_a: np.ndarray, base_b: np.ndarray
     d = hamming(base_a, base_b)
     d = np.minimum(d, hamming(base_a[..., None, :], wins_b).min(axis=-1))
     d = np.minimum(d, hamming(wins_a, base_b[..., None, :]).min(axis=-1))
-    return np.minimum(d, hamming(wins_a, wins_b[..., OPPOSITE, :]).min(axis=-1))
+    return np.minimum(d, hamming(wins_a[..., _FIRST, :], wins_b[..., _SECOND, :]).min(axis=-1))
 
 
 def _window_candidates(base: np.ndarray, wins: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image pairs (i < j) with a whole-window or opposite-window combination that shares a band exactly and is
-    within `threshold`."""
+    """Image pairs (i < j) with a whole-window or window-window combination that shares a band exactly and is
+    within `threshold`: 1 + 3 searches a level (all images on both sides, so each pairing is searched both ways
+    round)."""
     n = len(base)
     t, a, _ = close_pairs(wins.reshape(n * N_WINDOWS, WORDS), threshold, others=base, radius=0)  # any window
     other = t // N_WINDOWS != a  # ... against the whole of another image
     left, right = [a[other]], [t[other] // N_WINDOWS]
-    for k in range(N_WINDOWS):  # TL against BR, TR against BL, of the same level
-        if CORNERS[k % 4] in ("TL", "TR"):
-            i, j, _ = close_pairs(wins[:, k], threshold, others=wins[:, OPPOSITE[k]], radius=0)
-            left.append(i)
-            right.append(j)
+    for level in range(len(WINDOW_LEVELS)):
+        tl, br, tr, bl = (4 * level + c for c in range(4))
+        for first, second in (((tl, br), (tr, bl)), ((tl,), (br,)), ((tr,), (bl,))):  # the sides shared, opposites
+            query, table = (np.concatenate([wins[:, k] for k in ks]) for ks in (first, second))
+            i, j, _ = close_pairs(query, threshold, table, radius=0)
+            left.append(i % n)
+            right.append(j % n)
     i, j = np.concatenate(left), np.concatenate(right)
     i, j = np.minimum(i, j)[i != j], np.maximum(i, j)[i != j]
     key = np.unique(i * n + j)

@@ -15,7 +15,7 @@ from pipeline.config import Params, Workspace, parse_params
 from pipeline.errors import ConfigError
 from pipeline.near_duplicates import (
     N_WINDOWS,
-    OPPOSITE,
+    PAIRINGS,
     close_pairs,
     combined_distance,
     find_groups,
@@ -287,10 +287,10 @@ def _cropped(image: np.ndarray) -> bytes:
     return cv2.imencode(".png", image[round(0.04 * h) :, round(0.04 * w) :])[1].tobytes()
 
 
-def _shifted(image: np.ndarray) -> bytes:
-    """A shift by 3 % right and down, the border replicated (a PNG)."""
+def _shifted(image: np.ndarray, down: bool = True) -> bytes:
+    """A shift by 3 % right and down (or right only), the border replicated (a PNG)."""
     h, w = image.shape
-    move = np.float32([[1, 0, round(0.03 * w)], [0, 1, round(0.03 * h)]])
+    move = np.float32([[1, 0, round(0.03 * w)], [0, 1, round(0.03 * h) if down else 0]])
     return cv2.imencode(".png", cv2.warpAffine(image, move, (w, h), borderMode=cv2.BORDER_REPLICATE))[1].tobytes()
 
 
@@ -304,7 +304,7 @@ def test_windows_tell_crops_and_shifts_from_other_images():
     base, wins = _hashes(image)
     assert len(window_fingerprints(image.astype(np.float32))) == 64 * N_WINDOWS
     assert window_fingerprints(np.zeros((0, 0), np.float32)) == ""
-    for copy in (_cropped(image), _shifted(image)):
+    for copy in (_cropped(image), _shifted(image), _shifted(image, down=False)):
         b, w = _hashes(cv2.imdecode(np.frombuffer(copy, np.uint8), cv2.IMREAD_GRAYSCALE))
         assert hamming(base, b) > 20  # the whole images alone miss it ...
         assert combined_distance(base, wins, b, w) <= 20  # ... their windows find it, either way round
@@ -328,12 +328,13 @@ def test_window_index_finds_every_combination_within_15_bits():
         return np.packbits(row).view(">u8").astype(np.uint64)
 
     base, wins = random(n, 4), random(n, N_WINDOWS, 4)
-    for k in range(60):  # crops (a whole against a window), shifts (a window against its opposite), whole copies
+    for k in range(60):  # crops (a whole against a window), shifts (a window against a partner), whole copies
         w, bits = int(rng.integers(0, N_WINDOWS)), int(rng.integers(0, 21))
         if k % 3 == 0:
             base[100 + k] = flip(wins[k, w], bits)
         elif k % 3 == 1:
-            wins[100 + k, w] = flip(wins[k, OPPOSITE[w]], bits)
+            a, b = PAIRINGS[int(rng.integers(0, len(PAIRINGS)))][:: 1 if k % 2 else -1]  # either way round
+            wins[100 + k, a] = flip(wins[k, b], bits)
         else:
             base[100 + k] = flip(base[k], bits)
     brute = combined_distance(base[:, None], wins[:, None], base[None], wins[None])
