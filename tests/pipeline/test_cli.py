@@ -56,7 +56,7 @@ def test_validate_good_and_bad_data(tmp_path, tiny_data):
     assert "checks passed" in good.stdout
     rel = pd.read_csv(data / "manifest.csv")["path"][0]
     (data / rel).write_bytes(b"")
-    # the synthetic patients are near copies of each other (README): their mixed-label groups add a warning line
+    # near-duplicate checks off: this asserts the one error line of an unreadable image alone
     _one_error_line(
         medpipe(
             "validate", data, "--params", tmp_path / "params.yaml", "--set", "validate.near_duplicates.enabled=false"

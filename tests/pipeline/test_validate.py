@@ -110,7 +110,7 @@ def test_blank_image_is_an_error_or_a_warning(data, tmp_path):
     report = _run(data, tmp_path)
     assert not report.success
     assert {c.name: c.unexpected for c in report.failed}["not blank"] == [rel]
-    # the synthetic patients are near copies of each other (README): their mixed-label groups warn too
+    # near-duplicate checks off: this asserts the blank and blur warnings alone
     relaxed = _run(data, tmp_path, blank="warning", near_duplicates={"enabled": False})
     assert relaxed.success
     assert {c.name for c in relaxed.warnings} == {"not blank (warning)", "not blurry (warning)"}
