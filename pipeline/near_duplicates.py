@@ -435,24 +435,6 @@ def _slices(n: int, block: int) -> list[slice]:
     return [slice(k, min(n, k + block)) for k in range(0, n, block)]
 
 
-def nearest_distances(hashes: np.ndarray, radius: int = 47, wins: np.ndarray | None = None) -> np.ndarray:
-    """Each fingerprint's distance to its nearest other one, capped at `radius` + 1 (for the histogram).
-
-    Args:
-        hashes: (N, 4) uint64 fingerprints.
-        radius: search radius (larger is slower); farther neighbours show as radius + 1.
-        wins: (N, N_WINDOWS, 4) window fingerprints: combined distances (as near_pairs finds them).
-
-    Returns:
-        int64 distances, one per fingerprint.
-    """
-    best = np.full(len(hashes), radius + 1, dtype=np.int64)
-    i, j, d = near_pairs(hashes, radius, wins)
-    np.minimum.at(best, i, d)
-    np.minimum.at(best, j, d)
-    return best
-
-
 def parse(fingerprints: "list[str] | np.ndarray", windows: "list[str] | np.ndarray | None") -> tuple:
     """The rows that have a fingerprint, their words, and their windows' words (None, with a warning, when not
     all of those rows have them: then only whole images are compared).

@@ -10,7 +10,7 @@ checks can prove that no patient and no image crosses splits.
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pandas as pd
 
@@ -20,7 +20,7 @@ from pipeline.data import SUBGROUP_PREFIX, discover, with_subgroups
 from pipeline.errors import DataError
 from pipeline.imageio import CHROMA_MIN
 from pipeline.limits import MB
-from pipeline.near_duplicates import combined_distance, find_groups, hamming, near_pairs, nearest_distances, parse
+from pipeline.near_duplicates import combined_distance, find_groups, hamming, near_pairs, parse
 from pipeline.outputs import read_result, replace_dir
 from pipeline.scan import Mapper, inside_root, scan
 from pipeline.split import SPLITS, assign_splits
@@ -330,9 +330,17 @@ def drop_leaks(images: pd.DataFrame, validation: ValidateParams) -> tuple[pd.Dat
     return images[~drop].reset_index(drop=True), dropped
 
 
-def near_train(images: pd.DataFrame, threshold: int, use_windows: bool) -> "np.ndarray":
-    """Per row, whether another image in train lies within `threshold`: the test images evaluation leaves out of
-    its `test_clean_*` metrics.
+class CleanSearch(NamedTuple):
+    """One search at `validate.near_duplicates.clean`: per row, whether a train image lies within it; per row
+    with a fingerprint, the distance to its nearest other image, capped at the threshold + 1 (the histogram)."""
+
+    near_train: "np.ndarray"
+    nearest: "np.ndarray"
+
+
+def near_train(images: pd.DataFrame, threshold: int, use_windows: bool) -> CleanSearch:
+    """Which images have another image in train within `threshold` (the test images evaluation leaves out of
+    its `test_clean_*` metrics), and each image's nearest distance, from one search.
 
     Args:
         images: The image table with `split`, `fingerprint` and (for windows) `windows`.
@@ -340,20 +348,27 @@ def near_train(images: pd.DataFrame, threshold: int, use_windows: bool) -> "np.n
         use_windows: Compare crops and shifts too (pipeline.near_duplicates' windows).
 
     Returns:
-        A boolean per row (False for rows without a fingerprint).
+        The flags per row (False for rows without a fingerprint) and the nearest distances.
     """
     import numpy as np
 
     rows, hashes, wins = parse(images["fingerprint"], images["windows"] if use_windows else None)
     split = images["split"].to_numpy()[rows]
-    i, j, _ = near_pairs(hashes, threshold, wins)
+    i, j, d = near_pairs(hashes, threshold, wins)
     near = np.zeros(len(images), dtype=bool)
     near[rows[np.concatenate([i[split[j] == "train"], j[split[i] == "train"]])]] = True  # either end the train one
-    return near
+    nearest = np.full(len(rows), threshold + 1, dtype=np.int64)
+    np.minimum.at(nearest, i, d)
+    np.minimum.at(nearest, j, d)
+    return CleanSearch(near, nearest)
 
 
 def near_duplicate_summary(
-    images: pd.DataFrame, validation: ValidateParams, dropped: pd.DataFrame, max_groups: int = 50
+    images: pd.DataFrame,
+    validation: ValidateParams,
+    dropped: pd.DataFrame,
+    nearest: "np.ndarray",
+    max_groups: int = 50,
 ) -> dict:
     """What the report shows: groups across splits (members with distance to the first), counts per split
     pair, label conflicts, a histogram of nearest-neighbour distances, and what was dropped.
@@ -362,6 +377,7 @@ def near_duplicate_summary(
         images: The image table with `split`, `fingerprint`, `windows` and `near_group`.
         validation: The validate params (its near_duplicates section).
         dropped: What drop_leaks removed.
+        nearest: Each fingerprinted image's nearest distance, capped (near_train's search at the clean threshold).
         max_groups: At most this many cross-split groups are listed.
 
     Returns:
@@ -371,8 +387,7 @@ def near_duplicate_summary(
     table = near_table(images)
     crossing = table[table["n_splits"] > 1]
     radius = near.clean
-    _, hashes, wins = parse(images["fingerprint"], images["windows"] if near.windows else None)
-    nn: np.ndarray | list[int] = nearest_distances(hashes, radius, wins) if len(hashes) > 1 else []
+    nn: np.ndarray | list[int] = nearest if len(nearest) > 1 else []
     pairs: dict[str, int] = {}
     groups: list[list[dict[str, Any]]] = []
     members = images[images["near_group"].isin(crossing["near_group"])].groupby("near_group", sort=False)
@@ -594,7 +609,8 @@ def validate_data(
     published = images["split"].copy()
     images["split"] = assign_splits(images, params).fillna("")
     images, dropped = drop_leaks(images, validation)
-    images["near_train"] = near_train(images, near.clean, near.windows)
+    clean = near_train(images, near.clean, near.windows)
+    images["near_train"] = clean.near_train
     frames = {"images": images, **derived_tables(images, validation.classes, empty_folders)}
     checks = (
         run_suites(frames, _expectations(validation))
@@ -607,7 +623,7 @@ def validate_data(
         checks,
         len(images),
         {lb: int(counts.get(lb, 0)) for lb in validation.classes},
-        near_duplicates=near_duplicate_summary(images, validation, dropped)
+        near_duplicates=near_duplicate_summary(images, validation, dropped, clean.nearest)
         if near.enabled
         else {"enabled": False, "dropped": dropped.to_dict("records"), "n_dropped": len(dropped)},
         color=params.preprocess.color,

@@ -219,7 +219,7 @@ def test_clean_test_subset():
     fps = [fingerprint(_texture(k).astype(np.float32)) for k in range(6)]
     copy = fingerprint(cv2.imdecode(np.frombuffer(_near_copy(_texture(0)), np.uint8), 0).astype(np.float32))
     splits = pd.DataFrame({"split": ["train"] * 3 + ["test"] * 4, "fingerprint": fps[:3] + [copy, *fps[3:]]})
-    splits["near_train"] = near_train(splits, 45, use_windows=False)
+    splits["near_train"] = near_train(splits, 45, use_windows=False).near_train
     assert splits["near_train"].tolist() == [False] * 3 + [True] + [False] * 3
     clean = clean_test_mask(splits.astype(str))  # as read back from splits.csv
     assert clean.tolist() == [False, True, True, True]
