@@ -34,9 +34,16 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)  ## create .venv and install the pinned dependencies (CPU TensorFlow)
 
-install-gpu: $(STAMP)  ## swap in TensorFlow with CUDA wheels (Linux + NVIDIA GPU)
-	$(UV) pip uninstall -q --python $(BIN)/python tensorflow-cpu
-	$(UV) pip install -q --python $(BIN)/python "tensorflow[and-cuda]==2.21.0"
+# The GPU build of a backend (Linux + NVIDIA GPU): BACKEND=tensorflow swaps in TensorFlow with its CUDA wheels,
+# BACKEND=jax adds JAX's CUDA 12 plugin (pyproject's gpu-jax extra); then train with train.backend: jax.
+BACKEND ?= tensorflow
+install-gpu: $(STAMP)  ## GPU wheels for BACKEND=tensorflow (default) or BACKEND=jax (Linux + NVIDIA GPU)
+	case "$(BACKEND)" in \
+	  jax) $(UV) pip install -q --python $(BIN)/python "jax[cuda12]==0.10.2" ;; \
+	  tensorflow) $(UV) pip uninstall -q --python $(BIN)/python tensorflow-cpu && \
+	    $(UV) pip install -q --python $(BIN)/python "tensorflow[and-cuda]==2.21.0" ;; \
+	  *) echo "BACKEND must be tensorflow or jax, not $(BACKEND)" >&2; exit 2 ;; \
+	esac
 
 $(DATA)/manifest.csv: | $(STAMP)
 	$(BIN)/medpipe data synth --out $(DATA)

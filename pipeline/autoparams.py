@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pipeline.backend import resolve as resolve_backend
 from pipeline.config import AUTO, Params
 from pipeline.data import discover
 from pipeline.errors import ConfigError, DataError, ImageError
@@ -109,6 +110,11 @@ def resolve(params: Params, data_root: Path, labels_from_data: bool = False) -> 
         decided, colored, readable = sample_color(data_root, paths, params)
         update["preprocess"] = params.preprocess.model_copy(update={"color": decided})
         notes.append(f"colour: {decided} ({colored} of {readable} sampled images carry colour; preprocess.color: auto)")
+    if params.train.backend == AUTO:
+        backend = resolve_backend(AUTO)
+        update["train"] = params.train.model_copy(update={"backend": backend})
+        if backend != "tensorflow":
+            notes.append(f"Keras backend: {backend} (KERAS_BACKEND; train.backend: auto)")
     return Resolved(params.model_copy(update=update) if update else params, notes)
 
 

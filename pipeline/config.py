@@ -179,6 +179,9 @@ class TrainParams(Section):
     xla: bool = False  # jit-compile the train step
     memory_growth: bool = True  # GPUs: allocate memory as needed, not all at once
     in_memory_mb: int = Field(1024, ge=0)  # train split above this streams from its shards
+    # The Keras backend: tensorflow (tf.data input) or jax (a PyDataset, no TensorFlow); auto: $KERAS_BACKEND
+    # when set, else tensorflow (resolved before a run, so its params record the one used)
+    backend: Literal["auto", "tensorflow", "jax"] = "auto"
 
 
 class EvaluateParams(Section):

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.backend import select
 from pipeline.config import GATE_METRICS, Params, Workspace
 from pipeline.data import SUBGROUP_PREFIX
 from pipeline.metrics import (
@@ -89,6 +90,7 @@ def run_step(
     """
     import mlflow
 
+    select(params.train.backend)  # before Keras is imported: a DVC stage's own process
     from pipeline.model import load_model, predict
     from pipeline.registry import owner_tags, setup_tracking
 

@@ -26,7 +26,7 @@ def last_conv_layer(model):
 
 
 def _forward(model, conv, batch: np.ndarray, tape):
-    """Run the model, returning (conv features, probabilities) with the features watched by the tape.
+    """Run the model, returning (conv features, probabilities) with the features watched by the tape (if any).
 
     Sequential models run layer by layer (their saved graph need not expose inner outputs);
     functional models through a probe model with both outputs.
@@ -39,7 +39,8 @@ def _forward(model, conv, batch: np.ndarray, tape):
             x = layer(x, training=False)
             if layer is conv:
                 features = x
-                tape.watch(features)
+                if tape is not None:
+                    tape.watch(features)
         return features, x
     probe = keras.Model(model.inputs[0], [conv.output, model.outputs[0]])
     features, proba = probe(batch, training=False)
@@ -67,9 +68,15 @@ def grad_cam(model, image: np.ndarray, class_index: int | None = None) -> GradCa
     Raises:
         ValueError: the model has no convolutional layer.
     """
-    import tensorflow as tf
+    import keras
 
     conv = last_conv_layer(model)
+    if keras.backend.backend() != "tensorflow":
+        features, grads, proba = _jax_gradients(model, conv, image[None].astype(np.float32), class_index)
+        cam = np.maximum((grads * features).sum(axis=-1), 0.0)[0].astype(np.float32)
+        return _scaled(cam, image, proba)
+    import tensorflow as tf
+
     with tf.GradientTape() as tape:
         features, proba = _forward(model, conv, image[None].astype(np.float32), tape)
         index = int(np.argmax(proba[0])) if class_index is None else class_index
@@ -79,9 +86,43 @@ def grad_cam(model, image: np.ndarray, class_index: int | None = None) -> GradCa
     # Element-wise gradient x activation (HiResCAM), not Grad-CAM's spatially averaged gradients:
     # for Flatten+Dense heads such as the seed CNN's, averaging erases where the evidence was.
     cam = tf.nn.relu(tf.reduce_sum(grads * features, axis=-1))[0].numpy()
+    return _scaled(cam, image, np.asarray(proba))
+
+
+def _scaled(cam: np.ndarray, image: np.ndarray, proba: np.ndarray) -> GradCam:
+    """The map at the image's size, scaled to a peak of 1, with the image's class probabilities."""
     cam = cv2.resize(cam, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
     peak = float(cam.max())
     return GradCam((cam / peak if peak > 0 else cam).astype(np.float32), np.asarray(proba[0]))
+
+
+def _jax_gradients(model, conv, batch: np.ndarray, class_index: int | None):
+    """(conv features, d log p(class) / d features, probabilities) on the JAX backend.
+
+    JAX differentiates functions, not watched tensors: the conv layer's output gets a zero offset for the
+    length of one call, and the gradient with respect to that offset is the gradient at the features.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    original, seen = conv.call, {}
+
+    def score(offset):
+        def call(*args, **kwargs):
+            seen["features"] = original(*args, **kwargs) + offset
+            return seen["features"]
+
+        conv.call = call
+        try:
+            features, proba = _forward(model, conv, batch, None)
+        finally:
+            conv.call = original
+        index = jnp.argmax(proba[0]) if class_index is None else class_index
+        return jnp.log(proba[0, index] + 1e-12), (seen["features"], proba)
+
+    shape = (1, *conv.output.shape[1:])
+    grads, (features, proba) = jax.grad(score, has_aux=True)(jnp.zeros(shape, "float32"))
+    return np.asarray(features), np.asarray(grads), np.asarray(proba)
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.6, scale: int = 4) -> np.ndarray:

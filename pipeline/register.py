@@ -5,6 +5,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 
+from pipeline.backend import requirements
 from pipeline.config import Params, Workspace
 from pipeline.preprocess import PreprocessResult
 from pipeline.registry import (
@@ -29,18 +30,19 @@ class RegisterResult:
     model_uri: str
 
 
-def pip_requirements() -> list[str]:
+def pip_requirements(backend: str = "tensorflow") -> list[str]:
     """What a served model needs, given explicitly (inferring them costs seconds).
+
+    Args:
+        backend: The Keras backend it runs on (tensorflow or jax).
 
     Returns:
         Pinned requirements (`name==version`) of the installed packages.
     """
     from importlib.metadata import version
 
-    import tensorflow as tf
-
     packages = ("mlflow", "keras", "numpy", "pandas", "opencv-python-headless", "pydicom", "pydantic", "pyyaml")
-    return [f"tensorflow=={tf.__version__}", *(f"{p}=={version(p)}" for p in packages)]
+    return [*requirements(backend), *(f"{p}=={version(p)}" for p in packages)]
 
 
 def describe(params: Params, classes: list[str], tags: dict[str, str]) -> str:
@@ -104,7 +106,11 @@ def register_model(
     example = cv2.imencode(".png", test.take([0])[0])[1].tobytes()  # preprocessed pixels: no DICOM header
     workdir = ws.step_dir("register")
     with mlflow.start_run(run_id=run_id):
-        info = log_pyfunc(model_file, classes, params.preprocess, example, workdir, pip_requirements=pip_requirements())
+        backend = tags.get("medpipe.backend", "tensorflow")
+        pins = pip_requirements(backend)
+        info = log_pyfunc(
+            model_file, classes, params.preprocess, example, workdir, backend, pip_requirements=pins
+        )
     client = mlflow.MlflowClient()
     try:
         client.create_registered_model(registry_params.model_name)

@@ -13,6 +13,8 @@ a cap, or undecodable) is a 400 naming the row and the reason.
 import base64
 import binascii
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -177,10 +179,12 @@ class RawImageClassifier(_python_model_base()):  # type: ignore[misc]  # mlflow'
         Returns:
             This classifier, loaded.
         """
+        config = json.loads(config_file.read_text())
+        if "keras" not in sys.modules:  # a served model's own process: the backend it was trained on
+            os.environ.setdefault("KERAS_BACKEND", config.get("backend", "tensorflow"))
         from pipeline.model import load_model
 
         self.model = load_model(keras_file)
-        config = json.loads(config_file.read_text())
         self.classes, self.pp = config["classes"], served_preprocessing(config["preprocess"])
         return self
 
@@ -231,7 +235,13 @@ def _served_error():
 
 
 def log_pyfunc(
-    keras_path: Path, classes: list[str], preprocessing: PreprocessParams, example: bytes, workdir: Path, **kwargs
+    keras_path: Path,
+    classes: list[str],
+    preprocessing: PreprocessParams,
+    example: bytes,
+    workdir: Path,
+    backend: str = "tensorflow",
+    **kwargs,
 ):
     """Log the model as a raw-image pyfunc to the active run: the Keras file, its preprocessing
     (serving.json) and medpipe's code, as models from code (pipeline/served_model.py), so no pickle.
@@ -242,6 +252,7 @@ def log_pyfunc(
         preprocessing: The preprocessing it was trained with.
         example: An encoded image for the input example.
         workdir: Where serving.json is written.
+        backend: The Keras backend it was trained on: the one a served model starts (KERAS_BACKEND wins).
         **kwargs: Passed on to mlflow.pyfunc.log_model (e.g. registered_model_name).
 
     Returns:
@@ -252,7 +263,8 @@ def log_pyfunc(
     from mlflow.types import ColSpec, DataType, Schema
 
     config = workdir / "serving.json"
-    config.write_text(json.dumps({"classes": classes, "preprocess": preprocessing.model_dump(mode="json")}, indent=2))
+    content = {"classes": classes, "preprocess": preprocessing.model_dump(mode="json"), "backend": backend}
+    config.write_text(json.dumps(content, indent=2))
     signature = ModelSignature(
         Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
         Schema([ColSpec(DataType.string, "label"), *[ColSpec(DataType.double, c) for c in classes]]),

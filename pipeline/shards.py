@@ -114,3 +114,41 @@ def load_split(folder: Path, split: str) -> SplitArrays:
     """
     shards = Shards(folder, split)
     return SplitArrays(shards.read().astype(np.float32) / 255.0, shards.labels)
+
+
+class ArrayShards:
+    """A split held as one uint8 array, read like Shards (take, read, labels): for training on arrays that
+    are already in memory (benchmarks, notebooks) through the same input pipeline."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(f"expected uint8 images (N, h, w, c), got {images.dtype} {images.shape}")
+        self.images, self.labels = images, np.asarray(labels)
+        self.shape = images.shape[1:]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the whole split in memory."""
+        return int(self.images.nbytes)
+
+    def take(self, index: np.ndarray | list[int]) -> np.ndarray:
+        """The images at these positions (a copy).
+
+        Args:
+            index: Positions in the split.
+
+        Returns:
+            uint8 (len(index), h, w, c).
+        """
+        return self.images[np.asarray(index, dtype=np.int64)]
+
+    def read(self) -> np.ndarray:
+        """The whole split (the array itself).
+
+        Returns:
+            uint8 (N, h, w, c).
+        """
+        return self.images

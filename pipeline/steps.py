@@ -158,7 +158,7 @@ STEPS: tuple[Step, ...] = (
     Step(
         "evaluate",
         "evaluate",
-        ("evaluate", "validate.near_duplicates", *TRACKING),
+        ("evaluate", "validate.near_duplicates", "train.backend", *TRACKING),
         ("outputs/preprocess", "outputs/train", "outputs/validate"),
         ("outputs/evaluate",),
         cached=False,

@@ -9,12 +9,13 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import sys
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -23,8 +24,10 @@ import numpy as np
 
 from pipeline import faults
 from pipeline.augment import augment_batch, augments
+from pipeline.backend import gpus, seed_everything, select
 from pipeline.balance import BalanceResult, load_plan
 from pipeline.config import AugmentParams, Params, TrainParams, Workspace
+from pipeline.feed import train_feed
 from pipeline.lineage import lineage_tags, weights_sha256
 from pipeline.metrics import macro_roc_auc
 from pipeline.outputs import read_result, replace_dir, swap_in
@@ -35,6 +38,7 @@ from pipeline.validate import ValidationReport
 
 log = logging.getLogger(__name__)
 
+DETERMINISTIC_XLA = "--xla_gpu_deterministic_ops=true"
 CURVES = ("loss", "accuracy", "val_loss", "val_accuracy", "val_roc_auc", "lr")
 # MLflow's run page shows metrics named `<section>/<name>` in their own chart sections, before the unprefixed
 # ones; the learning curves are logged there too, so they come first, while their names of record
@@ -80,17 +84,19 @@ class TrainResult:
 
 
 def configure_determinism(seed: int, enabled: bool) -> None:
-    """Seed Python, NumPy and TF; with `enabled`, make TF ops deterministic too.
+    """Seed Python, NumPy, Keras and the backend; with `enabled` on TensorFlow, make its ops deterministic too
+    (JAX on CPU is; on GPUs configure_devices asks XLA for deterministic ops).
 
     Args:
-        seed: The seed for Python, NumPy and TF.
+        seed: The seed.
         enabled: Whether to turn on TF op determinism.
     """
     import keras
-    import tensorflow as tf
 
-    keras.utils.set_random_seed(seed)
-    if enabled:
+    seed_everything(seed)
+    if enabled and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
         tf.config.experimental.enable_op_determinism()
 
 
@@ -120,31 +126,45 @@ def own_default_seeds(seed: int):
 
 
 def configure_devices(training: TrainParams):
-    """GPU memory growth (before any GPU is touched), the precision policy, and the distribution strategy
-    (MirroredStrategy over every visible GPU when there are several). Returns (strategy, mixed).
+    """GPU memory growth (before any GPU is touched), the precision policy, and the distribution: on
+    TensorFlow a MirroredStrategy over every visible GPU when there are several, on JAX Keras's
+    DataParallel. Returns (a context to build the model in, mixed).
+
+    Mixed precision (`auto`: on GPUs that have fast half precision): bfloat16 on JAX (no loss scaling
+    needed), float16 with Keras's loss scaling on TensorFlow.
 
     Args:
-        training: The train params (memory_growth, mixed_precision).
+        training: The train params (memory_growth, mixed_precision, determinism).
 
     Returns:
-        (the distribution strategy, whether mixed precision is on).
+        (a context manager to build the model in, whether mixed precision is on).
     """
     import keras
+
+    name = keras.backend.backend()
+    if name == "jax" and training.determinism:  # read when JAX first starts a device backend
+        os.environ["XLA_FLAGS"] = " ".join(filter(None, (os.environ.get("XLA_FLAGS"), DETERMINISTIC_XLA)))
+    found = gpus(name)
+    if name == "jax":
+        mixed = training.mixed_precision == "on" or (training.mixed_precision == "auto" and bool(found))
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if mixed else "float32")
+        if len(found) > 1:
+            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=found))
+        return nullcontext(), mixed
     import tensorflow as tf
 
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus if training.memory_growth else []:
+    for gpu in found if training.memory_growth else []:
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:  # already initialised in this process: the setting stays as it was
             pass
-    capable = bool(gpus) and all(
-        tf.config.experimental.get_device_details(g).get("compute_capability", (0, 0)) >= (7, 0) for g in gpus
+    capable = bool(found) and all(
+        tf.config.experimental.get_device_details(g).get("compute_capability", (0, 0)) >= (7, 0) for g in found
     )
     mixed = training.mixed_precision == "on" or (training.mixed_precision == "auto" and capable)
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
-    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
-    return strategy, mixed
+    strategy = tf.distribute.MirroredStrategy() if len(found) > 1 else tf.distribute.get_strategy()
+    return strategy.scope(), mixed
 
 
 def learning_rate(training: TrainParams, steps_per_epoch: int):
@@ -426,7 +446,8 @@ def fit(
     """
     training, n_classes = params.train, int(model.output_shape[-1])
     if progress.epoch < training.epochs and not progress.stopped:
-        data, steps = train_dataset(shards, plan, n_classes, training, params.balance.augment, progress.epoch)
+        batches = train_dataset if keras_backend() == "tensorflow" else train_feed
+        data, steps = batches(shards, plan, n_classes, training, params.balance.augment, progress.epoch)
         model.fit(
             data,
             epochs=training.epochs,
@@ -440,6 +461,17 @@ def fit(
     elif progress.best_epoch >= 0:
         model.load_weights(folder / "best.weights.h5")
     return progress
+
+
+def keras_backend() -> str:
+    """The backend of this process's Keras (imports Keras).
+
+    Returns:
+        tensorflow or jax.
+    """
+    import keras
+
+    return keras.backend.backend()
 
 
 def _flat(prefix: str, value: object) -> dict[str, object]:
@@ -518,6 +550,7 @@ def start_run(
         **lineage_tags(params, ws),
         "medpipe.validation": "passed" if validated.success else "failed",
         "medpipe.near_duplicates_dropped": str(dropped_count(validated.near_duplicates)),
+        "medpipe.backend": keras_backend(),
     }
     name = f"{params.model.name}-data-{tags['medpipe.data_md5'][:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = mlflow.start_run(experiment_id=experiment, tags=tags, run_name=name)  # not a random (seeded) name
@@ -626,9 +659,10 @@ def run_step(
     shards, plan = Shards(prepared.folder, "train"), load_plan(balance.plan)
     val = Shards(prepared.folder, "val")
     folder, key = ws.out / "checkpoint", checkpoint_key(params, prepared, balanced)
-    strategy, _ = configure_devices(training)  # first: GPU settings only apply before a GPU is touched
+    select(training.backend)  # before Keras is imported
+    scope, _ = configure_devices(training)  # first: GPU settings only apply before a GPU is touched
     configure_determinism(training.seed, training.determinism)
-    with strategy.scope():
+    with scope:
         restored = load_checkpoint(folder, key) if resume else None
         model, progress = restored or (
             new_model(params, meta, ws.base, math.ceil(len(plan[0]) / training.batch_size)),

@@ -90,6 +90,7 @@ LONGEST_FIRST = (
     "tests/flows/test_retraining.py",  # ~560 s (two runs at once, reproduce, dvc repro)
     "tests/faults/test_kill_points.py",  # ~470 s
     "tests/flows/test_training_flow.py",  # ~180 s
+    "tests/flows/test_jax_backend.py",  # ~170 s (a JAX run killed and resumed, served, reproduced)
     "tests/pipeline/test_tune.py",  # ~200 s (five medpipe tune processes, one killed)
     "tests/flows/test_serving.py",  # ~170 s
     "tests/flows/test_work_pool.py",  # ~145 s
@@ -100,6 +101,7 @@ LONGEST_FIRST = (
     "tests/flows/test_real_data.py",  # ~80 s
     "tests/pipeline/test_cli.py",  # ~75 s
     "tests/pipeline/test_train.py",  # ~65 s
+    "tests/pipeline/test_backend.py",  # ~65 s (three processes on JAX)
     "tests/flows/test_privacy.py",
     "tests/pipeline/test_explain.py",
     "tests/flows/test_dask.py",

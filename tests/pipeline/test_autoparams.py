@@ -22,8 +22,24 @@ def _folders(root, labels=("benign", "malignant"), colour: bool = False, n: int 
     return root
 
 
-def _params(labels="auto", color="auto") -> Params:
-    return Params.model_validate({"validate": {"labels": labels}, "preprocess": {"color": color}})
+def _params(labels="auto", color="auto", backend="tensorflow") -> Params:
+    return Params.model_validate(
+        {"validate": {"labels": labels}, "preprocess": {"color": color}, "train": {"backend": backend}}
+    )
+
+
+def test_auto_backend_is_keras_backend_else_tensorflow_and_recorded_in_the_params(tmp_path, monkeypatch):
+    root = _folders(tmp_path / "d", ("a", "b"))
+    params = _params(["a", "b"], "gray", backend="auto")
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    resolved = resolve(params, root)
+    assert resolved.params.train.backend == "tensorflow"
+    assert resolved.params.md5() != params.md5()  # the lineage names the backend used
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    resolved = resolve(params, root)
+    assert resolved.params.train.backend == "jax"
+    assert any("Keras backend: jax" in note for note in resolved.notes)
+    assert resolve(_params(["a", "b"], "gray", backend="tensorflow"), root).params.train.backend == "tensorflow"
 
 
 def test_chroma_tells_colour_from_gray_stored_as_rgb():
