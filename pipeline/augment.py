@@ -1,6 +1,7 @@
-"""Augmentation of the flagged images of a batch, seeded, so the same plan and seed give the same images on
-every run and after a resume: stateless TensorFlow ops inside training's tf.data pipeline (augment_batch),
-or NumPy draws and keras.ops for any backend (augment_ops, train.backend: jax)."""
+"""Augmentation of the flagged images of a batch, written once for both backends: the random numbers are
+NumPy draws seeded by (seed, epoch, batch), the pixel work keras.ops (augment_ops). The same plan and seed
+give the same images on every run and after a resume, on TensorFlow (inside training's tf.data pipeline:
+augment_batch) and on JAX (pipeline.feed, compiled)."""
 
 import math
 
@@ -30,29 +31,16 @@ def augments(augmentation: AugmentParams) -> bool:
     )
 
 
-def _affine(b, h, w, u, augmentation: AugmentParams):
-    """Per-image inverse affine transforms (rotation, zoom, shift about the centre), shape (b, 8)."""
-    import tensorflow as tf
-
-    angle = u(1, augmentation.rotation) * (math.pi / 180.0)
-    zoom, dx, dy = 1.0 + u(2, augmentation.zoom), u(3, augmentation.shift) * w, u(4, augmentation.shift) * h
-    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
-    cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
-    ox, oy = cx + dx, cy + dy  # the output pixel (ox, oy) samples the input centre
-    zeros = tf.zeros([b])
-    return tf.stack([cos, sin, cx - cos * ox - sin * oy, -sin, cos, cy + sin * ox - cos * oy, zeros, zeros], axis=1)
-
-
-def augment_batch(x, flags, seed, augmentation: AugmentParams):
-    """Augment the flagged images of a float [0, 1] batch (b, h, w, c); `seed` is a shape-(2,) int tensor.
-
-    Ops: horizontal flip, rotation, zoom and shift (one bilinear warp, reflected borders), brightness,
-    contrast, Gaussian noise. Stateless random ops: the output depends only on the inputs and seed.
+def augment_batch(x, flags, epoch, batch, seed: int, augmentation: AugmentParams):
+    """augment_ops inside a tf.data pipeline: the batch's draws come from NumPy through tf.numpy_function,
+    so TensorFlow and JAX runs augment with the same numbers from the same (seed, epoch, batch).
 
     Args:
-        x: The batch, float [0, 1] (b, h, w, c).
+        x: The batch, float [0, 1] (b, h, w, c), a graph tensor.
         flags: (b,) bool: which images to augment.
-        seed: Shape-(2,) int tensor.
+        epoch: The epoch (int64 scalar tensor).
+        batch: The batch within the epoch (int64 scalar tensor).
+        seed: train.seed.
         augmentation: The augment section (which ops, how strong).
 
     Returns:
@@ -60,33 +48,28 @@ def augment_batch(x, flags, seed, augmentation: AugmentParams):
     """
     import tensorflow as tf
 
-    b, h, w = tf.shape(x)[0], tf.cast(tf.shape(x)[1], tf.float32), tf.cast(tf.shape(x)[2], tf.float32)
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 8)
-    u = lambda i, r: tf.random.stateless_uniform([b], seeds[i], -r, r)  # noqa: E731
-    y = x
-    if augmentation.flip:
-        y = tf.where((u(0, 1.0) < 0)[:, None, None, None], tf.reverse(y, axis=[2]), y)
-    if augmentation.rotation or augmentation.zoom or augmentation.shift:
-        y = tf.raw_ops.ImageProjectiveTransformV3(
-            images=y,
-            transforms=_affine(b, h, w, u, augmentation),
-            output_shape=tf.shape(x)[1:3],
-            fill_value=0.0,
-            interpolation="BILINEAR",
-            fill_mode="REFLECT",
-        )
-    if augmentation.brightness:
-        y = y + u(5, augmentation.brightness)[:, None, None, None]
-    if augmentation.contrast:
-        mean = tf.reduce_mean(y, axis=[1, 2, 3], keepdims=True)
-        y = (y - mean) * (1.0 + u(6, augmentation.contrast))[:, None, None, None] + mean
+    shape = tf.shape(x)
+
+    def host(e, b, n, h, w):
+        d = draws(seed, int(e), int(b), int(n))
+        return d, affine_transforms(d, int(h), int(w), augmentation)
+
+    d, transforms = tf.numpy_function(
+        host, [epoch, batch, shape[0], shape[1], shape[2]], [tf.float32, tf.float32], stateful=False
+    )
+    d, transforms = tf.ensure_shape(d, [None, N_DRAWS]), tf.ensure_shape(transforms, [None, 8])
+    noise = None
     if augmentation.noise:
-        y = y + augmentation.noise * tf.random.stateless_normal(tf.shape(y), seeds[7])
-    return tf.where(tf.reshape(flags, [-1, 1, 1, 1]), tf.clip_by_value(y, 0.0, 1.0), x)
+        field = tf.numpy_function(
+            lambda e, b, s: noise_field(seed, int(e), int(b), tuple(int(v) for v in s)),
+            [epoch, batch, shape],
+            tf.float32,
+            stateful=False,
+        )
+        noise = tf.reshape(field, shape)
+    return augment_ops(x, flags, d, transforms, noise, augmentation)
 
 
-# The same augmentation for any Keras backend (train.backend: jax): the random draws come from NumPy,
-# seeded by (seed, epoch, batch); the pixel work is keras.ops, compiled with the training step's backend.
 N_DRAWS = 7  # flip, rotation, zoom, shift x, shift y, brightness, contrast
 
 

@@ -1,8 +1,8 @@
 """Class balancing: a sampling plan (which training images, which of them augmented) and class weights.
 
 The plan is small (two integer/bool arrays); the pixels stay in the preprocess shards. Augmented
-copies are made on the fly inside training's tf.data pipeline by `augment_batch`, with stateless,
-seeded randomness: the same plan and seed give the same images on every run and after a resume.
+copies are made on the fly by training's input pipeline (`pipeline.augment`), with randomness seeded by
+(seed, epoch, batch): the same plan and seed give the same images on every run and after a resume.
 """
 
 import json

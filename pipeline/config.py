@@ -132,7 +132,7 @@ class PreprocessParams(Section):
 
 
 class AugmentParams(Section):
-    """Random augmentation inside the tf.data pipeline (seeded, stateless: identical on a rerun)."""
+    """Random augmentation of training batches (seeded by (seed, epoch, batch): identical on a rerun)."""
 
     flip: bool = True  # horizontal flips
     rotation: float = Field(10.0, ge=0, le=180)  # degrees, +-

@@ -108,9 +108,7 @@ def register_model(
     with mlflow.start_run(run_id=run_id):
         backend = tags.get("medpipe.backend", "tensorflow")
         pins = pip_requirements(backend)
-        info = log_pyfunc(
-            model_file, classes, params.preprocess, example, workdir, backend, pip_requirements=pins
-        )
+        info = log_pyfunc(model_file, classes, params.preprocess, example, workdir, backend, pip_requirements=pins)
     client = mlflow.MlflowClient()
     try:
         client.create_registered_model(registry_params.model_name)

@@ -241,8 +241,7 @@ def train_dataset(
         idx = tf.gather(index, positions)
         x = tf.cast(pixels(idx), tf.float32) / 255.0
         if augment:
-            seed = tf.stack([epoch, batch]) + training.seed * 1_000_003
-            x = augment_batch(x, tf.gather(flags, positions), seed, augmentation)
+            x = augment_batch(x, tf.gather(flags, positions), epoch, batch, training.seed, augmentation)
         return x, tf.one_hot(tf.gather(labels, idx), n_classes)
 
     def epoch_batches(epoch):

@@ -86,7 +86,7 @@ def trained(prefect_harness, tmp_path_factory, tiny_data) -> Trained:
     assert_offline(project / "netguard.log")
 
 
-def test_a_jax_run_killed_in_training_resumes_to_a_registered_champion(trained):
+def test_a_jax_run_killed_in_training_resumes_to_a_registered_gated_version(trained):
     assert trained.resumed.returncode == 0, trained.resumed.stdout[-3000:] + trained.resumed.stderr[-3000:]
     logged = trained.resumed.stderr + trained.resumed.stdout
     assert "epoch 1/3" not in logged  # killed after its first epoch's checkpoint: not trained again
@@ -95,7 +95,7 @@ def test_a_jax_run_killed_in_training_resumes_to_a_registered_champion(trained):
     client = _client(trained.project)
     version = client.get_model_version(NAME, "1")
     assert version.tags["medpipe.backend"] == "jax"
-    assert int(client.get_registered_model(NAME).aliases["champion"]) == 1
+    assert version.tags["medpipe.promotion"] != "pending"  # the gate decided on it
     run = client.get_run(version.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["params.train.backend"] == "jax"
@@ -113,7 +113,7 @@ def test_the_jax_model_is_served_and_predicts_the_same_on_tensorflow(trained):
     project, port = trained.project, free_port()
     env = {**trained.env, "MLFLOW_TRACKING_URI": f"sqlite:///{project}/mlflow/mlflow.db"}
     server = start_process(
-        [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
+        [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{NAME}/1", "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(port)],
         env,
         project,
@@ -130,7 +130,14 @@ def test_the_jax_model_is_served_and_predicts_the_same_on_tensorflow(trained):
         stop(server)
     assert status == 200, answer
     served = answer["predictions"][0]
-    on_tf = _medpipe(project, "predict", str(path), env={**trained.env, "KERAS_BACKEND": "tensorflow"})
+    on_tf = _medpipe(
+        project,
+        "predict",
+        str(path),
+        "--model",
+        f"models:/{NAME}/1",
+        env={**trained.env, "KERAS_BACKEND": "tensorflow"},
+    )
     assert on_tf.returncode == 0, on_tf.stderr[-3000:]
     local = json.loads(on_tf.stdout)["predictions"][0]
     assert local["label"] == served["label"]
