@@ -9,6 +9,8 @@ come from NumPy (seeded generators); the uint8 batch is scaled and augmented by 
 """
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -45,9 +47,8 @@ def _on_device(augmentation: AugmentParams | None):
     is compiled once, and the uint8 batch goes to the device, where it is scaled and augmented."""
     import keras
 
-    if augmentation is None:
-        fn = _scale
-    else:
+    fn: Callable[..., Any] = _scale
+    if augmentation is not None:
 
         def fn(x, flags, d, transforms, noise):
             return augment_ops(_scale(x), flags, d, transforms, noise, augmentation)
