@@ -52,6 +52,7 @@ def keras_rate(params: Params, size: int, x: np.ndarray, y: np.ndarray, side: st
     """Images per second of one Keras side (medpipe or fit), epochs after the first."""
     import keras
 
+    from benchmarks.training import epoch_seconds  # after select: it imports Keras
     from pipeline.feed import train_feed
     from pipeline.train import configure_determinism, configure_devices, new_model
 
@@ -62,19 +63,10 @@ def keras_rate(params: Params, size: int, x: np.ndarray, y: np.ndarray, side: st
     steps = -(-len(x) // params.train.batch_size)
     with scope:
         model = new_model(params, meta, None, steps)
-    times: list[float] = []
-
-    class Clock(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.start)
-
     epochs, batch = params.train.epochs, params.train.batch_size
     if side == "fit":
         x_float, y_onehot = x.astype(np.float32) / 255.0, np.eye(2, dtype=np.float32)[y]
-        model.fit(x_float, y_onehot, batch_size=batch, epochs=epochs, verbose=0, shuffle=True, callbacks=[Clock()])
+        fit = lambda cb: model.fit(x_float, y_onehot, batch_size=batch, epochs=epochs, verbose=0, callbacks=[cb])  # noqa: E731
     else:
         plan = (np.arange(len(x)), np.full(len(x), side == "medpipe"))  # medpipe: every image augmented
         if keras.backend.backend() == "tensorflow":
@@ -83,8 +75,10 @@ def keras_rate(params: Params, size: int, x: np.ndarray, y: np.ndarray, side: st
             data, steps = train_dataset(ArrayShards(x, y), plan, 2, params.train, params.balance.augment)  # type: ignore[arg-type]
         else:
             data, steps = train_feed(ArrayShards(x, y), plan, 2, params.train, params.balance.augment)
-        model.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=[Clock()])
-    return len(x) / float(np.median(times[1:]))
+        fit = lambda cb: model.fit(  # noqa: E731
+            data, epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=[cb]
+        )
+    return len(x) / float(np.median(epoch_seconds(fit)[1:]))
 
 
 def torch_model(name: str, channels: int):
@@ -119,7 +113,10 @@ def torch_model(name: str, channels: int):
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(128, 2),
         )  # fmt: skip
     if name == "efficientnet_b0":
-        import torchvision
+        try:
+            import torchvision
+        except ImportError:  # PyTorch without torchvision: no reference model
+            return None
 
         model = torchvision.models.efficientnet_b0(weights=None, num_classes=2)
         if channels != 3:

@@ -157,6 +157,14 @@ def start_process(args: list[str], env: dict, cwd: Path) -> subprocess.Popen:
     )
 
 
+def serve_model(model_uri: str, env: dict, cwd: Path) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow models serve` of `model_uri` on a free 127.0.0.1 port, in this venv (env's PATH must
+    start with BIN: MLflow starts its scoring server from there). Returns (the process, its base URL)."""
+    port = free_port()
+    args = ["models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    return start_process([str(BIN / "mlflow"), *args], env, cwd), f"http://127.0.0.1:{port}"
+
+
 def stop(*processes: subprocess.Popen | None) -> None:
     """Stop background processes started by start_process (their whole sessions), in order: SIGTERM, then
     SIGKILL if one has not exited 30 s later (a Prefect worker sometimes ignores SIGTERM)."""

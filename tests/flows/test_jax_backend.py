@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 
 from tests.flows.test_dvc_lineage import BIN, sh, tiny_project
+from tests.flows.test_retraining import _client
 from tests.flows.test_serving import _post
-from tests.helpers import assert_offline, free_port, guarded_env, start_process, stop, wait_until_up, write_params
+from tests.helpers import assert_offline, guarded_env, serve_model, stop, wait_until_up, write_params
 
 pytestmark = pytest.mark.slow
 NAME = "medpipe-classifier"
@@ -39,13 +40,6 @@ def _medpipe(project: Path, *args: str, env: dict, timeout: int = 900) -> subpro
         text=True,
         timeout=timeout,
     )
-
-
-def _client(project: Path):
-    import mlflow
-
-    uri = f"sqlite:///{project}/mlflow/mlflow.db"
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 @pytest.fixture(scope="module")
@@ -110,15 +104,9 @@ def test_a_jax_run_killed_in_training_resumes_to_a_registered_gated_version(trai
 
 
 def test_the_jax_model_is_served_and_predicts_the_same_on_tensorflow(trained):
-    project, port = trained.project, free_port()
+    project = trained.project
     env = {**trained.env, "MLFLOW_TRACKING_URI": f"sqlite:///{project}/mlflow/mlflow.db"}
-    server = start_process(
-        [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{NAME}/1", "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port)],
-        env,
-        project,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    server, url = serve_model(f"models:/{NAME}/1", env, project)
     try:
         wait_until_up(f"{url}/ping", server)
         path = project / "data" / pd.read_csv(project / "data/manifest.csv")["path"][0]

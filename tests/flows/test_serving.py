@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import BIN, assert_offline, bomb_png, free_port, guarded_env, start_process, stop, wait_until_up
+from tests.helpers import BIN, assert_offline, bomb_png, guarded_env, serve_model, stop, wait_until_up
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def test_served_champion_takes_raw_images(prefect_harness, project):
     from flows.training import training_flow
 
     summary = training_flow(params_file=str(project / "params.yaml"))
-    port, bin_dir = free_port(), BIN
+    bin_dir = BIN
     env = guarded_env(
         {
             **os.environ,
@@ -38,24 +38,7 @@ def test_served_champion_takes_raw_images(prefect_harness, project):
         },
         project / "netguard.log",
     )
-    server = start_process(
-        [
-            str(bin_dir / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            "models:/medpipe-classifier@champion",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        env,
-        project,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server, url = serve_model("models:/medpipe-classifier@champion", env, project)
     try:
         wait_until_up(f"{url}/ping", server)
         path = project / "data" / pd.read_csv(project / "data/manifest.csv")["path"][0]
