@@ -18,6 +18,9 @@ class MedpipeError(Exception):
         self.reason = reason
         super().__init__(f"{self.file}: {reason}")
 
+    def __reduce__(self) -> tuple:  # rebuilt whole when it crosses processes (a Dask worker's trial)
+        return type(self), (self.file, self.reason)
+
 
 class ConfigError(MedpipeError):
     """params.yaml (or a flag) names an unknown key or an invalid value: a usage error."""

@@ -116,7 +116,7 @@ def _jax_gradients(model, conv, batch: np.ndarray, class_index: int | None):
         try:
             features, proba = _forward(model, conv, batch, None)
         finally:
-            conv.call = original
+            vars(conv).pop("call", None)  # the class's own call again
         index = jnp.argmax(proba[0]) if class_index is None else class_index
         return jnp.log(proba[0, index] + 1e-12), (seen["features"], proba)
 

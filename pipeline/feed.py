@@ -106,9 +106,11 @@ def train_feed(
             return steps * (training.epochs - start_epoch)
 
         def order(self, epoch: int) -> np.ndarray:
-            if epoch not in self.orders:
-                self.orders = {epoch: epoch_order(seed, epoch, n)}  # one epoch at a time
-            return self.orders[epoch]
+            found = self.orders.get(epoch)
+            if found is None:
+                found = epoch_order(seed, epoch, n)
+                self.orders = {epoch: found}  # one epoch at a time
+            return found
 
         def __getitem__(self, i: int):
             epoch, batch = start_epoch + i // steps, i % steps

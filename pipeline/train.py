@@ -27,7 +27,7 @@ from pipeline.augment import augment_batch, augments
 from pipeline.backend import gpus, seed_everything, select
 from pipeline.balance import BalanceResult, load_plan
 from pipeline.config import AugmentParams, Params, TrainParams, Workspace
-from pipeline.feed import train_feed
+from pipeline.feed import epoch_order, train_feed
 from pipeline.lineage import lineage_tags, weights_sha256
 from pipeline.metrics import macro_roc_auc
 from pipeline.outputs import read_result, replace_dir, swap_in
@@ -142,12 +142,24 @@ def configure_devices(training: TrainParams):
     import keras
 
     name = keras.backend.backend()
-    if name == "jax" and training.determinism:  # read when JAX first starts a device backend
-        os.environ["XLA_FLAGS"] = " ".join(filter(None, (os.environ.get("XLA_FLAGS"), DETERMINISTIC_XLA)))
+    if name == "jax":  # read when JAX first starts a device backend
+        flags = os.environ.get("XLA_FLAGS", "")
+        if training.determinism and DETERMINISTIC_XLA not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} {DETERMINISTIC_XLA}".strip()
+        if training.memory_growth:  # JAX takes 75 % of a GPU's memory up front otherwise
+            os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     found = gpus(name)
     if name == "jax":
-        mixed = training.mixed_precision == "on" or (training.mixed_precision == "auto" and bool(found))
-        keras.mixed_precision.set_global_policy("mixed_bfloat16" if mixed else "float32")
+        policy = "float32"
+        if training.mixed_precision == "on" or (training.mixed_precision == "auto" and bool(found)):
+            # bfloat16 where the card computes it fast (compute capability 8.0 on), else float16, which
+            # Keras trains with loss scaling (compile wraps the optimizer); `on` without a GPU: bfloat16
+            capability = min((float(getattr(g, "compute_capability", 8.0)) for g in found), default=8.0)
+            policy = "mixed_bfloat16" if capability >= 8.0 else "mixed_float16"
+            if training.mixed_precision == "auto" and capability < 7.0:
+                policy = "float32"
+        mixed = policy != "float32"
+        keras.mixed_precision.set_global_policy(policy)
         if len(found) > 1:
             keras.distribution.set_distribution(keras.distribution.DataParallel(devices=found))
         return nullcontext(), mixed
@@ -245,7 +257,9 @@ def train_dataset(
         return x, tf.one_hot(tf.gather(labels, idx), n_classes)
 
     def epoch_batches(epoch):
-        order = tf.argsort(tf.random.stateless_uniform([n], tf.stack([tf.constant(training.seed, tf.int64), epoch])))
+        # the JAX feed's order (NumPy, from (seed, epoch)): both backends train on the same batches
+        drawn = tf.numpy_function(lambda e: epoch_order(training.seed, int(e), n), [epoch], tf.int64, stateful=False)
+        order = tf.ensure_shape(drawn, [n])
         batches = tf.data.Dataset.from_tensor_slices(order).batch(training.batch_size).enumerate()
         return batches.map(lambda b, pos: load(epoch, b, pos), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 

@@ -19,6 +19,7 @@ from typing import Any, Literal, cast
 
 import yaml
 
+from pipeline.backend import select
 from pipeline.config import TUNE_METRICS, Params, Range, Workspace, parse_params
 from pipeline.errors import ConfigError, DataError
 from pipeline.outputs import write_text
@@ -102,6 +103,8 @@ def check_space(params: Params) -> None:
     for key, choices in params.tune.space.items():
         if key.split(".")[0] in NOT_TUNABLE:
             raise ConfigError(f"tune.space.{key}", f"sections {', '.join(NOT_TUNABLE)} are not part of a recipe")
+        if key == "train.backend":  # one process runs one backend; it changes how, not what, is trained
+            raise ConfigError(f"tune.space.{key}", "the Keras backend is not part of a recipe")
         current = _default(params, key)
         if isinstance(current, dict):
             raise ConfigError(f"tune.space.{key}", "is a section; name one of its keys")
@@ -280,6 +283,7 @@ def _train_trial(trial, params: Params, ws: Workspace, data: tuple, parent: str,
     validated, prepared = data
     trial_ws = Workspace(base=ws.base, data_root=ws.data_root, out=ws.out / FOLDER / "trials" / f"{trial.number:04d}")
     balanced = step("balance").run(params, trial_ws, prepared)
+    select(params.train.backend)  # before the pruner's callback imports Keras
     report = _pruner(trial, params.tune.metric)
     tags = {"mlflow.parentRunId": parent, "medpipe.tune.study": name, "medpipe.tune.trial": str(trial.number)}
     trained = step("train").run(params, trial_ws, validated, prepared, balanced, callbacks=(report,), run_tags=tags)

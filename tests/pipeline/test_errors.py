@@ -39,3 +39,12 @@ def test_cli_prints_one_literal_error_line_and_exits_with_the_errors_code(tmp_pa
     assert exited.value.code == 1
     err = capsys.readouterr().err
     assert err == f"error: {out / 'manifest.csv'}: already exists; use --force to overwrite\n"
+
+
+@pytest.mark.parametrize("kind", [MedpipeError, ConfigError, DataError])
+def test_errors_cross_processes_whole(kind):
+    import pickle
+
+    err = pickle.loads(pickle.dumps(kind("params.yaml", "bad value")))  # a Dask worker's error, as it arrives
+    assert type(err) is kind
+    assert (err.file, err.reason, str(err)) == ("params.yaml", "bad value", "params.yaml: bad value")

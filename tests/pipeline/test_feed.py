@@ -66,3 +66,16 @@ def test_only_flagged_images_are_augmented_and_memory_mapped_reads_match():
     assert not np.allclose(np.asarray(x)[flagged], plain[flagged])
     streamed, _ = train_feed(split, plan, 3, training.model_copy(update={"in_memory_mb": 0}), augmentation, 0)
     assert np.array_equal(np.asarray(streamed[0][0]), np.asarray(x))
+
+
+def test_the_tf_data_pipeline_and_the_feed_give_the_same_batches():
+    from pipeline.train import train_dataset
+
+    training, augmentation = TrainParams(epochs=2, batch_size=8, seed=5), AugmentParams(noise=0.05)
+    split, plan = _split(), _plan()
+    feed, steps = train_feed(split, plan, 3, training, augmentation, 0)
+    data, tf_steps = train_dataset(split, plan, 3, training, augmentation, 0)
+    assert tf_steps == steps
+    for (x, y), (fx, fy) in zip(data, _all(feed)):  # one implementation: TensorFlow and JAX runs alike
+        assert np.array_equal(np.asarray(y), fy)
+        assert np.allclose(np.asarray(x), fx, atol=1e-6)

@@ -52,6 +52,7 @@ def test_the_space_names_real_tunable_keys_with_valid_values():
         ({"register.model_name": ["a"]}, "tune.space.register.model_name: sections data, register"),
         ({"train.batch_size": [16, 0]}, "tune.space.train.batch_size: 0: "),
         ({"train.schedule": ["cosine", "linear"]}, "tune.space.train.schedule: 'linear': "),
+        ({"train.backend": ["tensorflow", "jax"]}, "tune.space.train.backend: the Keras backend is not part"),
     ):
         with pytest.raises(ConfigError, match=blamed.replace(".", r"\.")):
             check_space(Params.model_validate({"tune": {"space": space}}))
