@@ -72,7 +72,7 @@ def keras_rate(params: Params, size: int, x: np.ndarray, y: np.ndarray, side: st
         if keras.backend.backend() == "tensorflow":
             from pipeline.train import train_dataset
 
-            data, steps = train_dataset(ArrayShards(x, y), plan, 2, params.train, params.balance.augment)  # type: ignore[arg-type]
+            data, steps = train_dataset(ArrayShards(x, y), plan, 2, params.train, params.balance.augment)
         else:
             data, steps = train_feed(ArrayShards(x, y), plan, 2, params.train, params.balance.augment)
         fit = lambda cb: model.fit(  # noqa: E731

@@ -31,45 +31,6 @@ def augments(augmentation: AugmentParams) -> bool:
     )
 
 
-def augment_batch(x, flags, epoch, batch, seed: int, augmentation: AugmentParams):
-    """augment_ops inside a tf.data pipeline: the batch's draws come from NumPy through tf.numpy_function,
-    so TensorFlow and JAX runs augment with the same numbers from the same (seed, epoch, batch).
-
-    Args:
-        x: The batch, float [0, 1] (b, h, w, c), a graph tensor.
-        flags: (b,) bool: which images to augment.
-        epoch: The epoch (int64 scalar tensor).
-        batch: The batch within the epoch (int64 scalar tensor).
-        seed: train.seed.
-        augmentation: The augment section (which ops, how strong).
-
-    Returns:
-        The batch with the flagged images augmented and clipped to [0, 1], the others as they were.
-    """
-    import tensorflow as tf
-
-    shape = tf.shape(x)
-
-    def host(e, b, n, h, w):
-        d = draws(seed, int(e), int(b), int(n))
-        return d, affine_transforms(d, int(h), int(w), augmentation)
-
-    d, transforms = tf.numpy_function(
-        host, [epoch, batch, shape[0], shape[1], shape[2]], [tf.float32, tf.float32], stateful=False
-    )
-    d, transforms = tf.ensure_shape(d, [None, N_DRAWS]), tf.ensure_shape(transforms, [None, 8])
-    noise = None
-    if augmentation.noise:
-        field = tf.numpy_function(
-            lambda e, b, s: noise_field(seed, int(e), int(b), tuple(int(v) for v in s)),
-            [epoch, batch, shape],
-            tf.float32,
-            stateful=False,
-        )
-        noise = tf.reshape(field, shape)
-    return augment_ops(x, flags, d, transforms, noise, augmentation)
-
-
 N_DRAWS = 7  # flip, rotation, zoom, shift x, shift y, brightness, contrast
 
 
@@ -160,3 +121,42 @@ def augment_ops(x, flags, d, transforms, noise, augmentation: AugmentParams):
     if augmentation.noise and noise is not None:
         y = y + augmentation.noise * noise
     return ops.where(per_image(flags), ops.clip(y, 0.0, 1.0), x)
+
+
+def augment_batch(x, flags, epoch, batch, seed: int, augmentation: AugmentParams):
+    """augment_ops inside a tf.data pipeline: the batch's draws come from NumPy through tf.numpy_function,
+    so TensorFlow and JAX runs augment with the same numbers from the same (seed, epoch, batch).
+
+    Args:
+        x: The batch, float [0, 1] (b, h, w, c), a graph tensor.
+        flags: (b,) bool: which images to augment.
+        epoch: The epoch (int64 scalar tensor).
+        batch: The batch within the epoch (int64 scalar tensor).
+        seed: train.seed.
+        augmentation: The augment section (which ops, how strong).
+
+    Returns:
+        The batch with the flagged images augmented and clipped to [0, 1], the others as they were.
+    """
+    import tensorflow as tf
+
+    shape = tf.shape(x)
+
+    def host(e, b, n, h, w):
+        d = draws(seed, int(e), int(b), int(n))
+        return d, affine_transforms(d, int(h), int(w), augmentation)
+
+    d, transforms = tf.numpy_function(
+        host, [epoch, batch, shape[0], shape[1], shape[2]], [tf.float32, tf.float32], stateful=False
+    )
+    d, transforms = tf.ensure_shape(d, [None, N_DRAWS]), tf.ensure_shape(transforms, [None, 8])
+    noise = None
+    if augmentation.noise:
+        field = tf.numpy_function(
+            lambda e, b, s: noise_field(seed, int(e), int(b), tuple(int(v) for v in s)),
+            [epoch, batch, shape],
+            tf.float32,
+            stateful=False,
+        )
+        noise = tf.reshape(field, shape)
+    return augment_ops(x, flags, d, transforms, noise, augmentation)

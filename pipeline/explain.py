@@ -105,20 +105,16 @@ def _jax_gradients(model, conv, batch: np.ndarray, class_index: int | None):
     import jax
     import jax.numpy as jnp
 
-    original, seen = conv.call, {}
+    original = conv.call
 
     def score(offset):
-        def call(*args, **kwargs):
-            seen["features"] = original(*args, **kwargs) + offset
-            return seen["features"]
-
-        conv.call = call
+        conv.call = lambda *args, **kwargs: original(*args, **kwargs) + offset
         try:
-            features, proba = _forward(model, conv, batch, None)
+            features, proba = _forward(model, conv, batch, None)  # features: the conv output, offset included
         finally:
             vars(conv).pop("call", None)  # the class's own call again
         index = jnp.argmax(proba[0]) if class_index is None else class_index
-        return jnp.log(proba[0, index] + 1e-12), (seen["features"], proba)
+        return jnp.log(proba[0, index] + 1e-12), (features, proba)
 
     shape = (1, *conv.output.shape[1:])
     grads, (features, proba) = jax.grad(score, has_aux=True)(jnp.zeros(shape, "float32"))

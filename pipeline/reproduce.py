@@ -192,7 +192,8 @@ def rebuild(into: Path, logged: dict, base: Path) -> Rebuilt:
         shutil.copy2(base / ".medpipe-salt", into / ".medpipe-salt")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     # the backend that trained it (versions from before train.backend: TensorFlow), whatever this shell says
-    env["KERAS_BACKEND"] = logged.get("train", {}).get("backend", "tensorflow").replace("auto", "tensorflow")
+    backend = logged.get("train", {}).get("backend", "tensorflow")
+    env["KERAS_BACKEND"] = "tensorflow" if backend == "auto" else backend
     env["PYTHONPATH"] = str(into)
     command = [sys.executable, "-m", "cli" if (into / "cli" / "__main__.py").is_file() else "pipeline.cli"]
     steps = training_steps(into / "dvc.yaml")

@@ -14,12 +14,12 @@ import base64
 import binascii
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pipeline.backend import active
 from pipeline.config import PreprocessParams
 from pipeline.errors import MedpipeError
 from pipeline.limits import kind, pixel_count
@@ -180,7 +180,7 @@ class RawImageClassifier(_python_model_base()):  # type: ignore[misc]  # mlflow'
             This classifier, loaded.
         """
         config = json.loads(config_file.read_text())
-        if "keras" not in sys.modules:  # a served model's own process: the backend it was trained on
+        if active() is None:  # a served model's own process: the backend it was trained on
             os.environ.setdefault("KERAS_BACKEND", config.get("backend", "tensorflow"))
         from pipeline.model import load_model
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from pipeline import faults
 from pipeline.augment import augment_batch, augments
-from pipeline.backend import gpus, seed_everything, select
+from pipeline.backend import active, gpus, resolve, seed_everything, select
 from pipeline.balance import BalanceResult, load_plan
 from pipeline.config import AugmentParams, Params, TrainParams, Workspace
 from pipeline.feed import epoch_order, train_feed
@@ -33,7 +33,7 @@ from pipeline.metrics import macro_roc_auc
 from pipeline.outputs import read_result, replace_dir, swap_in
 from pipeline.preprocess import PreprocessResult
 from pipeline.registry import owner_tags, setup_tracking
-from pipeline.shards import Shards, read_meta
+from pipeline.shards import ArrayShards, Shards, read_meta
 from pipeline.validate import ValidationReport
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def learning_rate(training: TrainParams, steps_per_epoch: int):
     return training.learning_rate
 
 
-def _pixels(shards: Shards, in_memory: bool):
+def _pixels(shards: Shards | ArrayShards, in_memory: bool):
     """A function from a batch of split positions to uint8 images: a gather from one in-memory tensor,
     or memory-mapped shard reads for splits too big to hold."""
     import tensorflow as tf
@@ -219,7 +219,7 @@ def _pixels(shards: Shards, in_memory: bool):
 
 
 def train_dataset(
-    shards: Shards,
+    shards: Shards | ArrayShards,
     plan: tuple[np.ndarray, np.ndarray],
     n_classes: int,
     training: TrainParams,
@@ -459,7 +459,7 @@ def fit(
     """
     training, n_classes = params.train, int(model.output_shape[-1])
     if progress.epoch < training.epochs and not progress.stopped:
-        batches = train_dataset if keras_backend() == "tensorflow" else train_feed
+        batches = train_dataset if active() == "tensorflow" else train_feed
         data, steps = batches(shards, plan, n_classes, training, params.balance.augment, progress.epoch)
         model.fit(
             data,
@@ -474,17 +474,6 @@ def fit(
     elif progress.best_epoch >= 0:
         model.load_weights(folder / "best.weights.h5")
     return progress
-
-
-def keras_backend() -> str:
-    """The backend of this process's Keras (imports Keras).
-
-    Returns:
-        tensorflow or jax.
-    """
-    import keras
-
-    return keras.backend.backend()
 
 
 def _flat(prefix: str, value: object) -> dict[str, object]:
@@ -563,7 +552,7 @@ def start_run(
         **lineage_tags(params, ws),
         "medpipe.validation": "passed" if validated.success else "failed",
         "medpipe.near_duplicates_dropped": str(dropped_count(validated.near_duplicates)),
-        "medpipe.backend": keras_backend(),
+        "medpipe.backend": resolve(params.train.backend),  # what run_step selected
     }
     name = f"{params.model.name}-data-{tags['medpipe.data_md5'][:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = mlflow.start_run(experiment_id=experiment, tags=tags, run_name=name)  # not a random (seeded) name
