@@ -72,9 +72,18 @@ def data_duplicates(
         bool | None,
         typer.Option(
             "--windows/--no-windows",
-            help="Also find crops and shifts by 20 corner windows per image (default: params "
+            help="Also find crops and shifts by 20 corner and 20 edge windows per image (default: params "
             "validate.near_duplicates.windows).",
             show_default=False,
+        ),
+    ] = None,
+    small_threshold: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=63,
+            help="Largest distance of a pair with an image under 32 px a side (default: params "
+            "validate.near_duplicates.small_threshold; never below --threshold).",
         ),
     ] = None,
     params: ParamsOpt = Path("params.yaml"),
@@ -85,7 +94,8 @@ def data_duplicates(
 
     near = load_params(params).validate_.near_duplicates if params.is_file() else NearDuplicateParams()
     threshold = near.threshold if threshold is None else threshold
-    pairs = duplicate_pairs(data, threshold, cache, near.windows if windows is None else windows)
+    small = max(threshold, near.small_threshold if small_threshold is None else small_threshold)
+    pairs = duplicate_pairs(data, threshold, cache, near.windows if windows is None else windows, small)
     out.parent.mkdir(parents=True, exist_ok=True)
     pairs.to_csv(out, index=False, lineterminator="\n")
     summary = Table(title="near-duplicate groups (first 20)", show_header=True)

@@ -32,7 +32,9 @@ class NearDuplicateParams(Section):
     enabled: bool = True
     threshold: int = Field(20, ge=0, le=63)  # Hamming distance (of 256 bits) that makes a near copy
     action: Literal["error", "warning", "drop"] = "error"  # a group across fixed splits: stop, record, or drop
-    windows: bool = True  # crops and shifts too: 20 corner windows per image (pipeline.near_duplicates)
+    windows: bool = True  # crops and shifts too: 20 corner and 20 edge windows per image (pipeline.near_duplicates)
+    small_threshold: int = Field(36, ge=0, le=63)  # a pair with an image under 32 px a side (e.g. 28 px MedMNIST):
+    # the hash has fewer real frequencies there, so copies lie farther apart
     clean_threshold: int | None = Field(None, ge=0, le=63)  # evaluate: test images farther than this from train;
     # None: 1.5 x threshold (capped at 63)
 
@@ -40,12 +42,19 @@ class NearDuplicateParams(Section):
     def _clean_not_tighter(self) -> "NearDuplicateParams":
         if self.clean_threshold is not None and self.clean_threshold < self.threshold:
             raise ValueError(f"clean_threshold ({self.clean_threshold}) must be at least threshold ({self.threshold})")
+        if self.small_threshold < self.threshold:
+            raise ValueError(f"small_threshold ({self.small_threshold}) must be at least threshold ({self.threshold})")
         return self
 
     @property
     def clean(self) -> int:
         """The looser threshold for the clean test subset."""
         return self.clean_threshold if self.clean_threshold is not None else min(63, (self.threshold * 3) // 2)
+
+    @property
+    def clean_small(self) -> int:
+        """The clean subset's threshold for pairs with a small image: small_threshold, loosened as `clean` is."""
+        return min(63, self.small_threshold + self.clean - self.threshold)
 
 
 class ValidateParams(Section):

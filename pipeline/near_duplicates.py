@@ -10,29 +10,35 @@ frequencies survive resizing, JPEG and small crops (benchmarks/near_duplicates.p
 
 Grouping finds every pair within a Hamming distance `threshold` with multi-index hashing: the 256
 bits are cut into 16 bands of 16; two hashes within `threshold` agree in at least one band up to
-`threshold // 16` bits (pigeonhole), so each band's neighbours within that radius are looked up in a
-direct-address table of 65,536 buckets, and only those candidates are verified. Pairs become groups
-by union-find (transitive).
+`threshold // 16` bits (pigeonhole), so per band the hashes meet those whose band key differs by at most that
+radius, in a merge join of both sides sorted by key (`close_pairs`: compiled with numba, one thread per band
+up to the CPUs). Only those candidates are verified. Pairs become groups by union-find (transitive).
 
 Crops and shifts of a few percent move a global hash farther than another patient's image, so each image
-also keeps the fingerprints of 20 windows (`window_fingerprints`): its four corners' strips of 1, 2, 3, 4
-and 5 % of the height and width cut off (top+left, bottom+right, top+right, bottom+left), hashed as
-`fingerprint` hashes, from an area-reduced copy of at most 64 px through two matrix products. A crop of B
-from A at a corner is A's window against B's whole image. A diagonal shift by d is A's window without one
-corner's strips against B's window without the opposite corner's, of the same size: the rest of both is the
-same pixels. A shift along one axis is the same with corners that share a side (without top+left against
-without top+right, for a horizontal one). Two images are near when the closest of those combinations
+also keeps the fingerprints of 40 windows (`window_fingerprints`), each hashed as `fingerprint` hashes, from an
+area-reduced copy of at most 64 px through three matrix products: 20 corner windows, with strips of 1, 2, 3, 4
+and 5 % of the height and width cut off at two sides (top+left, bottom+right, top+right, bottom+left), and 20
+edge windows, with a strip of those sizes cut off at one side (top, bottom, left, right). A crop of B from A
+(at a corner or from one side) is A's window against B's whole image. A diagonal shift by d is A's window
+without one corner's strips against B's window without the opposite corner's, of the same size: the rest of
+both is the same pixels. A shift along one axis is the same with opposite edges (without the left strip
+against without the right one). Two images are near when the closest of those combinations
 (`combined_distance`) is within the threshold. Window combinations are searched by exact band matches
 (radius 0): every combination within 15 bits is found, a farther one when one of its 16 bands agrees (with
-the bits shuffled, 0.9994 of those within 20; measured in benchmarks/near_duplicates.py). Crops from one side
-only are found when close enough to a corner window (not always).
+the bits shuffled, 0.9994 of those within 20; measured in benchmarks/near_duplicates.py).
+
+Images under 32 px a side (28 px MedMNIST) are upsampled for the hash and have fewer real frequencies than
+its 16x16, so a resized copy of one lies farther off: a pair with such an image counts within
+`small_threshold` (`small_images`, `near_pairs`).
 """
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import combinations
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -57,9 +63,12 @@ def _dct_rows(n: int, rows: int) -> np.ndarray:
 _DCT17 = _dct_rows(32, 17)
 
 WINDOW_LEVELS = (0.01, 0.02, 0.03, 0.04, 0.05)  # strips cut off, as fractions of the height and width
+SMALL_SIDE = 32  # images under this many px a side have fewer real frequencies than the hash's 16x16 (upsampled)
 WINDOW_SIDE = 64  # windows are taken from an area-reduced copy of at most this many pixels a side
 CORNERS = ("TL", "BR", "TR", "BL")  # the corner whose two strips a window cuts off; BR is TL's opposite
-N_WINDOWS = len(CORNERS) * len(WINDOW_LEVELS)
+EDGES = ("T", "B", "L", "R")  # the side whose one strip an edge window cuts off (a crop from one side)
+N_CORNER_WINDOWS = len(CORNERS) * len(WINDOW_LEVELS)  # windows 0..19: level k // 4, corner CORNERS[k % 4]
+N_WINDOWS = N_CORNER_WINDOWS + len(EDGES) * len(WINDOW_LEVELS)  # 20..39: level (k - 20) // 4, EDGES[k % 4]
 # The hash's bits are the coefficients in this fixed shuffled order: the bits a shift changes touch every row
 # of frequencies, and shuffled they fall into the 16 index bands at random, so an exact band match finds a
 # window combination within 20 bits with probability 0.9994 (within 15: always). Written out (it was drawn
@@ -75,15 +84,19 @@ BIT_ORDER = np.frombuffer(
     ),
     np.uint8,
 ).astype(np.intp)
-VERSION = 2  # of the fingerprints: a scan cache of another version is scanned again
+# Where hash bit k comes from in a DCT block of 17x16 (row-major): the 16x16 lowest frequencies in BIT_ORDER, the
+# DC swapped for (16, 0) (the DC only says how bright the image is, the median already takes that out)
+_BLOCK_BITS = np.r_[16 * 16, np.arange(1, 16 * 16)][BIT_ORDER]
+VERSION = 3  # of the fingerprints: a scan cache of another version is scanned again
 # Window pairs compared between two images, per level: opposite corners (a diagonal shift leaves the same
-# pixels in one image's window without the top-left strips and the other's without the bottom-right ones)
-# and corners sharing a side (a shift along one axis: without the top-left strips against without the
-# top-right ones, for a horizontal shift). Each pair is compared both ways round.
+# pixels in one image's window without the top-left strips and the other's without the bottom-right ones) and
+# opposite edges (a shift along one axis: without the left strip against without the right one). Each pair is
+# compared both ways round.
 PAIRINGS = [
-    (4 * level + a, 4 * level + b)
+    (base + 4 * level + a, base + 4 * level + b)
     for level in range(len(WINDOW_LEVELS))
-    for a, b in ((0, 1), (2, 3), (0, 2), (0, 3), (1, 2), (1, 3))  # TL-BR, TR-BL; TL-TR, TL-BL, BR-TR, BR-BL
+    for base in (0, N_CORNER_WINDOWS)
+    for a, b in ((0, 1), (2, 3))  # TL-BR, TR-BL; T-B, L-R
 ]
 _FIRST = np.array([a for a, b in PAIRINGS] + [b for a, b in PAIRINGS])
 _SECOND = np.array([b for a, b in PAIRINGS] + [a for a, b in PAIRINGS])
@@ -98,18 +111,24 @@ def _area_rows(n: int, lo: float, hi: float, out: int = 32) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _window_mats(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The operators (area average to 32 bins, then the low DCT) of every window's row spans, (spans * 17, h),
-    and per row span its two column spans side by side, (spans, w, 32); and where window k's block is."""
+def _window_mats(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The operators of every window (area average to 32 bins, then the low DCT) and where window k's block is.
+
+    Spans 0..4 cut a strip of each level at the start (top or left), 5..9 at the end, 10 is the whole side.
+    Returns the row operators of all 11 spans, (11 * 17, h); per cut row span its three column spans side by
+    side (the same cut, the other end's, the whole width), (10, w, 48); the ten cut column spans side by side
+    (for the whole height), (w, 160); and the 40 windows' indexes into the blocks the two products give.
+    """
     n = len(WINDOW_LEVELS)
-    spans = [(g, 1.0) for g in WINDOW_LEVELS] + [(0.0, 1.0 - g) for g in WINDOW_LEVELS]  # cut at start, at end
+    spans = [(g, 1.0) for g in WINDOW_LEVELS] + [(0.0, 1.0 - g) for g in WINDOW_LEVELS] + [(0.0, 1.0)]
     rows = np.concatenate([_DCT17 @ _area_rows(h, lo, hi) for lo, hi in spans])
     cols = [(_DCT17[:16] @ _area_rows(w, lo, hi)).T for lo, hi in spans]
-    # rows cut at the top pair with columns cut at the left (TL) and at the right (TR); cut at the bottom,
-    # with the right (BR) and the left (BL)
-    pairs = np.stack([np.concatenate([cols[i], cols[(i + n) % (2 * n)]], axis=1) for i in range(2 * n)])
-    at = np.array([[2 * i, 2 * (n + i), 2 * i + 1, 2 * (n + i) + 1] for i in range(n)]).ravel()
-    return rows, pairs, at
+    triples = np.stack([np.concatenate([cols[i], cols[(i + n) % (2 * n)], cols[2 * n]], axis=1) for i in range(2 * n)])
+    full_height = np.concatenate(cols[: 2 * n], axis=1)
+    # block 3 r + s: row span r with its same-end (s 0), other-end (1) or whole (2) columns; 30 + c: whole height
+    corners = [[3 * i, 3 * (n + i), 3 * i + 1, 3 * (n + i) + 1] for i in range(n)]  # TL, BR, TR, BL
+    edges = [[3 * i + 2, 3 * (n + i) + 2, 6 * n + i, 7 * n + i] for i in range(n)]  # T, B, L, R
+    return rows, triples, full_height, np.array(corners + edges).ravel()
 
 
 def _reduced(gray: np.ndarray) -> np.ndarray:
@@ -127,10 +146,7 @@ def _whole(small: np.ndarray) -> str:
     """The fingerprint of a (reduced) image: area average to 32x32, DCT, the lowest 16x16 against their median."""
     small = cv2.resize(small, (32, 32), interpolation=cv2.INTER_AREA)
     block = _DCT17 @ small @ _DCT17[:16].T  # the 2-D DCT's 17x16 lowest frequencies (as cv2.dct, 3x faster)
-    low = block[:16].ravel()
-    low[0] = block[16, 0]  # the 16x16 block, DC swapped for (16, 0)
-    mid = np.partition(low, (127, 128))  # the median, a third of np.median's time
-    return np.packbits(low[BIT_ORDER] > (mid[127] + mid[128]) / 2).tobytes().hex()
+    return _bits(block.reshape(1, -1))
 
 
 def _windows(small: np.ndarray) -> str:
@@ -138,13 +154,25 @@ def _windows(small: np.ndarray) -> str:
     h, w = small.shape
     size = (min(w, WINDOW_SIDE), min(h, WINDOW_SIDE))
     small = small if size == (w, h) else cv2.resize(small, size, interpolation=cv2.INTER_AREA)
-    rows, pairs, at = _window_mats(size[1], size[0])
-    spans = np.matmul((rows @ small).reshape(len(pairs), 17, size[0]), pairs)  # (spans, 17, 2 x 16)
-    block = spans.reshape(len(pairs), 17, 2, 16).transpose(0, 2, 1, 3).reshape(-1, 17, 16)[at]  # (20, 17, 16)
-    low = block[:, :16].reshape(N_WINDOWS, 256)
-    low[:, 0] = block[:, 16, 0]  # the DC swapped for (16, 0), as the whole image's
-    mid = np.partition(low, (127, 128), axis=1)
-    return np.packbits(low[:, BIT_ORDER] > (mid[:, 127:128] + mid[:, 128:129]) / 2, axis=1).tobytes().hex()
+    rows, triples, full_height, at = _window_mats(size[1], size[0])
+    spans = rows @ small  # (11 * 17, w): each row span, area averaged and DCT'd down the columns
+    cut = np.matmul(spans[:-17].reshape(len(triples), 17, size[0]), triples)  # (10, 17, 3 x 16)
+    whole = spans[-17:] @ full_height  # (17, 10 x 16)
+    blocks = np.concatenate(
+        [
+            cut.reshape(-1, 17, 3, 16).transpose(0, 2, 1, 3).reshape(-1, 17, 16),
+            whole.reshape(17, -1, 16).transpose(1, 0, 2),
+        ]
+    )
+    return _bits(blocks[at].reshape(N_WINDOWS, -1))
+
+
+def _bits(blocks: np.ndarray) -> str:
+    """The hashes of (n, 17 x 16) DCT blocks, as hex: each coefficient of the 16x16 block (DC swapped for (16, 0))
+    against the block's median, in BIT_ORDER."""
+    low = blocks[:, _BLOCK_BITS]
+    mid = np.sort(low, axis=1)  # faster than np.partition for 256 values
+    return np.packbits(low > (mid[:, 127:128] + mid[:, 128:129]) / 2, axis=1).tobytes().hex()
 
 
 def fingerprints(gray: np.ndarray) -> tuple[str, str]:
@@ -235,25 +263,36 @@ class Pairs(NamedTuple):
     distance: np.ndarray
 
 
+def search_threads() -> int:
+    """Threads the band searches run on: the CPUs this process may use (at most one per band)."""
+    return max(1, min(BANDS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 def close_pairs(
     hashes: np.ndarray,
     threshold: int,
     others: np.ndarray | None = None,
-    block: int = 2_000_000,
     radius: int | None = None,
+    threads: int | None = None,
+    per: int = 0,
 ) -> Pairs:
     """Every pair of fingerprints within `threshold` bits, by multi-index hashing (never all pairs).
+
+    The bands are searched in parallel threads by a compiled kernel (numba); memory grows with the pairs found,
+    not with the candidates looked at.
 
     Args:
         hashes: (N, 4) uint64 fingerprints (the queries).
         threshold: the largest Hamming distance that counts (0 .. MAX_THRESHOLD when `radius` is None).
         others: (M, 4) uint64 fingerprints to search; None: `hashes` against itself (pairs i < j).
-        block: candidate pairs verified at a time (bounds the memory).
         radius: bits probed per band; None: threshold // 16, which finds every pair (smaller finds those
             with a band that close, faster).
+        threads: threads to search with; None: search_threads().
+        per: when > 0, query q belongs to row q // per of `others`, and that pair is left out (an image's own
+            windows against the images).
 
     Returns:
-        (left, right, distance): left indexes `hashes`, right `others` (or `hashes`), each pair once.
+        (left, right, distance): left indexes `hashes`, right `others` (or `hashes`), each pair once, sorted.
 
     Raises:
         ValueError: `threshold` is outside 0 .. MAX_THRESHOLD (radius None).
@@ -263,62 +302,31 @@ def close_pairs(
             raise ValueError(f"threshold must be 0..{MAX_THRESHOLD}, got {threshold}")
         radius = threshold // BANDS
     self_join = others is None
-    table = cast(np.ndarray, hashes if self_join else others)  # others is set unless self_join
+    queries = np.ascontiguousarray(hashes, dtype=np.uint64)
+    table = queries if self_join else np.ascontiguousarray(others, dtype=np.uint64)
     empty = np.zeros(0, np.int64)
-    if len(hashes) == 0 or len(table) == 0:
+    if len(queries) == 0 or len(table) == 0:
         return Pairs(empty, empty, empty)
+    from pipeline.band_join import band_join  # numba, loaded when a search runs (serving never does)
+
     masks = _probe_masks(radius)
-    qcols = [np.ascontiguousarray(hashes[:, w]) for w in range(WORDS)]
-    tcols = qcols if self_join else [np.ascontiguousarray(table[:, w]) for w in range(WORDS)]
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [(empty, empty, empty)]
-    for band in range(BANDS):
-        keys, qkeys = _band(table, band), _band(hashes, band)
-        order = np.argsort(keys.astype(np.uint16), kind="stable")  # a radix sort for 16-bit keys
-        counts = np.bincount(keys, minlength=1 << BAND_BITS)
-        starts = np.cumsum(counts) - counts
-        word = (band * BAND_BITS // 64 + 1) % WORDS  # checked first: a word without this band (all of it differs)
-        sorted_word = tcols[word][order]  # in key order: each probe reads runs of it, not scattered words
-        for mask in masks:
-            probe = qkeys ^ mask
-            n = counts[probe]
-            every_hit = np.flatnonzero(n)
-            if every_hit.size == 0:
-                continue
-            ends = np.cumsum(n[every_hit])  # the queries' candidates, taken about `block` at a time
-            bounds = np.unique(np.r_[0, np.searchsorted(ends, np.arange(block, ends[-1], block)), every_hit.size])
-            for lo, hi in zip(bounds[:-1], bounds[1:]):
-                hit = every_hit[lo:hi]
-                n_hit = n[hit]
-                qi = np.repeat(hit, n_hit)
-                at = np.repeat(starts[probe[hit]] - (np.cumsum(n_hit) - n_hit), n_hit) + np.arange(qi.size)
-                d = np.bitwise_count(qcols[word][qi] ^ sorted_word[at]).astype(np.int64)
-                keep = d <= threshold  # most unrelated pairs are out after this first word
-                found.append(_verify(qi[keep], order[at[keep]], d[keep], word, qcols, tcols, threshold, self_join))
-    i, j, d = (np.concatenate([f[k] for f in found]) for k in range(3))
-    first = np.unique(i * len(table) + j, return_index=True)[1]  # a pair can match in several bands
-    return Pairs(i[first], j[first], d[first])
 
+    def search(band: int) -> np.ndarray:
+        sorted_rows = []
+        for rows in (queries, table):
+            keys = _band(rows, band)
+            order = np.argsort(keys.astype(np.uint16), kind="stable")  # a radix sort for 16-bit keys
+            starts = np.zeros((1 << BAND_BITS) + 1, np.int64)
+            np.cumsum(np.bincount(keys, minlength=1 << BAND_BITS), out=starts[1:])
+            sorted_rows.append((np.take(rows, order, axis=0), starts, order))  # take: 4x faster than rows[order]
+        (q, qstarts, qorder), (t, starts, order) = sorted_rows
+        qkeys = np.flatnonzero(np.diff(qstarts))
+        return band_join(q, qkeys, qstarts, qorder, t, starts, order, masks, band, radius, threshold, self_join, per)
 
-def _verify(
-    i: np.ndarray,
-    j: np.ndarray,
-    d: np.ndarray,
-    done: int,
-    q: list[np.ndarray],
-    table: list[np.ndarray],
-    threshold: int,
-    self_join: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Candidates within `threshold` after the word `done` (counted in `d`), word by word (i < j in a self-join)."""
-    if self_join:
-        keep = i < j
-        i, j, d = i[keep], j[keep], d[keep]
-    for w in range(WORDS):
-        if w != done:
-            d = d + np.bitwise_count(q[w][i] ^ table[w][j])
-            keep = d <= threshold
-            i, j, d = i[keep], j[keep], d[keep]
-    return i, j, d
+    with ThreadPoolExecutor(threads or search_threads()) as pool:
+        found = np.concatenate(list(pool.map(search, range(BANDS))))
+    found = found[np.lexsort((found[:, 1], found[:, 0]))]
+    return Pairs(found[:, 0], found[:, 1], found[:, 2])
 
 
 def union_find(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -384,50 +392,81 @@ def combined_distance(base_a: np.ndarray, wins_a: np.ndarray, base_b: np.ndarray
 
 def _window_candidates(base: np.ndarray, wins: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray]:
     """Image pairs (i < j) with a whole-window or window-window combination that shares a band exactly and is
-    within `threshold`: 1 + 3 searches a level (all images on both sides, so each pairing is searched both ways
-    round)."""
+    within `threshold`: one search of every window against every whole image, and one per pairing (all images
+    on both sides, so each pairing is searched both ways round)."""
     n = len(base)
-    t, a, _ = close_pairs(wins.reshape(n * N_WINDOWS, WORDS), threshold, others=base, radius=0)  # any window
-    other = t // N_WINDOWS != a  # ... against the whole of another image
-    left, right = [a[other]], [t[other] // N_WINDOWS]
-    for level in range(len(WINDOW_LEVELS)):
-        tl, br, tr, bl = (4 * level + c for c in range(4))
-        for first, second in (((tl, br), (tr, bl)), ((tl,), (br,)), ((tr,), (bl,))):  # the sides shared, opposites
-            query, table = (np.concatenate([wins[:, k] for k in ks]) for ks in (first, second))
-            i, j, _ = close_pairs(query, threshold, table, radius=0)
-            left.append(i % n)
-            right.append(j % n)
+    t, a, _ = close_pairs(wins.reshape(n * N_WINDOWS, WORDS), threshold, base, radius=0, per=N_WINDOWS)  # any window
+    left, right = [a], [t // N_WINDOWS]  # ... against the whole of another image
+    for first, second in PAIRINGS:
+        i, j, _ = close_pairs(wins[:, first], threshold, wins[:, second], radius=0, per=1)
+        left.append(i)
+        right.append(j)
     i, j = np.concatenate(left), np.concatenate(right)
     i, j = np.minimum(i, j)[i != j], np.maximum(i, j)[i != j]
     key = np.unique(i * n + j)
     return key // n, key % n
 
 
-def near_pairs(hashes: np.ndarray, threshold: int, wins: np.ndarray | None = None, block: int = 20_000) -> Pairs:
+def small_images(width: "np.ndarray | list[int]", height: "np.ndarray | list[int]") -> np.ndarray:
+    """Which images are smaller than the hash's resolution (SMALL_SIDE px on their short side).
+
+    Args:
+        width: Image widths in pixels.
+        height: Image heights in pixels.
+
+    Returns:
+        (N,) bool.
+    """
+    return np.minimum(np.asarray(width, np.int64), np.asarray(height, np.int64)) < SMALL_SIDE
+
+
+def near_pairs(
+    hashes: np.ndarray,
+    threshold: int,
+    wins: np.ndarray | None = None,
+    small: np.ndarray | None = None,
+    small_threshold: int | None = None,
+    block: int = 20_000,
+) -> Pairs:
     """Image pairs (i < j) within `threshold`: by whole fingerprints (every such pair), and with windows by
-    their combined distance (see the module's docstring).
+    their combined distance (see the module's docstring); a pair with a small image within `small_threshold`.
 
     Args:
         hashes: (N, 4) uint64 fingerprints.
         threshold: the largest distance that counts (0 .. MAX_THRESHOLD).
         wins: (N, N_WINDOWS, 4) their window fingerprints, or None for whole images only.
+        small: (N,) bool, the images under SMALL_SIDE px a side (small_images), or None.
+        small_threshold: the largest distance of a pair with a small image (None or below `threshold`:
+            `threshold`).
         block: pairs whose combined distance is computed at a time.
 
     Returns:
-        (left, right, distance), each pair once, distance the combined one when windows are given.
+        (left, right, distance), each pair once, sorted; distance the combined one when windows are given.
     """
-    pairs = close_pairs(hashes, threshold)
-    if wins is None or len(hashes) < 2:
-        return pairs
-    wi, wj = _window_candidates(hashes, wins, threshold)
     n = len(hashes)
-    key = np.unique(np.concatenate([pairs.left * n + pairs.right, wi * n + wj]))
+    is_small = np.zeros(n, bool) if small is None else np.asarray(small, bool)
+    loose = small_threshold if is_small.any() and (small_threshold or 0) > threshold else None
+    if loose is not None and is_small.all():  # every pair has a small image
+        found = [close_pairs(hashes, loose)]
+    else:
+        found = [close_pairs(hashes, threshold)]
+    if loose is not None and not is_small.all():  # each pair with a small image within the looser threshold
+        rows = np.flatnonzero(is_small)
+        a, b, d = close_pairs(hashes[rows], loose, others=hashes)  # the small ones as queries
+        a = rows[a]
+        found.append(Pairs(np.minimum(a, b)[a != b], np.maximum(a, b)[a != b], d[a != b]))
+    if wins is not None and n > 1:
+        found.append(Pairs(*_window_candidates(hashes, wins, loose or threshold), np.zeros(0, np.int64)))
+    key, first = np.unique(np.concatenate([p.left * n + p.right for p in found]), return_index=True)
     i, j = key // n, key % n
+    if wins is None or n < 2:
+        return Pairs(i, j, np.concatenate([p.distance for p in found])[first])
     d = np.concatenate(
         [combined_distance(hashes[i[s]], wins[i[s]], hashes[j[s]], wins[j[s]]) for s in _slices(len(i), block)]
         or [np.zeros(0, np.int64)]
     )
-    keep = d <= threshold
+    limit = threshold if loose is None else np.where(is_small[i] | is_small[j], loose, threshold)
+    keep = d <= limit
     return Pairs(i[keep], j[keep], d[keep])
 
 
@@ -468,7 +507,11 @@ class Groups:
 
 
 def find_groups(
-    fingerprints: "list[str] | np.ndarray", threshold: int, windows: "list[str] | np.ndarray | None" = None
+    fingerprints: "list[str] | np.ndarray",
+    threshold: int,
+    windows: "list[str] | np.ndarray | None" = None,
+    small: "np.ndarray | None" = None,
+    small_threshold: int | None = None,
 ) -> Groups:
     """Near-duplicate groups (transitive) among hex fingerprints; rows with "" take part in none.
 
@@ -476,12 +519,16 @@ def find_groups(
         fingerprints: one hex fingerprint per row ("" for unreadable images).
         threshold: the largest distance of a near copy.
         windows: one window_fingerprints string per row (crops and shifts are found too), or None.
+        small: per row, whether the image is under SMALL_SIDE px a side (small_images), or None.
+        small_threshold: the largest distance of a near copy when either image is small.
 
     Returns:
         The groups: the group id of each row is the index of its first row, -1 when alone.
     """
     rows, hashes, wins = parse(fingerprints, windows)
-    i, j, d = near_pairs(hashes, threshold, wins)
+    i, j, d = near_pairs(
+        hashes, threshold, wins, None if small is None else np.asarray(small, bool)[rows], small_threshold
+    )
     comp = union_find(len(rows), i, j)
     sizes = np.bincount(comp, minlength=len(rows)) if len(rows) else np.zeros(0, np.int64)
     group = np.full(len(fingerprints), -1, dtype=np.int64)

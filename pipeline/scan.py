@@ -17,7 +17,7 @@ from pipeline.errors import ImageError
 from pipeline.imageio import chroma, read_image, to_gray
 from pipeline.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, MB, check_size
 from pipeline.near_duplicates import VERSION as FINGERPRINT_VERSION
-from pipeline.near_duplicates import find_groups, fingerprints
+from pipeline.near_duplicates import find_groups, fingerprints, small_images
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -333,7 +333,13 @@ def _read_cache(cache: Path, salt_id: str, root: Path, rels: list[str]) -> "pd.D
         return empty
 
 
-def duplicate_pairs(root: Path, threshold: int, cache: Path | None = None, windows: bool = True) -> "pd.DataFrame":
+def duplicate_pairs(
+    root: Path,
+    threshold: int,
+    cache: Path | None = None,
+    windows: bool = True,
+    small_threshold: int | None = None,
+) -> "pd.DataFrame":
     """Scan the data set under `root` (through the scan cache) and list its near-duplicate pairs.
 
     Args:
@@ -341,6 +347,7 @@ def duplicate_pairs(root: Path, threshold: int, cache: Path | None = None, windo
         threshold: the largest Hamming distance of a near copy (0 .. MAX_THRESHOLD).
         cache: the scan cache CSV (None: no cache).
         windows: also find crops and shifts (pipeline.near_duplicates' windows).
+        small_threshold: the largest distance of a pair with an image under 32 px a side (None: threshold).
 
     Returns:
         One row per pair: group (its first path), path_a, label_a, path_b, label_b, distance; sorted by group.
@@ -353,7 +360,8 @@ def duplicate_pairs(root: Path, threshold: int, cache: Path | None = None, windo
     table = scan(root, manifest["path"].tolist(), cache=cache)
     readable = table["readable"].astype(bool)
     fps = table["fingerprint"].where(readable, "").tolist()
-    groups = find_groups(fps, threshold, table["windows"].where(readable, "").tolist() if windows else None)
+    wins = table["windows"].where(readable, "").tolist() if windows else None
+    groups = find_groups(fps, threshold, wins, small_images(table["width"], table["height"]), small_threshold)
     i, j, d = groups.pairs
     paths, labels = table["path"].to_numpy(), manifest["label"].to_numpy()
     pairs = pd.DataFrame(

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import pandas as pd
 
 from pipeline import faults
-from pipeline.config import Params, PreprocessParams, ValidateParams, Workspace
+from pipeline.config import NearDuplicateParams, Params, PreprocessParams, ValidateParams, Workspace
 from pipeline.data import SUBGROUP_PREFIX, discover, with_subgroups
 from pipeline.errors import DataError
 from pipeline.imageio import CHROMA_MIN
 from pipeline.limits import MB
-from pipeline.near_duplicates import combined_distance, find_groups, hamming, near_pairs, parse
+from pipeline.near_duplicates import combined_distance, find_groups, hamming, near_pairs, parse, small_images
 from pipeline.outputs import read_result, replace_dir
 from pipeline.scan import Mapper, inside_root, scan
 from pipeline.split import SPLITS, assign_splits
@@ -338,29 +338,30 @@ class CleanSearch(NamedTuple):
     nearest: "np.ndarray"
 
 
-def near_train(images: pd.DataFrame, threshold: int, use_windows: bool) -> CleanSearch:
-    """Which images have another image in train within `threshold` (the test images evaluation leaves out of
-    its `test_clean_*` metrics), and each image's nearest distance, from one search.
+def near_train(images: pd.DataFrame, near: NearDuplicateParams) -> CleanSearch:
+    """Which images have another image in train within the clean threshold (the test images evaluation leaves
+    out of its `test_clean_*` metrics), and each image's nearest distance, from one search.
 
     Args:
-        images: The image table with `split`, `fingerprint` and (for windows) `windows`.
-        threshold: The distance that makes a near copy (`validate.near_duplicates.clean`).
-        use_windows: Compare crops and shifts too (pipeline.near_duplicates' windows).
+        images: The image table with `split`, `fingerprint`, `width`, `height` and (for windows) `windows`.
+        near: The near-duplicate params: `clean` (and `clean_small` for a pair with an image under 32 px a
+            side) make a near copy here; `windows` compares crops and shifts too.
 
     Returns:
         The flags per row (False for rows without a fingerprint) and the nearest distances.
     """
     import numpy as np
 
-    rows, hashes, wins = parse(images["fingerprint"], images["windows"] if use_windows else None)
+    rows, hashes, wins = parse(images["fingerprint"], images["windows"] if near.windows else None)
     split = images["split"].to_numpy()[rows]
-    i, j, d = near_pairs(hashes, threshold, wins)
-    near = np.zeros(len(images), dtype=bool)
-    near[rows[np.concatenate([i[split[j] == "train"], j[split[i] == "train"]])]] = True  # either end the train one
-    nearest = np.full(len(rows), threshold + 1, dtype=np.int64)
-    np.minimum.at(nearest, i, d)
-    np.minimum.at(nearest, j, d)
-    return CleanSearch(near, nearest)
+    small = small_images(images["width"], images["height"])[rows]
+    i, j, d = near_pairs(hashes, near.clean, wins, small, near.clean_small)
+    flags = np.zeros(len(images), dtype=bool)
+    flags[rows[np.concatenate([i[split[j] == "train"], j[split[i] == "train"]])]] = True  # either end the train one
+    nearest = np.full(len(rows), near.clean + 1, dtype=np.int64)  # the histogram's last bin: beyond `clean`
+    np.minimum.at(nearest, i, np.minimum(d, near.clean + 1))
+    np.minimum.at(nearest, j, np.minimum(d, near.clean + 1))
+    return CleanSearch(flags, nearest)
 
 
 def near_duplicate_summary(
@@ -411,6 +412,8 @@ def near_duplicate_summary(
     return {
         "enabled": near.enabled,
         "threshold": near.threshold,
+        "small_threshold": near.small_threshold,
+        "n_small": int(small_images(images["width"], images["height"]).sum()),
         "windows": near.windows,
         "action": near.action,
         "n_groups": int(len(table)),
@@ -604,12 +607,17 @@ def validate_data(
     )
     near = validation.near_duplicates
     windows = images["windows"].tolist() if near.windows else None
-    groups = find_groups(images["fingerprint"].tolist(), near.threshold, windows) if near.enabled else None
+    small = small_images(images["width"], images["height"])
+    groups = (
+        find_groups(images["fingerprint"].tolist(), near.threshold, windows, small, near.small_threshold)
+        if near.enabled
+        else None
+    )
     images["near_group"] = groups.group if groups is not None else -1
     published = images["split"].copy()
     images["split"] = assign_splits(images, params).fillna("")
     images, dropped = drop_leaks(images, validation)
-    clean = near_train(images, near.clean, near.windows)
+    clean = near_train(images, near)
     images["near_train"] = clean.near_train
     frames = {"images": images, **derived_tables(images, validation.classes, empty_folders)}
     checks = (
@@ -686,6 +694,12 @@ def _histogram_uri(hist: list[int], threshold: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _small_note(near: dict) -> str:
+    """The report's words for the small-image threshold, when the data set has images under 32 px a side."""
+    n = near.get("n_small", 0)
+    return f"; &le; {near['small_threshold']} for a pair with one of the {n} image(s) under 32 px a side" if n else ""
+
+
 def _near_html(near: dict, root: Path | None) -> str:
     """The near-duplicate section: counts, the histogram, and each cross-split group side by side."""
     from html import escape
@@ -694,7 +708,8 @@ def _near_html(near: dict, root: Path | None) -> str:
         return ""
     parts = [
         f"<h2>Near-duplicate images</h2><p>{near['n_groups']} group(s) of near copies (distance &le; "
-        f"{near['threshold']} of 256 bits{', crops and shifts included' if near.get('windows') else ''}), "
+        f"{near['threshold']} of 256 bits{_small_note(near)}"
+        f"{', crops and shifts included' if near.get('windows') else ''}), "
         f"{near['n_cross_split']} across splits (action: "
         f"{escape(near['action'])}); {near['label_conflicts']} group(s) with conflicting labels; "
         f"{near['n_dropped']} image(s) dropped.</p>"

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import Params, Workspace, parse_params
+from pipeline.config import NearDuplicateParams, Params, Workspace, parse_params
 from pipeline.errors import ConfigError
 from pipeline.near_duplicates import (
     N_WINDOWS,
@@ -22,10 +22,12 @@ from pipeline.near_duplicates import (
     fingerprint,
     hamming,
     near_pairs,
+    small_images,
     to_words,
     window_fingerprints,
     window_words,
 )
+from pipeline.scan import duplicate_pairs
 
 LABELS = ["a", "b"]
 
@@ -90,11 +92,14 @@ def test_index_finds_exactly_the_close_pairs():
     flips = np.uint64(1) << rng.integers(0, 63, size=(100, 4)).astype(np.uint64)
     words[300:400] = words[:100] ^ flips  # planted: 1-4 bits away
     brute = hamming(words[:, None], words[None])
-    for threshold in (0, 4, 30):
+    for threshold in (0, 4, 30, 40):
         i, j, d = close_pairs(words, threshold)
         expected = set(zip(*np.nonzero(np.triu(brute <= threshold, 1))))
         assert set(zip(i.tolist(), j.tolist())) == expected
-        assert (d <= threshold).all()
+        assert (d == brute[i, j]).all()
+        assert len(i) == len(expected)  # each pair once, though it may agree in several bands
+        one_thread = close_pairs(words, threshold, threads=1)
+        assert all((a == b).all() for a, b in zip(one_thread, (i, j, d)))  # the same, in the same order
     i, j, _ = close_pairs(words[300:400], 4, others=words[:100])
     assert len(i) >= 100
     assert (i == j).sum() == 100
@@ -201,6 +206,8 @@ def test_conflicting_labels_are_a_warning(tmp_path):
         ({"action": "ignore"}, "validate.near_duplicates.action"),
         ({"windows": "sometimes"}, "validate.near_duplicates.windows"),
         ({"threshold": 20, "clean_threshold": 10}, "clean_threshold \\(10\\) must be at least threshold \\(20\\)"),
+        ({"threshold": 30, "small_threshold": 25}, "small_threshold \\(25\\) must be at least threshold \\(30\\)"),
+        ({"small_threshold": 64}, "validate.near_duplicates.small_threshold"),
         ({"treshold": 3}, "unknown key 'validate.near_duplicates.treshold'"),
     ],
 )
@@ -219,7 +226,9 @@ def test_clean_test_subset():
     fps = [fingerprint(_texture(k).astype(np.float32)) for k in range(6)]
     copy = fingerprint(cv2.imdecode(np.frombuffer(_near_copy(_texture(0)), np.uint8), 0).astype(np.float32))
     splits = pd.DataFrame({"split": ["train"] * 3 + ["test"] * 4, "fingerprint": fps[:3] + [copy, *fps[3:]]})
-    splits["near_train"] = near_train(splits, 45, use_windows=False).near_train
+    splits["width"] = splits["height"] = 64
+    near = NearDuplicateParams(threshold=30, clean_threshold=45, windows=False)
+    splits["near_train"] = near_train(splits, near).near_train
     assert splits["near_train"].tolist() == [False] * 3 + [True] + [False] * 3
     clean = clean_test_mask(splits.astype(str))  # as read back from splits.csv
     assert clean.tolist() == [False, True, True, True]
@@ -287,6 +296,13 @@ def _cropped(image: np.ndarray) -> bytes:
     return cv2.imencode(".png", image[round(0.04 * h) :, round(0.04 * w) :])[1].tobytes()
 
 
+def _cropped_one_side(image: np.ndarray, side: int) -> bytes:
+    """A crop from one side only: 4 % cut off at the top, bottom, left or right (side 0..3; a PNG)."""
+    h, w = image.shape
+    dy, dx = round(0.04 * h), round(0.04 * w)
+    return cv2.imencode(".png", (image[dy:], image[: h - dy], image[:, dx:], image[:, : w - dx])[side])[1].tobytes()
+
+
 def _shifted(image: np.ndarray, down: bool = True) -> bytes:
     """A shift by 3 % right and down (or right only), the border replicated (a PNG)."""
     h, w = image.shape
@@ -304,7 +320,8 @@ def test_windows_tell_crops_and_shifts_from_other_images():
     base, wins = _hashes(image)
     assert len(window_fingerprints(image.astype(np.float32))) == 64 * N_WINDOWS
     assert window_fingerprints(np.zeros((0, 0), np.float32)) == ""
-    for copy in (_cropped(image), _shifted(image), _shifted(image, down=False)):
+    copies = [_cropped(image), *(_cropped_one_side(image, side) for side in range(4))]
+    for copy in (*copies, _shifted(image), _shifted(image, down=False)):
         b, w = _hashes(cv2.imdecode(np.frombuffer(copy, np.uint8), cv2.IMREAD_GRAYSCALE))
         assert hamming(base, b) > 20  # the whole images alone miss it ...
         assert combined_distance(base, wins, b, w) <= 20  # ... their windows find it, either way round
@@ -345,6 +362,42 @@ def test_window_index_finds_every_combination_within_15_bits():
     assert found >= set(zip(*np.nonzero(np.triu(brute <= 15, 1))))  # within 15 bits: always found
     assert len(found) >= 55  # farther: when a band agrees exactly (most)
     assert near_pairs(base, 20).left.size < len(found)  # whole images alone find only the whole copies
+
+
+def test_pairs_with_a_small_image_have_the_small_threshold():
+    rng = np.random.default_rng(3)
+    words = rng.integers(0, 2**63, size=(40, 4), dtype=np.int64).astype(np.uint64)
+
+    def flip(row, bits):
+        out = np.unpackbits(row.astype(">u8").view(np.uint8))
+        out[rng.choice(256, bits, replace=False)] ^= 1
+        return np.packbits(out).view(">u8").astype(np.uint64)
+
+    for k in range(10):  # rows 20..29: copies of rows 0..9, 30 bits off
+        words[20 + k] = flip(words[k], 30)
+    small = np.zeros(40, bool)
+    small[[0, 1, 2, 23, 24]] = True  # pairs 0-20, 1-21, 2-22, 3-23 and 4-24 have a small image
+    i, j, d = near_pairs(words, 20, small=small, small_threshold=36)
+    assert set(zip(i.tolist(), j.tolist())) == {(k, 20 + k) for k in range(5)}
+    assert (d == 30).all()
+    assert near_pairs(words, 20).left.size == 0  # the default threshold alone: none
+    assert near_pairs(words, 20, small=small, small_threshold=10).left.size == 0  # never tighter than threshold
+    assert small_images([28, 64, 40], [28, 64, 31]).tolist() == [True, False, True]
+
+
+def test_a_half_size_copy_of_a_28_px_image_is_found_at_the_small_threshold(tmp_path):
+    image = _texture(5, 28)
+    half = cv2.resize(image, (14, 14), interpolation=cv2.INTER_AREA)
+    a, b = (to_words([fingerprint(x.astype(np.float32))])[0] for x in (image, half))
+    assert 20 < hamming(a, b) <= 36  # farther than the default threshold: a 14 px copy lacks the top frequencies
+    root = tmp_path / "data"
+    for rel, pixels in (("a/img.png", image), ("a/half.png", half), ("b/other.png", _texture(6, 28))):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / rel), pixels)
+    pairs = duplicate_pairs(root, 20, small_threshold=36)
+    assert sorted(pairs[["path_a", "path_b"]].iloc[0]) == ["a/half.png", "a/img.png"]
+    assert len(pairs) == 1
+    assert duplicate_pairs(root, 20).empty  # without the small-image threshold it is missed
 
 
 def _crop_data(root: Path, splits: bool) -> Path:
