@@ -106,10 +106,13 @@ def data_duplicates(
         labels = sorted(set(rows["label_a"]) | set(rows["label_b"]))
         summary.add_row(str(group), str(len(members)), ", ".join(labels), str(rows["distance"].max()))
     console.print(summary)
+    n_small = int(pairs["small"].sum())
+    within = f"<= {threshold}" + (f" ({n_small} with an image under 32 px a side: <= {small})" if n_small else "")
     console.print(
-        f"{pairs['group'].nunique()} near-duplicate group(s), {len(pairs)} pair(s) at distance <= "
-        f"{threshold} in {data}; wrote {out}",
+        f"{pairs['group'].nunique()} near-duplicate group(s), {len(pairs)} pair(s) at distance {within} "
+        f"in {data}; wrote {out}",
         soft_wrap=True,
+        markup=False,
     )
 
 

@@ -34,7 +34,7 @@ class NearDuplicateParams(Section):
     action: Literal["error", "warning", "drop"] = "error"  # a group across fixed splits: stop, record, or drop
     windows: bool = True  # crops and shifts too: 20 corner and 20 edge windows per image (pipeline.near_duplicates)
     small_threshold: int = Field(36, ge=0, le=63)  # a pair with an image under 32 px a side (e.g. 28 px MedMNIST):
-    # the hash has fewer real frequencies there, so copies lie farther apart
+    # the hash has fewer real frequencies there, so copies lie farther apart; never tighter than threshold
     clean_threshold: int | None = Field(None, ge=0, le=63)  # evaluate: test images farther than this from train;
     # None: 1.5 x threshold (capped at 63)
 
@@ -42,8 +42,6 @@ class NearDuplicateParams(Section):
     def _clean_not_tighter(self) -> "NearDuplicateParams":
         if self.clean_threshold is not None and self.clean_threshold < self.threshold:
             raise ValueError(f"clean_threshold ({self.clean_threshold}) must be at least threshold ({self.threshold})")
-        if self.small_threshold < self.threshold:
-            raise ValueError(f"small_threshold ({self.small_threshold}) must be at least threshold ({self.threshold})")
         return self
 
     @property
@@ -52,9 +50,14 @@ class NearDuplicateParams(Section):
         return self.clean_threshold if self.clean_threshold is not None else min(63, (self.threshold * 3) // 2)
 
     @property
+    def small(self) -> int:
+        """The threshold for a pair with an image under 32 px a side: small_threshold, never below threshold."""
+        return max(self.threshold, self.small_threshold)
+
+    @property
     def clean_small(self) -> int:
-        """The clean subset's threshold for pairs with a small image: small_threshold, loosened as `clean` is."""
-        return min(63, self.small_threshold + self.clean - self.threshold)
+        """The clean subset's threshold for pairs with a small image: `small`, loosened as `clean` is."""
+        return min(63, self.small + self.clean - self.threshold)
 
 
 class ValidateParams(Section):

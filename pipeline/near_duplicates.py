@@ -182,8 +182,9 @@ def fingerprints(gray: np.ndarray) -> tuple[str, str]:
         gray: (H, W) luminance, any scale (the scan passes float32 on 0-255).
 
     Returns:
-        (fingerprint: 64 hex digits, windows: 20 x 64 hex digits, window k at [64 k, 64 k + 64): level
-        k // 4, corner CORNERS[k % 4]); ("", "") when the image is empty.
+        (fingerprint: 64 hex digits, windows: N_WINDOWS (40) x 64 hex digits, window k at [64 k, 64 k + 64):
+        k < 20 level k // 4, corner CORNERS[k % 4]; k >= 20 level (k - 20) // 4, edge EDGES[k % 4]);
+        ("", "") when the image is empty.
     """
     if gray.size == 0:
         return "", ""
@@ -204,13 +205,13 @@ def fingerprint(gray: np.ndarray) -> str:
 
 
 def window_fingerprints(gray: np.ndarray) -> str:
-    """The fingerprints of the image's 20 corner windows, as one hex string (fingerprints' second half).
+    """The fingerprints of the image's 20 corner and 20 edge windows, as one hex string (fingerprints' second half).
 
     Args:
         gray: (H, W) luminance, any scale.
 
     Returns:
-        20 x 64 lowercase hex digits; "" when the image is empty.
+        N_WINDOWS (40) x 64 lowercase hex digits; "" when the image is empty.
     """
     return _windows(_reduced(gray)) if gray.size else ""
 
@@ -264,7 +265,8 @@ class Pairs(NamedTuple):
 
 
 def search_threads() -> int:
-    """Threads the band searches run on: the CPUs this process may use (at most one per band)."""
+    """Threads the band searches run on: the CPUs this process may use by affinity (at most one per band; a
+    container's CPU quota is not read)."""
     return max(1, min(BANDS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
@@ -278,8 +280,10 @@ def close_pairs(
 ) -> Pairs:
     """Every pair of fingerprints within `threshold` bits, by multi-index hashing (never all pairs).
 
-    The bands are searched in parallel threads by a compiled kernel (numba); memory grows with the pairs found,
-    not with the candidates looked at.
+    The bands are searched in parallel threads by a compiled kernel (numba). Memory: each running thread
+    holds its band's sorted copies of the queries and the table (32 bytes a fingerprint, 8 more for the row
+    order), so about 80 bytes x N x threads for a self-join, plus the pairs found; candidates looked at are
+    never stored.
 
     Args:
         hashes: (N, 4) uint64 fingerprints (the queries).
@@ -412,12 +416,13 @@ def small_images(width: "np.ndarray | list[int]", height: "np.ndarray | list[int
 
     Args:
         width: Image widths in pixels.
-        height: Image heights in pixels.
+        height: Image heights in pixels (0 for an unreadable image, which is not counted).
 
     Returns:
         (N,) bool.
     """
-    return np.minimum(np.asarray(width, np.int64), np.asarray(height, np.int64)) < SMALL_SIDE
+    short = np.minimum(np.asarray(width, np.int64), np.asarray(height, np.int64))
+    return (short > 0) & (short < SMALL_SIDE)
 
 
 def near_pairs(

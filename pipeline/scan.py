@@ -52,7 +52,7 @@ class ScanRow(NamedTuple):
     patient_key: str
     fingerprint: str  # perceptual hash of the decoded pixels (pipeline.near_duplicates), "" when unreadable
     chroma: float = 0.0  # how much colour it carries (pipeline.imageio.chroma); 0 for one channel
-    windows: str = ""  # the fingerprints of 20 corner windows (crops and shifts), "" when unreadable
+    windows: str = ""  # the fingerprints of 20 corner and 20 edge windows (crops, shifts), "" when unreadable
 
 
 COLUMNS = list(ScanRow._fields)
@@ -350,7 +350,8 @@ def duplicate_pairs(
         small_threshold: the largest distance of a pair with an image under 32 px a side (None: threshold).
 
     Returns:
-        One row per pair: group (its first path), path_a, label_a, path_b, label_b, distance; sorted by group.
+        One row per pair: group (its first path), path_a, label_a, path_b, label_b, distance, small (an image
+        under 32 px a side: the small threshold applied); sorted by group.
     """
     import pandas as pd
 
@@ -361,7 +362,8 @@ def duplicate_pairs(
     readable = table["readable"].astype(bool)
     fps = table["fingerprint"].where(readable, "").tolist()
     wins = table["windows"].where(readable, "").tolist() if windows else None
-    groups = find_groups(fps, threshold, wins, small_images(table["width"], table["height"]), small_threshold)
+    small = small_images(table["width"], table["height"])
+    groups = find_groups(fps, threshold, wins, small, small_threshold)
     i, j, d = groups.pairs
     paths, labels = table["path"].to_numpy(), manifest["label"].to_numpy()
     pairs = pd.DataFrame(
@@ -372,6 +374,7 @@ def duplicate_pairs(
             "path_b": paths[j],
             "label_b": labels[j],
             "distance": d,
+            "small": small[i] | small[j],
         }
     )
     return pairs.sort_values(["group", "distance", "path_a", "path_b"], ignore_index=True)

@@ -332,10 +332,11 @@ def drop_leaks(images: pd.DataFrame, validation: ValidateParams) -> tuple[pd.Dat
 
 class CleanSearch(NamedTuple):
     """One search at `validate.near_duplicates.clean`: per row, whether a train image lies within it; per row
-    with a fingerprint, the distance to its nearest other image, capped at the threshold + 1 (the histogram)."""
+    with a fingerprint, the distance to its nearest other image, capped at `radius` + 1 (the histogram)."""
 
     near_train: "np.ndarray"
     nearest: "np.ndarray"
+    radius: int  # the farthest distance searched: `clean`, or `clean_small` when there are small images
 
 
 def near_train(images: pd.DataFrame, near: NearDuplicateParams) -> CleanSearch:
@@ -348,7 +349,7 @@ def near_train(images: pd.DataFrame, near: NearDuplicateParams) -> CleanSearch:
             side) make a near copy here; `windows` compares crops and shifts too.
 
     Returns:
-        The flags per row (False for rows without a fingerprint) and the nearest distances.
+        The flags per row (False for rows without a fingerprint), the nearest distances and the radius.
     """
     import numpy as np
 
@@ -358,10 +359,11 @@ def near_train(images: pd.DataFrame, near: NearDuplicateParams) -> CleanSearch:
     i, j, d = near_pairs(hashes, near.clean, wins, small, near.clean_small)
     flags = np.zeros(len(images), dtype=bool)
     flags[rows[np.concatenate([i[split[j] == "train"], j[split[i] == "train"]])]] = True  # either end the train one
-    nearest = np.full(len(rows), near.clean + 1, dtype=np.int64)  # the histogram's last bin: beyond `clean`
-    np.minimum.at(nearest, i, np.minimum(d, near.clean + 1))
-    np.minimum.at(nearest, j, np.minimum(d, near.clean + 1))
-    return CleanSearch(flags, nearest)
+    radius = near.clean_small if small.any() else near.clean
+    nearest = np.full(len(rows), radius + 1, dtype=np.int64)  # the histogram's last bin: beyond the search
+    np.minimum.at(nearest, i, np.minimum(d, radius + 1))
+    np.minimum.at(nearest, j, np.minimum(d, radius + 1))
+    return CleanSearch(flags, nearest, radius)
 
 
 def near_duplicate_summary(
@@ -369,6 +371,7 @@ def near_duplicate_summary(
     validation: ValidateParams,
     dropped: pd.DataFrame,
     nearest: "np.ndarray",
+    radius: int,
     max_groups: int = 50,
 ) -> dict:
     """What the report shows: groups across splits (members with distance to the first), counts per split
@@ -379,6 +382,7 @@ def near_duplicate_summary(
         validation: The validate params (its near_duplicates section).
         dropped: What drop_leaks removed.
         nearest: Each fingerprinted image's nearest distance, capped (near_train's search at the clean threshold).
+        radius: The farthest distance that search looked (near_train's `radius`).
         max_groups: At most this many cross-split groups are listed.
 
     Returns:
@@ -387,7 +391,6 @@ def near_duplicate_summary(
     near = validation.near_duplicates
     table = near_table(images)
     crossing = table[table["n_splits"] > 1]
-    radius = near.clean
     nn: np.ndarray | list[int] = nearest if len(nearest) > 1 else []
     pairs: dict[str, int] = {}
     groups: list[list[dict[str, Any]]] = []
@@ -412,7 +415,7 @@ def near_duplicate_summary(
     return {
         "enabled": near.enabled,
         "threshold": near.threshold,
-        "small_threshold": near.small_threshold,
+        "small_threshold": near.small,
         "n_small": int(small_images(images["width"], images["height"]).sum()),
         "windows": near.windows,
         "action": near.action,
@@ -609,7 +612,7 @@ def validate_data(
     windows = images["windows"].tolist() if near.windows else None
     small = small_images(images["width"], images["height"])
     groups = (
-        find_groups(images["fingerprint"].tolist(), near.threshold, windows, small, near.small_threshold)
+        find_groups(images["fingerprint"].tolist(), near.threshold, windows, small, near.small)
         if near.enabled
         else None
     )
@@ -631,7 +634,7 @@ def validate_data(
         checks,
         len(images),
         {lb: int(counts.get(lb, 0)) for lb in validation.classes},
-        near_duplicates=near_duplicate_summary(images, validation, dropped, clean.nearest)
+        near_duplicates=near_duplicate_summary(images, validation, dropped, clean.nearest, clean.radius)
         if near.enabled
         else {"enabled": False, "dropped": dropped.to_dict("records"), "n_dropped": len(dropped)},
         color=params.preprocess.color,
@@ -671,8 +674,9 @@ def _thumbnail(root: Path, rel: str, side: int = 128) -> str:
     return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode() if ok else ""
 
 
-def _histogram_uri(hist: list[int], threshold: int) -> str:
-    """The nearest-neighbour distance histogram as an embedded PNG (matplotlib, no display)."""
+def _histogram_uri(hist: list[int], threshold: int, small: int | None = None) -> str:
+    """The nearest-neighbour distance histogram as an embedded PNG (matplotlib, no display), with the threshold
+    and, when the data set has images under 32 px a side, the small-image threshold."""
     import base64
     import io
 
@@ -684,6 +688,8 @@ def _histogram_uri(hist: list[int], threshold: int) -> str:
     fig, ax = plt.subplots(figsize=(6, 2.6), dpi=90)
     ax.bar(range(len(hist)), hist, color="#4472c4", width=0.9)
     ax.axvline(threshold + 0.5, color="#cf222e", linestyle="--", label=f"threshold {threshold}")
+    if small is not None and small > threshold:
+        ax.axvline(small + 0.5, color="#d4a017", linestyle=":", label=f"images < 32 px: {small}")
     ax.set_xlabel(f"distance to the nearest other image (bits of 256; last bar: > {len(hist) - 2})")
     ax.set_ylabel("images")
     ax.legend()
@@ -698,6 +704,12 @@ def _small_note(near: dict) -> str:
     """The report's words for the small-image threshold, when the data set has images under 32 px a side."""
     n = near.get("n_small", 0)
     return f"; &le; {near['small_threshold']} for a pair with one of the {n} image(s) under 32 px a side" if n else ""
+
+
+def _small_line(near: dict) -> int | None:
+    """The small-image threshold to draw, when the data set has images under 32 px a side and it differs."""
+    small = near.get("small_threshold")
+    return small if near.get("n_small") and small is not None and small > near["threshold"] else None
 
 
 def _near_html(near: dict, root: Path | None) -> str:
@@ -723,8 +735,10 @@ def _near_html(near: dict, root: Path | None) -> str:
     if sum(near["nn_histogram"]):
         parts.append(
             "<p><img alt='nearest-neighbour distances' "
-            f"src='{_histogram_uri(near['nn_histogram'], near['threshold'])}'>"
-            "</p><p>Near copies sit left of the threshold; distinct images to its right.</p>"
+            f"src='{_histogram_uri(near['nn_histogram'], near['threshold'], _small_line(near))}'>"
+            "</p><p>Near copies sit left of the threshold; distinct images to its right"
+            f"{' (for a pair with an image under 32 px a side, left of the dotted line)' if _small_line(near) else ''}"
+            ".</p>"
         )
     for group in near["cross_split_groups"]:
         cells = "".join(

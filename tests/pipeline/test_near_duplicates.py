@@ -86,11 +86,20 @@ def test_fingerprint_survives_re_export_and_tells_images_apart():
     assert fingerprint(np.zeros((0, 0), np.float32)) == ""
 
 
+def _flip(rng: np.random.Generator, words: np.ndarray, bits: int) -> np.ndarray:
+    """A copy of one (4,) uint64 fingerprint with `bits` distinct bits flipped."""
+    row = np.unpackbits(words.astype(">u8").view(np.uint8))
+    row[rng.choice(256, bits, replace=False)] ^= 1
+    return np.packbits(row).view(">u8").astype(np.uint64)
+
+
 def test_index_finds_exactly_the_close_pairs():
     rng = np.random.default_rng(0)
     words = rng.integers(0, 2**63, size=(600, 4), dtype=np.int64).astype(np.uint64)
     flips = np.uint64(1) << rng.integers(0, 63, size=(100, 4)).astype(np.uint64)
     words[300:400] = words[:100] ^ flips  # planted: 1-4 bits away
+    for k in range(100):  # and 17-40 bits away: found by the probes of radius 1 (threshold 30) and 2 (40)
+        words[400 + k] = _flip(rng, words[100 + k], 17 + k % 24)
     brute = hamming(words[:, None], words[None])
     for threshold in (0, 4, 30, 40):
         i, j, d = close_pairs(words, threshold)
@@ -206,7 +215,6 @@ def test_conflicting_labels_are_a_warning(tmp_path):
         ({"action": "ignore"}, "validate.near_duplicates.action"),
         ({"windows": "sometimes"}, "validate.near_duplicates.windows"),
         ({"threshold": 20, "clean_threshold": 10}, "clean_threshold \\(10\\) must be at least threshold \\(20\\)"),
-        ({"threshold": 30, "small_threshold": 25}, "small_threshold \\(25\\) must be at least threshold \\(30\\)"),
         ({"small_threshold": 64}, "validate.near_duplicates.small_threshold"),
         ({"treshold": 3}, "unknown key 'validate.near_duplicates.treshold'"),
     ],
@@ -217,6 +225,13 @@ def test_params_are_validated(near, message):
     with pytest.raises(ConfigError, match="validate.exact_duplicates"):
         parse_params({"validate": {"exact_duplicates": "warning"}})
     assert Params().validate_.near_duplicates.clean == 30  # 1.5 x the default 20
+
+
+def test_the_small_threshold_is_never_tighter_than_the_threshold():
+    default = Params().validate_.near_duplicates
+    assert (default.small, default.clean, default.clean_small) == (36, 30, 46)
+    loose = parse_params({"validate": {"near_duplicates": {"threshold": 40}}}).validate_.near_duplicates
+    assert (loose.small, loose.clean, loose.clean_small) == (40, 60, 60)  # a threshold above 36 is accepted
 
 
 def test_clean_test_subset():
@@ -382,7 +397,44 @@ def test_pairs_with_a_small_image_have_the_small_threshold():
     assert (d == 30).all()
     assert near_pairs(words, 20).left.size == 0  # the default threshold alone: none
     assert near_pairs(words, 20, small=small, small_threshold=10).left.size == 0  # never tighter than threshold
-    assert small_images([28, 64, 40], [28, 64, 31]).tolist() == [True, False, True]
+    assert small_images([28, 64, 40, 0], [28, 64, 31, 0]).tolist() == [True, False, True, False]  # 0: unreadable
+
+
+def test_small_and_normal_images_with_windows():
+    rng = np.random.default_rng(4)
+    n = 120
+    base = rng.integers(0, 2**63, size=(n, 4), dtype=np.int64).astype(np.uint64)
+    wins = rng.integers(0, 2**63, size=(n, N_WINDOWS, 4), dtype=np.int64).astype(np.uint64)
+    small = np.zeros(n, bool)
+    small[::3] = True
+    for k in range(0, 30, 2):  # whole copies 15-40 bits off: small pairs count to 36, the others to 20
+        base[60 + k] = _flip(rng, base[k], 15 + k)
+    for k in range(1, 30, 2):  # crops: another image's window within 15 bits of a whole
+        wins[60 + k, k % N_WINDOWS] = _flip(rng, base[k], k // 2)
+    limit = np.where(small[:, None] | small[None], 36, 20)
+    brute = combined_distance(base[:, None], wins[:, None], base[None], wins[None])
+    i, j, d = near_pairs(base, 20, wins, small, 36)
+    assert (d == brute[i, j]).all() and (d <= limit[i, j]).all()
+    found = set(zip(i.tolist(), j.tolist()))
+    whole = hamming(base[:, None], base[None])
+    assert found >= set(zip(*np.nonzero(np.triu((whole <= limit) | (brute <= 15), 1))))
+    assert {(k, 60 + k) for k in range(1, 30, 2)} <= found
+    assert {(k, 60 + k) for k in range(0, 30, 2)} & found == {
+        (k, 60 + k) for k in range(0, 30, 2) if 15 + k <= (36 if small[k] or small[60 + k] else 20)
+    }
+
+
+def test_an_images_own_windows_are_skipped():
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 2**63, size=(10, 4), dtype=np.int64).astype(np.uint64)
+    wins = rng.integers(0, 2**63, size=(10, N_WINDOWS, 4), dtype=np.int64).astype(np.uint64)
+    wins[:, 3] = base  # each image's window 3 is its whole (a uniform border): not a copy of itself
+    wins[7, 5] = base[2]  # image 7 holds image 2: a crop
+    flat = wins.reshape(-1, 4)
+    t, a, _ = close_pairs(flat, 0, base, radius=0, per=N_WINDOWS)
+    assert list(zip((t // N_WINDOWS).tolist(), a.tolist())) == [(7, 2)]
+    t, a, _ = close_pairs(flat, 0, base, radius=0)
+    assert len(t) == 11  # without `per` the own windows match too
 
 
 def test_a_half_size_copy_of_a_28_px_image_is_found_at_the_small_threshold(tmp_path):
@@ -397,6 +449,7 @@ def test_a_half_size_copy_of_a_28_px_image_is_found_at_the_small_threshold(tmp_p
     pairs = duplicate_pairs(root, 20, small_threshold=36)
     assert sorted(pairs[["path_a", "path_b"]].iloc[0]) == ["a/half.png", "a/img.png"]
     assert len(pairs) == 1
+    assert pairs["small"].tolist() == [True]  # the small threshold applied
     assert duplicate_pairs(root, 20).empty  # without the small-image threshold it is missed
 
 
@@ -450,3 +503,24 @@ def test_medpipe_split_keeps_crops_and_shifts_with_their_original(tmp_path):
         split = images.set_index("path")["split"]
         assert report.success
         assert split["a/crop.png"] == split["a/shift.png"] == split["a/img00.png"]
+
+
+def test_the_report_shows_the_small_threshold_for_28_px_images(tmp_path):
+    root = tmp_path / "data"
+    rows = []
+    for k in range(8):
+        rel = f"{LABELS[k % 2]}/img{k}.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / rel), _texture(k + 5, 28))
+        rows.append((rel, LABELS[k % 2], f"P{k}", "train" if k < 4 else "val" if k < 6 else "test"))
+    cv2.imwrite(str(root / "a/half.png"), cv2.resize(_texture(5, 28), (14, 14), interpolation=cv2.INTER_AREA))
+    rows.append(("a/half.png", "a", "P9", "test"))  # another patient's test image: a 14 px copy of a train one
+    pd.DataFrame(rows, columns=["path", "label", "patient_id", "split"]).to_csv(root / "manifest.csv", index=False)
+    report, ws = _validate(tmp_path, root, _params(action="warning", windows=False))
+    near = report.near_duplicates
+    assert (near["n_cross_split"], near["small_threshold"], near["n_small"]) == (1, 36, 9)
+    assert near["nn_radius"] == 46  # the clean search looked as far as the small threshold, loosened
+    assert len(near["nn_histogram"]) == 48 and sum(near["nn_histogram"][21:47]) >= 2  # the pair, beyond 20
+    html = (ws.out / "validate/report.html").read_text()
+    assert "&le; 36 for a pair with one of the 9 image(s) under 32 px a side" in html
+    assert "left of the dotted line" in html
