@@ -13,7 +13,6 @@ import argparse
 import json
 import resource
 import time
-import tracemalloc
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -251,7 +250,8 @@ def grouping(n: int, planted: int, threshold: int = DEFAULT, seed: int = 0) -> l
     """Group n random images (a fingerprint and N_WINDOWS window fingerprints each) with `planted` near copies:
     a third whole-image copies, a third crops (a copy's whole = the original's window), a third shifts (a
     copy's window = a partner window of the original's, PAIRINGS), each 1 .. threshold bits off; windows off,
-    then on."""
+    then on. Timed after a warm-up call (numba's import and kernel load, reported apart); memory as the growth
+    of this process's peak RSS (tracemalloc would slow the run by a half and miss numba's allocations)."""
     rng = np.random.default_rng(seed)
 
     def random(*shape: int) -> np.ndarray:
@@ -274,14 +274,16 @@ def grouping(n: int, planted: int, threshold: int = DEFAULT, seed: int = 0) -> l
             wins[d, a] = _flip(rng, wins[s, b], bits)
     hexes = [b.astype(">u8").tobytes().hex() for b in base]
     windows = ["".join(x.astype(">u8").tobytes().hex() for x in row) for row in wins]
+    t = time.perf_counter()
+    find_groups(hexes[:100], threshold, windows[:100])  # numba imported, the cached kernel loaded (or compiled)
+    warm_up = time.perf_counter() - t
     rows = []
     for with_windows in (False, True):
-        tracemalloc.start()
+        rss0 = _reset_peak_rss()
         t = time.perf_counter()
         groups = find_groups(hexes, threshold, windows if with_windows else None)
         seconds = time.perf_counter() - t
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
+        peak = (_peak_rss() - rss0) * 1024
         same = (groups.group[src] == groups.group[dst]) & (groups.group[src] >= 0)
         rows.append(
             {
@@ -292,13 +294,45 @@ def grouping(n: int, planted: int, threshold: int = DEFAULT, seed: int = 0) -> l
                 "planted": planted,
                 "threshold": threshold,
                 "seconds": round(seconds, 2),
-                "peak_mb": round(peak / 2**20, 1),
+                "first_call_warm_up_s": round(warm_up, 2),
+                "peak_rss_growth_mb": round(peak / 2**20, 1),
                 "planted_found": {
                     name: round(float(same[kind == k].mean()), 4) for k, name in enumerate(("whole", "crop", "shift"))
                 },
                 "pairs": int(len(groups.pairs[0])),
             }
         )
+    return rows
+
+
+def scaling(seed: int = 0) -> list[dict]:
+    """How the search grows past 100,000: `near_pairs` on random fingerprints, whole images only at 100k, 1M
+    and 3M, with windows at 100k, 200k and 400k (each once, after a warm-up; peak RSS growth per size)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for windows, sizes in ((False, (100_000, 1_000_000, 3_000_000)), (True, (100_000, 200_000, 400_000))):
+        for n in sizes:
+            base = rng.integers(0, 2**64 - 1, size=(n, 4), dtype=np.uint64, endpoint=True)
+            wins = (
+                rng.integers(0, 2**64 - 1, size=(n, N_WINDOWS, 4), dtype=np.uint64, endpoint=True) if windows else None
+            )
+            near_pairs(base[:100], DEFAULT, None if wins is None else wins[:100])
+            rss0 = _reset_peak_rss()
+            t = time.perf_counter()
+            found = len(near_pairs(base, DEFAULT, wins).left)
+            seconds = time.perf_counter() - t
+            rows.append(
+                {
+                    "bench": "near_duplicates",
+                    "what": "scaling",
+                    "windows": windows,
+                    "fingerprints": n,
+                    "seconds": round(seconds, 2),
+                    "peak_rss_growth_mb": round((_peak_rss() - rss0) / 1024, 1),
+                    "pairs": found,
+                }
+            )
+            del base, wins
     return rows
 
 
@@ -462,7 +496,8 @@ def main() -> None:
     ap.add_argument("--scan-files", type=int, default=1000)
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument(
-        "--only", choices=["recall", "false_positives", "scan_cost", "grouping", "real_grouping", "blend_grouping"]
+        "--only",
+        choices=["recall", "false_positives", "scan_cost", "grouping", "scaling", "real_grouping", "blend_grouping"],
     )
     args = ap.parse_args()
     if not (args.datasets / "chest_xray_kermany224").is_dir():
@@ -472,6 +507,7 @@ def main() -> None:
         "false_positives": lambda: false_positives(args.datasets),
         "scan_cost": lambda: [scan_cost(args.datasets, args.scan_files)],
         "grouping": lambda: grouping(args.n, args.n // 20),
+        "scaling": scaling,
         "real_grouping": lambda: [real_grouping(args.datasets)],
         "blend_grouping": lambda: blend_grouping(args.datasets, args.n),
     }
