@@ -35,10 +35,13 @@ def data_scan(
     workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
 ) -> None:
     """Scan every image: sha256, size, channels, bit depth, intensity, blur, readable (incremental)."""
+    import pandas as pd
+
     from pipeline.data import discover
     from pipeline.scan import label_summary, scan
 
-    manifest, empty = discover(data)
+    manifest, empty, unlabelled = discover(data)
+    manifest = pd.concat([manifest, unlabelled.assign(label="(unlabelled)")], ignore_index=True)
     table = scan(data, manifest["path"].tolist(), cache=out, workers=workers, progress=console.is_terminal)
     table.insert(1, "label", manifest["label"].to_numpy())
     summary = Table(title=f"{data}: {len(table)} images", show_header=True)

@@ -68,6 +68,7 @@ command: Callable[..., None]  # the loops below register commands of different s
 for command in (training.run, training.validate, training.stage, training.tune, models.explain, models.predict):
     app.command()(command)
 label_app.command("suggest")(models.label_suggest)
+label_app.command("import")(models.label_import)
 for command in (registry.promote, training.schedule, registry.reproduce, registry.rollback):
     app.command()(command)
 for name, command in (

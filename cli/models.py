@@ -1,4 +1,5 @@
-"""`medpipe predict`, `explain` and `label suggest`: what a registered model says about images."""
+"""`medpipe predict`, `explain`, `label suggest` and `label import`: what a registered model says about images,
+and the experts' answers."""
 
 from pathlib import Path
 from typing import Annotated
@@ -72,7 +73,13 @@ def predict(
 
 
 def label_suggest(
-    images: Annotated[Path, typer.Option(help="Folder of unlabelled images (searched recursively).")],
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Folder of images to rank (searched recursively; default: the data set's unlabelled ones)."),
+    ] = None,
+    data: Annotated[
+        Path, typer.Option(help="Data root whose unlabelled images (empty label, or unlabelled/) are ranked.")
+    ] = Path("data"),
     model: Annotated[
         str | None, typer.Option(help="Registered model URI (default: register.model_name@champion).")
     ] = None,
@@ -81,17 +88,71 @@ def label_suggest(
     ),
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Suggest labels: predicted label, confidence and entropy per image, least certain first, with Grad-CAMs."""
+    """Rank images for review: suggested label, least certain first, near copies spread out, Grad-CAMs.
+
+    Fill in the CSV's `label` column, then `medpipe label import` it.
+    """
     from pipeline.config import load_params
-    from pipeline.label import image_files, suggest
+    from pipeline.label import image_files, suggest, unlabelled_files
     from pipeline.registry import load_registered, model_uri
 
-    files = image_files(images) if images.is_dir() else []
+    root = images if images is not None else data
+    if images is not None:
+        files = image_files(images) if images.is_dir() else []
+    else:
+        files = unlabelled_files(data)
     if not files:
-        raise MedpipeError(images, "no PNG, JPEG or DICOM images found")
+        raise MedpipeError(root, "no unlabelled images" if images is None else "no PNG, JPEG or DICOM images found")
     p = load_params(params)
+    near = p.validate_.near_duplicates
     net, classes, version = load_registered(model or model_uri(p.register_), p.register_, params.resolve().parent)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table = suggest(net, classes, files, images, out.with_name(out.stem + "_gradcam"), p.preprocess)
+    table = suggest(
+        net, classes, files, root, out.with_name(out.stem + "_gradcam"), p.preprocess, near if near.enabled else None
+    )
     table.to_csv(out, index=False, float_format="%.4f")
     console.print(f"{len(table)} images, model version {version}; review queue (least certain first): {out}")
+
+
+def label_import(
+    reviewed: Annotated[Path, typer.Argument(help="The review queue with its `label` column filled in (CSV).")],
+    data: Annotated[Path, typer.Option(help="Data root the paths are relative to.")] = Path("data"),
+    reviewer: Annotated[
+        str | None, typer.Option(help="Who reviewed, for rows without a reviewed_by column (default: $USER).")
+    ] = None,
+    dvc: Annotated[
+        bool,
+        typer.Option("--dvc/--no-dvc", help="Version the data with DVC (`dvc add`) when DATA.dvc exists."),
+    ] = True,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Merge reviewed labels into the data's manifest.csv, with provenance; then version the data.
+
+    Each row's image gets label_source expert, reviewed_by and reviewed_at. Unknown labels, paths outside the
+    data root, paths listed twice and changed labels are refused, and then nothing is written.
+    """
+    import getpass
+    from datetime import UTC, datetime
+
+    from cli.data import data_add
+    from pipeline.config import AUTO, load_params
+    from pipeline.data import discover
+    from pipeline.label import import_labels
+
+    p = load_params(params)
+    labels = p.validate_.labels
+    classes = discover(data).classes if labels == AUTO else list(labels)
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    merged = import_labels(reviewed, data, classes, reviewer or getpass.getuser(), when)
+    console.print(
+        f"{merged.labelled} image(s) labelled, {merged.confirmed} label(s) confirmed from {reviewed}; "
+        f"{int((merged.manifest['label'] == '').sum())} still unlabelled",
+        soft_wrap=True,
+        markup=False,
+    )
+    if not (merged.labelled or merged.confirmed):
+        return
+    if dvc and Path(f"{data}.dvc").is_file():
+        data_add(data)
+    else:
+        console.print(f"version it: medpipe data add {data}", soft_wrap=True, markup=False)

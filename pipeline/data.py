@@ -20,6 +20,8 @@ CLASSES = ("normal", "nodule", "effusion")
 CLASS_SHARES = (0.7, 0.2, 0.1)
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("path", "label", "patient_id")
+UNLABELLED = "unlabelled"  # the folder beside the class folders for images without a label (not a class)
+PROVENANCE_COLUMNS = ("label_source", "reviewed_by", "reviewed_at")  # where each label came from (label import)
 
 
 @dataclass(frozen=True)
@@ -234,13 +236,14 @@ def synthesize(out: Path, n_patients: int = 200, size: int = 64, seed: int = 0) 
 
 
 def read_manifest(root: Path) -> pd.DataFrame:
-    """Read `root/manifest.csv`: path, label[, patient_id][, split] (empty patient_id/split allowed).
+    """Read `root/manifest.csv`: path, label[, patient_id][, split] (empty patient_id/split allowed; an empty
+    label is an unlabelled image).
 
     Args:
         root: The data root holding manifest.csv.
 
     Returns:
-        The manifest as strings, columns path, label, patient_id, split (missing optional ones empty).
+        The manifest as strings, columns path, label, patient_id, split (missing optional ones empty), every row.
 
     Raises:
         DataError: the manifest is missing, not a readable CSV, or lacks `path` or `label`.
@@ -289,6 +292,7 @@ def with_subgroups(manifest: pd.DataFrame, root: Path, names: list[str]) -> pd.D
             "a manifest.csv can (path,label,...,<column>)",
         )
     raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    raw = raw[raw["label"] != ""] if "label" in raw.columns else raw  # the labelled rows, as discover keeps them
     missing = [n for n in names if n not in raw.columns]
     if missing:
         raise DataError(
@@ -306,10 +310,12 @@ def with_subgroups(manifest: pd.DataFrame, root: Path, names: list[str]) -> pd.D
 
 
 class Discovery(NamedTuple):
-    """A data set's manifest (path, label, patient_id, split) and its class folders without images."""
+    """A data set's labelled images (path, label, patient_id, split), its class folders without images, and its
+    unlabelled images (same columns, empty label: rows of manifest.csv without one, or the `unlabelled/` folder)."""
 
     manifest: pd.DataFrame
     empty_folders: list[str]
+    unlabelled: pd.DataFrame
 
     @property
     def classes(self) -> list[str]:
@@ -318,22 +324,27 @@ class Discovery(NamedTuple):
 
 
 def scan_folders(root: Path) -> Discovery:
-    """A folder per class: `root/<label>/**/*.{png,jpg,jpeg,dcm}`. Returns the manifest and empty class folders.
+    """A folder per class: `root/<label>/**/*.{png,jpg,jpeg,dcm}`, and `root/unlabelled/` for images without one.
 
     Args:
         root: The data root (hidden folders are skipped).
 
     Returns:
-        The manifest (empty patient_id and split) and the names of class folders without images.
+        The manifest (empty patient_id and split), the names of class folders without images, and the
+        unlabelled images.
     """
     from pipeline.imageio import IMAGE_SUFFIXES
 
-    rows, empty = [], []
+    rows, empty, pool = [], [], []
     for folder in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
         files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if folder.name == UNLABELLED:
+            pool += [(p.relative_to(root).as_posix(), "", "", "") for p in files]
+            continue
         empty += [] if files else [folder.name]
         rows += [(p.relative_to(root).as_posix(), folder.name, "", "") for p in files]
-    return Discovery(pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "split"]), empty)
+    columns = [*MANIFEST_COLUMNS, "split"]
+    return Discovery(pd.DataFrame(rows, columns=columns), empty, pd.DataFrame(pool, columns=columns))
 
 
 def discover(root: Path) -> Discovery:
@@ -343,20 +354,23 @@ def discover(root: Path) -> Discovery:
         root: The data root.
 
     Returns:
-        The manifest and the empty class folders (none when it comes from manifest.csv).
+        The labelled images, the empty class folders (none when it comes from manifest.csv) and the unlabelled
+        images.
 
     Raises:
         DataError: the folder is missing, holds neither manifest.csv nor class folders with images, or its
             manifest.csv cannot be read (see read_manifest).
     """
     if (root / MANIFEST).is_file():
-        return Discovery(read_manifest(root), [])
+        rows = read_manifest(root)
+        labelled = rows["label"] != ""
+        return Discovery(rows[labelled].reset_index(drop=True), [], rows[~labelled].reset_index(drop=True))
     if not root.is_dir():
         raise DataError(root, "data folder not found")
-    manifest, empty = scan_folders(root)
-    if manifest.empty and not empty:
+    found = scan_folders(root)
+    if found.manifest.empty and not found.empty_folders:
         raise DataError(root, "no manifest.csv and no class folders with images (<label>/*.png|jpg|dcm)")
-    return Discovery(manifest, empty)
+    return found
 
 
 class NpzImport(NamedTuple):

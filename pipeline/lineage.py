@@ -107,9 +107,41 @@ def lineage_tags(params: Params, ws: Workspace) -> dict[str, str]:
         ws: The run's workspace (data root and code folder).
 
     Returns:
-        The data, git and `medpipe.params_md5` tags.
+        The data, git and `medpipe.params_md5` tags, and `medpipe.label_sources` when recorded.
     """
-    return {**data_lineage(ws.data_root), **git_lineage(ws.base), "medpipe.params_md5": params.md5()}
+    return {
+        **data_lineage(ws.data_root),
+        **git_lineage(ws.base),
+        "medpipe.params_md5": params.md5(),
+        **label_sources(ws.data_root),
+    }
+
+
+def label_sources(data_root: Path) -> dict[str, str]:
+    """Where the labels came from, when the manifest records it (`medpipe label import` adds label_source).
+
+    Args:
+        data_root: The data root.
+
+    Returns:
+        `{"medpipe.label_sources": "data=196,expert=4"}` (labelled images per source, sorted; `unknown` for
+        an empty source), or {} when manifest.csv has no label_source column.
+    """
+    import pandas as pd
+
+    from pipeline.data import MANIFEST
+
+    path = data_root / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        rows = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=lambda c: c in ("label", "label_source"))
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, ValueError):
+        return {}  # validation reports an unreadable manifest
+    if "label_source" not in rows.columns or "label" not in rows.columns:
+        return {}
+    counts = rows.loc[rows["label"] != "", "label_source"].replace("", "unknown").value_counts().sort_index()
+    return {"medpipe.label_sources": ",".join(f"{k}={v}" for k, v in counts.items())}
 
 
 LINEAGE_KEYS = ("medpipe.data_md5", "medpipe.params_md5", "medpipe.git_commit", "medpipe.git_dirty")

@@ -357,7 +357,7 @@ def duplicate_pairs(
 
     from pipeline.data import discover
 
-    manifest, _ = discover(root)
+    manifest = discover(root).manifest
     table = scan(root, manifest["path"].tolist(), cache=cache)
     readable = table["readable"].astype(bool)
     fps = table["fingerprint"].where(readable, "").tolist()

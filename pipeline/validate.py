@@ -50,6 +50,7 @@ class ValidationReport:
     report_md: str = ""
     near_duplicates: dict = field(default_factory=dict)  # what near_duplicate_summary found (report.json)
     color: str = ""  # the colour the images are trained in (preprocess.color, resolved)
+    n_unlabelled: int = 0  # images without a label (the pool `medpipe label suggest` ranks): in no split
 
     @property
     def failed(self) -> list[Check]:
@@ -595,7 +596,7 @@ def validate_data(
     Raises:
         DataError: The data set cannot be read (from discover).
     """
-    manifest, empty_folders = discover(root)
+    manifest, empty_folders, unlabelled = discover(root)
     manifest = with_subgroups(manifest, root, params.evaluate.subgroups)
     validation = params.validate_
     images = image_table(
@@ -638,6 +639,7 @@ def validate_data(
         if near.enabled
         else {"enabled": False, "dropped": dropped.to_dict("records"), "n_dropped": len(dropped)},
         color=params.preprocess.color,
+        n_unlabelled=len(unlabelled),
     )
     return report, images
 
@@ -647,6 +649,14 @@ _CSS = (
     "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}.ok{color:#1a7f37}"
     ".error{color:#cf222e;font-weight:bold}.warning{color:#9a6700;font-weight:bold}"
 )
+
+
+def _unlabelled_note(n: int) -> str:
+    """The reports' line on the unlabelled pool."""
+    return (
+        f"Unlabelled: {n} image(s), in no split (not trained or evaluated on); rank them for review with "
+        "`medpipe label suggest`, merge the labels with `medpipe label import`."
+    )
 
 
 def _status(check: Check) -> str:
@@ -801,6 +811,7 @@ def write_report(report: ValidationReport, out: Path, final: Path | None = None,
         f"Class counts: {counts_text(report.class_counts)}",
         "",
         *([f"Colour: {report.color}", ""] if report.color else []),
+        *([_unlabelled_note(report.n_unlabelled), ""] if report.n_unlabelled else []),
         "| check | result | examples |",
         "|---|---|---|",
     ]
@@ -825,7 +836,9 @@ def write_report(report: ValidationReport, out: Path, final: Path | None = None,
     (out / "report.html").write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{_CSS}</style></head>"
         f"<body><h1>{title}</h1><p>{escape(report.summary())}</p><p>Class counts: "
-        f"{escape(counts_text(report.class_counts))}</p><table><tr><th>check</th><th>result</th><th>examples</th></tr>"
+        f"{escape(counts_text(report.class_counts))}</p>"
+        f"{f'<p>{escape(_unlabelled_note(report.n_unlabelled))}</p>' if report.n_unlabelled else ''}"
+        "<table><tr><th>check</th><th>result</th><th>examples</th></tr>"
         f"{rows}</table>{_near_html(near, data_root)}</body></html>\n"
     )
     return md

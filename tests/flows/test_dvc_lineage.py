@@ -119,3 +119,35 @@ def test_data_remote_add_push_and_pull(tmp_path, tiny_data):
     assert sorted(p.relative_to(tmp_path / "data") for p in (tmp_path / "data").rglob("*.png")) == sorted(
         p.relative_to(tiny_data) for p in tiny_data.rglob("*.png")
     )
+
+
+def test_label_import_leaves_a_new_data_version(tmp_path, tiny_data):
+    import pandas as pd
+
+    init_repo(tmp_path)
+    shutil.copytree(tiny_data, tmp_path / "data")
+    write_params(tmp_path)
+    manifest = pd.read_csv(tmp_path / "data/manifest.csv", dtype=str, keep_default_na=False)
+    truth = manifest.loc[:1, ["path", "label"]].copy()
+    manifest.loc[:1, "label"] = ""  # two unlabelled images
+    manifest.to_csv(tmp_path / "data/manifest.csv", index=False)
+    sh(tmp_path, str(BIN / "dvc"), "add", "-q", "data")
+    sh(tmp_path, "git", "add", "-A")
+    sh(tmp_path, "git", "commit", "-qm", "data with an unlabelled pool")
+    truth.to_csv(tmp_path / "reviewed.csv", index=False)
+    done = subprocess.run(
+        [str(BIN / "medpipe"), "label", "import", "reviewed.csv", "--reviewer", "dr a"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "2 image(s) labelled" in done.stdout and "updated data.dvc" in done.stdout
+    new = yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"]
+    assert new != yaml.safe_load(sh(tmp_path, "git", "show", "HEAD:data.dvc"))["outs"][0]["md5"]
+    assert "up to date" in sh(tmp_path, str(BIN / "dvc"), "status", "data.dvc")
+    merged = pd.read_csv(tmp_path / "data/manifest.csv", dtype=str, keep_default_na=False)
+    assert merged.loc[:1, "label"].tolist() == truth["label"].tolist()
+    assert set(merged.loc[:1, "label_source"]) == {"expert"} and set(merged.loc[2:, "label_source"]) == {"data"}

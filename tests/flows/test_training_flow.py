@@ -192,11 +192,48 @@ def test_explain_and_label_suggest_use_the_registered_versions(twice):
     done = _medpipe(
         project, "label", "suggest", "--images", images, "--model", "models:/medpipe-classifier/2", "--out", queue_csv
     )
-    queue = pd.read_csv(project / "queue.csv")
+    queue = pd.read_csv(project / "queue.csv", keep_default_na=False)
     assert done.returncode == 0
     assert len(queue) == len(pd.read_csv(project / "data/manifest.csv"))
-    assert queue["entropy"].is_monotonic_decreasing
+    group = queue["copies"].where(queue["copies"] != "", queue["path"])
+    first = group.drop_duplicates().index
+    assert first.tolist() == list(range(len(first)))  # one image of each group of near copies first
+    assert queue.loc[first, "entropy"].is_monotonic_decreasing  # ... least certain first
     assert Path(queue["gradcam"][0]).is_file()
+
+
+def test_the_labelling_loop_suggests_from_the_unlabelled_pool_and_imports_with_provenance(twice, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(twice.project / "data", data)
+    manifest = pd.read_csv(data / "manifest.csv", dtype=str, keep_default_na=False)
+    truth = manifest["label"][:6].tolist()
+    manifest.loc[:5, "label"] = ""  # six images lose their label: the unlabelled pool
+    manifest.to_csv(data / "manifest.csv", index=False)
+    queue_csv = tmp_path / "queue.csv"
+    done = _medpipe(twice.project, "label", "suggest", "--data", str(data), "--out", str(queue_csv))
+    assert done.returncode == 0, done.stderr
+    queue = pd.read_csv(queue_csv, dtype=str, keep_default_na=False)
+    assert sorted(queue["path"]) == sorted(manifest["path"][:6]) and (queue["label"] == "").all()
+    answers = dict(zip(manifest["path"][:6], truth))
+    queue["label"] = [answers[p] for p in queue["path"]]  # the expert (here: the held-back truth) fills it in
+    queue[:4].to_csv(queue_csv, index=False)
+    done = _medpipe(twice.project, "label", "import", str(queue_csv), "--data", str(data), "--reviewer", "dr a")
+    assert done.returncode == 0, done.stderr
+    assert "4 image(s) labelled, 0 label(s) confirmed" in done.stdout and "2 still unlabelled" in done.stdout
+    assert f"version it: medpipe data add {data}" in done.stdout  # no data.dvc beside it
+    merged = pd.read_csv(data / "manifest.csv", dtype=str, keep_default_na=False).set_index("path")
+    for path in queue["path"][:4]:
+        assert merged.loc[path, ["label", "label_source", "reviewed_by"]].tolist() == [answers[path], "expert", "dr a"]
+    assert (merged["label"] == "").sum() == 2
+    before = (data / "manifest.csv").read_bytes()
+    queue.loc[4, "label"] = "pneumonia"
+    queue.to_csv(queue_csv, index=False)
+    bad = _medpipe(twice.project, "label", "import", str(queue_csv), "--data", str(data))
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines() == [
+        f"error: {queue_csv}: line 6: {queue['path'][4]}: unknown label 'pneumonia' (labels: normal, nodule, effusion)"
+    ]
+    assert (data / "manifest.csv").read_bytes() == before
 
 
 def test_the_registered_model_takes_raw_images_and_predicts_as_evaluation_did(twice):

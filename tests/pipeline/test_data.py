@@ -69,7 +69,7 @@ def test_class_folders_nested_any_suffix_case_and_empty_ones(tmp_path):
         (tmp_path / rel).write_bytes(b"x")
     (tmp_path / "empty").mkdir()
     (tmp_path / ".hidden").mkdir()
-    manifest, empty = discover(tmp_path)
+    manifest, empty, _ = discover(tmp_path)
     assert manifest[["path", "label"]].values.tolist() == [
         ["cat/a.png", "cat"],
         ["cat/deep/er/b.JPG", "cat"],
@@ -181,3 +181,12 @@ def test_a_subgroup_column_of_too_many_values_asks_for_bins(tmp_path):
     rows = "".join(f"{i}.png,x,F,{i}\n" for i in range(MAX_SUBGROUPS + 1))
     with pytest.raises(DataError, match=r"column site has 21 distinct values.*age -> age_band"):
         with_subgroups(_manifest(tmp_path, rows), tmp_path, ["site"])
+
+
+def test_subgroups_stay_aligned_when_the_manifest_has_unlabelled_rows(tmp_path):
+    from pipeline.data import with_subgroups
+
+    (tmp_path / "manifest.csv").write_text("path,label,sex\na.png,x,F\nb.png,,M\nc.png,y,\n")
+    found = discover(tmp_path)
+    assert found.manifest["path"].tolist() == ["a.png", "c.png"] and found.unlabelled["path"].tolist() == ["b.png"]
+    assert with_subgroups(found.manifest, tmp_path, ["sex"])["subgroup_sex"].tolist() == ["F", "unknown"]

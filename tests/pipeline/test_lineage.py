@@ -94,3 +94,15 @@ def test_up_to_date_only_for_the_same_data_params_and_committed_code(tmp_path):
     (tmp_path / "data" / "b.png").unlink()
     (tmp_path / "code.py").write_text("a = 2\n")
     assert up_to_date(params, ws) is None  # uncommitted code
+
+
+def test_label_sources_tag_counts_the_labelled_images_by_provenance(tmp_path):
+    from pipeline.lineage import label_sources
+
+    assert label_sources(tmp_path) == {}  # no manifest
+    (tmp_path / "manifest.csv").write_text("path,label\na.png,x\n")
+    assert label_sources(tmp_path) == {}  # provenance not recorded
+    (tmp_path / "manifest.csv").write_text(
+        "path,label,label_source\na.png,x,data\nb.png,x,expert\nc.png,y,expert\nd.png,,\ne.png,y,\n"
+    )
+    assert label_sources(tmp_path) == {"medpipe.label_sources": "data=1,expert=2,unknown=1"}  # d: unlabelled

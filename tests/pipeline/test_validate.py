@@ -219,3 +219,21 @@ def test_unknown_labels_fail_naming_the_files_and_the_data_classes(data, tmp_pat
     assert manifest.loc[3, "path"] in message
     assert "\n" not in message
     assert "--set validate.labels=effusion,nodule,normal,pneumothorax" in message
+
+
+def test_unlabelled_images_are_counted_and_in_no_split(data, tmp_path):
+    manifest = pd.read_csv(data / "manifest.csv", dtype=str, keep_default_na=False)
+    labelled = len(manifest)
+    pool = data / "unlabelled"
+    pool.mkdir()
+    for k, rel in enumerate(manifest["path"][:3]):
+        shutil.copy(data / rel, pool / f"new{k}.png")  # (copies of labelled images: still kept out of training)
+    rows = pd.DataFrame({"path": [f"unlabelled/new{k}.png" for k in range(3)], "label": "", "patient_id": ""})
+    pd.concat([manifest, rows]).to_csv(data / "manifest.csv", index=False)
+    report = _run(data, tmp_path)
+    assert report.success, report.summary()
+    assert (report.n_images, report.n_unlabelled) == (labelled, 3)
+    splits = pd.read_csv(tmp_path / "outputs/validate/splits.csv")
+    assert not splits["path"].str.startswith("unlabelled/").any()
+    assert "Unlabelled: 3 image(s), in no split" in (tmp_path / "outputs/validate/report.md").read_text()
+    assert "Unlabelled: 3 image(s), in no split" in (tmp_path / "outputs/validate/report.html").read_text()
