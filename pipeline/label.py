@@ -212,20 +212,19 @@ def merge_reviewed(
         DataError: (file `source`) a row names a path outside the data root or not in the data set, a path
             twice, a label not in `classes`, or a label other than the one the image has.
     """
-    out = manifest.copy()
+    out = manifest.reset_index(drop=True)
     for column in PROVENANCE_COLUMNS:
         if column not in out.columns:
             out[column] = ""
     out.loc[(out["label"] != "") & (out["label_source"] == ""), "label_source"] = SOURCE_DATA
     where = {p: k for k, p in enumerate(out["path"])}
+    reviewed = reviewed.reset_index(drop=True)
     done = reviewed[reviewed["label"].str.strip() != ""]
+    by = done["reviewed_by"] if "reviewed_by" in done.columns else pd.Series("", index=done.index)
     seen: set[str] = set()
     rows, labels, names = [], [], []
-    for n, (path, label, name) in enumerate(
-        zip(done["path"], done["label"].str.strip(), done.get("reviewed_by", pd.Series("", index=done.index))),
-        start=2,  # the CSV's line: its header is line 1
-    ):
-        where_ = f"line {n}: {path}"
+    for k, path, label, name in zip(done.index, done["path"], done["label"].str.strip(), by):
+        where_ = f"line {k + 2}: {path}"  # the CSV's line: its header is line 1
         if Path(path).is_absolute() or ".." in Path(path).parts or "\\" in path or not path:
             raise DataError(source, f"{where_}: path outside the data root (use paths relative to it)")
         if path in seen:

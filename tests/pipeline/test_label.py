@@ -148,6 +148,18 @@ def test_bad_reviewed_rows_change_nothing(tmp_path, rows, reason):
     assert sorted(p.name for p in root.iterdir()) == ["manifest.csv", "nodule", "normal", "unlabelled"]  # no temp file
 
 
+def test_errors_name_the_csv_line_also_after_rows_not_yet_reviewed(tmp_path):
+    from pipeline.errors import DataError
+    from pipeline.label import import_labels
+
+    root = _pool(tmp_path / "data")
+    reviewed = _reviewed(
+        tmp_path / "queue.csv", [("unlabelled/img4.png", ""), ("unlabelled/img5.png", ""), ("unlabelled/img6.png", "x")]
+    )
+    with pytest.raises(DataError, match="line 4: unlabelled/img6.png: unknown label 'x'"):
+        import_labels(reviewed, root, ["normal", "nodule"], "dr a", "now")
+
+
 def test_a_reviewed_csv_without_its_columns_is_refused(tmp_path):
     from pipeline.errors import DataError
     from pipeline.label import import_labels
