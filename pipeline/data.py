@@ -235,6 +235,30 @@ def synthesize(out: Path, n_patients: int = 200, size: int = 64, seed: int = 0) 
     return manifest
 
 
+def read_table(path: Path, expected: str) -> pd.DataFrame:
+    """Read a CSV of the user's (a manifest, a reviewed label queue) as strings, every column.
+
+    Args:
+        path: The CSV file.
+        expected: Its columns as the error shows them, e.g. `path,label[,patient_id]`; `path` and `label`
+            are required.
+
+    Returns:
+        The rows as strings (empty cells empty, not NaN).
+
+    Raises:
+        DataError: the file is not a readable CSV or lacks `path` or `label`.
+    """
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise DataError(path, f"not a readable CSV ({err.__class__.__name__})") from None
+    missing = [c for c in ("path", "label") if c not in df.columns]
+    if missing:
+        raise DataError(path, f"missing column(s) {', '.join(missing)}; expected {expected}")
+    return df
+
+
 def read_manifest(root: Path) -> pd.DataFrame:
     """Read `root/manifest.csv`: path, label[, patient_id][, split] (empty patient_id/split allowed; an empty
     label is an unlabelled image).
@@ -251,13 +275,7 @@ def read_manifest(root: Path) -> pd.DataFrame:
     path = root / MANIFEST
     if not path.is_file():
         raise DataError(path, "manifest not found (run `medpipe data synth --out DIR` for the built-in set)")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise DataError(path, f"not a readable CSV ({err.__class__.__name__})") from None
-    missing = [c for c in ("path", "label") if c not in df.columns]
-    if missing:
-        raise DataError(path, f"missing column(s) {', '.join(missing)}; expected path,label[,patient_id][,split]")
+    df = read_table(path, "path,label[,patient_id][,split]")
     for column in ("patient_id", "split"):
         if column not in df.columns:
             df[column] = ""

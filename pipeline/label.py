@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import NearDuplicateParams, PreprocessParams
-from pipeline.data import PROVENANCE_COLUMNS
+from pipeline.data import PROVENANCE_COLUMNS, read_table
 from pipeline.errors import DataError, ImageError
 from pipeline.imageio import IMAGE_SUFFIXES
+from pipeline.scan import inside_root
 
 
 def entropy(proba: np.ndarray) -> np.ndarray:
@@ -52,7 +53,6 @@ def unlabelled_files(root: Path) -> list[Path]:
         DataError: the data set cannot be read, or an unlabelled row's path lies outside the data root.
     """
     from pipeline.data import MANIFEST, discover
-    from pipeline.scan import inside_root
 
     rels = discover(root).unlabelled["path"].tolist()
     outside = [rel for rel in rels if not inside_root(root, rel)]
@@ -178,18 +178,17 @@ def read_reviewed(path: Path) -> pd.DataFrame:
         raise DataError(path, "reviewed CSV not found")
     if path.stat().st_size > MAX_REVIEW_MB * 2**20:
         raise DataError(path, f"larger than {MAX_REVIEW_MB} MB; a reviewed CSV lists paths and labels")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise DataError(path, f"not a readable CSV ({err.__class__.__name__})") from None
-    missing = [c for c in ("path", "label") if c not in table.columns]
-    if missing:
-        raise DataError(path, f"missing column(s) {', '.join(missing)}; expected path,label[,reviewed_by]")
-    return table
+    return read_table(path, "path,label[,reviewed_by]")
 
 
 def merge_reviewed(
-    reviewed: pd.DataFrame, source: Path, manifest: pd.DataFrame, classes: list[str], reviewer: str, when: str
+    reviewed: pd.DataFrame,
+    source: Path,
+    root: Path,
+    manifest: pd.DataFrame,
+    classes: list[str],
+    reviewer: str,
+    when: str,
 ) -> LabelImport:
     """Merge reviewed labels into a manifest, with provenance; all rows are checked before anything changes.
 
@@ -199,6 +198,7 @@ def merge_reviewed(
     Args:
         reviewed: The reviewed rows (read_reviewed).
         source: The reviewed CSV (named in errors).
+        root: The data root (reviewed paths must stay inside it).
         manifest: Every row of the data set (path, label, ...; unlabelled ones with an empty label), as strings.
         classes: The labels allowed.
         reviewer: Who reviewed, where a row has no `reviewed_by` of its own.
@@ -225,7 +225,7 @@ def merge_reviewed(
     rows, labels, names = [], [], []
     for k, path, label, name in zip(done.index, done["path"], done["label"].str.strip(), by):
         where_ = f"line {k + 2}: {path}"  # the CSV's line: its header is line 1
-        if Path(path).is_absolute() or ".." in Path(path).parts or "\\" in path or not path:
+        if not inside_root(root, path):
             raise DataError(source, f"{where_}: path outside the data root (use paths relative to it)")
         if path in seen:
             raise DataError(source, f"{where_}: listed twice")
@@ -265,8 +265,7 @@ def manifest_rows(root: Path) -> pd.DataFrame:
     from pipeline.data import MANIFEST, discover
 
     if (root / MANIFEST).is_file():
-        discover(root)  # the same checks as a run
-        return pd.read_csv(root / MANIFEST, dtype=str, keep_default_na=False)
+        return read_table(root / MANIFEST, "path,label[,patient_id][,split]")
     found = discover(root)
     labelled = found.manifest.assign(label_source="folder")
     return pd.concat([labelled, found.unlabelled.assign(label_source="")], ignore_index=True)
@@ -318,7 +317,7 @@ def import_labels(reviewed: Path, root: Path, classes: list[str], reviewer: str,
         DataError: the CSV or a row of it is invalid (see read_reviewed, merge_reviewed), or the data set cannot
             be read.
     """
-    merged = merge_reviewed(read_reviewed(reviewed), reviewed, manifest_rows(root), classes, reviewer, when)
+    merged = merge_reviewed(read_reviewed(reviewed), reviewed, root, manifest_rows(root), classes, reviewer, when)
     if merged.labelled or merged.confirmed:
         write_manifest(root, merged.manifest)
     return merged
