@@ -87,7 +87,10 @@ def _print_summary(summary) -> None:
     table = Table(title=f"{summary.model_name} version {summary.version}", show_header=False)
     table.add_row("MLflow run", summary.run_id)
     table.add_row("data md5", summary.data_md5)
-    table.add_row("images (train/val/test)", "/".join(str(v) for v in summary.split_sizes.values()))
+    sizes = summary.split_sizes
+    table.add_row("images (train/val/test)", "/".join(str(sizes.get(s, 0)) for s in ("train", "val", "test")))
+    if "pool" in sizes:
+        table.add_row("unlabelled pool (semi)", str(sizes["pool"]))
     table.add_row("epochs", str(summary.epochs_run))
     table.add_row("promotion", summary.promotion)
     for key, value in summary.test_metrics.items():

@@ -196,6 +196,17 @@ class TrainParams(Section):
     backend: Literal["auto", "tensorflow", "jax"] = "auto"
 
 
+class SemiParams(Section):
+    """Learning from the unlabelled pool (validation's pool.csv: readable, no val/test patient, no near copy
+    of a val/test image). Off by default; off, it adds nothing to the params' hash."""
+
+    # none | pseudo_label: a teacher trained on the labelled images labels the pool images it is sure of
+    # (top softmax probability >= threshold); a student, from the same initial weights, trains on both
+    method: Literal["none", "pseudo_label"] = "none"
+    threshold: float = Field(0.95, gt=0, le=1)
+    rounds: int = Field(1, ge=1, le=5)  # teacher -> student rounds; each student teaches the next round
+
+
 class EvaluateParams(Section):
     """Evaluation settings."""
 
@@ -327,6 +338,7 @@ class Params(Section):
     balance: BalanceParams = BalanceParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
+    semi: SemiParams = SemiParams()
     evaluate: EvaluateParams = EvaluateParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
     promote: PromoteParams = PromoteParams()
@@ -341,10 +353,14 @@ class Params(Section):
         steps ran (`dask`), the model card's words (`card`) and the recipe search's settings (`tune`) change
         no model, so they are left out.
 
+        `semi` is left out while it is off, so the hash of a recipe without it is the one it had before
+        the section existed.
+
         Returns:
             The hex md5 of the params as sorted JSON (by alias), without `dask`, `card` and `tune`.
         """
-        text = json.dumps(self.model_dump(mode="json", by_alias=True, exclude={"dask", "card", "tune"}), sort_keys=True)
+        left_out = {"dask", "card", "tune", *(["semi"] if self.semi.method == "none" else [])}
+        text = json.dumps(self.model_dump(mode="json", by_alias=True, exclude=left_out), sort_keys=True)
         return hashlib.md5(text.encode()).hexdigest()
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.augment import affine_transforms, augment_ops, augments, draws, noise_field
 from pipeline.config import AugmentParams, TrainParams
-from pipeline.shards import ArrayShards, Shards
+from pipeline.shards import Split
 
 ORDER_STREAM = 2  # the last word of an epoch order's seed: draws use 0, noise 1
 
@@ -61,7 +61,7 @@ def _on_device(augmentation: AugmentParams | None):
 
 
 def train_feed(
-    shards: Shards | ArrayShards,
+    shards: Split,
     plan: tuple[np.ndarray, np.ndarray],
     n_classes: int,
     training: TrainParams,

@@ -24,6 +24,7 @@ from pipeline.imageio import imdecode, read_dicom, read_image
 from pipeline.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, JPEG_MAGIC, MB, Dimensions, check_image
 from pipeline.outputs import replace_dir
 from pipeline.scan import Mapper
+from pipeline.semi import POOL
 from pipeline.shards import read_meta
 from pipeline.split import SPLITS
 from pipeline.validate import ValidationReport
@@ -249,7 +250,7 @@ def load_image(path: Path, preprocessing: PreprocessParams) -> np.ndarray:
 
 def cache_key(params: Params, validated: ValidationReport) -> str:
     """Hash of what the shards depend on: the split table (paths, labels, splits, content sha256),
-    the pixel-affecting params, the class list and the code version.
+    the pixel-affecting params, the class list and the code version; with `semi` on, the pool table too.
 
     Args:
         params: The run's params.
@@ -266,7 +267,28 @@ def cache_key(params: Params, validated: ValidationReport) -> str:
         "pixels": {k: preprocessing[k] for k in PIXEL_FIELDS},
         "splits": hashlib.md5(validated.splits_csv.read_bytes()).hexdigest(),
     }
+    if pool_paths(params, validated):
+        spec["pool"] = hashlib.md5(validated.pool_csv.read_bytes()).hexdigest()
     return hashlib.md5(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def pool_paths(params: Params, validated: ValidationReport) -> list[str]:
+    """The unlabelled images `semi` training may learn from (validation's pool.csv, excluded ones left
+    out), or none while `semi` is off.
+
+    Args:
+        params: The run's params (semi.method).
+        validated: The validate step's report (its pool table).
+
+    Returns:
+        Paths relative to the data root, in pool.csv's order.
+    """
+    import pandas as pd
+
+    if params.semi.method == "none" or not validated.pool_csv.is_file():
+        return []
+    pool = pd.read_csv(validated.pool_csv, dtype=str, keep_default_na=False)
+    return pool.loc[pool["excluded"] == "", "path"].tolist()
 
 
 def is_current(folder: Path, key: str) -> bool:
@@ -411,6 +433,11 @@ def run_step(params: Params, ws: Workspace, validated: ValidationReport, mapper:
             for s in SPLITS
             for part in [manifest[manifest["split"] == s]]
         }
+        pool = pool_paths(params, validated)
+        if pool:  # `semi` training's unlabelled images (label -1)
+            splits[POOL] = write_split(
+                [ws.data_root / p for p in pool], np.full(len(pool), -1), POOL, tmp, preprocessing, mapper
+            )
         pixels = max(splits["train"]["n"] * preprocessing.size * preprocessing.size * preprocessing.channels, 1)
         mean = splits["train"]["sum"] / pixels
         std = float(np.sqrt(max(splits["train"]["sumsq"] / pixels - mean**2, 0.0)))

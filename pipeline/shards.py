@@ -152,3 +152,48 @@ class ArrayShards:
             uint8 (N, h, w, c).
         """
         return self.images
+
+
+class JoinedShards:
+    """One split followed by some images of another with labels of their own, read like Shards (take, read,
+    labels, shape, nbytes): position len(train) + k is pool image picked[k] (pseudo-labelling's student)."""
+
+    def __init__(
+        self, train: "Shards | ArrayShards", pool: "Shards | ArrayShards", picked: np.ndarray, labels: np.ndarray
+    ) -> None:
+        self.train, self.pool, self.picked = train, pool, np.asarray(picked, dtype=np.int64)
+        self.labels = np.concatenate([np.asarray(train.labels, dtype=np.int64), np.asarray(labels, dtype=np.int64)])
+        self.shape = tuple(train.shape)
+
+    def __len__(self) -> int:
+        return len(self.train) + len(self.picked)
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the joined split in memory."""
+        return len(self) * int(np.prod(self.shape))
+
+    def take(self, index: np.ndarray | list[int]) -> np.ndarray:
+        """The images at these positions, uint8, in the order of `index`.
+
+        Args:
+            index: Positions in the joined split.
+
+        Returns:
+            uint8 (len(index), h, w, c).
+        """
+        index = np.asarray(index, dtype=np.int64)
+        out = np.empty((len(index), *self.shape), dtype=np.uint8)
+        first = index < len(self.train)
+        if first.any():
+            out[first] = self.train.take(index[first])
+        if (~first).any():
+            out[~first] = self.pool.take(self.picked[index[~first] - len(self.train)])
+        return out
+
+    def read(self) -> np.ndarray:
+        """The whole joined split in memory, uint8 (N, h, w, c)."""
+        return np.concatenate([self.train.read(), self.pool.take(self.picked)])
+
+
+Split = Shards | ArrayShards | JoinedShards  # what training reads a split from

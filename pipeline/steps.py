@@ -139,6 +139,7 @@ STEPS: tuple[Step, ...] = (
             "preprocess.max_pixels",
             "preprocess.max_file_mb",
             "validate.labels",
+            "semi.method",  # on: the usable unlabelled images become the `pool` split
         ),
         ("data", "outputs/validate"),
         ("outputs/preprocess",),
@@ -149,7 +150,7 @@ STEPS: tuple[Step, ...] = (
     Step(
         "train",
         "train",
-        ("model", "train", "balance.augment", "preprocess.normalize", *TRACKING),
+        ("model", "train", "semi", "balance.augment", "preprocess.normalize", *TRACKING),
         ("outputs/balance", "outputs/preprocess", "outputs/validate"),
         ("outputs/train",),
         note="`medpipe stage train --resume` continues an interrupted run",

@@ -33,7 +33,8 @@ from pipeline.metrics import macro_roc_auc
 from pipeline.outputs import read_result, replace_dir, swap_in
 from pipeline.preprocess import PreprocessResult
 from pipeline.registry import owner_tags, setup_tracking
-from pipeline.shards import ArrayShards, Shards, read_meta
+from pipeline.semi import POOL, confident, predict_pool, round_summary, student_plan
+from pipeline.shards import JoinedShards, Shards, Split, read_meta
 from pipeline.validate import ValidationReport
 
 log = logging.getLogger(__name__)
@@ -46,16 +47,20 @@ CURVES = ("loss", "accuracy", "val_loss", "val_accuracy", "val_roc_auc", "lr")
 CURVE_SECTION = "curves"
 
 
-def curve_metrics(logs: dict) -> dict[str, float]:
-    """One epoch's figures as MLflow metrics: under their names of record and again in the curves section.
+def curve_metrics(logs: dict, phase: str = "") -> dict[str, float]:
+    """One epoch's figures as MLflow metrics: under their names of record and again in the curves section;
+    an earlier phase's (a pseudo-labelling teacher's) only in its own section.
 
     Args:
         logs: The epoch's figures (every key of CURVES).
+        phase: "" for the model the run delivers, else the phase's section (e.g. `round0`).
 
     Returns:
         Metric name to value.
     """
     named = {f"train_{k}" if k in ("loss", "accuracy") else k: float(logs[k]) for k in CURVES}
+    if phase:
+        return {f"{phase}/{k}": v for k, v in named.items()}
     return {**named, **{f"{CURVE_SECTION}/{k}": v for k, v in named.items()}}
 
 
@@ -202,7 +207,7 @@ def learning_rate(training: TrainParams, steps_per_epoch: int):
     return training.learning_rate
 
 
-def _pixels(shards: Shards | ArrayShards, in_memory: bool):
+def _pixels(shards: Split, in_memory: bool):
     """A function from a batch of split positions to uint8 images: a gather from one in-memory tensor,
     or memory-mapped shard reads for splits too big to hold."""
     import tensorflow as tf
@@ -219,7 +224,7 @@ def _pixels(shards: Shards | ArrayShards, in_memory: bool):
 
 
 def train_dataset(
-    shards: Shards | ArrayShards,
+    shards: Split,
     plan: tuple[np.ndarray, np.ndarray],
     n_classes: int,
     training: TrainParams,
@@ -395,7 +400,9 @@ def epoch_line(epoch: int, epochs: int, logs: dict[str, float], improved: bool) 
     return f"epoch {epoch + 1}/{epochs}: {figures}" + (" *best" if improved else "")
 
 
-def epoch_monitor(val: tuple[np.ndarray, np.ndarray], training: TrainParams, progress: Progress, folder: Path):
+def epoch_monitor(
+    val: tuple[np.ndarray, np.ndarray], training: TrainParams, progress: Progress, folder: Path, phase: str = ""
+):
     """Keras callback: validation metrics, early stopping, a checkpoint, MLflow curves, after each epoch;
     the best epoch's weights restored at the end.
 
@@ -404,6 +411,7 @@ def epoch_monitor(val: tuple[np.ndarray, np.ndarray], training: TrainParams, pro
         training: The train params.
         progress: Where the run stands (updated each epoch).
         folder: The checkpoint folder.
+        phase: "" for the model the run delivers, else an earlier phase's name (its curves' section).
 
     Returns:
         The Keras callback.
@@ -420,8 +428,10 @@ def epoch_monitor(val: tuple[np.ndarray, np.ndarray], training: TrainParams, pro
             self.model.stop_training = progress.stopped
             save_checkpoint(self.model, progress, folder, improved)
             faults.point("train.epoch")
-            mlflow.log_metrics(curve_metrics(logs), step=epoch)
-            log.info(epoch_line(epoch, training.epochs, logs, improved))  # DVC stages and the Prefect task log
+            mlflow.log_metrics(curve_metrics(logs, phase), step=epoch)
+            log.info(
+                (f"{phase} " if phase else "") + epoch_line(epoch, training.epochs, logs, improved)
+            )  # DVC stages and the Prefect task log
 
         def on_train_end(self, logs: dict | None = None) -> None:
             if progress.best_epoch >= 0:
@@ -432,7 +442,7 @@ def epoch_monitor(val: tuple[np.ndarray, np.ndarray], training: TrainParams, pro
 
 def fit(
     model,
-    shards: Shards,
+    shards: Split,
     plan: tuple,
     val: tuple,
     params: Params,
@@ -440,6 +450,7 @@ def fit(
     folder: Path,
     class_weight: dict[int, float] | None,
     callbacks: tuple = (),
+    phase: str = "",
 ) -> Progress:
     """Train from progress.epoch to the end (or early stop), checkpointing each epoch.
 
@@ -453,6 +464,7 @@ def fit(
         folder: The checkpoint folder.
         class_weight: Weight by class index, or None.
         callbacks: More Keras callbacks.
+        phase: "" for the model the run delivers, else an earlier phase's name (see epoch_monitor).
 
     Returns:
         `progress`, updated; the model holds the best epoch's weights.
@@ -469,7 +481,7 @@ def fit(
             class_weight=class_weight,
             verbose=1 if sys.stdout.isatty() else 0,
             shuffle=False,
-            callbacks=[epoch_monitor(val, training, progress, folder), *callbacks],
+            callbacks=[epoch_monitor(val, training, progress, folder, phase), *callbacks],
         )
     elif progress.best_epoch >= 0:
         model.load_weights(folder / "best.weights.h5")
@@ -623,10 +635,106 @@ def has_checkpoint(params: Params, ws: Workspace) -> bool:
         True when outputs/checkpoint holds progress of an unfinished run.
     """
     try:
-        progress = json.loads((ws.out / "checkpoint" / "progress.json").read_text())
+        progress = json.loads((phase_folder(ws.out / "checkpoint", params, 0) / "progress.json").read_text())
     except (OSError, ValueError):
         return False
     return bool(progress.get("run_id")) and not progress.get("finished", False)
+
+
+def phases(params: Params) -> int:
+    """How many models a run trains: 1, or with pseudo-labelling a teacher and `semi.rounds` students.
+
+    Args:
+        params: The run's params.
+
+    Returns:
+        The number of phases; the last one's model is the run's.
+    """
+    return 1 if params.semi.method == "none" else params.semi.rounds + 1
+
+
+def phase_folder(folder: Path, params: Params, phase: int) -> Path:
+    """A phase's checkpoint folder: the checkpoint folder itself for a one-phase run, else `round<phase>/`
+    inside it (0: the teacher).
+
+    Args:
+        folder: The checkpoint folder (outputs/checkpoint).
+        params: The run's params.
+        phase: The phase (0-based).
+
+    Returns:
+        Where that phase's checkpoint goes.
+    """
+    return folder if phases(params) == 1 else folder / f"round{phase}"
+
+
+def semi_tag(rounds: list[dict]) -> str:
+    """The run's `medpipe.semi` tag: what pseudo-labelling added, round by round.
+
+    Args:
+        rounds: Each round's summary (semi.round_summary).
+
+    Returns:
+        E.g. `pseudo_label: 812 of 1000 pool images at >= 0.95 (round 1); 850 (round 2)`.
+    """
+    first = rounds[0]
+    parts = [f"{first['picked']} of {first['pool']} pool images at >= {first['threshold']} (round 1)"]
+    parts += [f"{r['picked']} (round {r['round']})" for r in rounds[1:]]
+    return "pseudo_label: " + "; ".join(parts)
+
+
+def pseudo_label_round(
+    teacher,
+    params: Params,
+    ws: Workspace,
+    prepared: PreprocessResult,
+    train: tuple[Shards, tuple],
+    val: tuple[np.ndarray, np.ndarray],
+    balance: BalanceResult,
+    fresh: Progress,
+    phase: int,
+    resume: bool,
+    callbacks: tuple,
+):
+    """One pseudo-labelling round inside the active run: the teacher labels the pool images it is sure of,
+    and a student from the same initial weights trains on the train split and those (resumed from its
+    checkpoint with `resume`). Its curves go to the section `round<phase>` unless it is the last phase.
+
+    Args:
+        teacher: The model of the phase before (its best weights).
+        params: The run's params.
+        ws: The workspace.
+        prepared: The preprocess step's result (its `pool` split).
+        train: (the train split's shards, the balance step's plan).
+        val: (val images, val labels).
+        balance: The balance step's result (class weights).
+        fresh: The progress of a student that starts afresh (the run's key and run id).
+        phase: The round (1-based; the teacher was phase 0).
+        resume: Continue from the phase's checkpoint when there is one for the same inputs.
+        callbacks: More Keras callbacks.
+
+    Returns:
+        (the student, its progress, the round's summary).
+    """
+    import mlflow
+
+    shards, plan = train
+    pool, classes = Shards(prepared.folder, POOL), read_meta(prepared.folder)["classes"]
+    pseudo = confident(predict_pool(teacher, pool), params.semi.threshold)
+    summary = round_summary(pseudo, classes, len(pool), params.semi.threshold, phase)
+    mlflow.log_dict(summary, f"semi/round{phase}.json")
+    log.info(
+        f"round {phase}: {summary['picked']} of {summary['pool']} pool images pseudo-labelled {summary['per_class']}"
+    )
+    joined = JoinedShards(shards, pool, pseudo.positions, pseudo.labels)
+    joined_plan = student_plan(plan, len(shards), len(pseudo.positions))
+    folder = phase_folder(ws.out / "checkpoint", params, phase)
+    restored = load_checkpoint(folder, fresh.key) if resume else None
+    steps = math.ceil(len(joined_plan[0]) / params.train.batch_size)
+    student, progress = restored or (new_model(params, read_meta(prepared.folder), ws.base, steps), fresh)
+    section = "" if phase == phases(params) - 1 else f"round{phase}"
+    fit(student, joined, joined_plan, val, params, progress, folder, balance.class_weight, callbacks, section)
+    return student, progress, summary
 
 
 def run_step(
@@ -665,19 +773,54 @@ def run_step(
     scope, _ = configure_devices(training)  # first: GPU settings only apply before a GPU is touched
     configure_determinism(training.seed, training.determinism)
     with scope:
-        restored = load_checkpoint(folder, key) if resume else None
+        restored = load_checkpoint(phase_folder(folder, params, 0), key) if resume else None
         model, progress = restored or (
             new_model(params, meta, ws.base, math.ceil(len(plan[0]) / training.batch_size)),
             Progress(key),
         )
     resumed_from = progress.epoch
+    last = phases(params) - 1
     final = ws.out / "train"
     # an exception marks the run FAILED
     with start_run(params, ws, validated, progress, run_tags) as run, replace_dir(final) as out:
         progress.run_id = run.info.run_id
         mlflow.set_tags(owner_tags())  # a killed process's run is closed as KILLED by the next command
         mlflow.log_dict({"before": balance.counts_before, "after": balance.counts_after}, "balance/class_counts.json")
-        fit(model, shards, plan, (val.read(), val.labels), params, progress, folder, balance.class_weight, callbacks)
+        val_data, teacher = (val.read(), val.labels), "round0" if last else ""
+        fit(
+            model,
+            shards,
+            plan,
+            val_data,
+            params,
+            progress,
+            phase_folder(folder, params, 0),
+            balance.class_weight,
+            callbacks,
+            teacher,
+        )
+        rounds = []
+        for phase in range(1, last + 1):  # pseudo-labelling: the model so far teaches a new student
+            with configure_devices(training)[0]:  # a scope is entered once: a fresh one per round
+                model, progress, summary = pseudo_label_round(
+                    model,
+                    params,
+                    ws,
+                    prepared,
+                    (shards, plan),
+                    val_data,
+                    balance,
+                    Progress(key, run.info.run_id),
+                    phase,
+                    resume,
+                    callbacks,
+                )
+            rounds.append(summary)
+        if rounds:
+            (out / "semi.json").write_text(
+                json.dumps({"method": params.semi.method, "rounds": rounds}, indent=2) + "\n"
+            )
+            mlflow.set_tag("medpipe.semi", semi_tag(rounds))
         model.save(out / "model.keras")
         sha = weights_sha256(model.get_weights())
         mlflow.set_tag("medpipe.weights_sha256", sha)

@@ -51,6 +51,7 @@ class ValidationReport:
     near_duplicates: dict = field(default_factory=dict)  # what near_duplicate_summary found (report.json)
     color: str = ""  # the colour the images are trained in (preprocess.color, resolved)
     n_unlabelled: int = 0  # images without a label (the pool `medpipe label suggest` ranks): in no split
+    pool: dict = field(default_factory=dict)  # pool_summary of the unlabelled images (pool.csv), {} without any
 
     @property
     def failed(self) -> list[Check]:
@@ -89,6 +90,11 @@ class ValidationReport:
     def folder(self) -> Path:
         """The folder holding the reports and, for readable data, the split table (splits.csv)."""
         return Path(self.report_md).parent
+
+    @property
+    def pool_csv(self) -> Path:
+        """The unlabelled pool: path, patient_id, sha256, excluded (empty for the images pseudo-labelling may use)."""
+        return self.folder / POOL_CSV
 
     @property
     def splits_csv(self) -> Path:
@@ -172,6 +178,64 @@ def image_table(
     df["fingerprint"] = df["fingerprint"].where(df["readable"], "")
     df["windows"] = df["windows"].where(df["readable"], "")
     return df.drop(columns=["patient_key", "error"])
+
+
+POOL_CSV = "pool.csv"
+POOL_COLUMNS = ["path", "patient_id", "sha256", "excluded"]
+
+
+def pool_exclusions(pool: pd.DataFrame, images: pd.DataFrame, near: NearDuplicateParams) -> list[str]:
+    """Why each unlabelled image may not be learnt from ("" when it may): unreadable, blank, a val/test
+    patient's, or an exact or near copy of a val/test image (what training sees must not leak into
+    what it is scored on).
+
+    Args:
+        pool: The unlabelled images' table (image_table).
+        images: The labelled images' table, splits assigned.
+        near: The near-duplicate params (threshold, windows, small threshold; off: exact copies only).
+
+    Returns:
+        One reason per pool row, "" for a usable one.
+    """
+    held = images[images["split"].isin(["val", "test"])]
+    patients, hashes = set(held["patient_id"]), set(held["sha256"])
+    near_held = pd.Series(False, index=range(len(pool)))
+    if near.enabled and len(pool) and len(held):
+        both = pd.concat([held, pool], ignore_index=True)
+        windows = both["windows"].tolist() if near.windows else None
+        small = small_images(both["width"], both["height"])
+        group = find_groups(both["fingerprint"].tolist(), near.threshold, windows, small, near.small).group
+        held_groups = set(group[: len(held)]) - {-1}
+        near_held = pd.Series([g in held_groups for g in group[len(held) :]])
+    reasons = []
+    for row, is_near in zip(pool.itertuples(index=False), near_held):
+        if not row.readable:
+            reasons.append(f"unreadable: {row.reason}")
+        elif not row.not_blank:
+            reasons.append("blank")
+        elif row.patient_id in patients:
+            reasons.append("patient in val/test")
+        elif row.sha256 in hashes:
+            reasons.append("copy of a val/test image")
+        elif is_near:
+            reasons.append("near copy of a val/test image")
+        else:
+            reasons.append("")
+    return reasons
+
+
+def pool_summary(pool: pd.DataFrame) -> dict:
+    """The report's entry on the unlabelled pool: how many, how many usable, excluded per reason.
+
+    Args:
+        pool: The pool table with its `excluded` column.
+
+    Returns:
+        {"n", "usable", "excluded": {reason: count}} (unreadable ones counted under `unreadable`).
+    """
+    kinds = pool["excluded"].str.split(":").str[0]
+    excluded = kinds[kinds != ""].value_counts().sort_index()
+    return {"n": len(pool), "usable": int((kinds == "").sum()), "excluded": {k: int(v) for k, v in excluded.items()}}
 
 
 def carved_check(published: pd.Series, images: pd.DataFrame) -> list[Check]:
@@ -578,9 +642,9 @@ def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, tuple[str, str
 
 def validate_data(
     root: Path, params: Params, out: Path, project: Path, mapper: Mapper | None = None, cache: Path | None = None
-) -> tuple[ValidationReport, pd.DataFrame]:
-    """Validate the data set under `root` (the scan through `mapper` if given); return the report and the
-    image table with splits.
+) -> tuple[ValidationReport, pd.DataFrame, pd.DataFrame]:
+    """Validate the data set under `root` (the scan through `mapper` if given); return the report, the
+    image table with splits and the unlabelled pool's table.
 
     Args:
         root: The data root (manifest.csv or a folder per class).
@@ -591,7 +655,8 @@ def validate_data(
         cache: The scan cache CSV (None: cache/scan.csv beside `out`).
 
     Returns:
-        The report, and the image table with splits assigned and leaks dropped.
+        The report, the image table with splits assigned and leaks dropped, and the unlabelled images'
+        table (image_table's columns and `excluded`: pool_exclusions).
 
     Raises:
         DataError: The data set cannot be read (from discover).
@@ -599,8 +664,9 @@ def validate_data(
     manifest, empty_folders, unlabelled = discover(root)
     manifest = with_subgroups(manifest, root, params.evaluate.subgroups)
     validation = params.validate_
-    images = image_table(
-        manifest,
+    pool_rows = unlabelled.reindex(columns=manifest.columns, fill_value="")
+    table = image_table(  # one scan of both: the scan cache keeps the files of its last call only
+        pd.concat([manifest, pool_rows], ignore_index=True) if len(pool_rows) else manifest,
         root,
         cache or out.parent / "cache" / "scan.csv",
         validation,
@@ -609,6 +675,7 @@ def validate_data(
         params.dask.chunk_size,
         params.preprocess,
     )
+    images, pool = table.iloc[: len(manifest)].copy(), table.iloc[len(manifest) :].reset_index(drop=True)
     near = validation.near_duplicates
     windows = images["windows"].tolist() if near.windows else None
     small = small_images(images["width"], images["height"])
@@ -629,6 +696,7 @@ def validate_data(
         + carved_check(published, images)
         + color_check(images, params.preprocess)
     )
+    pool["excluded"] = pool_exclusions(pool, images, near)
     counts = images["label"].value_counts().to_dict()
     report = ValidationReport(
         all(c.success for c in checks if c.severity == "error"),
@@ -640,8 +708,9 @@ def validate_data(
         else {"enabled": False, "dropped": dropped.to_dict("records"), "n_dropped": len(dropped)},
         color=params.preprocess.color,
         n_unlabelled=len(unlabelled),
+        pool=pool_summary(pool) if len(pool) else {},
     )
-    return report, images
+    return report, images, pool
 
 
 _CSS = (
@@ -651,10 +720,18 @@ _CSS = (
 )
 
 
-def _unlabelled_note(n: int) -> str:
+def _unlabelled_note(n: int, pool: dict | None = None) -> str:
     """The reports' line on the unlabelled pool."""
+    excluded = (pool or {}).get("excluded", {})
+    usable = (
+        f" {pool['usable']} usable by `semi` training"
+        + (f" ({', '.join(f'{v} {k}' for k, v in excluded.items())} excluded; {POOL_CSV})" if excluded else "")
+        + ";"
+        if pool
+        else ""
+    )
     return (
-        f"Unlabelled: {n} image(s), in no split (not trained or evaluated on); rank them for review with "
+        f"Unlabelled: {n} image(s), in no split (not evaluated on);{usable} rank them for review with "
         "`medpipe label suggest`, merge the labels with `medpipe label import`."
     )
 
@@ -811,7 +888,7 @@ def write_report(report: ValidationReport, out: Path, final: Path | None = None,
         f"Class counts: {counts_text(report.class_counts)}",
         "",
         *([f"Colour: {report.color}", ""] if report.color else []),
-        *([_unlabelled_note(report.n_unlabelled), ""] if report.n_unlabelled else []),
+        *([_unlabelled_note(report.n_unlabelled, report.pool), ""] if report.n_unlabelled else []),
         "| check | result | examples |",
         "|---|---|---|",
     ]
@@ -837,7 +914,7 @@ def write_report(report: ValidationReport, out: Path, final: Path | None = None,
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{_CSS}</style></head>"
         f"<body><h1>{title}</h1><p>{escape(report.summary())}</p><p>Class counts: "
         f"{escape(counts_text(report.class_counts))}</p>"
-        f"{f'<p>{escape(_unlabelled_note(report.n_unlabelled))}</p>' if report.n_unlabelled else ''}"
+        f"{f'<p>{escape(_unlabelled_note(report.n_unlabelled, report.pool))}</p>' if report.n_unlabelled else ''}"
         "<table><tr><th>check</th><th>result</th><th>examples</th></tr>"
         f"{rows}</table>{_near_html(near, data_root)}</body></html>\n"
     )
@@ -863,14 +940,17 @@ def run_step(params: Params, ws: Workspace, out: Path | None = None, mapper: Map
             # one scan cache per workspace, wherever the reports go: `medpipe validate DIR` (reports under
             # outputs/reports/) leaves the cache `medpipe run --data DIR` reads, so the run does not rescan
             cache = ws.out / "cache" / "scan.csv"
-            report, images = validate_data(ws.data_root, params, final, ws.base, mapper, cache)
+            report, images, pool = validate_data(ws.data_root, params, final, ws.base, mapper, cache)
         except DataError as err:
             report, images = ValidationReport(False, [Check("data set readable", False, [str(err)])], 0, {}), None
+            pool = pd.DataFrame(columns=POOL_COLUMNS)
         faults.point("validate.scan")
         if images is not None:
             columns = ["path", "label", "patient_id", "split", "sha256", "fingerprint", "near_train"]
             columns += [c for c in images.columns if c.startswith(SUBGROUP_PREFIX)]
             images[columns].to_csv(tmp / "splits.csv", index=False, lineterminator="\n")
+            if len(pool):
+                pool[POOL_COLUMNS].to_csv(tmp / POOL_CSV, index=False, lineterminator="\n")
             if report.near_duplicates.get("n_dropped"):
                 pd.DataFrame(report.near_duplicates["dropped"], columns=DROPPED_COLUMNS).to_csv(
                     tmp / DROPPED_CSV, index=False, lineterminator="\n"

@@ -182,7 +182,7 @@ def test_medpipe_split_keeps_near_copies_together(tmp_path):
     params = _params().model_copy(update={"preprocess": Params().preprocess})
     for seed in range(4):
         p = Params.model_validate({**params.model_dump(by_alias=True), "preprocess": {"seed": seed}})
-        report, images = validate_data(root, p, tmp_path / "outputs/validate", tmp_path)
+        report, images, _ = validate_data(root, p, tmp_path / "outputs/validate", tmp_path)
         split = images.set_index("path")["split"]
         assert report.success
         assert split["a/copy.jpg"] == split["a/img00.png"]
@@ -499,7 +499,7 @@ def test_medpipe_split_keeps_crops_and_shifts_with_their_original(tmp_path):
     root = _crop_data(tmp_path / "data", splits=False)
     for seed in range(3):
         p = Params.model_validate({**_params().model_dump(by_alias=True), "preprocess": {"seed": seed}})
-        report, images = validate_data(root, p, tmp_path / "outputs/validate", tmp_path)
+        report, images, _ = validate_data(root, p, tmp_path / "outputs/validate", tmp_path)
         split = images.set_index("path")["split"]
         assert report.success
         assert split["a/crop.png"] == split["a/shift.png"] == split["a/img00.png"]
