@@ -115,6 +115,35 @@ def limitations(facts: CardFacts) -> list[str]:
     return out
 
 
+def label_lines(lineage: dict[str, str], validated: ValidationReport) -> list[str]:
+    """The card's lines on where the labels came from and what became of the unlabelled images.
+
+    Args:
+        lineage: The version's `medpipe.` tags (label_sources, semi).
+        validated: The validate step's report (the unlabelled pool).
+
+    Returns:
+        Zero to two Markdown bullets.
+    """
+    lines = []
+    if sources := lineage.get("medpipe.label_sources"):
+        counts = ", ".join(part.replace("=", ": ") for part in sources.split(","))
+        lines.append(f"- Labels by source (manifest `label_source`): {counts}.")
+    if validated.n_unlabelled:
+        semi = lineage.get("medpipe.semi")
+        pool = validated.pool
+        usable = f", {pool['usable']} usable" if pool else ""
+        lines.append(
+            f"- Unlabelled images: {validated.n_unlabelled}{usable}, in no split; "
+            + (
+                f"learnt from by pseudo-labelling ({semi.removeprefix('pseudo_label: ')})."
+                if semi
+                else "not learnt from."
+            )
+        )
+    return lines
+
+
 def card_markdown(facts: CardFacts) -> str:
     """The model card as Markdown (images linked relative to the card's folder).
 
@@ -151,6 +180,7 @@ def card_markdown(facts: CardFacts) -> str:
         + f"; params `{lin.get('medpipe.params_md5', 'unknown')}`.",
         f"- Validation: {facts.validated.summary()}.",
     ]
+    lines += label_lines(lin, facts.validated)
     near = facts.validated.near_duplicates
     if near.get("enabled"):
         lines.append(

@@ -34,7 +34,7 @@ def confident(proba: np.ndarray, threshold: float) -> Pseudo:
     Returns:
         The picked positions (ascending), their classes and top probabilities.
     """
-    proba = np.asarray(proba, dtype=np.float64).reshape(len(proba), -1)
+    proba = np.asarray(proba, dtype=np.float64)
     top = proba.max(axis=1) if len(proba) else np.zeros(0)
     positions = np.flatnonzero(top >= threshold)
     return Pseudo(positions, proba[positions].argmax(axis=1).astype(np.int64), top[positions])

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.card import CardFacts, card_markdown, counts_table, limitations
+from pipeline.card import CardFacts, card_markdown, counts_table, label_lines, limitations
 from pipeline.config import CardParams
 from pipeline.htmldoc import markdown_html
 from pipeline.metrics import subgroup_metrics
@@ -77,6 +77,18 @@ def test_counts_per_class_and_split_add_up():
     lines = counts_table(_facts([]).splits)
     assert lines[0] == "| class | train | val | test | all |"
     assert lines[-1] == "| **all** | 30 | 6 | 24 | 60 |"
+
+
+def test_the_card_says_where_labels_came_from_and_what_became_of_unlabelled_images():
+    report = ValidationReport(True, [], 60, {}, n_unlabelled=40, pool={"n": 40, "usable": 37, "excluded": {"blank": 3}})
+    lineage = {"medpipe.label_sources": "data=50,expert=10", "medpipe.semi": "pseudo_label: 30 of 37 pool images"}
+    assert label_lines(lineage, report) == [
+        "- Labels by source (manifest `label_source`): data: 50, expert: 10.",
+        "- Unlabelled images: 40, 37 usable, in no split; learnt from by pseudo-labelling (30 of 37 pool images).",
+    ]
+    assert label_lines({}, report) == ["- Unlabelled images: 40, 37 usable, in no split; not learnt from."]
+    assert label_lines({}, ValidationReport(True, [], 60, {})) == []
+    assert "- Unlabelled images" not in card_markdown(_facts([]))
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)

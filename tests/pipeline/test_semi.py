@@ -1,0 +1,200 @@
+"""Learning from unlabelled images: the pool's validation, its shards, and pseudo-labelling runs that resume
+to the very same weights."""
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import balance, preprocess, validate
+from pipeline.config import Params, Workspace
+from pipeline.semi import POOL, confident, round_summary, student_plan
+from pipeline.shards import ArrayShards, JoinedShards, Shards
+from pipeline.train import run_step
+
+TRAIN = {"epochs": 3, "batch_size": 16, "min_epochs": 0, "patience": 10}
+SEMI = {"method": "pseudo_label", "threshold": 0.34, "rounds": 1}  # tiny models are unsure: 3 classes, > 1/3
+
+
+def test_confident_keeps_the_rows_at_or_above_the_threshold():
+    proba = np.array([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8], [0.6, 0.4]])
+    picked = confident(proba, 0.8)
+    assert picked.positions.tolist() == [0, 2]
+    assert picked.labels.tolist() == [0, 1]
+    assert picked.confidence.tolist() == [0.9, 0.8]
+    assert len(confident(np.zeros((0, 3)), 0.5).positions) == 0
+    summary = round_summary(picked, ["a", "b"], 4, 0.8, 1)
+    assert summary == {
+        "round": 1,
+        "threshold": 0.8,
+        "pool": 4,
+        "picked": 2,
+        "per_class": {"a": 1, "b": 1},
+        "mean_confidence": 0.85,
+    }
+
+
+def test_joined_shards_read_the_train_split_then_the_picked_pool_images():
+    train = ArrayShards(np.arange(3, dtype=np.uint8).reshape(3, 1, 1, 1), np.array([0, 1, 0]))
+    pool = ArrayShards(np.arange(10, 15, dtype=np.uint8).reshape(5, 1, 1, 1), np.full(5, -1))
+    joined = JoinedShards(train, pool, np.array([1, 4]), np.array([1, 1]))
+    assert len(joined) == 5 and joined.nbytes == 5
+    assert joined.labels.tolist() == [0, 1, 0, 1, 1]
+    assert joined.read().ravel().tolist() == [0, 1, 2, 11, 14]
+    assert joined.take([4, 0, 3, 3]).ravel().tolist() == [14, 0, 11, 11]
+    index, flags = student_plan((np.array([0, 1, 1, 2]), np.array([False, False, True, False])), 3, 2)
+    assert index.tolist() == [0, 1, 1, 2, 3, 4]
+    assert flags.tolist() == [False, False, True, False, True, True]  # pool images always augmented
+
+
+def test_semi_off_leaves_the_params_hash_as_it_was():
+    off = Params.model_validate({"semi": {"method": "none", "threshold": 0.5}})
+    assert off.md5() == Params().md5()
+    assert Params.model_validate({"semi": {"method": "pseudo_label"}}).md5() != Params().md5()
+
+
+def _pool_data(tmp_path, tiny_data):
+    """tiny_data with six normal patients' images unlabelled, and hostile pool rows: a corrupt file, a blank
+    image, an image of a test patient, an exact and a near copy of a test image; returns (root, the test
+    image copied)."""
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    manifest = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
+    unlabelled = sorted(manifest.loc[manifest["label"] == "normal", "patient_id"].unique())[:6]
+    manifest.loc[manifest["patient_id"].isin(unlabelled), "label"] = ""
+    manifest[manifest["label"] != ""].to_csv(root / "manifest.csv", index=False, lineterminator="\n")
+    params = Params.model_validate({"preprocess": {"size": 24}})
+    plain = validate.run_step(params, Workspace(base=tmp_path, data_root=root, out=tmp_path / "plain"))
+    table = plain.split_table()  # the labelled images alone
+    test = table[table["split"] == "test"].iloc[0]
+    extra = root / "extra"
+    extra.mkdir()
+    (extra / "corrupt.png").write_bytes(b"not an image")
+    cv2.imwrite(str(extra / "blank.png"), np.full((32, 32), 128, np.uint8))
+    shutil.copy(root / test["path"], extra / "exact.png")
+    image = cv2.imread(str(root / test["path"]), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(extra / "near.png"), cv2.add(image, 6))
+    shutil.copy(root / manifest.loc[manifest["label"] == "", "path"].iloc[0], extra / "patient.png")
+    rows = [
+        ("extra/corrupt.png", "", "X1"),
+        ("extra/blank.png", "", "X2"),
+        ("extra/exact.png", "", "X3"),
+        ("extra/near.png", "", "X4"),
+        ("extra/patient.png", "", test["patient_id"]),
+    ]
+    manifest = pd.concat([manifest, pd.DataFrame(rows, columns=["path", "label", "patient_id"])], ignore_index=True)
+    manifest.to_csv(root / "manifest.csv", index=False, lineterminator="\n")
+    return root, plain
+
+
+def test_validation_checks_the_pool_and_keeps_it_out_of_the_splits(tmp_path, tiny_data):
+    root, plain = _pool_data(tmp_path, tiny_data)
+    params = Params.model_validate({"preprocess": {"size": 24}})
+    report = validate.run_step(params, Workspace(base=tmp_path, data_root=root, out=tmp_path / "out"))
+    assert report.success
+    pool = pd.read_csv(report.pool_csv, dtype=str, keep_default_na=False)
+    reasons = dict(zip(pool["path"], pool["excluded"]))
+    assert reasons["extra/corrupt.png"].startswith("unreadable: extra/corrupt.png")
+    assert reasons["extra/blank.png"] == "blank"
+    assert reasons["extra/exact.png"] == "copy of a val/test image"
+    assert reasons["extra/near.png"] == "near copy of a val/test image"
+    assert reasons["extra/patient.png"] == "patient in val/test"
+    usable = [p for p, r in reasons.items() if not r]
+    assert usable and all(p.startswith("images/normal/") for p in usable)
+    assert report.n_unlabelled == len(pool) == len(usable) + 5
+    assert report.pool == {
+        "n": len(pool),
+        "usable": len(usable),
+        "excluded": {
+            "blank": 1,
+            "copy of a val/test image": 1,
+            "near copy of a val/test image": 1,
+            "patient in val/test": 1,
+            "unreadable": 1,
+        },
+    }
+    assert not set(pool["path"]) & set(report.split_table()["path"])  # in no split
+    assert f"{len(usable)} usable by `semi` training" in (report.folder / "report.md").read_text()
+    # the labelled images' split is the one they get without any unlabelled rows
+    assert report.split_table().equals(plain.split_table())
+
+
+def test_preprocess_writes_the_usable_pool_only_with_semi_on(tmp_path, tiny_data):
+    root, _ = _pool_data(tmp_path, tiny_data)
+    off = Params.model_validate({"preprocess": {"size": 24}})
+    ws = Workspace(base=tmp_path, data_root=root, out=tmp_path / "out")
+    validated = validate.run_step(off, ws)
+    assert POOL not in preprocess.run_step(off, ws, validated).split_sizes
+    on = Params.model_validate({"preprocess": {"size": 24}, "semi": SEMI})
+    prepared = preprocess.run_step(on, ws, validated)
+    assert not prepared.cached  # the pool is part of the shards' key
+    usable = validated.pool["usable"]
+    assert prepared.split_sizes[POOL] == usable
+    pool = Shards(prepared.folder, POOL)
+    assert pool.read().shape == (usable, 24, 24, 1) and set(pool.labels.tolist()) == {-1}
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_at(total: int):
+    """A callback that stops the process's training after `total` epochs in all (teacher and students)."""
+    import keras
+
+    seen = []
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs=None) -> None:
+            seen.append(epoch)
+            if len(seen) == total:
+                raise _Interrupt(f"interrupted after {total} epochs")
+
+    return Kill()
+
+
+def _semi_workspace(tmp_path, root):
+    params = Params.model_validate(
+        {
+            "preprocess": {"size": 24},
+            "train": TRAIN,
+            "semi": SEMI,
+            "register": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifact_root": str(tmp_path / "art")},
+        }
+    )
+    ws = Workspace(base=tmp_path, data_root=root, out=tmp_path / "out")
+    validated = validate.run_step(params, ws)
+    prepared = preprocess.run_step(params, ws, validated)
+    return params, ws, (validated, prepared, balance.run_step(params, ws, prepared))
+
+
+@pytest.mark.slow
+def test_pseudo_labelling_learns_from_the_pool_and_resumes_to_the_same_weights(tmp_path, tiny_data):
+    import mlflow
+
+    root, _ = _pool_data(tmp_path, tiny_data)
+    params, ws, inputs = _semi_workspace(tmp_path / "a", root)
+    whole = run_step(params, ws, *inputs)
+    semi = json.loads((ws.out / "train" / "semi.json").read_text())
+    assert semi["method"] == "pseudo_label" and len(semi["rounds"]) == 1
+    picked = semi["rounds"][0]
+    assert picked["pool"] == inputs[0].pool["usable"] and 0 < picked["picked"] <= picked["pool"]
+    client = mlflow.MlflowClient(tracking_uri=params.register_.tracking_uri)
+    run = client.get_run(whole.run_id)
+    assert run.data.tags["medpipe.semi"].startswith(f"pseudo_label: {picked['picked']} of {picked['pool']}")
+    teacher = client.get_metric_history(whole.run_id, "round0/val_roc_auc")
+    assert [m.step for m in teacher] == [0, 1, 2]  # the teacher's curve in its own section
+    assert [m.step for m in client.get_metric_history(whole.run_id, "val_roc_auc")] == [0, 1, 2]  # the student's
+
+    params, ws, inputs = _semi_workspace(tmp_path / "b", root)
+    with pytest.raises(_Interrupt):  # in the student's second epoch
+        run_step(params, ws, *inputs, callbacks=(_interrupt_at(5),))
+    assert json.loads((ws.out / "checkpoint" / "round0" / "progress.json").read_text())["epoch"] == 3
+    assert json.loads((ws.out / "checkpoint" / "round1" / "progress.json").read_text())["epoch"] == 2
+    resumed = run_step(params, ws, *inputs, resume=True)
+    assert resumed.weights_sha256 == whole.weights_sha256
+    assert json.loads((ws.out / "train" / "semi.json").read_text()) == semi
+    assert not (ws.out / "checkpoint").exists()
