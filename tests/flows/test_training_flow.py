@@ -236,6 +236,31 @@ def test_the_labelling_loop_suggests_from_the_unlabelled_pool_and_imports_with_p
     assert (data / "manifest.csv").read_bytes() == before
 
 
+def test_a_run_with_semi_learns_from_the_unlabelled_images_and_its_card_says_so(prefect_harness, tmp_path, tiny_data):
+    from flows.training import training_flow
+    from tests.flows.conftest import guard_network
+
+    shutil.copytree(tiny_data, tmp_path / "data")
+    manifest = pd.read_csv(tmp_path / "data/manifest.csv", dtype=str, keep_default_na=False)
+    unlabelled = sorted(manifest.loc[manifest["label"] == "normal", "patient_id"].unique())[:6]
+    manifest.loc[manifest["patient_id"].isin(unlabelled), "label"] = ""
+    manifest.to_csv(tmp_path / "data/manifest.csv", index=False)
+    write_params(tmp_path, semi={"method": "pseudo_label", "threshold": 0.34})
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        attempts = guard_network(monkeypatch)
+        training_flow(params_file=str(tmp_path / "params.yaml"))
+    assert attempts == []
+    semi = json.loads((tmp_path / "outputs/train/semi.json").read_text())["rounds"][0]
+    assert semi["pool"] == int((manifest["label"] == "").sum()) and semi["picked"] > 0
+    tag = _client(tmp_path).get_model_version("medpipe-classifier", "1").tags["medpipe.semi"]
+    assert tag.startswith(f"pseudo_label: {semi['picked']} of {semi['pool']} pool images")
+    card = (tmp_path / "outputs/card/model_card.md").read_text()
+    assert (
+        f"- Unlabelled images: {semi['pool']}, {semi['pool']} usable, in no split; learnt from by pseudo-labelling"
+        in card
+    )
+
+
 def test_the_registered_model_takes_raw_images_and_predicts_as_evaluation_did(twice):
     import mlflow
 
