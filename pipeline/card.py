@@ -135,11 +135,7 @@ def label_lines(lineage: dict[str, str], validated: ValidationReport) -> list[st
         usable = f", {pool['usable']} usable" if pool else ""
         lines.append(
             f"- Unlabelled images: {validated.n_unlabelled}{usable}, in no split; "
-            + (
-                f"learnt from by pseudo-labelling ({semi.removeprefix('pseudo_label: ')})."
-                if semi
-                else "not learnt from."
-            )
+            + (f"pseudo-labelling: {semi.removeprefix('pseudo_label: ')}." if semi else "not learnt from.")
         )
     return lines
 

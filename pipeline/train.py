@@ -668,6 +668,19 @@ def phase_folder(folder: Path, params: Params, phase: int) -> Path:
     return folder if phases(params) == 1 else folder / f"round{phase}"
 
 
+def log_curves(history: dict[str, list[float]] | None) -> None:
+    """Log a finished phase's curves under the run's own names (for a phase logged in a section of its own
+    whose model the run delivers after all).
+
+    Args:
+        history: The phase's per-epoch figures (Progress.history).
+    """
+    import mlflow
+
+    for epoch, values in enumerate(zip(*((history or {}).get(k, []) for k in CURVES))):
+        mlflow.log_metrics(curve_metrics(dict(zip(CURVES, values))), step=epoch)
+
+
 def semi_tag(rounds: list[dict]) -> str:
     """The run's `medpipe.semi` tag: what pseudo-labelling added, round by round.
 
@@ -680,7 +693,8 @@ def semi_tag(rounds: list[dict]) -> str:
     first = rounds[0]
     parts = [f"{first['picked']} of {first['pool']} pool images at >= {first['threshold']} (round 1)"]
     parts += [f"{r['picked']} (round {r['round']})" for r in rounds[1:]]
-    return "pseudo_label: " + "; ".join(parts)
+    kept = "; none picked, the model before kept" if rounds[-1]["picked"] == 0 else ""
+    return "pseudo_label: " + "; ".join(parts) + kept
 
 
 def pseudo_label_round(
@@ -714,7 +728,8 @@ def pseudo_label_round(
         callbacks: More Keras callbacks.
 
     Returns:
-        (the student, its progress, the round's summary).
+        (the student, its progress, the round's summary); (None, None, summary) when the teacher is sure
+        of no pool image.
     """
     import mlflow
 
@@ -726,6 +741,9 @@ def pseudo_label_round(
     log.info(
         f"round {phase}: {summary['picked']} of {summary['pool']} pool images pseudo-labelled {summary['per_class']}"
     )
+    if not len(pseudo.positions):  # a student would see the teacher's data again: the same model
+        log.info(f"round {phase}: no pool image reached {params.semi.threshold}; the model before is kept")
+        return None, None, summary
     joined = JoinedShards(shards, pool, pseudo.positions, pseudo.labels)
     joined_plan = student_plan(plan, len(shards), len(pseudo.positions))
     folder = phase_folder(ws.out / "checkpoint", params, phase)
@@ -779,7 +797,8 @@ def run_step(
             Progress(key),
         )
     resumed_from = progress.epoch
-    last = phases(params) - 1
+    planned = phases(params) - 1
+    last = planned if prepared.split_sizes.get(POOL, 0) else 0  # no usable unlabelled image: no student
     final = ws.out / "train"
     # an exception marks the run FAILED
     with start_run(params, ws, validated, progress, run_tags) as run, replace_dir(final) as out:
@@ -802,7 +821,7 @@ def run_step(
         rounds = []
         for phase in range(1, last + 1):  # pseudo-labelling: the model so far teaches a new student
             with configure_devices(training)[0]:  # a scope is entered once: a fresh one per round
-                model, progress, summary = pseudo_label_round(
+                student, student_progress, summary = pseudo_label_round(
                     model,
                     params,
                     ws,
@@ -816,11 +835,17 @@ def run_step(
                     callbacks,
                 )
             rounds.append(summary)
-        if rounds:
+            if student is None:
+                log_curves(progress.history)  # the model kept gets the run's curves under their own names
+                break
+            model, progress = student, student_progress
+        if planned and not last:
+            log.info("semi: no usable unlabelled image (pool.csv); trained on the labelled images alone")
+        if planned:
             (out / "semi.json").write_text(
                 json.dumps({"method": params.semi.method, "rounds": rounds}, indent=2) + "\n"
             )
-            mlflow.set_tag("medpipe.semi", semi_tag(rounds))
+            mlflow.set_tag("medpipe.semi", semi_tag(rounds) if rounds else "pseudo_label: no usable unlabelled images")
         model.save(out / "model.keras")
         sha = weights_sha256(model.get_weights())
         mlflow.set_tag("medpipe.weights_sha256", sha)

@@ -256,7 +256,7 @@ def test_a_run_with_semi_learns_from_the_unlabelled_images_and_its_card_says_so(
     assert tag.startswith(f"pseudo_label: {semi['picked']} of {semi['pool']} pool images")
     card = (tmp_path / "outputs/card/model_card.md").read_text()
     assert (
-        f"- Unlabelled images: {semi['pool']}, {semi['pool']} usable, in no split; learnt from by pseudo-labelling"
+        f"- Unlabelled images: {semi['pool']}, {semi['pool']} usable, in no split; pseudo-labelling: {tag[14:]}."
         in card
     )
 
@@ -268,6 +268,7 @@ def test_the_registered_model_takes_raw_images_and_predicts_as_evaluation_did(tw
 
     project = twice.project
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow/mlflow.db")
+    mlflow.set_registry_uri(f"sqlite:///{project}/mlflow/mlflow.db")  # not the last flow's of this process
     model = mlflow.pyfunc.load_model("models:/medpipe-classifier/1")  # raw images in, labels out
     assert model.metadata.signature.inputs.input_names() == ["image"]
     assert model.metadata.get_input_schema()

@@ -84,7 +84,7 @@ def test_the_card_says_where_labels_came_from_and_what_became_of_unlabelled_imag
     lineage = {"medpipe.label_sources": "data=50,expert=10", "medpipe.semi": "pseudo_label: 30 of 37 pool images"}
     assert label_lines(lineage, report) == [
         "- Labels by source (manifest `label_source`): data: 50, expert: 10.",
-        "- Unlabelled images: 40, 37 usable, in no split; learnt from by pseudo-labelling (30 of 37 pool images).",
+        "- Unlabelled images: 40, 37 usable, in no split; pseudo-labelling: 30 of 37 pool images.",
     ]
     assert label_lines({}, report) == ["- Unlabelled images: 40, 37 usable, in no split; not learnt from."]
     assert label_lines({}, ValidationReport(True, [], 60, {})) == []

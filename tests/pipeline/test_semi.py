@@ -156,12 +156,12 @@ def _interrupt_at(total: int):
     return Kill()
 
 
-def _semi_workspace(tmp_path, root):
+def _semi_workspace(tmp_path, root, **semi):
     params = Params.model_validate(
         {
             "preprocess": {"size": 24},
             "train": TRAIN,
-            "semi": SEMI,
+            "semi": {**SEMI, **semi},
             "register": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifact_root": str(tmp_path / "art")},
         }
     )
@@ -198,3 +198,27 @@ def test_pseudo_labelling_learns_from_the_pool_and_resumes_to_the_same_weights(t
     assert resumed.weights_sha256 == whole.weights_sha256
     assert json.loads((ws.out / "train" / "semi.json").read_text()) == semi
     assert not (ws.out / "checkpoint").exists()
+
+
+@pytest.mark.slow
+def test_without_a_usable_pool_or_a_sure_pick_the_teacher_is_the_model(tmp_path, tiny_data):
+    import mlflow
+
+    root, _ = _pool_data(tmp_path, tiny_data)
+    params, ws, inputs = _semi_workspace(tmp_path / "sure", root, threshold=1.0)  # no pool image is that sure
+    kept = run_step(params, ws, *inputs)
+    semi = json.loads((ws.out / "train" / "semi.json").read_text())["rounds"]
+    assert [r["picked"] for r in semi] == [0]
+    client = mlflow.MlflowClient(tracking_uri=params.register_.tracking_uri)
+    assert client.get_run(kept.run_id).data.tags["medpipe.semi"].endswith("; none picked, the model before kept")
+    assert [m.step for m in client.get_metric_history(kept.run_id, "val_roc_auc")] == [0, 1, 2]  # the teacher's
+    params, ws, inputs = _semi_workspace(tmp_path / "off", root, method="none")
+    assert run_step(params, ws, *inputs).weights_sha256 == kept.weights_sha256  # the same model as without semi
+
+    params, ws, inputs = _semi_workspace(tmp_path / "none", tiny_data)  # no unlabelled image at all
+    assert POOL not in inputs[1].split_sizes
+    alone = run_step(params, ws, *inputs)
+    assert json.loads((ws.out / "train" / "semi.json").read_text())["rounds"] == []
+    client = mlflow.MlflowClient(tracking_uri=params.register_.tracking_uri)
+    assert client.get_run(alone.run_id).data.tags["medpipe.semi"] == "pseudo_label: no usable unlabelled images"
+    assert [m.step for m in client.get_metric_history(alone.run_id, "val_roc_auc")] == [0, 1, 2]
