@@ -87,10 +87,12 @@ def _print_summary(summary) -> None:
     table = Table(title=f"{summary.model_name} version {summary.version}", show_header=False)
     table.add_row("MLflow run", summary.run_id)
     table.add_row("data md5", summary.data_md5)
+    from pipeline.semi import POOL
+
     sizes = summary.split_sizes
     table.add_row("images (train/val/test)", "/".join(str(sizes.get(s, 0)) for s in ("train", "val", "test")))
-    if "pool" in sizes:
-        table.add_row("unlabelled pool (semi)", str(sizes["pool"]))
+    if POOL in sizes:
+        table.add_row("unlabelled pool (semi)", str(sizes[POOL]))
     table.add_row("epochs", str(summary.epochs_run))
     table.add_row("promotion", summary.promotion)
     for key, value in summary.test_metrics.items():

@@ -159,7 +159,7 @@ class JoinedShards:
     labels, shape, nbytes): position len(train) + k is pool image picked[k] (pseudo-labelling's student)."""
 
     def __init__(
-        self, train: "Shards | ArrayShards", pool: "Shards | ArrayShards", picked: np.ndarray, labels: np.ndarray
+        self, train: Shards | ArrayShards, pool: Shards | ArrayShards, picked: np.ndarray, labels: np.ndarray
     ) -> None:
         self.train, self.pool, self.picked = train, pool, np.asarray(picked, dtype=np.int64)
         self.labels = np.concatenate([np.asarray(train.labels, dtype=np.int64), np.asarray(labels, dtype=np.int64)])

@@ -685,11 +685,13 @@ def semi_tag(rounds: list[dict]) -> str:
     """The run's `medpipe.semi` tag: what pseudo-labelling added, round by round.
 
     Args:
-        rounds: Each round's summary (semi.round_summary).
+        rounds: Each round's summary (semi.round_summary); none when no unlabelled image was usable.
 
     Returns:
         E.g. `pseudo_label: 812 of 1000 pool images at >= 0.95 (round 1); 850 (round 2)`.
     """
+    if not rounds:
+        return "pseudo_label: no usable unlabelled images"
     first = rounds[0]
     parts = [f"{first['picked']} of {first['pool']} pool images at >= {first['threshold']} (round 1)"]
     parts += [f"{r['picked']} (round {r['round']})" for r in rounds[1:]]
@@ -702,6 +704,7 @@ def pseudo_label_round(
     params: Params,
     ws: Workspace,
     prepared: PreprocessResult,
+    meta: dict,
     train: tuple[Shards, tuple],
     val: tuple[np.ndarray, np.ndarray],
     balance: BalanceResult,
@@ -718,7 +721,8 @@ def pseudo_label_round(
         teacher: The model of the phase before (its best weights).
         params: The run's params.
         ws: The workspace.
-        prepared: The preprocess step's result (its `pool` split).
+        prepared: The preprocess step's result (its `pool` split, the classes).
+        meta: The preprocess meta (for the student's model: size, channels, classes, mean, std).
         train: (the train split's shards, the balance step's plan).
         val: (val images, val labels).
         balance: The balance step's result (class weights).
@@ -734,9 +738,9 @@ def pseudo_label_round(
     import mlflow
 
     shards, plan = train
-    pool, classes = Shards(prepared.folder, POOL), read_meta(prepared.folder)["classes"]
+    pool = Shards(prepared.folder, POOL)
     pseudo = confident(predict_pool(teacher, pool), params.semi.threshold)
-    summary = round_summary(pseudo, classes, len(pool), params.semi.threshold, phase)
+    summary = round_summary(pseudo, prepared.classes, len(pool), params.semi.threshold, phase)
     mlflow.log_dict(summary, f"semi/round{phase}.json")
     log.info(
         f"round {phase}: {summary['picked']} of {summary['pool']} pool images pseudo-labelled {summary['per_class']}"
@@ -749,7 +753,7 @@ def pseudo_label_round(
     folder = phase_folder(ws.out / "checkpoint", params, phase)
     restored = load_checkpoint(folder, fresh.key) if resume else None
     steps = math.ceil(len(joined_plan[0]) / params.train.batch_size)
-    student, progress = restored or (new_model(params, read_meta(prepared.folder), ws.base, steps), fresh)
+    student, progress = restored or (new_model(params, meta, ws.base, steps), fresh)
     section = "" if phase == phases(params) - 1 else f"round{phase}"
     fit(student, joined, joined_plan, val, params, progress, folder, balance.class_weight, callbacks, section)
     return student, progress, summary
@@ -805,7 +809,7 @@ def run_step(
         progress.run_id = run.info.run_id
         mlflow.set_tags(owner_tags())  # a killed process's run is closed as KILLED by the next command
         mlflow.log_dict({"before": balance.counts_before, "after": balance.counts_after}, "balance/class_counts.json")
-        val_data, teacher = (val.read(), val.labels), "round0" if last else ""
+        val_data, section = (val.read(), val.labels), "round0" if last else ""  # the teacher's curves
         fit(
             model,
             shards,
@@ -816,7 +820,7 @@ def run_step(
             phase_folder(folder, params, 0),
             balance.class_weight,
             callbacks,
-            teacher,
+            section,
         )
         rounds = []
         for phase in range(1, last + 1):  # pseudo-labelling: the model so far teaches a new student
@@ -826,6 +830,7 @@ def run_step(
                     params,
                     ws,
                     prepared,
+                    meta,
                     (shards, plan),
                     val_data,
                     balance,
@@ -845,7 +850,7 @@ def run_step(
             (out / "semi.json").write_text(
                 json.dumps({"method": params.semi.method, "rounds": rounds}, indent=2) + "\n"
             )
-            mlflow.set_tag("medpipe.semi", semi_tag(rounds) if rounds else "pseudo_label: no usable unlabelled images")
+            mlflow.set_tag("medpipe.semi", semi_tag(rounds))
         model.save(out / "model.keras")
         sha = weights_sha256(model.get_weights())
         mlflow.set_tag("medpipe.weights_sha256", sha)

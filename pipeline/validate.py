@@ -722,14 +722,14 @@ _CSS = (
 
 def _unlabelled_note(n: int, pool: dict | None = None) -> str:
     """The reports' line on the unlabelled pool."""
-    excluded = (pool or {}).get("excluded", {})
-    usable = (
-        f" {pool['usable']} usable by `semi` training"
-        + (f" ({', '.join(f'{v} {k}' for k, v in excluded.items())} excluded; {POOL_CSV})" if excluded else "")
-        + ";"
-        if pool
-        else ""
-    )
+    usable = ""
+    if pool:
+        excluded = ", ".join(f"{v} {k}" for k, v in pool["excluded"].items())
+        usable = (
+            f" {pool['usable']} usable by `semi` training"
+            + (f" ({excluded} excluded; {POOL_CSV})" if excluded else "")
+            + ";"
+        )
     return (
         f"Unlabelled: {n} image(s), in no split (not evaluated on);{usable} rank them for review with "
         "`medpipe label suggest`, merge the labels with `medpipe label import`."
