@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -112,7 +113,7 @@ def wait_until_up(url: str, process, seconds: int = 180) -> None:
             urllib.request.urlopen(url, timeout=2)
             return
         except OSError:
-            assert process.poll() is None, process.stderr.read()[-3000:]
+            assert process.poll() is None, stderr_tail(process)
             time.sleep(1)
     raise AssertionError(f"{url} not up within {seconds} s")
 
@@ -139,7 +140,7 @@ def wait_for(check, seconds: int, what: str, *processes: subprocess.Popen):
     """Poll `check` once a second until it returns something truthy; fail if a process dies first."""
     for _ in range(seconds):
         for process in processes:
-            assert process.poll() is None, f"{what}: process exited:\n{process.stderr.read()[-3000:]}"
+            assert process.poll() is None, f"{what}: process exited:\n{stderr_tail(process)}"
         try:
             value = check()
             if value:
@@ -147,14 +148,26 @@ def wait_for(check, seconds: int, what: str, *processes: subprocess.Popen):
         except OSError:
             pass
         time.sleep(1)
-    raise AssertionError(f"{what}: not within {seconds} s")
+    raise AssertionError(f"{what}: not within {seconds} s\n{''.join(stderr_tail(p) for p in processes)}")
 
 
-def start_process(args: list[str], env: dict, cwd: Path) -> subprocess.Popen:
-    """A background process in its own session (stop it with os.killpg), stderr kept for failures."""
-    return subprocess.Popen(
-        args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+def start_process(args: list[str], env: dict, cwd: Path, own_session: bool = True) -> subprocess.Popen:
+    """A background process (in its own session: stop it with os.killpg), its stderr kept for failures in a
+    temporary file, not a pipe: a pipe nobody reads while the test waits fills at 64 KiB and then blocks the
+    process (and the workers it shares its stderr with) in the middle of what the test waits for."""
+    log = tempfile.TemporaryFile("w+")
+    process = subprocess.Popen(args, env=env, cwd=cwd, stdout=log, stderr=log, text=True, start_new_session=own_session)
+    process.log = log  # type: ignore[attr-defined]
+    return process
+
+
+def stderr_tail(process: subprocess.Popen, chars: int = 3000) -> str:
+    """The last `chars` characters a process wrote to its stderr (and stdout, for start_process's ones)."""
+    log = getattr(process, "log", None)
+    if log is None:
+        return process.stderr.read()[-chars:] if process.stderr and process.poll() is not None else ""
+    log.seek(0)
+    return log.read()[-chars:]
 
 
 def serve_model(model_uri: str, env: dict, cwd: Path) -> tuple[subprocess.Popen, str]:

@@ -14,6 +14,7 @@ from tests.helpers import (
     prefect_server_env,
     start_prefect_server,
     start_process,
+    stderr_tail,
     stop,
     wait_for,
     wait_for_run,
@@ -57,7 +58,7 @@ def test_schedule_serves_a_cron_deployment_that_retrains(project, tmp_path):
         if state != "COMPLETED":
             stop(served)  # then its stderr can be read to the end
             message = api_call(f"{api}/flow_runs/{run['id']}")["state"]["message"]
-            pytest.fail(f"{message}\n{served.stderr.read()[-5000:]}")
+            pytest.fail(f"{message}\n{stderr_tail(served, 5000)}")
         assert json.loads((project / "outputs" / "register" / "model_version.json").read_text())["version"] == 1
     finally:
         stop(served, server)

@@ -15,7 +15,7 @@ import yaml
 
 from pipeline.config import Params, Range
 from pipeline.errors import ConfigError
-from tests.helpers import write_params
+from tests.helpers import start_process, wait_for, write_params
 
 SPACE = {"train.learning_rate": {"low": 0.0005, "high": 0.005, "log": True}, "train.batch_size": [8, 16]}
 # a floor any model clears: whether two epochs on 90 tiny images reach the default 0.6 depends on the recipe drawn
@@ -208,12 +208,8 @@ def test_a_search_killed_inside_a_trial_resumes_and_marks_that_trial_failed(tmp_
     marker = tmp_path / "fault.pid"
     env = {**os.environ, "MEDPIPE_FAULT_POINT": "train.epoch:3", "MEDPIPE_FAULT_MARKER": str(marker)}
     command = [str(Path(sys.executable).with_name("medpipe")), "tune", "--params", str(tmp_path / "params.yaml")]
-    process = subprocess.Popen(
-        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    process = start_process(command, env, tmp_path, own_session=False)
     try:
-        from tests.helpers import wait_for
-
         wait_for(marker.exists, 600, "the second trial's first epoch", process)  # trial 0: two epochs
         os.kill(int(marker.read_text()), signal.SIGKILL)
         process.wait(timeout=60)
@@ -274,22 +270,13 @@ def _gone(pid: int) -> bool:
 @pytest.fixture(scope="module")
 def parallel(tmp_path_factory, tiny_data) -> Parallel:
     """A search of two trials at a time, killed (-9) while both train, then resumed, two at a time, to 2."""
-    from tests.helpers import wait_for
-
     project = tmp_path_factory.mktemp("parallel")
     shutil.copytree(tiny_data, project / "data")
     write_params(project, tune={"trials": 2, "seed": 7, "space": SPACE, "prune": False}, train={"epochs": 2})
     marker = project / "fault.pid"
     env = {**os.environ, "MEDPIPE_FAULT_POINT": "train.epoch", "MEDPIPE_FAULT_MARKER": str(marker)}
     command = [str(Path(sys.executable).with_name("medpipe")), "tune", "--parallel", "2"]
-    process = subprocess.Popen(
-        [*command, "--params", str(project / "params.yaml")],
-        env=env,
-        cwd=project,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_process([*command, "--params", str(project / "params.yaml")], env, project, own_session=False)
     workers: list[int] = []
     try:
         wait_for(marker.exists, 600, "a worker's first epoch", process)
