@@ -200,10 +200,16 @@ class SemiParams(Section):
     """Learning from the unlabelled pool (validation's pool.csv: readable, no val/test patient, no near copy
     of a val/test image). Off by default; off, it adds nothing to the params' hash."""
 
-    # none | pseudo_label: a teacher trained on the labelled images labels the pool images it is sure of
-    # (top softmax probability >= threshold); a student, from the same initial weights, trains on both
+    # none | pseudo_label: a teacher trained on the labelled images labels pool images, and a student, from
+    # the same initial weights, trains on the labelled and the pseudo-labelled ones
     method: Literal["none", "pseudo_label"] = "none"
+    # Which pool images a teacher labels (as scikit-learn's SelfTrainingClassifier names it):
+    # threshold: those whose top softmax probability >= threshold (a weak teacher is sure mostly of its easy
+    # classes); class_share: in round k, the most confident share * k of the images it assigns to each class
+    # (class-balanced self-training, Zou et al. 2018), whatever their probability
+    criterion: Literal["threshold", "class_share"] = "threshold"
     threshold: float = Field(0.95, gt=0, le=1)
+    share: float = Field(0.2, gt=0, le=1)
     rounds: int = Field(1, ge=1, le=5)  # teacher -> student rounds; each student teaches the next round
 
 

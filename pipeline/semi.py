@@ -1,9 +1,10 @@
 """Learning from unlabelled images by pseudo-labelling (params `semi`).
 
 A teacher trained on the labelled train split predicts the unlabelled pool (preprocess's `pool` split:
-the images validation let through, pool.csv). The pool images whose top softmax probability reaches
-`semi.threshold` join the train split with the teacher's class as their label (always augmented); a
-student, from the same initial weights and on the same schedule, trains on both and teaches the next round.
+the images validation let through, pool.csv). The pool images it picks (`semi.criterion`: those whose top
+softmax probability reaches `semi.threshold`, or the most confident `semi.share` of each class it assigns)
+join the train split with the teacher's class as their label (always augmented); a student, from the same
+initial weights and on the same schedule, trains on both and teaches the next round.
 Every part is a function of the data and params, so a run is deterministic and resumes like any other.
 """
 
@@ -11,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pipeline.config import SemiParams
 from pipeline.shards import ArrayShards, Shards
 
 POOL = "pool"  # the preprocess split holding the usable unlabelled images
@@ -38,6 +40,48 @@ def confident(proba: np.ndarray, threshold: float) -> Pseudo:
     top = proba.max(axis=1) if len(proba) else np.zeros(0)
     positions = np.flatnonzero(top >= threshold)
     return Pseudo(positions, proba[positions].argmax(axis=1).astype(np.int64), top[positions])
+
+
+def class_share(proba: np.ndarray, share: float) -> Pseudo:
+    """The most confident `share` of the rows each class is the top class of (rounded up), with that class.
+
+    Ties in confidence go to the earlier row, so the pick is a function of `proba` alone.
+
+    Args:
+        proba: (N, classes) probabilities of the pool images.
+        share: The part of each class's rows picked (0-1].
+
+    Returns:
+        The picked positions (ascending), their classes and top probabilities.
+    """
+    proba = np.asarray(proba, dtype=np.float64)
+    if not len(proba):
+        return confident(proba, 1.0)
+    top, label = proba.max(axis=1), proba.argmax(axis=1)
+    order = np.lexsort((np.arange(len(proba)), -top, label))  # by class, then most confident, then position
+    counts = np.bincount(label, minlength=proba.shape[1])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(len(proba), dtype=np.int64)
+    rank[order] = np.arange(len(proba)) - np.repeat(starts, counts)  # place within its class, 0: most sure
+    keep = np.ceil(share * counts - 1e-9).astype(np.int64)  # share * count rounded up (not 0.2 * 5 -> 2)
+    positions = np.flatnonzero(rank < keep[label])
+    return Pseudo(positions, label[positions].astype(np.int64), top[positions])
+
+
+def pick(proba: np.ndarray, params: SemiParams, round_: int) -> Pseudo:
+    """The pool images a round's teacher labels, by `semi.criterion`.
+
+    Args:
+        proba: (N, classes) the teacher's probabilities of the pool images.
+        params: The semi params.
+        round_: The round (1: the first student): class_share takes share * round_ of each class (at most all).
+
+    Returns:
+        The picked positions (ascending), their classes and top probabilities.
+    """
+    if params.criterion == "class_share":
+        return class_share(proba, min(1.0, params.share * round_))
+    return confident(proba, params.threshold)
 
 
 def predict_pool(model, pool: Shards | ArrayShards, batch: int = 1024) -> np.ndarray:
@@ -75,25 +119,46 @@ def student_plan(plan: tuple[np.ndarray, np.ndarray], n_train: int, n_picked: in
     return index, flags
 
 
-def round_summary(pseudo: Pseudo, classes: list[str], n_pool: int, threshold: float, round_: int) -> dict:
+def _rule(params: SemiParams, round_: int) -> dict:
+    if params.criterion == "class_share":
+        return {"criterion": "class_share", "share": round(min(1.0, params.share * round_), 4)}
+    return {"criterion": "threshold", "threshold": params.threshold}
+
+
+def round_summary(pseudo: Pseudo, classes: list[str], n_pool: int, params: SemiParams, round_: int) -> dict:
     """What one round picked, for the run's artifacts, tags and the model card (counts only, no paths).
 
     Args:
         pseudo: The picked pool images.
         classes: The class names, in class order.
         n_pool: Images in the pool.
-        threshold: The confidence they needed.
+        params: The semi params (how they were picked).
         round_: The round (1: the first student).
 
     Returns:
-        {"round", "threshold", "pool", "picked", "per_class", "mean_confidence"}.
+        {"round", "criterion", "threshold" or "share" (this round's), "pool", "picked", "per_class",
+        "mean_confidence"}.
     """
     counts = np.bincount(pseudo.labels, minlength=len(classes)) if len(pseudo.labels) else np.zeros(len(classes))
     return {
         "round": round_,
-        "threshold": threshold,
+        **_rule(params, round_),
         "pool": int(n_pool),
         "picked": int(len(pseudo.positions)),
         "per_class": {c: int(n) for c, n in zip(classes, counts)},
         "mean_confidence": round(float(pseudo.confidence.mean()), 4) if len(pseudo.confidence) else None,
     }
+
+
+def picked_by(summary: dict) -> str:
+    """How a round's images were picked, in words (for the run's tag and the model card).
+
+    Args:
+        summary: A round's summary (round_summary).
+
+    Returns:
+        E.g. `at >= 0.95` or `as the most confident 40 % of each class`.
+    """
+    if summary.get("criterion") == "class_share":
+        return f"as the most confident {100 * summary['share']:.3g} % of each class"
+    return f"at >= {summary['threshold']}"

@@ -33,7 +33,7 @@ from pipeline.metrics import macro_roc_auc
 from pipeline.outputs import read_result, replace_dir, swap_in
 from pipeline.preprocess import PreprocessResult
 from pipeline.registry import owner_tags, setup_tracking
-from pipeline.semi import POOL, confident, predict_pool, round_summary, student_plan
+from pipeline.semi import POOL, pick, picked_by, predict_pool, round_summary, student_plan
 from pipeline.shards import JoinedShards, Shards, Split, read_meta
 from pipeline.validate import ValidationReport
 
@@ -688,15 +688,21 @@ def semi_tag(rounds: list[dict]) -> str:
         rounds: Each round's summary (semi.round_summary); none when no unlabelled image was usable.
 
     Returns:
-        E.g. `pseudo_label: 812 of 1000 pool images at >= 0.95 (round 1); 850 (round 2)`.
+        E.g. `pseudo_label: 812 of 1000 pool images at >= 0.95 (round 1); 850 (round 2)`, or with class_share
+        `pseudo_label: 200 of 1000 pool images as the most confident 20 % of each class (round 1); 400 at 40 %
+        (round 2)`.
     """
     if not rounds:
         return "pseudo_label: no usable unlabelled images"
     first = rounds[0]
-    parts = [f"{first['picked']} of {first['pool']} pool images at >= {first['threshold']} (round 1)"]
-    parts += [f"{r['picked']} (round {r['round']})" for r in rounds[1:]]
+    parts = [f"{first['picked']} of {first['pool']} pool images {picked_by(first)} (round 1)"]
+    parts += [f"{r['picked']}{_share_note(r)} (round {r['round']})" for r in rounds[1:]]
     kept = "; none picked, the model before kept" if rounds[-1]["picked"] == 0 else ""
     return "pseudo_label: " + "; ".join(parts) + kept
+
+
+def _share_note(summary: dict) -> str:
+    return f" at {100 * summary['share']:.3g} %" if summary.get("criterion") == "class_share" else ""
 
 
 def pseudo_label_round(
@@ -739,14 +745,14 @@ def pseudo_label_round(
 
     shards, plan = train
     pool = Shards(prepared.folder, POOL)
-    pseudo = confident(predict_pool(teacher, pool), params.semi.threshold)
-    summary = round_summary(pseudo, prepared.classes, len(pool), params.semi.threshold, phase)
+    pseudo = pick(predict_pool(teacher, pool), params.semi, phase)
+    summary = round_summary(pseudo, prepared.classes, len(pool), params.semi, phase)
     mlflow.log_dict(summary, f"semi/round{phase}.json")
     log.info(
         f"round {phase}: {summary['picked']} of {summary['pool']} pool images pseudo-labelled {summary['per_class']}"
     )
     if not len(pseudo.positions):  # a student would see the teacher's data again: the same model
-        log.info(f"round {phase}: no pool image reached {params.semi.threshold}; the model before is kept")
+        log.info(f"round {phase}: no pool image picked {picked_by(summary)}; the model before is kept")
         return None, None, summary
     joined = JoinedShards(shards, pool, pseudo.positions, pseudo.labels)
     joined_plan = student_plan(plan, len(shards), len(pseudo.positions))

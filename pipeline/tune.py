@@ -294,6 +294,15 @@ def _train_trial(trial, params: Params, ws: Workspace, data: tuple, parent: str,
     return TrialOutcome(trained.run_id, value, trained.best_epoch, trained.epochs_run, report.pruned)
 
 
+def _storage(url: str):
+    """The study's SQLite storage, waiting up to 60 s for a lock (Python's default, 5 s, is short for trials
+    that write their epochs from several processes beside the search's own writes on a busy machine; MLflow
+    waits 20 s on its SQLite store)."""
+    import optuna
+
+    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+
+
 def run_trial(job: TrialJob) -> TrialOutcome:
     """Train one trial in a worker process, reporting its epochs to the shared study (for pruning).
 
@@ -309,7 +318,9 @@ def run_trial(job: TrialJob) -> TrialOutcome:
 
     configure_offline()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=job.study, storage=job.storage, pruner=_make_pruner(job.params.tune.prune))
+    study = optuna.load_study(
+        study_name=job.study, storage=_storage(job.storage), pruner=_make_pruner(job.params.tune.prune)
+    )
     trial = optuna.trial.Trial(study, job.trial_id)
     frozen = study.get_trials(deepcopy=False)[trial.number]
     if frozen.state != optuna.trial.TrialState.RUNNING or "run_id" in frozen.user_attrs or frozen.intermediate_values:
@@ -373,7 +384,7 @@ def run(
     name = study_name(params, content_hash(ws.data_root)[0])
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
     url = f"sqlite:///{folder / 'study.db'}"
-    storage = optuna.storages.RDBStorage(url)
+    storage = _storage(url)
     parallel = tune.parallel > 1 and executor is not None
     study = optuna.create_study(
         study_name=name,

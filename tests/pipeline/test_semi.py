@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from pipeline import balance, preprocess, validate
-from pipeline.config import Params, Workspace
-from pipeline.semi import POOL, confident, round_summary, student_plan
+from pipeline.config import Params, SemiParams, Workspace
+from pipeline.semi import POOL, class_share, confident, pick, picked_by, round_summary, student_plan
 from pipeline.shards import ArrayShards, JoinedShards, Shards
-from pipeline.train import run_step
+from pipeline.train import run_step, semi_tag
 
 TRAIN = {"epochs": 3, "batch_size": 16, "min_epochs": 0, "patience": 10}
 SEMI = {"method": "pseudo_label", "threshold": 0.34, "rounds": 1}  # tiny models are unsure: 3 classes, > 1/3
@@ -26,15 +26,40 @@ def test_confident_keeps_the_rows_at_or_above_the_threshold():
     assert picked.labels.tolist() == [0, 1]
     assert picked.confidence.tolist() == [0.9, 0.8]
     assert len(confident(np.zeros((0, 3)), 0.5).positions) == 0
-    summary = round_summary(picked, ["a", "b"], 4, 0.8, 1)
+    summary = round_summary(picked, ["a", "b"], 4, SemiParams(threshold=0.8), 1)
     assert summary == {
         "round": 1,
+        "criterion": "threshold",
         "threshold": 0.8,
         "pool": 4,
         "picked": 2,
         "per_class": {"a": 1, "b": 1},
         "mean_confidence": 0.85,
     }
+
+
+def test_class_share_takes_the_most_confident_share_of_each_class_the_teacher_assigns():
+    proba = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.3, 0.7], [0.8, 0.2], [0.55, 0.45], [0.1, 0.9]])
+    # class 0 is the top class of rows 0, 1, 4, 5; class 1 of rows 2, 3, 6
+    assert class_share(proba, 0.2).positions.tolist() == [0, 6]  # share * count rounded up: 1 of each
+    half = class_share(proba, 0.5)
+    assert half.positions.tolist() == [0, 2, 4, 6] and half.labels.tolist() == [0, 1, 0, 1]
+    assert class_share(proba, 1.0).positions.tolist() == list(range(7))
+    tied = class_share(np.array([[0.7, 0.3], [0.7, 0.3], [0.7, 0.3]]), 0.5)
+    assert tied.positions.tolist() == [0, 1]  # equal confidence: the earlier rows
+    assert len(class_share(np.zeros((0, 3)), 0.5).positions) == 0
+    # a weak teacher sure only of its easy class: the threshold picks that class alone, class_share both
+    weak = np.array([[0.99, 0.01]] * 6 + [[0.4, 0.6]] * 4)
+    assert set(confident(weak, 0.95).labels.tolist()) == {0}
+    by_round = [pick(weak, SemiParams(criterion="class_share", share=0.3), k) for k in (1, 2, 4)]
+    assert [np.bincount(p.labels).tolist() for p in by_round] == [[2, 2], [4, 3], [6, 4]]  # share * round, <= all
+    summary = round_summary(by_round[1], ["a", "b"], 10, SemiParams(criterion="class_share", share=0.3), 2)
+    assert summary["criterion"] == "class_share" and summary["share"] == 0.6 and "threshold" not in summary
+    assert picked_by(summary) == "as the most confident 60 % of each class"
+    first = round_summary(by_round[0], ["a", "b"], 10, SemiParams(criterion="class_share", share=0.3), 1)
+    assert semi_tag([first, summary]) == (
+        "pseudo_label: 4 of 10 pool images as the most confident 30 % of each class (round 1); 7 at 60 % (round 2)"
+    )
 
 
 def test_joined_shards_read_the_train_split_then_the_picked_pool_images():
@@ -222,3 +247,20 @@ def test_without_a_usable_pool_or_a_sure_pick_the_teacher_is_the_model(tmp_path,
     client = mlflow.MlflowClient(tracking_uri=params.register_.tracking_uri)
     assert client.get_run(alone.run_id).data.tags["medpipe.semi"] == "pseudo_label: no usable unlabelled images"
     assert [m.step for m in client.get_metric_history(alone.run_id, "val_roc_auc")] == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_class_share_rounds_pick_from_each_class_and_more_each_round(tmp_path, tiny_data):
+    import mlflow
+
+    root, _ = _pool_data(tmp_path, tiny_data)
+    params, ws, inputs = _semi_workspace(tmp_path / "share", root, criterion="class_share", share=0.3, rounds=2)
+    result = run_step(params, ws, *inputs)
+    rounds = json.loads((ws.out / "train" / "semi.json").read_text())["rounds"]
+    assert [(r["criterion"], r["share"]) for r in rounds] == [("class_share", 0.3), ("class_share", 0.6)]
+    assert 0 < rounds[0]["picked"] < rounds[1]["picked"] <= rounds[1]["pool"] == inputs[0].pool["usable"]
+    assert all(sum(r["per_class"].values()) == r["picked"] for r in rounds)
+    client = mlflow.MlflowClient(tracking_uri=params.register_.tracking_uri)
+    tag = client.get_run(result.run_id).data.tags["medpipe.semi"]
+    assert tag == semi_tag(rounds) and "as the most confident 30 % of each class (round 1)" in tag
+    assert [m.step for m in client.get_metric_history(result.run_id, "round1/val_roc_auc")] == [0, 1, 2]
