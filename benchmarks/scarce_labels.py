@@ -11,6 +11,9 @@ pseudo_label threshold 0.95, rounds 1), `share10` (the same, picking by class_sh
 labels; per round the oracle labels 5 % of the original pool (held-back truth) in suggest's review order or
 at random, and the model is retrained.
 
+preprocess.color is `auto`, as in params.yaml (Params' own default is gray): the blood cells train in RGB.
+Before 2026-12-04's second run it was left at gray, so the first blood figures are of grayscale cells.
+
 Prints one JSON object per line (see docs/benchmarks.md). Needs /work/shared/datasets (or --shared).
 Usage: python benchmarks/scarce_labels.py [--datasets chest,blood] [--seeds 0,1,2] [--parts variants,loop]
        [--limit 300 --epochs 2]  (a smoke test on a stratified subset)
@@ -96,7 +99,7 @@ def copy_data(name: str, shared: Path, root: Path) -> None:
 def base_params(folder: Path, seed: int, epochs: int | None, semi: dict | None) -> dict:
     raw = {
         "validate": {"labels": "auto"},
-        "preprocess": {"size": 64, "seed": seed},
+        "preprocess": {"size": 64, "seed": seed, "color": "auto"},
         "model": {"name": "seed_cnn"},
         "train": {"seed": seed},
         "register": {"tracking_uri": f"sqlite:///{folder}/mlflow.db", "artifact_root": str(folder / "art")},
