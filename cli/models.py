@@ -86,6 +86,9 @@ def label_suggest(
     out: Annotated[Path, typer.Option(help="CSV to write; Grad-CAM thumbnails go beside it.")] = Path(
         "outputs/label_suggestions.csv"
     ),
+    thumbnails: Annotated[
+        int, typer.Option(min=0, help="Grad-CAM thumbnails for this many images at the head of the queue (0: none).")
+    ] = 200,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Rank images for review: suggested label, least certain first, near copies spread out, Grad-CAMs.
@@ -107,9 +110,8 @@ def label_suggest(
     near = p.validate_.near_duplicates
     net, classes, version = load_registered(model or model_uri(p.register_), p.register_, params.resolve().parent)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table = suggest(
-        net, classes, files, root, out.with_name(out.stem + "_gradcam"), p.preprocess, near if near.enabled else None
-    )
+    thumbs = out.with_name(out.stem + "_gradcam") if thumbnails else None
+    table = suggest(net, classes, files, root, thumbs, p.preprocess, near if near.enabled else None, thumbnails)
     table.to_csv(out, index=False, float_format="%.4f")
     console.print(f"{len(table)} images, model version {version}; review queue (least certain first): {out}")
 

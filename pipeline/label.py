@@ -61,6 +61,9 @@ def unlabelled_files(root: Path) -> list[Path]:
     return [root / rel for rel in rels]
 
 
+SUGGEST_BATCH = 64  # images per forward pass while ranking
+
+
 def suggest(
     model,
     classes: list[str],
@@ -69,10 +72,14 @@ def suggest(
     thumbs: Path | None,
     preprocessing: PreprocessParams,
     near: NearDuplicateParams | None = None,
+    top: int | None = None,
 ) -> pd.DataFrame:
     """The review queue: predicted label, confidence and entropy per image (unreadable ones get their error),
     most uncertain first, and with `near`, one image of each group of near copies per round (diversity: the
     queue is not a run of copies of one hard case).
+
+    The images are ranked by batched forward passes; Grad-CAM (a gradient pass per image) runs only for the
+    thumbnails, which the first `top` images of the queue get: the ones an expert reviews first.
 
     Args:
         model: The Keras model.
@@ -83,33 +90,42 @@ def suggest(
         preprocessing: The preprocessing (fitted to the model's input).
         near: The near-duplicate params grouping copies (pipeline.near_duplicates on the model's input); None:
             by entropy alone.
+        top: How many of the queue's first images get a thumbnail; None: all of them.
 
     Returns:
         Columns path, suggested_label, confidence, entropy, copies (its near-copy group's first path, "" when
-        none), label (empty, for the expert), gradcam, error; unreadable first, then by round and entropy.
+        none), label (empty, for the expert), gradcam (the thumbnail, "" for none), error; unreadable first, then
+        by round and entropy.
     """
-    from pipeline.explain import grad_cam, overlay
     from pipeline.model import input_params
     from pipeline.near_duplicates import find_groups, fingerprints, small_images
     from pipeline.preprocess import load_image
 
-    preprocessing, rows, hashes = input_params(model, preprocessing), [], []
+    preprocessing, hashes = input_params(model, preprocessing), []
+    rows: list[list] = []  # path, suggested_label, confidence, entropy, gradcam, error
+    batch: list[tuple[int, np.ndarray]] = []  # (row, image) waiting for a forward pass
+
+    def classify() -> None:  # the batch's rows get their predicted label, confidence and entropy
+        proba = np.asarray(model(np.stack([x for _, x in batch]).astype(np.float32), training=False))
+        for (i, _), p in zip(batch, proba):
+            rows[i][1:4] = [classes[int(p.argmax())], float(p.max()), float(entropy(p[None])[0])]
+        batch.clear()
+
     for path in files:
         rel = path.relative_to(root).as_posix()
         try:
             x = load_image(path, preprocessing)
         except ImageError as err:
-            rows.append((rel, "", np.nan, np.nan, "", err.reason))
+            rows.append([rel, "", np.nan, np.nan, "", err.reason])
             hashes.append(("", ""))
             continue
-        cam, proba = grad_cam(model, x)
         hashes.append(fingerprints(x.mean(axis=-1) * 255.0) if near is not None else ("", ""))
-        thumb = ""
-        if thumbs is not None:
-            thumbs.mkdir(parents=True, exist_ok=True)
-            thumb = str(thumbs / (rel.replace("/", "__") + ".cam.png"))
-            cv2.imwrite(thumb, overlay(x, cam, scale=2))
-        rows.append((rel, classes[int(proba.argmax())], float(proba.max()), float(entropy(proba[None])[0]), thumb, ""))
+        rows.append([rel, "", np.nan, np.nan, "", ""])
+        batch.append((len(rows) - 1, x))
+        if len(batch) == SUGGEST_BATCH:
+            classify()
+    if batch:
+        classify()
     table = pd.DataFrame(rows, columns=["path", "suggested_label", "confidence", "entropy", "gradcam", "error"])
     group = np.arange(len(table))
     if near is not None and len(table):
@@ -125,7 +141,25 @@ def suggest(
     table["copies"] = np.where(np.bincount(group, minlength=len(table))[group] > 1, table["path"].to_numpy()[group], "")
     table["label"] = ""  # for the expert to fill in; `medpipe label import` reads it
     columns = ["path", "suggested_label", "confidence", "entropy", "copies", "label", "gradcam", "error"]
-    return table.iloc[review_order(table["entropy"].to_numpy(), group)][columns].reset_index(drop=True)
+    table = table.iloc[review_order(table["entropy"].to_numpy(), group)][columns].reset_index(drop=True)
+    if thumbs is not None:
+        readable = table.index[table["error"] == ""]
+        for i in readable[: len(readable) if top is None else top]:
+            rel = table.loc[i, "path"]
+            table.loc[i, "gradcam"] = _thumbnail(root / rel, rel, thumbs, model, preprocessing)
+    return table
+
+
+def _thumbnail(path: Path, rel: str, thumbs: Path, model, preprocessing: PreprocessParams) -> str:
+    """Write the Grad-CAM overlay of one image (its predicted class) into `thumbs`; returns its path."""
+    from pipeline.explain import grad_cam, overlay
+    from pipeline.preprocess import load_image
+
+    x = load_image(path, preprocessing)
+    thumbs.mkdir(parents=True, exist_ok=True)
+    thumb = str(thumbs / (rel.replace("/", "__") + ".cam.png"))
+    cv2.imwrite(thumb, overlay(x, grad_cam(model, x).heatmap, scale=2))
+    return thumb
 
 
 def review_order(uncertainty: np.ndarray, group: np.ndarray) -> np.ndarray:

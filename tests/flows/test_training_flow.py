@@ -190,7 +190,17 @@ def test_explain_and_label_suggest_use_the_registered_versions(twice):
     assert (project / "cam.png").read_bytes()[:4] == b"\x89PNG"
     images, queue_csv = str(project / "data" / "images"), str(project / "queue.csv")
     done = _medpipe(
-        project, "label", "suggest", "--images", images, "--model", "models:/medpipe-classifier/2", "--out", queue_csv
+        project,
+        "label",
+        "suggest",
+        "--images",
+        images,
+        "--model",
+        "models:/medpipe-classifier/2",
+        "--out",
+        queue_csv,
+        "--thumbnails",
+        "2",
     )
     queue = pd.read_csv(project / "queue.csv", keep_default_na=False)
     assert done.returncode == 0
@@ -200,6 +210,7 @@ def test_explain_and_label_suggest_use_the_registered_versions(twice):
     assert first.tolist() == list(range(len(first)))  # one image of each group of near copies first
     assert queue.loc[first, "entropy"].is_monotonic_decreasing  # ... least certain first
     assert Path(queue["gradcam"][0]).is_file()
+    assert queue["gradcam"].ne("").tolist() == [True, True] + [False] * (len(queue) - 2)  # the head of the queue
 
 
 def test_the_labelling_loop_suggests_from_the_unlabelled_pool_and_imports_with_provenance(twice, tmp_path):

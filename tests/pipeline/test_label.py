@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -28,6 +30,22 @@ def test_suggestions_are_a_review_queue(tmp_path, tiny_data):
     assert readable["entropy"].is_monotonic_decreasing
     assert set(readable["suggested_label"]) <= {"normal", "nodule", "effusion"}
     assert all((tmp_path / "cams").joinpath(p.split("/")[-1]).exists() for p in readable["gradcam"])
+
+
+def test_the_ranking_is_grad_cams_prediction_and_only_the_head_of_the_queue_gets_thumbnails(tmp_path, tiny_data):
+    from pipeline.explain import grad_cam
+    from pipeline.preprocess import load_image
+
+    files = image_files(tiny_data)[:70]  # more than one forward batch
+    model = build_model(ModelParams(), (32, 32, 1), 3)
+    classes = ["normal", "nodule", "effusion"]
+    table = suggest(model, classes, files, tiny_data, tmp_path / "cams", PreprocessParams(size=32), top=3)
+    assert table["gradcam"].ne("").tolist() == [True] * 3 + [False] * (len(files) - 3)
+    assert sorted(p.name for p in (tmp_path / "cams").iterdir()) == sorted(Path(p).name for p in table["gradcam"][:3])
+    for row in table.itertuples():  # batched passes rank as the per-image Grad-CAM pass would
+        proba = grad_cam(model, load_image(tiny_data / row.path, PreprocessParams(size=32))).probabilities
+        assert row.suggested_label == classes[int(proba.argmax())]
+        assert row.entropy == pytest.approx(float(entropy(proba[None])[0]), abs=1e-5)
 
 
 def test_review_order_spreads_near_copies_over_rounds():
