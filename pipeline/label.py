@@ -107,8 +107,8 @@ def suggest(
 
     def classify() -> None:  # the batch's rows get their predicted label, confidence and entropy
         proba = np.asarray(model(np.stack([x for _, x in batch]).astype(np.float32), training=False))
-        for (i, _), p in zip(batch, proba):
-            rows[i][1:4] = [classes[int(p.argmax())], float(p.max()), float(entropy(p[None])[0])]
+        for (i, _), p, h in zip(batch, proba, entropy(proba)):
+            rows[i][1:4] = [classes[int(p.argmax())], float(p.max()), float(h)]
         batch.clear()
 
     for path in files:

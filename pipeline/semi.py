@@ -80,8 +80,13 @@ def pick(proba: np.ndarray, params: SemiParams, round_: int) -> Pseudo:
         The picked positions (ascending), their classes and top probabilities.
     """
     if params.criterion == "class_share":
-        return class_share(proba, min(1.0, params.share * round_))
+        return class_share(proba, _round_share(params, round_))
     return confident(proba, params.threshold)
+
+
+def _round_share(params: SemiParams, round_: int) -> float:
+    """class_share's share in a round: share * round, at most all."""
+    return min(1.0, params.share * round_)
 
 
 def predict_pool(model, pool: Shards | ArrayShards, batch: int = 1024) -> np.ndarray:
@@ -121,7 +126,7 @@ def student_plan(plan: tuple[np.ndarray, np.ndarray], n_train: int, n_picked: in
 
 def _rule(params: SemiParams, round_: int) -> dict:
     if params.criterion == "class_share":
-        return {"criterion": "class_share", "share": round(min(1.0, params.share * round_), 4)}
+        return {"criterion": "class_share", "share": round(_round_share(params, round_), 4)}
     return {"criterion": "threshold", "threshold": params.threshold}
 
 
@@ -160,5 +165,21 @@ def picked_by(summary: dict) -> str:
         E.g. `at >= 0.95` or `as the most confident 40 % of each class`.
     """
     if summary.get("criterion") == "class_share":
-        return f"as the most confident {100 * summary['share']:.3g} % of each class"
+        return f"as the most confident {_percent(summary)} of each class"
     return f"at >= {summary['threshold']}"
+
+
+def share_note(summary: dict) -> str:
+    """A later round's share in words, after its count in the run's tag; "" for the threshold criterion.
+
+    Args:
+        summary: A round's summary (round_summary).
+
+    Returns:
+        E.g. ` at 40 %`.
+    """
+    return f" at {_percent(summary)}" if summary.get("criterion") == "class_share" else ""
+
+
+def _percent(summary: dict) -> str:
+    return f"{100 * summary['share']:.3g} %"

@@ -33,7 +33,7 @@ from pipeline.metrics import macro_roc_auc
 from pipeline.outputs import read_result, replace_dir, swap_in
 from pipeline.preprocess import PreprocessResult
 from pipeline.registry import owner_tags, setup_tracking
-from pipeline.semi import POOL, pick, picked_by, predict_pool, round_summary, student_plan
+from pipeline.semi import POOL, pick, picked_by, predict_pool, round_summary, share_note, student_plan
 from pipeline.shards import JoinedShards, Shards, Split, read_meta
 from pipeline.validate import ValidationReport
 
@@ -696,13 +696,9 @@ def semi_tag(rounds: list[dict]) -> str:
         return "pseudo_label: no usable unlabelled images"
     first = rounds[0]
     parts = [f"{first['picked']} of {first['pool']} pool images {picked_by(first)} (round 1)"]
-    parts += [f"{r['picked']}{_share_note(r)} (round {r['round']})" for r in rounds[1:]]
+    parts += [f"{r['picked']}{share_note(r)} (round {r['round']})" for r in rounds[1:]]
     kept = "; none picked, the model before kept" if rounds[-1]["picked"] == 0 else ""
     return "pseudo_label: " + "; ".join(parts) + kept
-
-
-def _share_note(summary: dict) -> str:
-    return f" at {100 * summary['share']:.3g} %" if summary.get("criterion") == "class_share" else ""
 
 
 def pseudo_label_round(
