@@ -98,6 +98,8 @@ def test_labels_accept_a_comma_list_on_the_command_line(tmp_path):
         "benign",
         "malignant",
     ]
+    # `auto` (the data's classes, as in params.yaml) stays a word, not a one-class list
+    assert load_params(tmp_path / "params.yaml", {"validate.labels": "auto"}).validate_.labels == "auto"
 
 
 def test_a_step_reads_only_the_params_it_declares():
