@@ -46,6 +46,10 @@ SETTINGS = {  # what this benchmark trains with (on top of params.yaml): the bes
     "train.patience": "40",
     "train.min_epochs": "0",
     "evaluate.bootstrap": "200",
+    # MedMNIST's published splits, which the anchors were measured on (exact copies are dropped by the import).
+    # At 28 px the near-duplicate check (small_threshold 36) groups 64 of BreastMNIST's 156 test images with
+    # train images and would stop the run; dropping them would leave a test split unlike the anchors'
+    "validate.near_duplicates.enabled": "false",
     "evaluate.cam_per_class": "0",
 }
 

@@ -21,7 +21,7 @@ import yaml
 
 from pipeline.backend import select
 from pipeline.config import TUNE_METRICS, Params, Range, Workspace, parse_params
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError
 from pipeline.outputs import write_text
 from pipeline.steps import step
 
@@ -202,7 +202,7 @@ def _data(params: Params, ws: Workspace, cache: dict) -> tuple:
         if not validated.success:
             from pipeline import validate
 
-            raise DataError(ws.data_root, str(validate.failure(validated, ws.data_root)))
+            raise validate.failure(validated, ws.data_root)
         prepared = step("preprocess").run(params, data_ws, validated)
         cache[key] = (validated, prepared)
     return cache[key]
@@ -382,7 +382,10 @@ def run(
     folder = ws.out / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     name = study_name(params, content_hash(ws.data_root)[0])
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
+    # one line per trial is ours; a failed trial's error ends the search (catch=()) and reaches the caller, so
+    # Optuna's own warning of it (with a traceback, also for expected errors such as data failing validation)
+    # would only repeat it
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     url = f"sqlite:///{folder / 'study.db'}"
     storage = _storage(url)
     parallel = tune.parallel > 1 and executor is not None

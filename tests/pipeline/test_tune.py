@@ -88,6 +88,21 @@ def test_a_bad_space_is_one_line_and_exit_2_before_any_work(tmp_path, tiny_data)
     assert not (tmp_path / "mlflow" / "mlflow.db").exists()
 
 
+def test_data_that_fail_validation_are_one_line_naming_the_data_once(tmp_path, tiny_data):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    first = next(data.rglob("*.png"))
+    first.write_bytes(b"not an image")
+    write_params(tmp_path, tune={"trials": 1, "space": SPACE})
+    done = _medpipe(tmp_path, "tune")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {data}: data validation failed")
+    assert last.count(str(data)) == 1 + last.count(f"{data}/")  # the root named once (and its report's path)
+    assert not list((tmp_path / "outputs" / "tune" / "trials").glob("0*"))  # no trial trained
+
+
 def test_parallel_trials_on_a_scheduler_that_does_not_answer_are_one_line_and_exit_2(tmp_path, tiny_data):
     shutil.copytree(tiny_data, tmp_path / "data")
     write_params(tmp_path, tune={"trials": 2, "space": SPACE}, dask={"address": "tcp://127.0.0.1:1"})
