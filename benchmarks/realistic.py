@@ -29,6 +29,7 @@ configure_offline()  # medpipe's offline defaults, before Prefect, MLflow, DVC, 
 
 import argparse
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -94,10 +95,24 @@ def emit(record: dict, log: Path | None) -> None:
             f.write(line + "\n")
 
 
+CHEST_PATIENT = re.compile(r"^(person\d+)_|^((?:NORMAL2-)?IM-\d+)-\d+")  # person12_virus_3, NORMAL2-IM-0381-0001
+
+
+def chest_patient(path: str) -> str:
+    """The patient a chest X-ray's file name gives (person12, IM-0115, NORMAL2-IM-0381), else the file."""
+    name = path.rsplit("/", 1)[-1]
+    match = CHEST_PATIENT.match(name)
+    return next((g for g in match.groups() if g), name) if match else name
+
+
 def manifest(name: str, shared: Path, limit: int | None) -> pd.DataFrame:
-    """path,label[,split]: chest's official split; blood without one (preprocess.split's 70/15/15)."""
+    """path,label[,split,patient_id]: chest's official split, its validation split carved from train by patient;
+    blood without a split (preprocess.split's 70/15/15 by file: the set names no patients)."""
     df = pd.read_csv(shared / DATASETS[name] / "manifest.csv", dtype=str, keep_default_na=False)
-    df = df[["path", "label", "split"]] if name == "chest" else df[["path", "label"]]
+    if name == "chest":  # the patient in the name, per split (the README: person numbers restart per split)
+        df = df[["path", "label", "split"]].assign(patient_id=df.split + ":" + df.path.map(chest_patient))
+    else:
+        df = df[["path", "label"]]
     if limit:  # a smoke test: a stratified subset (chest: of each split, test a quarter of train)
         if name == "chest":
             parts = [df[df.split == "train"], df[df.split == "test"]]
