@@ -47,9 +47,10 @@ SETTINGS = {  # what this benchmark trains with (on top of params.yaml): the bes
     "train.min_epochs": "0",
     "evaluate.bootstrap": "200",
     # MedMNIST's published splits, which the anchors were measured on (exact copies are dropped by the import).
-    # At 28 px the near-duplicate check (small_threshold 36) groups 64 of BreastMNIST's 156 test images with
-    # train images and would stop the run; dropping them would leave a test split unlike the anchors'
-    "validate.near_duplicates.enabled": "false",
+    # At 28 px the near-duplicate check (small_threshold 36) groups 63 of BreastMNIST's 155 test images with
+    # train images: as an error it stops the run, and dropping them leaves a test split unlike the anchors'.
+    # Recorded only: evaluate's test_clean_* metrics score the test images with no near copy in train
+    "validate.near_duplicates.action": "warning",
     "evaluate.cam_per_class": "0",
 }
 

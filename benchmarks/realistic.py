@@ -44,7 +44,7 @@ from pipeline import autoparams, balance, evaluate, preprocess, train, validate
 from pipeline import tune as tuning
 from pipeline.config import Params, Workspace, load_params
 from pipeline.data import import_npz
-from pipeline.metrics import macro_roc_auc
+from pipeline.metrics import classification_metrics
 from pipeline.model import load_model, predict_uint8
 from pipeline.shards import Shards
 
@@ -60,7 +60,8 @@ ANCHORS = {
     "chest": "Kermany et al., Cell 2018 (transfer learning): accuracy 0.928, ROC-AUC 0.968",
     "blood": "Acevedo et al. 2020 (fine-tuned VGG16): accuracy 0.962",
     "breast": "MedMNIST v2: AutoML Vision ROC-AUC 0.919; MedViT-S 0.938 / 0.897",
-    "pneumonia": "MedMNIST v2: AutoML Vision 0.991 / 0.946",
+    "pneumonia": "MedMNIST v2: AutoML Vision 0.991 / 0.946 (the shared npz keeps 388 of the 1,214 normal train images:"
+    " not 1:1 comparable)",
 }
 METRIC = {"blood": "val_accuracy"}  # what the search selects on, as the goals weigh (else val_roc_auc)
 SETTINGS = {  # on top of params.yaml, for every trial and seed; --set overrides
@@ -73,6 +74,8 @@ SETTINGS = {  # on top of params.yaml, for every trial and seed; --set overrides
     "train.schedule": "cosine",
     "evaluate.cam_per_class": "0",
 }
+# the patient in a chest X-ray's name: person12_virus_3, IM-0115-0001, NORMAL2-IM-0381-0001
+CHEST_PATIENT = re.compile(r"^(person\d+)_|^((?:NORMAL2-)?IM-\d+)-\d+")
 SPACE = {
     "preprocess.size": [64, 96, 128],
     "train.learning_rate": {"low": 0.0003, "high": 0.003, "log": True},
@@ -88,14 +91,12 @@ SPACE_28 = {  # MedMNIST: the size is the data's; the model and the regularisati
 
 
 def emit(record: dict, log: Path | None) -> None:
+    """Print one JSON line (and append it to `log`)."""
     line = json.dumps({"bench": "realistic", **record})
     print(line, flush=True)
     if log is not None:
         with log.open("a") as f:
             f.write(line + "\n")
-
-
-CHEST_PATIENT = re.compile(r"^(person\d+)_|^((?:NORMAL2-)?IM-\d+)-\d+")  # person12_virus_3, NORMAL2-IM-0381-0001
 
 
 def chest_patient(path: str) -> str:
@@ -109,7 +110,8 @@ def manifest(name: str, shared: Path, limit: int | None) -> pd.DataFrame:
     """path,label[,split,patient_id]: chest's official split, its validation split carved from train by patient;
     blood without a split (preprocess.split's 70/15/15 by file: the set names no patients)."""
     df = pd.read_csv(shared / DATASETS[name] / "manifest.csv", dtype=str, keep_default_na=False)
-    if name == "chest":  # the patient in the name, per split (the README: person numbers restart per split)
+    if name == "chest":  # the patient in the name, per split: the data's README says person numbers appear to
+        # restart per split (an assumption; it only matters for carving validation out of train)
         df = df[["path", "label", "split"]].assign(patient_id=df.split + ":" + df.path.map(chest_patient))
     else:
         df = df[["path", "label"]]
@@ -124,7 +126,7 @@ def manifest(name: str, shared: Path, limit: int | None) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def data_root(name: str, args) -> Path:
+def data_root(name: str, args: argparse.Namespace) -> Path:
     """The dataset under --scratch: the shared image folders copied (once) with their manifest, or the MedMNIST
     npz imported (once; its own splits, val/test copies of earlier images dropped). --limit: chest and blood only."""
     root = args.scratch / name / ("smoke" if args.limit and name not in NPZ else "data")
@@ -149,7 +151,7 @@ def load(settings: dict[str, str], root: Path, work: Path) -> Params:
     return autoparams.resolve(load_params(REPO / "params.yaml", overrides), root).params
 
 
-def search(name: str, settings: dict, args, root: Path, work: Path) -> dict[str, str]:
+def search(name: str, settings: dict[str, str], args: argparse.Namespace, root: Path, work: Path) -> dict[str, str]:
     """The recipe search on validation; one line per trial. Returns the best trial's values as overrides."""
     import mlflow
 
@@ -165,7 +167,8 @@ def search(name: str, settings: dict, args, root: Path, work: Path) -> dict[str,
     wall0, cpu0 = time.perf_counter(), cpu_seconds()
     result = tuning.run(params, ws, say=lambda line: print(f"# {name}: {line}", flush=True))
     client = mlflow.MlflowClient()
-    for t in result.trials:
+    new = result.trials[len(result.trials) - result.new_trials :]  # this invocation's (a rerun resumes the study)
+    for t in new:
         run = client.get_run(t.run_id) if t.run_id else None
         minutes = (run.info.end_time - run.info.start_time) / 60000 if run and run.info.end_time else None
         emit(
@@ -175,6 +178,7 @@ def search(name: str, settings: dict, args, root: Path, work: Path) -> dict[str,
                 "trial": t.number,
                 "state": t.state,
                 params.tune.metric: None if t.value is None else round(t.value, 4),
+                "value_at": "kept epoch" if t.state == "COMPLETE" else "last epoch reported",
                 "values": t.params,
                 "train_min": None if minutes is None else round(minutes, 2),
             },
@@ -186,8 +190,9 @@ def search(name: str, settings: dict, args, root: Path, work: Path) -> dict[str,
             "dataset": name,
             "part": "tune",
             "summary": True,
-            "trials": len(result.trials),
-            "states": {s: sum(t.state == s for t in result.trials) for s in ("COMPLETE", "PRUNED", "FAIL")},
+            "trials": len(new),
+            "study_trials": len(result.trials),
+            "states": {s: sum(t.state == s for t in new) for s in ("COMPLETE", "PRUNED", "FAIL")},
             "best_trial": None if best is None else best.number,
             "best_value": None if best is None else round(best.value or 0.0, 4),
             "best": None if best is None else best.params,
@@ -206,18 +211,20 @@ def met(name: str, key: str, value: float, goal: float) -> bool:
     return value > goal if name == "pneumonia" else value >= goal
 
 
-def scores(y: np.ndarray, proba: np.ndarray) -> dict:
-    return {"roc_auc": round(macro_roc_auc(y, proba), 4), "accuracy": round(float(np.mean(proba.argmax(1) == y)), 4)}
+def scores(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """Test ROC-AUC and accuracy (argmax) of class probabilities, as the evaluate step computes them."""
+    metrics = classification_metrics(y, proba)
+    return {key: round(metrics[key], 4) for key in ("roc_auc", "accuracy")}
 
 
-def seeds(name: str, settings: dict, args, root: Path, work: Path) -> None:
+def seeds(name: str, settings: dict[str, str], args: argparse.Namespace, root: Path, work: Path) -> None:
     """Each seed's model on the test split (medpipe's evaluate, TTA beside it), then their ensemble."""
     seed_list = [int(s) for s in args.seeds.split(",")]
     params = load(settings, root, work)
     data_ws = Workspace(base=work, data_root=root, out=work / "out" / "data")
     validated = validate.run_step(params, data_ws)
     if not validated.success:
-        raise SystemExit(f"{name}: validation failed (see {data_ws.out}/validate/report.md)")
+        raise validate.failure(validated, root)
     prepared = preprocess.run_step(params, data_ws, validated)
     test = Shards(prepared.folder, "test")
     x, y = test.read(), test.labels
@@ -243,6 +250,10 @@ def seeds(name: str, settings: dict, args, root: Path, work: Path) -> None:
             "accuracy": round(metrics["test_accuracy"], 4),
             "balanced_accuracy": round(metrics["test_balanced_accuracy"], 4),
             "tta": scores(y, tta),
+            # the test images with no near copy in train (evaluate's test_clean_*), where the check ran
+            "clean": {k: round(metrics[f"test_clean_{k}"], 4) for k in ("n", "roc_auc", "accuracy")}
+            if "test_clean_roc_auc" in metrics
+            else None,
             "epochs": trained.epochs_run,
             "best_epoch": trained.best_epoch,
             "train_min": round(train_min, 2),

@@ -524,7 +524,7 @@ def load_params(path: Path = DEFAULT_PARAMS, overrides: dict[str, str] | None = 
             parsed = yaml.safe_load(value)
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {key}", f"value {value!r} is not valid YAML ({err.__class__.__name__})") from None
-        if key.endswith(".labels") and isinstance(parsed, str) and parsed != "auto":
+        if key.endswith(".labels") and isinstance(parsed, str) and parsed != AUTO:
             parsed = [part.strip() for part in parsed.split(",") if part.strip()]  # --set validate.labels=a,b
         _set_dotted(raw, key, parsed)
     return parse_params(raw, path, list(overrides or {}))

@@ -10,6 +10,7 @@ the normal flow, gate included.
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
@@ -335,8 +336,15 @@ def _shown(chosen: dict[str, Any]) -> str:
 def _said(say: Callable[[str], None], number: int, chosen: dict[str, Any], out: TrialOutcome, metric: str) -> None:
     if out.pruned:
         say(f"trial {number}: {_shown(chosen)}: pruned after {out.epochs_run} epoch(s)")
+    elif not math.isfinite(out.value):  # Optuna fails such a trial and goes on
+        say(f"trial {number}: {_shown(chosen)}: failed, {metric} is {out.value} (epoch {out.best_epoch})")
     else:
         say(f"trial {number}: {_shown(chosen)}: {metric} {out.value:.4f} (epoch {out.best_epoch})")
+
+
+def _failed(say: Callable[[str], None], number: int, chosen: dict[str, Any], err: BaseException) -> None:
+    """The progress line of a trial that raised: its values (the error itself reaches the caller)."""
+    say(f"trial {number}: {_shown(chosen)}: failed ({err.__class__.__name__})")
 
 
 def _record(trial) -> Trial:
@@ -382,9 +390,9 @@ def run(
     folder = ws.out / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     name = study_name(params, content_hash(ws.data_root)[0])
-    # one line per trial is ours; a failed trial's error ends the search (catch=()) and reaches the caller, so
-    # Optuna's own warning of it (with a traceback, also for expected errors such as data failing validation)
-    # would only repeat it
+    # one line per trial is ours (a failed one's too: _failed, _said); an error ends the search (catch=()) and
+    # reaches the caller, so Optuna's own warning of it (with a traceback, also for expected errors such as data
+    # failing validation) would only repeat it
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     url = f"sqlite:///{folder / 'study.db'}"
     storage = _storage(url)
@@ -417,7 +425,11 @@ def run(
     def objective(trial) -> float:
         chosen = suggest(trial, tune.space)
         trial_ps = trial_params(params, chosen)
-        out = _train_trial(trial, trial_ps, ws, _data(trial_ps, ws, cache), parent, name)
+        try:
+            out = _train_trial(trial, trial_ps, ws, _data(trial_ps, ws, cache), parent, name)
+        except Exception as err:
+            _failed(say, trial.number, chosen, err)
+            raise
         _said(say, trial.number, chosen, out, tune.metric)
         if out.pruned:
             raise optuna.TrialPruned()
@@ -514,6 +526,7 @@ def _ask_and_tell(
                 work, chosen = job(trial)  # the data steps run here, once per set of data params
                 running[executor.submit(run_trial, work)] = (trial, chosen)
             except Exception as err:  # noqa: BLE001 (told, then raised once the running trials are in)
+                _failed(say, trial.number, dict(trial.params), err)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 failure = err
         if not running:
@@ -524,6 +537,7 @@ def _ask_and_tell(
             try:
                 out = future.result()
             except Exception as err:  # noqa: BLE001
+                _failed(say, trial.number, chosen, err)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 failure = failure or err
                 continue

@@ -100,6 +100,8 @@ def test_data_that_fail_validation_are_one_line_naming_the_data_once(tmp_path, t
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {data}: data validation failed")
     assert last.count(str(data)) == 1 + last.count(f"{data}/")  # the root named once (and its report's path)
+    assert "trial 0: train.batch_size=" in done.stdout  # the failed trial's values are shown
+    assert ": failed (DataError)" in done.stdout + done.stderr
     assert not list((tmp_path / "outputs" / "tune" / "trials").glob("0*"))  # no trial trained
 
 
