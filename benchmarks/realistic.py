@@ -39,6 +39,7 @@ import pandas as pd
 from medmnist import SETS as MEDMNIST
 from medmnist import SETTINGS as MEDMNIST_SETTINGS
 from scarce_labels import DATASETS, copy_data, cpu_seconds, stratified
+from scarce_labels import emit as scarce_emit
 
 from pipeline import autoparams, balance, evaluate, preprocess, train, validate
 from pipeline import tune as tuning
@@ -92,11 +93,7 @@ SPACE_28 = {  # MedMNIST: the size is the data's; the model and the regularisati
 
 def emit(record: dict, log: Path | None) -> None:
     """Print one JSON line (and append it to `log`)."""
-    line = json.dumps({"bench": "realistic", **record})
-    print(line, flush=True)
-    if log is not None:
-        with log.open("a") as f:
-            f.write(line + "\n")
+    scarce_emit(record, log, bench="realistic")
 
 
 def chest_patient(path: str) -> str:

@@ -56,8 +56,9 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def emit(record: dict, log: Path | None) -> None:
-    line = json.dumps({"bench": "scarce_labels", **record})
+def emit(record: dict, log: Path | None, bench: str = "scarce_labels") -> None:
+    """Print one JSON line `{"bench": bench, ...}` (and append it to `log`)."""
+    line = json.dumps({"bench": bench, **record})
     print(line, flush=True)
     if log is not None:
         with log.open("a") as f:
