@@ -7,7 +7,8 @@ chest_xray_kermany224's official test split, and for blood_cells_pbc a stratifie
 (seed 0). Variants per dataset and seed: `full` (every train row labelled), `sup10` (a seeded, stratified
 10 % of the train rows, the rest dropped), `semi10` (the same 10 %, the rest kept with an empty label, semi
 pseudo_label threshold 0.95, rounds 1), `share10` (the same, picking by class_share: the most confident
---share * round of each class the teacher assigns, --share-rounds rounds). The loop starts from sup10's
+--share * round of each class the teacher assigns, --share-rounds rounds), `cons10` (the same, consistency
+training from the teacher's weights: --cons-threshold, --cons-mu, --cons-weight). The loop starts from sup10's
 labels; per round the oracle labels 5 % of the original pool (held-back truth) in suggest's review order or
 at random, and the model is retrained.
 
@@ -47,6 +48,7 @@ ROUNDS = 3
 SEMI_VARIANTS = {  # the semi params of the variants that keep the unlabelled train rows (share10: --share...)
     "semi10": {"method": "pseudo_label", "criterion": "threshold", "threshold": 0.95, "rounds": 1},
     "share10": {"method": "pseudo_label", "criterion": "class_share", "share": 0.2, "rounds": 2},
+    "cons10": {"method": "consistency", "threshold": 0.95, "rounds": 1, "mu": 2, "weight": 1.0},
 }
 
 
@@ -224,9 +226,13 @@ def pseudo_record(v, ws: Workspace, classes: list[str]) -> dict:
     out["pool_excluded"] = pool.loc[pool["excluded"] != "", "excluded"].str.split(":").str[0].value_counts().to_dict()
     semi, manifest_truth = ws.out / "train" / "semi.json", RUN_TRUTH
     if semi.is_file():
-        first = json.loads(semi.read_text())["rounds"][0]
-        out.update(pseudo_picked=first["picked"], pseudo_per_class=first["per_class"])
-        out["pseudo_mean_confidence"] = first["mean_confidence"]
+        rounds = json.loads(semi.read_text())["rounds"]
+        first = rounds[0] if rounds else {}
+        if "picked" in first:
+            out.update(pseudo_picked=first["picked"], pseudo_per_class=first["per_class"])
+            out["pseudo_mean_confidence"] = first["mean_confidence"]
+        elif "sure" in first:  # consistency: how many pool images the student is sure of at the end
+            out["pool_sure_after"] = [r["sure"] for r in rounds]
     if RECORDER is not None and RECORDER.picks:
         rounds = []
         for pick in RECORDER.picks:  # the first round's figures at the top level, every round's in pseudo_rounds
@@ -343,9 +349,12 @@ def main() -> None:
     ap.add_argument("--datasets", default="chest,blood")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--parts", default="variants,loop", help="variants and/or loop")
-    ap.add_argument("--variants", default="full,sup10,semi10", help="of full,sup10,semi10,share10")
+    ap.add_argument("--variants", default="full,sup10,semi10", help="of full,sup10,semi10,share10,cons10")
     ap.add_argument("--share", type=float, default=0.2, help="share10's semi.share")
     ap.add_argument("--share-rounds", type=int, default=2, help="share10's semi.rounds")
+    ap.add_argument("--cons-threshold", type=float, default=0.95, help="cons10's semi.threshold")
+    ap.add_argument("--cons-mu", type=int, default=2, help="cons10's semi.mu")
+    ap.add_argument("--cons-weight", type=float, default=1.0, help="cons10's semi.weight")
     ap.add_argument("--strategies", default="suggest,random")
     ap.add_argument("--loop-datasets", default="chest,blood", help="datasets the loop runs on")
     ap.add_argument("--loop-seeds", default="0")
@@ -374,8 +383,15 @@ def main() -> None:
             if "variants" in parts:
                 for variant in variants:
                     semi = SEMI_VARIANTS.get(variant)
-                    if semi and semi["criterion"] == "class_share":
+                    if semi and semi.get("criterion") == "class_share":
                         semi = {**semi, "share": args.share, "rounds": args.share_rounds}
+                    if semi and semi["method"] == "consistency":
+                        semi = {
+                            **semi,
+                            "threshold": args.cons_threshold,
+                            "mu": args.cons_mu,
+                            "weight": args.cons_weight,
+                        }
                     m = variant_manifest(truth, truth.index if variant == "full" else labelled, bool(semi))
                     record, _, _, ws = run_variant(variant, m, root, work / variant, seed, args.epochs, semi, scan)
                     record.update(dataset=name, seed=seed, labels_ratio=LABELLED if variant != "full" else 1.0)

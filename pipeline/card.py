@@ -115,6 +115,19 @@ def limitations(facts: CardFacts) -> list[str]:
     return out
 
 
+def semi_words(tag: str) -> str:
+    """The `medpipe.semi` tag in the card's words.
+
+    Args:
+        tag: The tag, e.g. `pseudo_label: 4 of 10 pool images at >= 0.95 (round 1)`.
+
+    Returns:
+        E.g. `pseudo-labelling: 4 of 10 pool images at >= 0.95 (round 1).`
+    """
+    method, _, rest = tag.partition(": ")
+    return f"{'consistency training' if method == 'consistency' else 'pseudo-labelling'}: {rest}."
+
+
 def label_lines(lineage: dict[str, str], validated: ValidationReport) -> list[str]:
     """The card's lines on where the labels came from and what became of the unlabelled images.
 
@@ -135,7 +148,7 @@ def label_lines(lineage: dict[str, str], validated: ValidationReport) -> list[st
         usable = f", {pool['usable']} usable" if pool else ""
         lines.append(
             f"- Unlabelled images: {validated.n_unlabelled}{usable}, in no split; "
-            + (f"pseudo-labelling: {semi.removeprefix('pseudo_label: ')}." if semi else "not learnt from.")
+            + (semi_words(semi) if semi else "not learnt from.")
         )
     return lines
 

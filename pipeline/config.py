@@ -201,8 +201,10 @@ class SemiParams(Section):
     of a val/test image). Off by default; off, it adds nothing to the params' hash."""
 
     # none | pseudo_label: a teacher trained on the labelled images labels pool images, and a student, from
-    # the same initial weights, trains on the labelled and the pseudo-labelled ones
-    method: Literal["none", "pseudo_label"] = "none"
+    # the same initial weights, trains on the labelled and the pseudo-labelled ones | consistency: a student
+    # from the teacher's weights learns, besides the labelled images, to give a pool image's strong view the
+    # class it gives its weak view where that is sure (>= threshold; FixMatch, Sohn et al. 2020)
+    method: Literal["none", "pseudo_label", "consistency"] = "none"
     # Which pool images a teacher labels (as scikit-learn's SelfTrainingClassifier names it):
     # threshold: those whose top softmax probability >= threshold (a weak teacher is sure mostly of its easy
     # classes); class_share: in round k, the most confident share * k of the images it assigns to each class
@@ -211,6 +213,15 @@ class SemiParams(Section):
     threshold: float = Field(0.95, gt=0, le=1)
     share: float = Field(0.2, gt=0, le=1)
     rounds: int = Field(1, ge=1, le=5)  # teacher -> student rounds; each student teaches the next round
+    # consistency only (left out of the hash otherwise):
+    mu: int = Field(2, ge=1, le=16)  # pool images per labelled image in a batch (each seen weak and strong)
+    weight: float = Field(1.0, ge=0)  # the pool term's weight in the loss (FixMatch's lambda_u)
+    strong: AugmentParams = AugmentParams(
+        rotation=30.0, shift=0.125, zoom=0.2, brightness=0.3, contrast=0.3, noise=0.05
+    )
+
+
+CONSISTENCY_ONLY = frozenset({"mu", "weight", "strong"})  # SemiParams fields only semi.method consistency reads
 
 
 class EvaluateParams(Section):
@@ -360,12 +371,16 @@ class Params(Section):
         no model, so they are left out.
 
         `semi` is left out while it is off, so the hash of a recipe without it is the one it had before
-        the section existed.
+        the section existed; its consistency-only fields are left out unless `semi.method` is consistency.
 
         Returns:
             The hex md5 of the params as sorted JSON (by alias), without `dask`, `card` and `tune`.
         """
-        left_out = {"dask", "card", "tune", *(["semi"] if self.semi.method == "none" else [])}
+        left_out: dict[str, Any] = {"dask": True, "card": True, "tune": True}
+        if self.semi.method == "none":
+            left_out["semi"] = True
+        elif self.semi.method != "consistency":  # a pseudo-labelling recipe keeps the hash it had before them
+            left_out["semi"] = dict.fromkeys(CONSISTENCY_ONLY, True)
         text = json.dumps(self.model_dump(mode="json", by_alias=True, exclude=left_out), sort_keys=True)
         return hashlib.md5(text.encode()).hexdigest()
 

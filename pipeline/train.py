@@ -377,7 +377,9 @@ def load_checkpoint(folder: Path, key: str):
     if progress.key != key:
         return None
     import pipeline.model  # noqa: F401  (registers Standardize with Keras: a fresh process has not imported it)
+    from pipeline.consistency import registered
 
+    registered()  # a consistency student's loss and metric
     model = keras.models.load_model(folder / "model.keras")
     for variable, value in zip(_seed_states(model), progress.rng or []):
         variable.assign(np.asarray(value, dtype=variable.dtype))
@@ -451,6 +453,7 @@ def fit(
     class_weight: dict[int, float] | None,
     callbacks: tuple = (),
     phase: str = "",
+    batches=None,
 ) -> Progress:
     """Train from progress.epoch to the end (or early stop), checkpointing each epoch.
 
@@ -465,14 +468,18 @@ def fit(
         class_weight: Weight by class index, or None.
         callbacks: More Keras callbacks.
         phase: "" for the model the run delivers, else an earlier phase's name (see epoch_monitor).
+        batches: Makes the batches from the first epoch: (data, steps); default: the supervised batches of
+            `shards` and `plan` (train_dataset on TensorFlow, else train_feed).
 
     Returns:
         `progress`, updated; the model holds the best epoch's weights.
     """
     training, n_classes = params.train, int(model.output_shape[-1])
     if progress.epoch < training.epochs and not progress.stopped:
-        batches = train_dataset if active() == "tensorflow" else train_feed
-        data, steps = batches(shards, plan, n_classes, training, params.balance.augment, progress.epoch)
+        if batches is None:
+            feed = train_dataset if active() == "tensorflow" else train_feed
+            batches = lambda start: feed(shards, plan, n_classes, training, params.balance.augment, start)  # noqa: E731
+        data, steps = batches(progress.epoch)
         model.fit(
             data,
             epochs=training.epochs,
@@ -681,11 +688,13 @@ def log_curves(history: dict[str, list[float]] | None) -> None:
         mlflow.log_metrics(curve_metrics(dict(zip(CURVES, values))), step=epoch)
 
 
-def semi_tag(rounds: list[dict]) -> str:
-    """The run's `medpipe.semi` tag: what pseudo-labelling added, round by round.
+def semi_tag(rounds: list[dict], method: str = "pseudo_label") -> str:
+    """The run's `medpipe.semi` tag: what pseudo-labelling or consistency training added, round by round.
 
     Args:
-        rounds: Each round's summary (semi.round_summary); none when no unlabelled image was usable.
+        rounds: Each round's summary (semi.round_summary, consistency_summary); none when no unlabelled image
+            was usable.
+        method: semi.method.
 
     Returns:
         E.g. `pseudo_label: 812 of 1000 pool images at >= 0.95 (round 1); 850 (round 2)`, or with class_share
@@ -693,7 +702,12 @@ def semi_tag(rounds: list[dict]) -> str:
         (round 2)`.
     """
     if not rounds:
-        return "pseudo_label: no usable unlabelled images"
+        return f"{method}: no usable unlabelled images"
+    if method == "consistency":
+        first = rounds[0]
+        how = f"weak and strong views, threshold {first['threshold']}, mu {first['mu']}, weight {first['weight']}"
+        parts = [f"{r['sure']} of {r['pool']} sure after round {r['round']}" for r in rounds]
+        return f"consistency: {first['pool']} pool images ({how}); " + "; ".join(parts)
     first = rounds[0]
     parts = [f"{first['picked']} of {first['pool']} pool images {picked_by(first)} (round 1)"]
     parts += [f"{r['picked']}{share_note(r)} (round {r['round']})" for r in rounds[1:]]
@@ -761,6 +775,83 @@ def pseudo_label_round(
     return student, progress, summary
 
 
+def consistency_round(
+    teacher,
+    params: Params,
+    ws: Workspace,
+    prepared: PreprocessResult,
+    meta: dict,
+    train: tuple[Shards, tuple],
+    val: tuple[np.ndarray, np.ndarray],
+    balance: BalanceResult,
+    fresh: Progress,
+    phase: int,
+    resume: bool,
+    callbacks: tuple,
+):
+    """One consistency round inside the active run: a student from the teacher's weights trains on the labelled
+    batches and the pool's weak and strong views (pipeline.consistency), resumed from its checkpoint with
+    `resume`. Its curves go to the section `round<phase>` unless it is the last phase.
+
+    Args:
+        teacher: The model of the phase before (its best weights).
+        params: The run's params.
+        ws: The workspace.
+        prepared: The preprocess step's result (its `pool` split).
+        meta: The preprocess meta (the student's model).
+        train: (the train split's shards, the balance step's plan).
+        val: (val images, val labels).
+        balance: The balance step's result (class weights, which weigh the labelled term).
+        fresh: The progress of a student that starts afresh (the run's key and run id).
+        phase: The round (1-based; the teacher was phase 0).
+        resume: Continue from the phase's checkpoint when there is one for the same inputs.
+        callbacks: More Keras callbacks.
+
+    Returns:
+        (the student, compiled as a plain classifier; its progress; the round's summary).
+    """
+    import keras
+    import mlflow
+
+    from pipeline.consistency import compile_student, consistency_feed, layout, sure_count
+
+    shards, plan = train
+    pool, training, semi = Shards(prepared.folder, POOL), params.train, params.semi
+    folder = phase_folder(ws.out / "checkpoint", params, phase)
+    steps = math.ceil(len(plan[0]) / layout(training.batch_size, semi.mu)[0])
+    restored = load_checkpoint(folder, fresh.key) if resume else None
+    if restored:
+        student, progress = restored
+    else:
+        student, progress = new_model(params, meta, ws.base, steps), fresh
+        student.set_weights(teacher.get_weights())
+        optimizer = keras.optimizers.Adam(learning_rate(training, steps))
+        compile_student(student, optimizer, training, semi, balance.class_weight)
+    log.info(f"round {phase}: consistency training on {len(pool)} pool images (mu {semi.mu})")
+
+    def batches(start: int):
+        n_classes = len(meta["classes"])
+        return consistency_feed(shards, plan, pool, n_classes, training, params.balance.augment, semi, start)
+
+    section = "" if phase == phases(params) - 1 else f"round{phase}"
+    fit(student, shards, plan, val, params, progress, folder, None, callbacks, section, batches)
+    plain = new_model(params, meta, ws.base, steps)  # saved and served like any classifier: no custom loss
+    plain.set_weights(student.get_weights())
+    plain.optimizer.build(plain.trainable_variables)  # saved with its slots, as a trained model is: loads quietly
+    summary = {
+        "round": phase,
+        "method": "consistency",
+        "threshold": semi.threshold,
+        "mu": semi.mu,
+        "weight": semi.weight,
+        "pool": len(pool),
+        "sure": sure_count(predict_pool(plain, pool), semi.threshold),
+    }
+    mlflow.log_dict(summary, f"semi/round{phase}.json")
+    log.info(f"round {phase}: sure of {summary['sure']} of {summary['pool']} pool images at >= {semi.threshold}")
+    return plain, progress, summary
+
+
 def run_step(
     params: Params,
     ws: Workspace,
@@ -826,8 +917,9 @@ def run_step(
         )
         rounds = []
         for phase in range(1, last + 1):  # pseudo-labelling: the model so far teaches a new student
+            learn = consistency_round if params.semi.method == "consistency" else pseudo_label_round
             with configure_devices(training)[0]:  # a scope is entered once: a fresh one per round
-                student, student_progress, summary = pseudo_label_round(
+                student, student_progress, summary = learn(
                     model,
                     params,
                     ws,
@@ -852,7 +944,7 @@ def run_step(
             (out / "semi.json").write_text(
                 json.dumps({"method": params.semi.method, "rounds": rounds}, indent=2) + "\n"
             )
-            mlflow.set_tag("medpipe.semi", semi_tag(rounds))
+            mlflow.set_tag("medpipe.semi", semi_tag(rounds, params.semi.method))
         model.save(out / "model.keras")
         sha = weights_sha256(model.get_weights())
         mlflow.set_tag("medpipe.weights_sha256", sha)

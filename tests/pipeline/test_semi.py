@@ -264,3 +264,103 @@ def test_class_share_rounds_pick_from_each_class_and_more_each_round(tmp_path, t
     tag = client.get_run(result.run_id).data.tags["medpipe.semi"]
     assert tag == semi_tag(rounds) and "as the most confident 30 % of each class (round 1)" in tag
     assert [m.step for m in client.get_metric_history(result.run_id, "round1/val_roc_auc")] == [0, 1, 2]
+
+
+CONSISTENCY = {"method": "consistency", "threshold": 0.34, "rounds": 1, "mu": 1}
+
+
+def test_consistency_fields_change_only_a_consistency_recipe_s_hash():
+    pseudo = Params.model_validate({"semi": {"method": "pseudo_label"}})
+    assert Params.model_validate({"semi": {"method": "pseudo_label", "mu": 5, "weight": 0.5}}).md5() == pseudo.md5()
+    consistency = Params.model_validate({"semi": {"method": "consistency"}})
+    assert consistency.md5() not in (pseudo.md5(), Params().md5())
+    assert Params.model_validate({"semi": {"method": "consistency", "mu": 5}}).md5() != consistency.md5()
+
+
+def test_the_consistency_loss_is_labelled_cross_entropy_plus_the_sure_pool_images_strong_views_term():
+    from keras import ops
+
+    from pipeline.consistency import registered
+
+    loss_class, accuracy_class = registered()
+    y_true = np.array([[1, 0], [0, 1], [0, 0], [0, 0], [0, 0], [0, 0]], np.float32)
+    y_pred = np.array(
+        [
+            [0.8, 0.2],  # labelled: right
+            [0.6, 0.4],  # labelled: wrong
+            [0.9, 0.1],  # weak view, sure (>= 0.7) of class 0
+            [0.55, 0.45],  # weak view, unsure: its strong view adds nothing
+            [0.3, 0.7],  # strong view of the sure one, against class 0
+            [0.1, 0.9],
+        ],
+        np.float32,
+    )
+    value = float(ops.convert_to_numpy(loss_class(2, 2, 0.7, 0.5)(y_true, y_pred)))
+    supervised = -(np.log(0.8) + np.log(0.4)) / 2
+    assert value == pytest.approx(supervised + 0.5 * (-np.log(0.3) / 2), rel=1e-5)
+    weighted = float(ops.convert_to_numpy(loss_class(2, 2, 0.7, 0.0, [1.0, 3.0])(y_true, y_pred)))
+    assert weighted == pytest.approx(-(np.log(0.8) + 3 * np.log(0.4)) / 2, rel=1e-5)
+    accuracy = accuracy_class(2)
+    accuracy.update_state(y_true, y_pred)
+    assert float(accuracy.result()) == pytest.approx(0.5)  # the labelled rows only
+
+
+def test_consistency_batches_hold_supervised_training_s_labelled_rows_then_two_views_of_pool_images():
+    from keras import ops
+
+    from pipeline.config import AugmentParams, TrainParams
+    from pipeline.consistency import consistency_feed
+    from pipeline.feed import train_feed
+
+    rng = np.random.default_rng(0)
+    train = ArrayShards(rng.integers(0, 255, (10, 12, 12, 1), dtype=np.uint8), np.arange(10) % 2)
+    pool = ArrayShards(rng.integers(0, 255, (7, 12, 12, 1), dtype=np.uint8), np.full(7, -1))
+    plan = (np.arange(10), np.arange(10) % 3 == 0)
+    training = TrainParams(epochs=2, batch_size=4, seed=3)
+    weak, semi = AugmentParams(), SemiParams(method="consistency", mu=2)
+    feed, steps = consistency_feed(train, plan, pool, 2, training, weak, semi)
+    supervised, same_steps = train_feed(train, plan, 2, training, weak)
+    assert steps == same_steps == 3 and len(feed) == 6
+    for i in (0, 4):  # a batch of each epoch
+        x, y = feed[i]
+        x = ops.convert_to_numpy(x)
+        assert x.shape == (4 + 2 * 8, 12, 12, 1) and y.shape == (20, 2)
+        sx, sy = supervised[i]
+        np.testing.assert_allclose(x[:4], ops.convert_to_numpy(sx), atol=1e-6)
+        np.testing.assert_array_equal(y[:4], sy)
+        assert not y[4:].any()
+        assert not np.allclose(x[4:12], x[12:])  # weak and strong views differ
+    last_x, _ = feed[2]  # the epoch's last batch wraps around: still full
+    assert ops.convert_to_numpy(last_x).shape[0] == 20
+    again, _ = consistency_feed(train, plan, pool, 2, training, weak, semi, start_epoch=1)
+    np.testing.assert_array_equal(ops.convert_to_numpy(again[1][0]), ops.convert_to_numpy(feed[4][0]))
+
+
+@pytest.mark.slow
+def test_consistency_training_learns_from_the_pool_resumes_to_the_same_weights_and_saves_a_plain_model(
+    tmp_path, tiny_data
+):
+    import keras
+    import mlflow
+
+    root, _ = _pool_data(tmp_path, tiny_data)
+    params, ws, inputs = _semi_workspace(tmp_path / "a", root, **CONSISTENCY)
+    whole = run_step(params, ws, *inputs)
+    rounds = json.loads((ws.out / "train" / "semi.json").read_text())["rounds"]
+    assert [(r["method"], r["pool"], r["mu"]) for r in rounds] == [("consistency", inputs[0].pool["usable"], 1)]
+    assert 0 <= rounds[0]["sure"] <= rounds[0]["pool"]
+    client = mlflow.MlflowClient(tracking_uri=params.register_.tracking_uri)
+    tag = client.get_run(whole.run_id).data.tags["medpipe.semi"]
+    assert tag == semi_tag(rounds, "consistency") and tag.startswith(f"consistency: {rounds[0]['pool']} pool images")
+    assert [m.step for m in client.get_metric_history(whole.run_id, "round0/val_roc_auc")] == [0, 1, 2]
+    assert [m.step for m in client.get_metric_history(whole.run_id, "val_roc_auc")] == [0, 1, 2]
+    saved = keras.models.load_model(ws.base / whole.model_path)
+    assert saved.loss == "categorical_crossentropy"  # served and evaluated like any classifier
+
+    params, ws, inputs = _semi_workspace(tmp_path / "b", root, **CONSISTENCY)
+    with pytest.raises(_Interrupt):  # in the student's second epoch
+        run_step(params, ws, *inputs, callbacks=(_interrupt_at(5),))
+    assert json.loads((ws.out / "checkpoint" / "round1" / "progress.json").read_text())["epoch"] == 2
+    resumed = run_step(params, ws, *inputs, resume=True)
+    assert resumed.weights_sha256 == whole.weights_sha256
+    assert json.loads((ws.out / "train" / "semi.json").read_text())["rounds"] == rounds
