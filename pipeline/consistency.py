@@ -19,7 +19,8 @@ from pipeline.config import AugmentParams, SemiParams, TrainParams
 from pipeline.feed import _on_device, epoch_order
 from pipeline.shards import Split
 
-WEAK_STREAM, STRONG_STREAM, POOL_ORDER_STREAM = 3, 5, 7  # seed words beside augment's 0-1 and the order's 2
+# seed words beside augment's draws (0) and noise (1) and the epoch order's (2)
+WEAK_STREAM, STRONG_STREAM, POOL_ORDER_STREAM, LABELLED_PASS_STREAM = 3, 5, 7, 8
 
 
 def layout(batch_size: int, mu: int) -> tuple[int, int]:
@@ -41,6 +42,42 @@ def _draws(seed: int, epoch: int, batch: int, size: int, stream: int) -> np.ndar
 
 def _noise(seed: int, epoch: int, batch: int, shape: tuple[int, ...], stream: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, batch, stream + 1]).standard_normal(shape, dtype=np.float32)
+
+
+def steps_per_epoch(n_labelled: int, n_pool: int, batch_size: int, mu: int) -> int:
+    """Batches in a consistency epoch: one pass over the pool, and at least one over the labelled plan.
+
+    Args:
+        n_labelled: The balance plan's length.
+        n_pool: Images in the pool.
+        batch_size: train.batch_size.
+        mu: semi.mu.
+
+    Returns:
+        The number of batches.
+    """
+    labelled, unlabelled = layout(batch_size, mu)
+    return max(math.ceil(n_labelled / labelled), math.ceil(n_pool / unlabelled), 1)
+
+
+def labelled_order(seed: int, epoch: int, n: int, length: int) -> np.ndarray:
+    """The plan positions an epoch's labelled rows take, in order: supervised training's permutation of the
+    epoch first, then further permutations of (seed, epoch, pass) until `length` are drawn.
+
+    Args:
+        seed: train.seed.
+        epoch: The epoch.
+        n: The plan's length.
+        length: Positions needed.
+
+    Returns:
+        `length` positions, int64.
+    """
+    passes = [epoch_order(seed, epoch, n)]
+    while sum(map(len, passes)) < length:
+        rng = np.random.default_rng([seed, epoch, len(passes), LABELLED_PASS_STREAM])
+        passes.append(rng.permutation(n))
+    return np.concatenate(passes)[:length]
 
 
 def pool_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -84,8 +121,9 @@ def consistency_feed(
     """Batches of (labelled | weak pool views | strong pool views, one-hot labels | zeros), for epochs
     start_epoch..training.epochs-1, as one Keras PyDataset (any backend).
 
-    An epoch is the labelled plan's length in batches; its last batch wraps to the epoch's start. The
-    labelled rows get the same order and augmentations as supervised training's batches.
+    An epoch is one pass over the pool (steps_per_epoch), the labelled plan taken as often as that needs
+    (labelled_order); batches are full, the last wrapping to the start. The labelled rows of the epoch's
+    first plan-length of batches get the same order and augmentations as supervised training's.
 
     Args:
         shards: The train split's shards.
@@ -106,7 +144,7 @@ def consistency_feed(
     index, flags = plan
     n, seed = len(index), training.seed
     labelled, unlabelled = layout(training.batch_size, semi.mu)
-    steps = math.ceil(n / labelled)
+    steps = steps_per_epoch(n, len(pool), training.batch_size, semi.mu)
     fits = lambda s: s.nbytes <= training.in_memory_mb * 2**20  # noqa: E731
     table, pool_table = (shards.read() if fits(shards) else None), (pool.read() if fits(pool) else None)
     eye = np.eye(n_classes, dtype=np.float32)
@@ -133,7 +171,7 @@ def consistency_feed(
         def order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
             found = self.orders.get(epoch)
             if found is None:
-                found = (epoch_order(seed, epoch, n), pool_order(seed, epoch, len(pool)))
+                found = (labelled_order(seed, epoch, n, steps * labelled), pool_order(seed, epoch, len(pool)))
                 self.orders = {epoch: found}  # one epoch at a time
             return found
 

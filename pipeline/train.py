@@ -813,12 +813,12 @@ def consistency_round(
     import keras
     import mlflow
 
-    from pipeline.consistency import compile_student, consistency_feed, layout, sure_count
+    from pipeline.consistency import compile_student, consistency_feed, steps_per_epoch, sure_count
 
     shards, plan = train
     pool, training, semi = Shards(prepared.folder, POOL), params.train, params.semi
     folder = phase_folder(ws.out / "checkpoint", params, phase)
-    steps = math.ceil(len(plan[0]) / layout(training.batch_size, semi.mu)[0])
+    steps = steps_per_epoch(len(plan[0]), len(pool), training.batch_size, semi.mu)
     restored = load_checkpoint(folder, fresh.key) if resume else None
     if restored:
         student, progress = restored

@@ -309,31 +309,35 @@ def test_consistency_batches_hold_supervised_training_s_labelled_rows_then_two_v
     from keras import ops
 
     from pipeline.config import AugmentParams, TrainParams
-    from pipeline.consistency import consistency_feed
+    from pipeline.consistency import consistency_feed, labelled_order, pool_order, wrapped
     from pipeline.feed import train_feed
 
     rng = np.random.default_rng(0)
     train = ArrayShards(rng.integers(0, 255, (10, 12, 12, 1), dtype=np.uint8), np.arange(10) % 2)
-    pool = ArrayShards(rng.integers(0, 255, (7, 12, 12, 1), dtype=np.uint8), np.full(7, -1))
+    pool = ArrayShards(rng.integers(0, 255, (30, 12, 12, 1), dtype=np.uint8), np.full(30, -1))
     plan = (np.arange(10), np.arange(10) % 3 == 0)
     training = TrainParams(epochs=2, batch_size=4, seed=3)
     weak, semi = AugmentParams(), SemiParams(method="consistency", mu=2)
     feed, steps = consistency_feed(train, plan, pool, 2, training, weak, semi)
-    supervised, same_steps = train_feed(train, plan, 2, training, weak)
-    assert steps == same_steps == 3 and len(feed) == 6
-    for i in (0, 4):  # a batch of each epoch
+    supervised, supervised_steps = train_feed(train, plan, 2, training, weak)
+    assert supervised_steps == 3 and steps == 4 and len(feed) == 8  # an epoch: one pass over the 30 pool images
+    for i in (0, 1, 5):  # whole supervised batches of each epoch
         x, y = feed[i]
         x = ops.convert_to_numpy(x)
         assert x.shape == (4 + 2 * 8, 12, 12, 1) and y.shape == (20, 2)
-        sx, sy = supervised[i]
+        sx, sy = supervised[i - 1 if i > steps else i]  # its batch of the same epoch
         np.testing.assert_allclose(x[:4], ops.convert_to_numpy(sx), atol=1e-6)
         np.testing.assert_array_equal(y[:4], sy)
         assert not y[4:].any()
         assert not np.allclose(x[4:12], x[12:])  # weak and strong views differ
-    last_x, _ = feed[2]  # the epoch's last batch wraps around: still full
+    last_x, _ = feed[3]  # the epoch's last batch wraps around: still full
     assert ops.convert_to_numpy(last_x).shape[0] == 20
     again, _ = consistency_feed(train, plan, pool, 2, training, weak, semi, start_epoch=1)
-    np.testing.assert_array_equal(ops.convert_to_numpy(again[1][0]), ops.convert_to_numpy(feed[4][0]))
+    np.testing.assert_array_equal(ops.convert_to_numpy(again[1][0]), ops.convert_to_numpy(feed[5][0]))
+    order = pool_order(3, 0, 30)
+    assert sorted(np.concatenate([wrapped(order, b, 8) for b in range(4)])[:30]) == list(range(30))
+    labelled = labelled_order(3, 0, 10, 16)  # two passes over the plan: each a permutation
+    assert sorted(labelled[:10]) == list(range(10)) and len(set(labelled[10:])) == 6
 
 
 @pytest.mark.slow
