@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.augment import N_DRAWS, affine_transforms, augments
 from pipeline.config import AugmentParams, SemiParams, TrainParams
+from pipeline.errors import ConfigError
 from pipeline.feed import _on_device, epoch_order
 from pipeline.shards import Split
 
@@ -308,3 +309,21 @@ def sure_count(proba: np.ndarray, threshold: float) -> int:
         The count.
     """
     return int((np.asarray(proba).max(axis=1) >= threshold).sum()) if len(proba) else 0
+
+
+def one_device(n_gpus: int) -> None:
+    """Refuse several GPUs: data parallelism splits a batch between them, and a consistency batch's rows
+    are laid out labelled first, then the two views (layout), which a split would break.
+
+    Args:
+        n_gpus: The GPUs the backend sees.
+
+    Raises:
+        ConfigError: More than one.
+    """
+    if n_gpus > 1:
+        raise ConfigError(
+            "semi.method",
+            f"consistency trains on one device and this machine shows {n_gpus} GPUs: "
+            "pick one with CUDA_VISIBLE_DEVICES",
+        )

@@ -368,3 +368,16 @@ def test_consistency_training_learns_from_the_pool_resumes_to_the_same_weights_a
     resumed = run_step(params, ws, *inputs, resume=True)
     assert resumed.weights_sha256 == whole.weights_sha256
     assert json.loads((ws.out / "train" / "semi.json").read_text())["rounds"] == rounds
+
+
+def test_consistency_refuses_several_gpus_whose_split_would_break_a_batch_s_layout():
+    from pipeline.consistency import one_device
+    from pipeline.errors import ConfigError
+
+    one_device(0)
+    one_device(1)
+    with pytest.raises(
+        ConfigError,
+        match="semi.method: consistency trains on one device and this machine shows 2 GPUs: pick one with",
+    ):
+        one_device(2)
