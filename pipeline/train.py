@@ -884,11 +884,11 @@ def run_step(
     shards, plan = Shards(prepared.folder, "train"), load_plan(balance.plan)
     val = Shards(prepared.folder, "val")
     folder, key = ws.out / "checkpoint", checkpoint_key(params, prepared, balanced)
-    select(training.backend)  # before Keras is imported
+    backend = select(training.backend)  # before Keras is imported
     if params.semi.method == "consistency":
         from pipeline.consistency import one_device
 
-        one_device(len(gpus(active())))  # before the teacher trains
+        one_device(len(gpus(backend)))  # before the teacher trains
     scope, _ = configure_devices(training)  # first: GPU settings only apply before a GPU is touched
     configure_determinism(training.seed, training.determinism)
     with scope:
