@@ -104,3 +104,13 @@ def test_the_card_renders_with_every_figure_in_chromium(tmp_path):
     page = tmp_path / "model_card.html"
     page.write_text(markdown_html(card_markdown(_facts(figures)), tmp_path, "card"))
     assert chromium_images(page) == (3, 0)
+
+
+def test_the_card_names_how_the_unlabelled_images_were_learnt_from():
+    from pipeline.card import semi_words
+
+    assert semi_words("pseudo_label: 4 of 10 pool images at >= 0.95 (round 1)") == (
+        "pseudo-labelling: 4 of 10 pool images at >= 0.95 (round 1)."
+    )
+    tag = "consistency: 10 pool images (weak and strong views, threshold 0.95, mu 2, weight 1.0); 4 of 10 sure after"
+    assert semi_words(tag) == "consistency training: " + tag.removeprefix("consistency: ") + "."
