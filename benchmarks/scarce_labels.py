@@ -8,8 +8,8 @@ chest_xray_kermany224's official test split, and for blood_cells_pbc a stratifie
 10 % of the train rows, the rest dropped), `semi10` (the same 10 %, the rest kept with an empty label, semi
 pseudo_label threshold 0.95, rounds 1), `share10` (the same, picking by class_share: the most confident
 --share * round of each class the teacher assigns, --share-rounds rounds), `cons10` (the same, consistency
-training from the teacher's weights: --cons-threshold, --cons-mu, --cons-weight). The loop starts from sup10's
-labels; per round the oracle labels 5 % of the original pool (held-back truth) in suggest's review order or
+training from the teacher's weights: --cons-threshold, --cons-mu, --cons-weight, --cons-align). The loop starts
+from sup10's labels; per round the oracle labels 5 % of the original pool (held-back truth) in suggest's review order or
 at random, and the model is retrained.
 
 preprocess.color is `auto`, as in params.yaml (Params' own default is gray): the blood cells train in RGB.
@@ -355,6 +355,7 @@ def main() -> None:
     ap.add_argument("--cons-threshold", type=float, default=0.95, help="cons10's semi.threshold")
     ap.add_argument("--cons-mu", type=int, default=2, help="cons10's semi.mu")
     ap.add_argument("--cons-weight", type=float, default=1.0, help="cons10's semi.weight")
+    ap.add_argument("--cons-align", action="store_true", help="cons10 with semi.align")
     ap.add_argument("--strategies", default="suggest,random")
     ap.add_argument("--loop-datasets", default="chest,blood", help="datasets the loop runs on")
     ap.add_argument("--loop-seeds", default="0")
@@ -391,6 +392,7 @@ def main() -> None:
                             "threshold": args.cons_threshold,
                             "mu": args.cons_mu,
                             "weight": args.cons_weight,
+                            "align": args.cons_align,
                         }
                     m = variant_manifest(truth, truth.index if variant == "full" else labelled, bool(semi))
                     record, _, _, ws = run_variant(variant, m, root, work / variant, seed, args.epochs, semi, scan)

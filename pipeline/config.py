@@ -216,12 +216,15 @@ class SemiParams(Section):
     # consistency only (left out of the hash otherwise):
     mu: int = Field(2, ge=1, le=16)  # pool images per labelled image in a batch (each seen weak and strong)
     weight: float = Field(1.0, ge=0)  # the pool term's weight in the loss (FixMatch's lambda_u)
+    align: bool = False  # divide the weak views' probabilities by the batch's mean first (towards uniform classes)
     strong: AugmentParams = AugmentParams(
         rotation=30.0, shift=0.125, zoom=0.2, brightness=0.3, contrast=0.3, noise=0.05
     )
 
 
-CONSISTENCY_ONLY = frozenset({"mu", "weight", "strong"})  # SemiParams fields only semi.method consistency reads
+CONSISTENCY_ONLY = frozenset(
+    {"mu", "weight", "align", "strong"}
+)  # SemiParams fields only semi.method consistency reads
 
 
 class EvaluateParams(Section):

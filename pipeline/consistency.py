@@ -5,8 +5,11 @@ training), then `semi.mu` times as many pool images twice: weakly augmented (`ba
 strongly augmented (`semi.strong`). The loss is the labelled images' cross-entropy plus `semi.weight`
 times the cross-entropy of the strong views against the class the model gives the weak view, for the
 pool images whose weak-view top probability reaches `semi.threshold` (no gradient through the weak view;
-Sohn et al. 2020, FixMatch). The student starts from the teacher's best weights. Batches are a pure
-function of (seed, epoch, batch), written once for both backends with keras.ops, so a run is
+Sohn et al. 2020, FixMatch). With `semi.align`, the weak views' probabilities are first divided by their
+mean over the batch and renormalised (distribution alignment towards uniform classes, after ReMixMatch,
+with the batch's mean as the estimate), so one class the model favours does not take over the targets.
+The student starts from the teacher's best weights. An epoch is one pass over the pool. Batches are a
+pure function of (seed, epoch, batch), written once for both backends with keras.ops, so a run is
 deterministic and resumes like supervised training.
 """
 
@@ -210,6 +213,7 @@ def _register():
             threshold: float,
             weight: float,
             class_weights: list[float] | None = None,
+            align: bool = False,
             name: str = "consistency",
             reduction: str = "sum_over_batch_size",
             dtype=None,
@@ -217,6 +221,7 @@ def _register():
             super().__init__(name=name, reduction=reduction, dtype=dtype)
             self.labelled, self.unlabelled = labelled, unlabelled
             self.threshold, self.weight, self.class_weights = threshold, weight, class_weights
+            self.align = align
 
         def call(self, y_true, y_pred):
             b, u = self.labelled, self.unlabelled
@@ -227,6 +232,9 @@ def _register():
                 weights = ops.cast(ops.convert_to_tensor(self.class_weights), p.dtype)
                 supervised = supervised * ops.sum(y_true[:b] * weights, axis=-1)
             weak = ops.stop_gradient(y_pred[b : b + u])
+            if self.align:  # distribution alignment: the batch's mean prediction divided out, towards uniform
+                weak = weak / ops.maximum(ops.mean(weak, axis=0, keepdims=True), eps)
+                weak = weak / ops.sum(weak, axis=-1, keepdims=True)
             sure = ops.cast(ops.max(weak, axis=-1) >= self.threshold, p.dtype)
             target = ops.one_hot(ops.argmax(weak, axis=-1), ops.shape(weak)[-1], dtype=p.dtype)
             unsupervised = -ops.sum(target * ops.log(p[b + u : b + 2 * u]), axis=-1) * sure
@@ -240,6 +248,7 @@ def _register():
                 "threshold": self.threshold,
                 "weight": self.weight,
                 "class_weights": self.class_weights,
+                "align": self.align,
             }
 
     @keras.saving.register_keras_serializable(package="medpipe")
@@ -292,7 +301,7 @@ def compile_student(model, optimizer, training: TrainParams, semi: SemiParams, c
     weights = [float(class_weight.get(k, 1.0)) for k in range(n_classes)] if class_weight else None
     model.compile(
         optimizer=optimizer,
-        loss=loss_class(labelled, unlabelled, semi.threshold, semi.weight, weights),
+        loss=loss_class(labelled, unlabelled, semi.threshold, semi.weight, weights, semi.align),
         metrics=[accuracy_class(labelled)],
         jit_compile=training.xla,
     )

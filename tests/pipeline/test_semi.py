@@ -300,6 +300,11 @@ def test_the_consistency_loss_is_labelled_cross_entropy_plus_the_sure_pool_image
     assert value == pytest.approx(supervised + 0.5 * (-np.log(0.3) / 2), rel=1e-5)
     weighted = float(ops.convert_to_numpy(loss_class(2, 2, 0.7, 0.0, [1.0, 3.0])(y_true, y_pred)))
     assert weighted == pytest.approx(-(np.log(0.8) + 3 * np.log(0.4)) / 2, rel=1e-5)
+    # at 0.8 the first weak view (0.9) is sure; aligned (the batch's mean (0.725, 0.275) divided out) it is
+    # (0.773, 0.227): unsure, and the pool term is gone
+    sure = float(ops.convert_to_numpy(loss_class(2, 2, 0.8, 0.5)(y_true, y_pred)))
+    aligned = float(ops.convert_to_numpy(loss_class(2, 2, 0.8, 0.5, align=True)(y_true, y_pred)))
+    assert sure == pytest.approx(value, rel=1e-5) and aligned == pytest.approx(supervised, rel=1e-5)
     accuracy = accuracy_class(2)
     accuracy.update_state(y_true, y_pred)
     assert float(accuracy.result()) == pytest.approx(0.5)  # the labelled rows only
