@@ -34,7 +34,7 @@ def augments(augmentation: AugmentParams) -> bool:
 N_DRAWS = 7  # flip, rotation, zoom, shift x, shift y, brightness, contrast
 
 
-def draws(seed: int, epoch: int, batch: int, size: int) -> np.ndarray:
+def draws(seed: int, epoch: int, batch: int, size: int, stream: int = 0) -> np.ndarray:
     """The per-image random numbers of one batch, uniform in [-1, 1): a function of (seed, epoch, batch) only.
 
     Args:
@@ -42,15 +42,16 @@ def draws(seed: int, epoch: int, batch: int, size: int) -> np.ndarray:
         epoch: The epoch.
         batch: The batch within the epoch.
         size: Images in the batch.
+        stream: The seed's last word: 0 for training batches, others for other views of a batch (consistency).
 
     Returns:
         (size, N_DRAWS) float32.
     """
-    rng = np.random.default_rng([seed, epoch, batch, 0])
+    rng = np.random.default_rng([seed, epoch, batch, stream])
     return rng.uniform(-1.0, 1.0, (size, N_DRAWS)).astype(np.float32)
 
 
-def noise_field(seed: int, epoch: int, batch: int, shape: tuple[int, ...]) -> np.ndarray:
+def noise_field(seed: int, epoch: int, batch: int, shape: tuple[int, ...], stream: int = 0) -> np.ndarray:
     """Standard normal noise for one batch (augment.noise), from its own stream of (seed, epoch, batch).
 
     Args:
@@ -58,11 +59,12 @@ def noise_field(seed: int, epoch: int, batch: int, shape: tuple[int, ...]) -> np
         epoch: The epoch.
         batch: The batch within the epoch.
         shape: The batch's shape (b, h, w, c).
+        stream: The draws' stream (see draws); the noise takes the word after it.
 
     Returns:
         float32 noise of that shape.
     """
-    return np.random.default_rng([seed, epoch, batch, 1]).standard_normal(shape, dtype=np.float32)
+    return np.random.default_rng([seed, epoch, batch, stream + 1]).standard_normal(shape, dtype=np.float32)
 
 
 def affine_transforms(d: np.ndarray, h: int, w: int, augmentation: AugmentParams) -> np.ndarray:

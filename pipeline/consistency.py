@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from pipeline.augment import N_DRAWS, affine_transforms, augments
+from pipeline.augment import affine_transforms, augments, draws, noise_field
 from pipeline.config import AugmentParams, SemiParams, TrainParams
 from pipeline.errors import ConfigError
 from pipeline.feed import _on_device, epoch_order
@@ -38,14 +38,6 @@ def layout(batch_size: int, mu: int) -> tuple[int, int]:
         (batch_size, mu * batch_size); a batch has labelled + 2 * pool rows.
     """
     return batch_size, mu * batch_size
-
-
-def _draws(seed: int, epoch: int, batch: int, size: int, stream: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch, batch, stream]).uniform(-1.0, 1.0, (size, N_DRAWS)).astype(np.float32)
-
-
-def _noise(seed: int, epoch: int, batch: int, shape: tuple[int, ...], stream: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch, batch, stream + 1]).standard_normal(shape, dtype=np.float32)
 
 
 def steps_per_epoch(n_labelled: int, n_pool: int, batch_size: int, mu: int) -> int:
@@ -160,8 +152,8 @@ def consistency_feed(
         """x scaled, its masked images augmented with the draws of (seed, epoch, batch) = `at` and `stream`."""
         if fn is None or not mask.any():
             return scale(x)
-        d = _draws(*at, len(x), stream)
-        noise = _noise(*at, x.shape, stream) if augmentation.noise else None
+        d = draws(*at, len(x), stream)
+        noise = noise_field(*at, x.shape, stream) if augmentation.noise else None
         return fn(x, mask, d, affine_transforms(d, x.shape[1], x.shape[2], augmentation), noise)
 
     class ConsistencyFeed(keras.utils.PyDataset):
