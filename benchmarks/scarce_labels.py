@@ -8,7 +8,9 @@ chest_xray_kermany224's official test split, and for blood_cells_pbc a stratifie
 10 % of the train rows, the rest dropped), `semi10` (the same 10 %, the rest kept with an empty label, semi
 pseudo_label threshold 0.95, rounds 1), `share10` (the same, picking by class_share: the most confident
 --share * round of each class the teacher assigns, --share-rounds rounds), `cons10` (the same, consistency
-training from the teacher's weights: --cons-threshold, --cons-mu, --cons-weight, --cons-align). The loop starts
+training from the teacher's weights: --cons-threshold, --cons-mu, --cons-weight, --cons-align), `pre10` (the
+same 10 % and pool, the encoder first pre-trained by SimCLR on train + pool images: --pre-epochs,
+--pre-temperature, --pre-batch; then supervised) and `precons10` (that pre-training, then cons10). The loop starts
 from sup10's labels; per round the oracle labels 5 % of the original pool (held-back truth) in suggest's review order or
 at random, and the model is retrained.
 
@@ -50,6 +52,7 @@ SEMI_VARIANTS = {  # the semi params of the variants that keep the unlabelled tr
     "share10": {"method": "pseudo_label", "criterion": "class_share", "share": 0.2, "rounds": 2},
     "cons10": {"method": "consistency", "threshold": 0.95, "rounds": 1, "mu": 2, "weight": 1.0},
 }
+PRETRAIN_VARIANTS = {"pre10": None, "precons10": "cons10"}  # pre-training, then this semi variant (None: supervised)
 
 
 def cpu_seconds() -> float:
@@ -99,7 +102,7 @@ def copy_data(name: str, shared: Path, root: Path) -> None:
             shutil.copytree(folder, root / folder.name)
 
 
-def base_params(folder: Path, seed: int, epochs: int | None, semi: dict | None) -> dict:
+def base_params(folder: Path, seed: int, epochs: int | None, semi: dict | None, pretrain: dict | None = None) -> dict:
     raw = {
         "validate": {"labels": "auto"},
         "preprocess": {"size": 64, "seed": seed, "color": "auto"},
@@ -111,6 +114,8 @@ def base_params(folder: Path, seed: int, epochs: int | None, semi: dict | None) 
         raw["train"].update(epochs=epochs, min_epochs=min(5, epochs), patience=5)
     if semi:
         raw["semi"] = semi
+    if pretrain:
+        raw["pretrain"] = pretrain
     return raw
 
 
@@ -155,6 +160,7 @@ def run_variant(
     epochs: int | None,
     semi: dict | None,
     scan_cache: Path | None,
+    pretrain: dict | None = None,
 ) -> tuple[dict, object, Params, Workspace]:
     """validate -> preprocess -> balance -> train on `manifest` (written to root/manifest.csv), then test scores.
 
@@ -175,7 +181,8 @@ def run_variant(
         for f in ("scan.csv", "scan.salt"):
             if (scan_cache / f).is_file():
                 shutil.copy2(scan_cache / f, folder / "out" / "cache" / f)
-    params, notes = autoparams.resolve(Params.model_validate(base_params(folder, seed, epochs, semi)), root)
+    raw = base_params(folder, seed, epochs, semi, pretrain)
+    params, notes = autoparams.resolve(Params.model_validate(raw), root)
     ws = Workspace(base=folder, data_root=root, out=folder / "out")
     v = validate.run_step(params, ws)
     if not v.success:
@@ -204,8 +211,16 @@ def run_variant(
         "epochs_per_phase": list(RECORDER.epochs),
         "colour": params.preprocess.color,
     }
-    if semi:
+    if semi or pretrain:
         record.update(pseudo_record(v, ws, classes))
+    if pretrain:
+        with np.load(ws.out / "train" / "encoder.npz", allow_pickle=False) as npz:
+            about = json.loads(str(npz["about"]))
+        record.update(
+            pretrain_images=about["images"],
+            pretrain_loss=[round(about["loss"][0], 4), round(about["loss"][-1], 4)],
+            pretrain_knn_val=[round(about["knn"]["before"], 4), round(about["knn"]["after"], 4)],
+        )
     record.update(
         cpu_min=round((cpu_seconds() - cpu0) / 60, 2),
         wall_s=round(time.perf_counter() - wall0, 1),
@@ -269,7 +284,7 @@ def variant_manifest(truth: pd.DataFrame, labelled: pd.Index, keep_unlabelled: b
 def goals(name: str, seed: int, rec: dict, log: Path) -> None:
     """The issue's goal figures for one dataset and seed, per semi variant, as far as the variants ran."""
     full, sup = rec.get("full"), rec.get("sup10")
-    for variant in SEMI_VARIANTS:
+    for variant in [*SEMI_VARIANTS, *PRETRAIN_VARIANTS]:
         semi = rec.get(variant)
         if not (full and semi):
             continue
@@ -349,13 +364,18 @@ def main() -> None:
     ap.add_argument("--datasets", default="chest,blood")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--parts", default="variants,loop", help="variants and/or loop")
-    ap.add_argument("--variants", default="full,sup10,semi10", help="of full,sup10,semi10,share10,cons10")
+    ap.add_argument(
+        "--variants", default="full,sup10,semi10", help="of full,sup10,semi10,share10,cons10,pre10,precons10"
+    )
     ap.add_argument("--share", type=float, default=0.2, help="share10's semi.share")
     ap.add_argument("--share-rounds", type=int, default=2, help="share10's semi.rounds")
     ap.add_argument("--cons-threshold", type=float, default=0.95, help="cons10's semi.threshold")
     ap.add_argument("--cons-mu", type=int, default=2, help="cons10's semi.mu")
     ap.add_argument("--cons-weight", type=float, default=1.0, help="cons10's semi.weight")
     ap.add_argument("--cons-align", action="store_true", help="cons10 with semi.align")
+    ap.add_argument("--pre-epochs", type=int, default=50, help="pre10's pretrain.epochs")
+    ap.add_argument("--pre-temperature", type=float, default=0.2, help="pre10's pretrain.temperature")
+    ap.add_argument("--pre-batch", type=int, default=128, help="pre10's pretrain.batch_size")
     ap.add_argument("--strategies", default="suggest,random")
     ap.add_argument("--loop-datasets", default="chest,blood", help="datasets the loop runs on")
     ap.add_argument("--loop-seeds", default="0")
@@ -383,7 +403,15 @@ def main() -> None:
             rec = {}
             if "variants" in parts:
                 for variant in variants:
-                    semi = SEMI_VARIANTS.get(variant)
+                    pretrain = None
+                    if variant in PRETRAIN_VARIANTS:
+                        pretrain = {
+                            "epochs": args.pre_epochs,
+                            "temperature": args.pre_temperature,
+                            "batch_size": args.pre_batch,
+                        }
+                    semi_name = PRETRAIN_VARIANTS.get(variant, variant)
+                    semi = SEMI_VARIANTS.get(semi_name) if semi_name else None
                     if semi and semi.get("criterion") == "class_share":
                         semi = {**semi, "share": args.share, "rounds": args.share_rounds}
                     if semi and semi["method"] == "consistency":
@@ -394,10 +422,14 @@ def main() -> None:
                             "weight": args.cons_weight,
                             "align": args.cons_align,
                         }
-                    m = variant_manifest(truth, truth.index if variant == "full" else labelled, bool(semi))
-                    record, _, _, ws = run_variant(variant, m, root, work / variant, seed, args.epochs, semi, scan)
+                    keep = bool(semi or pretrain)
+                    m = variant_manifest(truth, truth.index if variant == "full" else labelled, keep)
+                    record, _, _, ws = run_variant(
+                        variant, m, root, work / variant, seed, args.epochs, semi, scan, pretrain
+                    )
                     record.update(dataset=name, seed=seed, labels_ratio=LABELLED if variant != "full" else 1.0)
                     record.update(semi=semi) if semi else None
+                    record.update(pretrain=pretrain) if pretrain else None
                     emit(record, args.log)
                     rec[variant] = record
                     if scan is None:

@@ -153,6 +153,23 @@ def label_lines(lineage: dict[str, str], validated: ValidationReport) -> list[st
     return lines
 
 
+def start_lines(lineage: dict[str, str]) -> list[str]:
+    """The card's lines on what the model started from: self-supervised pre-training, a weights file.
+
+    Args:
+        lineage: The version's `medpipe.` tags (pretrain, init_weights).
+
+    Returns:
+        Zero to two Markdown bullets.
+    """
+    lines = []
+    if pretrain := lineage.get("medpipe.pretrain"):
+        lines.append(f"- Encoder pre-trained on unlabelled views before supervised training: {pretrain}.")
+    if weights := lineage.get("medpipe.init_weights"):
+        lines.append(f"- Started from the weights file {weights} (`model.weights`).")
+    return lines
+
+
 def card_markdown(facts: CardFacts) -> str:
     """The model card as Markdown (images linked relative to the card's folder).
 
@@ -189,7 +206,7 @@ def card_markdown(facts: CardFacts) -> str:
         + f"; params `{lin.get('medpipe.params_md5', 'unknown')}`.",
         f"- Validation: {facts.validated.summary()}.",
     ]
-    lines += label_lines(lin, facts.validated)
+    lines += label_lines(lin, facts.validated) + start_lines(lin)
     near = facts.validated.near_duplicates
     if near.get("enabled"):
         lines.append(

@@ -169,7 +169,9 @@ class ModelParams(Section):
     """Which network to build."""
 
     name: Literal["seed_cnn", "resnet_small", "efficientnet_b0", "resnet50", "mobilenet_v3_small"] = "seed_cnn"
-    weights: Path | None = None  # keras.applications only: a local weights file, never downloaded
+    # a medpipe encoder file (.npz, from `pretrain`: any architecture), or for keras.applications a local
+    # weights file; never downloaded
+    weights: Path | None = None
     dropout: float = Field(0.3, ge=0, lt=1)  # before the classifier (not in seed_cnn, kept exact)
 
 
@@ -225,6 +227,20 @@ class SemiParams(Section):
 CONSISTENCY_ONLY = frozenset(
     {"mu", "weight", "align", "strong"}
 )  # SemiParams fields only semi.method consistency reads
+
+
+class PretrainParams(Section):
+    """Self-supervised pre-training of the encoder on the train and pool images before supervised training
+    (SimCLR, pipeline/pretrain.py). Off (0 epochs) by default; off, it adds nothing to the params' hash."""
+
+    epochs: int = Field(0, ge=0)  # 0: off
+    batch_size: int = Field(128, ge=2)  # images per batch (each seen in two views)
+    learning_rate: float = Field(1e-3, gt=0)
+    temperature: float = Field(0.2, gt=0)  # NT-Xent's softmax temperature
+    projection: int = Field(64, ge=2)  # the projection head's output size (the head is dropped afterwards)
+    augment: AugmentParams = AugmentParams(
+        rotation=30.0, shift=0.2, zoom=0.3, brightness=0.4, contrast=0.4, noise=0.05
+    )  # the two views' augmentation
 
 
 class EvaluateParams(Section):
@@ -359,6 +375,7 @@ class Params(Section):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     semi: SemiParams = SemiParams()
+    pretrain: PretrainParams = PretrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
     promote: PromoteParams = PromoteParams()
@@ -373,8 +390,9 @@ class Params(Section):
         steps ran (`dask`), the model card's words (`card`) and the recipe search's settings (`tune`) change
         no model, so they are left out.
 
-        `semi` is left out while it is off, so the hash of a recipe without it is the one it had before
-        the section existed; its consistency-only fields are left out unless `semi.method` is consistency.
+        `semi` and `pretrain` are left out while they are off, so the hash of a recipe without them is the
+        one it had before they existed; semi's consistency-only fields are left out unless `semi.method` is
+        consistency.
 
         Returns:
             The hex md5 of the params as sorted JSON (by alias), without `dask`, `card` and `tune`.
@@ -384,6 +402,8 @@ class Params(Section):
             left_out["semi"] = True
         elif self.semi.method != "consistency":  # a pseudo-labelling recipe keeps the hash it had before them
             left_out["semi"] = dict.fromkeys(CONSISTENCY_ONLY, True)
+        if not self.pretrain.epochs:
+            left_out["pretrain"] = True
         text = json.dumps(self.model_dump(mode="json", by_alias=True, exclude=left_out), sort_keys=True)
         return hashlib.md5(text.encode()).hexdigest()
 

@@ -104,6 +104,29 @@ def wrapped(order: np.ndarray, batch: int, size: int) -> np.ndarray:
     return order[(batch * size + np.arange(size)) % len(order)]
 
 
+def view(x, mask, augmentation: AugmentParams, fn, scale, at: tuple[int, int, int], stream: int):
+    """One view of a uint8 batch: scaled, its masked images augmented with the draws of (seed, epoch, batch)
+    = `at` and `stream`.
+
+    Args:
+        x: uint8 images (N, h, w, channels).
+        mask: Which images to augment (N bools).
+        augmentation: The augment section.
+        fn: The augmenting batch function (feed._on_device(augmentation)), or None: scale only.
+        scale: The scaling batch function (feed._on_device(None)).
+        at: (seed, epoch, batch).
+        stream: The draws' stream word.
+
+    Returns:
+        float32 images in [0, 1] (a backend tensor).
+    """
+    if fn is None or not mask.any():
+        return scale(x)
+    d = draws(*at, len(x), stream)
+    noise = noise_field(*at, x.shape, stream) if augmentation.noise else None
+    return fn(x, mask, d, affine_transforms(d, x.shape[1], x.shape[2], augmentation), noise)
+
+
 def consistency_feed(
     shards: Split,
     plan: tuple[np.ndarray, np.ndarray],
@@ -148,14 +171,6 @@ def consistency_feed(
     scale = _on_device(None)
     weak_fn, strong_fn = (_on_device(a) if augments(a) else None for a in (weak, semi.strong))
 
-    def view(x, mask, augmentation: AugmentParams, fn, at: tuple[int, int, int], stream: int):
-        """x scaled, its masked images augmented with the draws of (seed, epoch, batch) = `at` and `stream`."""
-        if fn is None or not mask.any():
-            return scale(x)
-        d = draws(*at, len(x), stream)
-        noise = noise_field(*at, x.shape, stream) if augmentation.noise else None
-        return fn(x, mask, d, affine_transforms(d, x.shape[1], x.shape[2], augmentation), noise)
-
     class ConsistencyFeed(keras.utils.PyDataset):
         def __init__(self) -> None:
             super().__init__(workers=1, use_multiprocessing=False)
@@ -178,12 +193,12 @@ def consistency_feed(
             positions = wrapped(order, batch, labelled)
             idx = index[positions]
             x = table[idx] if table is not None else shards.take(idx)
-            xl = view(x, flags[positions], weak, weak_fn, at, 0)  # stream 0: augment.draws, supervised's numbers
+            xl = view(x, flags[positions], weak, weak_fn, scale, at, 0)  # stream 0: augment.draws, supervised's numbers
             p_idx = wrapped(p_order, batch, unlabelled)
             xp = pool_table[p_idx] if pool_table is not None else pool.take(p_idx)
             every = np.ones(unlabelled, dtype=bool)
-            xw = view(xp, every, weak, weak_fn, at, WEAK_STREAM)
-            xs = view(xp, every, semi.strong, strong_fn, at, STRONG_STREAM)
+            xw = view(xp, every, weak, weak_fn, scale, at, WEAK_STREAM)
+            xs = view(xp, every, semi.strong, strong_fn, scale, at, STRONG_STREAM)
             return ops.concatenate([xl, xw, xs], axis=0), np.concatenate([eye[shards.labels[idx]], zeros])
 
     return ConsistencyFeed(), steps
@@ -312,19 +327,21 @@ def sure_count(proba: np.ndarray, threshold: float) -> int:
     return int((np.asarray(proba).max(axis=1) >= threshold).sum()) if len(proba) else 0
 
 
-def one_device(n_gpus: int) -> None:
+def one_device(n_gpus: int, field: str = "semi.method", what: str = "consistency") -> None:
     """Refuse several GPUs: data parallelism splits a batch between them, and a consistency batch's rows
-    are laid out labelled first, then the two views (layout), which a split would break.
+    are laid out labelled first, then the two views (layout), which a split would break (as it would
+    pre-training's pairs of views).
 
     Args:
         n_gpus: The GPUs the backend sees.
+        field: The params field that asks for the training.
+        what: Its name in the message.
 
     Raises:
         ConfigError: More than one.
     """
     if n_gpus > 1:
         raise ConfigError(
-            "semi.method",
-            f"consistency trains on one device and this machine shows {n_gpus} GPUs: "
-            "pick one with CUDA_VISIBLE_DEVICES",
+            field,
+            f"{what} trains on one device and this machine shows {n_gpus} GPUs: pick one with CUDA_VISIBLE_DEVICES",
         )

@@ -273,11 +273,11 @@ def cache_key(params: Params, validated: ValidationReport) -> str:
 
 
 def pool_paths(params: Params, validated: ValidationReport) -> list[str]:
-    """The unlabelled images `semi` training may learn from (validation's pool.csv, excluded ones left
-    out), or none while `semi` is off.
+    """The unlabelled images `semi` training or `pretrain` may learn from (validation's pool.csv, excluded
+    ones left out), or none while both are off.
 
     Args:
-        params: The run's params (semi.method).
+        params: The run's params (semi.method, pretrain.epochs).
         validated: The validate step's report (its pool table).
 
     Returns:
@@ -285,7 +285,7 @@ def pool_paths(params: Params, validated: ValidationReport) -> list[str]:
     """
     import pandas as pd
 
-    if params.semi.method == "none" or not validated.pool_csv.is_file():
+    if (params.semi.method == "none" and not params.pretrain.epochs) or not validated.pool_csv.is_file():
         return []
     pool = pd.read_csv(validated.pool_csv, dtype=str, keep_default_na=False)
     return pool.loc[pool["excluded"] == "", "path"].tolist()

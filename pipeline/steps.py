@@ -140,6 +140,7 @@ STEPS: tuple[Step, ...] = (
             "preprocess.max_file_mb",
             "validate.labels",
             "semi.method",  # on: the usable unlabelled images become the `pool` split
+            "pretrain.epochs",  # as with semi
         ),
         ("data", "outputs/validate"),
         ("outputs/preprocess",),
@@ -150,7 +151,7 @@ STEPS: tuple[Step, ...] = (
     Step(
         "train",
         "train",
-        ("model", "train", "semi", "balance.augment", "preprocess.normalize", *TRACKING),
+        ("model", "train", "semi", "pretrain", "balance.augment", "preprocess.normalize", *TRACKING),
         ("outputs/balance", "outputs/preprocess", "outputs/validate"),
         ("outputs/train",),
         note="`medpipe stage train --resume` continues an interrupted run",

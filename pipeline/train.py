@@ -358,6 +358,23 @@ def save_checkpoint(model, progress: Progress, folder: Path, improved: bool) -> 
     swap_in(tmp, folder)
 
 
+def read_progress(folder: Path, key: str) -> Progress | None:
+    """The progress a checkpoint recorded, if it was made for the same inputs (`key`).
+
+    Args:
+        folder: The checkpoint folder.
+        key: What the checkpoint must have been made for (checkpoint_key).
+
+    Returns:
+        The progress, or None when there is no readable one for `key`.
+    """
+    try:
+        progress = Progress(**json.loads((folder / "progress.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return progress if progress.key == key else None
+
+
 def load_checkpoint(folder: Path, key: str):
     """(model, progress) from a checkpoint made for the same inputs (`key`), else None.
 
@@ -370,16 +387,14 @@ def load_checkpoint(folder: Path, key: str):
     """
     import keras
 
-    try:
-        progress = Progress(**json.loads((folder / "progress.json").read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-    if progress.key != key:
+    progress = read_progress(folder, key)
+    if progress is None:
         return None
     import pipeline.model  # noqa: F401  (registers Standardize with Keras: a fresh process has not imported it)
-    from pipeline.consistency import registered
+    from pipeline import consistency, pretrain
 
-    registered()  # a consistency student's loss and metric
+    consistency.registered()  # a consistency student's loss and metric
+    pretrain.registered()  # pre-training's loss
     model = keras.models.load_model(folder / "model.keras")
     for variable, value in zip(_seed_states(model), progress.rng or []):
         variable.assign(np.asarray(value, dtype=variable.dtype))
@@ -641,11 +656,14 @@ def has_checkpoint(params: Params, ws: Workspace) -> bool:
     Returns:
         True when outputs/checkpoint holds progress of an unfinished run.
     """
-    try:
-        progress = json.loads((phase_folder(ws.out / "checkpoint", params, 0) / "progress.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return bool(progress.get("run_id")) and not progress.get("finished", False)
+    for folder in (phase_folder(ws.out / "checkpoint", params, 0), ws.out / "checkpoint" / PRETRAIN):
+        try:
+            progress = json.loads((folder / "progress.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if progress.get("run_id") and not progress.get("finished", False):
+            return True
+    return False
 
 
 def phases(params: Params) -> int:
@@ -661,8 +679,8 @@ def phases(params: Params) -> int:
 
 
 def phase_folder(folder: Path, params: Params, phase: int) -> Path:
-    """A phase's checkpoint folder: the checkpoint folder itself for a one-phase run, else `round<phase>/`
-    inside it (0: the teacher).
+    """A phase's checkpoint folder: the checkpoint folder itself for a one-phase run without pre-training,
+    else `round<phase>/` inside it (0: the teacher; pre-training's is `pretrain/`).
 
     Args:
         folder: The checkpoint folder (outputs/checkpoint).
@@ -672,7 +690,7 @@ def phase_folder(folder: Path, params: Params, phase: int) -> Path:
     Returns:
         Where that phase's checkpoint goes.
     """
-    return folder if phases(params) == 1 else folder / f"round{phase}"
+    return folder if phases(params) == 1 and not params.pretrain.epochs else folder / f"round{phase}"
 
 
 def log_curves(history: dict[str, list[float]] | None) -> None:
@@ -852,6 +870,137 @@ def consistency_round(
     return plain, progress, summary
 
 
+PRETRAIN, ENCODER = "pretrain", "encoder.npz"  # pre-training's checkpoint folder; the encoder's file
+PROBE_MAX = 5000  # labelled train images the k-NN probe reads at most
+
+
+def probe_images(shards: Split, limit: int = PROBE_MAX) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `limit` labelled train images, evenly spread over the split, for the k-NN probe.
+
+    Args:
+        shards: The train split.
+        limit: The most images read.
+
+    Returns:
+        (uint8 images, class indices).
+    """
+    idx = np.unique(np.linspace(0, len(shards) - 1, min(len(shards), limit)).astype(np.int64))
+    return shards.take(idx), np.asarray(shards.labels)[idx]
+
+
+def pretrain_phase(
+    model,
+    params: Params,
+    ws: Workspace,
+    prepared: PreprocessResult,
+    shards: Split,
+    val: tuple[np.ndarray, np.ndarray],
+    fresh: Progress,
+    resume: bool,
+) -> dict:
+    """Self-supervised pre-training inside the active run (pipeline.pretrain): the encoder of `model` learns
+    from the train and pool images, checkpointed each epoch (resumed with `resume`), and `model` gets the
+    encoder's weights. The encoder file, its description and the `medpipe.pretrain` tag go to the run.
+
+    Args:
+        model: The classifier (from new_model; its encoder's weights are replaced).
+        params: The run's params (pretrain, train.seed, train.xla, train.in_memory_mb).
+        ws: The workspace (the checkpoint's `pretrain/` folder).
+        prepared: The preprocess step's result (its pool split, when there is one).
+        shards: The train split.
+        val: (val images, val labels), for the probe.
+        fresh: The progress of a pre-training that starts afresh (the run's key and run id).
+        resume: Continue from the checkpoint when there is one for the same inputs.
+
+    Returns:
+        The encoder file's description (images, epochs, loss per epoch, k-NN probe before and after).
+    """
+    import keras
+    import mlflow
+
+    from pipeline.model import encoder_of, load_encoder, save_encoder
+    from pipeline.pretrain import contrastive_model, pretrain_feed, pretrain_words, probe
+
+    pretraining, training = params.pretrain, params.train
+    folder = ws.out / "checkpoint" / PRETRAIN
+    splits = [shards] + ([Shards(prepared.folder, POOL)] if prepared.split_sizes.get(POOL, 0) else [])
+    labelled = probe_images(shards)
+    restored = load_checkpoint(folder, fresh.key) if resume else None
+    if restored:
+        contrastive, progress = restored
+        log.info(f"pretrain: resumed after epoch {progress.epoch}")
+    else:
+        with own_default_seeds(training.seed):  # the projection head's weights from the seed alone
+            contrastive = contrastive_model(model, pretraining, training.xla)
+        before = probe(encoder_of(model), labelled, val)
+        progress = Progress(fresh.key, fresh.run_id, history={"pretrain_loss": [], "knn_before": [before]})
+    history = cast(dict[str, list[float]], progress.history)
+    images = sum(len(split) for split in splits)
+    log.info(f"pretrain: SimCLR on {images} train and pool images, {pretraining.epochs} epochs")
+
+    class Monitor(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            loss = float((logs or {})["loss"])
+            history["pretrain_loss"].append(loss)
+            progress.epoch = epoch + 1
+            save_checkpoint(self.model, progress, folder, improved=False)
+            faults.point("train.pretrain_epoch")
+            mlflow.log_metric("pretrain_loss", loss, step=epoch)
+            log.info(f"pretrain epoch {epoch + 1}/{pretraining.epochs}: loss {loss:.4f}")
+
+    if progress.epoch < pretraining.epochs:
+        data, steps = pretrain_feed(splits, pretraining, training.seed, training.in_memory_mb, progress.epoch)
+        contrastive.fit(
+            data,
+            epochs=pretraining.epochs,
+            initial_epoch=progress.epoch,
+            steps_per_epoch=steps,
+            verbose=1 if sys.stdout.isatty() else 0,
+            shuffle=False,
+            callbacks=[Monitor()],
+        )
+    encoder = contrastive.get_layer("encoder")
+    about = {
+        "architecture": model.name,
+        "input_shape": list(model.input_shape[1:]),
+        "method": "simclr",
+        "images": images,
+        "epochs": pretraining.epochs,
+        "temperature": pretraining.temperature,
+        "batch_size": pretraining.batch_size,
+        "projection": pretraining.projection,
+        "seed": training.seed,
+        "loss": history["pretrain_loss"],
+        "knn": {"before": history["knn_before"][0], "after": probe(encoder, labelled, val)},
+        "weights_sha256": weights_sha256(encoder.get_weights()),
+        "run_id": fresh.run_id,
+    }
+    save_encoder(encoder, folder / ENCODER, about)
+    load_encoder(model, folder / ENCODER)
+    mlflow.log_artifact(str(folder / ENCODER), "encoder")
+    mlflow.log_dict(about, "encoder/encoder.json")
+    mlflow.log_metrics({"pretrain_knn_before": about["knn"]["before"], "pretrain_knn_after": about["knn"]["after"]})
+    mlflow.set_tag("medpipe.pretrain", pretrain_words(about))
+    log.info(pretrain_words(about))
+    return about
+
+
+def init_weights_tag(params: Params, base: Path) -> str:
+    """The `medpipe.init_weights` tag: the file model.weights names and its sha256.
+
+    Args:
+        params: The run's params (model.weights set).
+        base: The project folder.
+
+    Returns:
+        E.g. `encoder.npz sha256:3f2a...`.
+    """
+    from pipeline.model import weights_file
+
+    path = cast(Path, weights_file(params.model, base))
+    return f"{path.name} sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+
+
 def run_step(
     params: Params,
     ws: Workspace,
@@ -885,17 +1034,20 @@ def run_step(
     val = Shards(prepared.folder, "val")
     folder, key = ws.out / "checkpoint", checkpoint_key(params, prepared, balanced)
     backend = select(training.backend)  # before Keras is imported
-    if params.semi.method == "consistency":
-        from pipeline.consistency import one_device
+    from pipeline.consistency import one_device
 
+    if params.semi.method == "consistency":
         one_device(len(gpus(backend)))  # before the teacher trains
+    if params.pretrain.epochs:
+        one_device(len(gpus(backend)), "pretrain.epochs", "pre-training")
     scope, _ = configure_devices(training)  # first: GPU settings only apply before a GPU is touched
     configure_determinism(training.seed, training.determinism)
     with scope:
         restored = load_checkpoint(phase_folder(folder, params, 0), key) if resume else None
+        pretrained = read_progress(folder / PRETRAIN, key) if resume and params.pretrain.epochs else None
         model, progress = restored or (
             new_model(params, meta, ws.base, math.ceil(len(plan[0]) / training.batch_size)),
-            Progress(key),
+            Progress(key, pretrained.run_id if pretrained else ""),  # killed while pre-training: its run
         )
     resumed_from = progress.epoch
     planned = phases(params) - 1
@@ -907,6 +1059,13 @@ def run_step(
         mlflow.set_tags(owner_tags())  # a killed process's run is closed as KILLED by the next command
         mlflow.log_dict({"before": balance.counts_before, "after": balance.counts_after}, "balance/class_counts.json")
         val_data, section = (val.read(), val.labels), "round0" if last else ""  # the teacher's curves
+        if params.model.weights is not None:  # lineage: which weights the model started from
+            mlflow.set_tag("medpipe.init_weights", init_weights_tag(params, ws.base))
+        if params.pretrain.epochs and not restored:
+            with configure_devices(training)[0]:
+                pretrain_phase(model, params, ws, prepared, shards, val_data, Progress(key, run.info.run_id), resume)
+        if (folder / PRETRAIN / ENCODER).is_file():
+            shutil.copy2(folder / PRETRAIN / ENCODER, out / ENCODER)  # beside the model: `model.weights` reuses it
         fit(
             model,
             shards,

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.card import CardFacts, card_markdown, counts_table, label_lines, limitations
+from pipeline.card import CardFacts, card_markdown, counts_table, label_lines, limitations, start_lines
 from pipeline.config import CardParams
 from pipeline.htmldoc import markdown_html
 from pipeline.metrics import subgroup_metrics
@@ -89,6 +89,17 @@ def test_the_card_says_where_labels_came_from_and_what_became_of_unlabelled_imag
     assert label_lines({}, report) == ["- Unlabelled images: 40, 37 usable, in no split; not learnt from."]
     assert label_lines({}, ValidationReport(True, [], 60, {})) == []
     assert "- Unlabelled images" not in card_markdown(_facts([]))
+
+
+def test_the_card_says_what_the_model_started_from():
+    pretrain = "simclr: 26 images, 2 epochs, temperature 0.2, loss 3.463 -> 3.100; k-NN val accuracy 0.400 -> 0.500"
+    lineage = {"medpipe.pretrain": pretrain, "medpipe.init_weights": "encoder.npz sha256:ab12"}
+    assert start_lines(lineage) == [
+        f"- Encoder pre-trained on unlabelled views before supervised training: {pretrain}.",
+        "- Started from the weights file encoder.npz sha256:ab12 (`model.weights`).",
+    ]
+    assert start_lines({}) == []
+    assert "pre-trained" not in card_markdown(_facts([]))
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
