@@ -787,7 +787,10 @@ def pseudo_label_round(
     folder = phase_folder(ws.out / "checkpoint", params, phase)
     restored = load_checkpoint(folder, fresh.key) if resume else None
     steps = math.ceil(len(joined_plan[0]) / params.train.batch_size)
-    student, progress = restored or (new_model(params, meta, ws.base, steps), fresh)
+    student, progress = restored or (
+        pretrained_start(new_model(params, meta, ws.base, steps), ws, params, fresh),
+        fresh,
+    )
     section = "" if phase == phases(params) - 1 else f"round{phase}"
     fit(student, joined, joined_plan, val, params, progress, folder, balance.class_weight, callbacks, section)
     return student, progress, summary
@@ -888,6 +891,45 @@ def probe_images(shards: Split, limit: int = PROBE_MAX) -> tuple[np.ndarray, np.
     return shards.take(idx), np.asarray(shards.labels)[idx]
 
 
+def run_encoder(ws: Workspace, params: Params, run_id: str) -> Path | None:
+    """The encoder this run's pre-training made, if pre-training is on and has finished.
+
+    Args:
+        ws: The workspace (the checkpoint's `pretrain/` folder).
+        params: The run's params (pretrain.epochs).
+        run_id: The run's MLflow run id (a file another run left is not this run's).
+
+    Returns:
+        The encoder file, or None.
+    """
+    from pipeline.model import read_encoder
+
+    path = ws.out / "checkpoint" / PRETRAIN / ENCODER
+    if not params.pretrain.epochs or not path.is_file():
+        return None
+    return path if read_encoder(path)[0].get("run_id") == run_id else None
+
+
+def pretrained_start(model, ws: Workspace, params: Params, fresh: Progress):
+    """A fresh model given this run's pre-trained encoder, if there is one: a pseudo-labelling student
+    starts where its teacher did.
+
+    Args:
+        model: A model from new_model.
+        ws: The workspace.
+        params: The run's params.
+        fresh: The progress of a phase that starts afresh (the run id).
+
+    Returns:
+        The model.
+    """
+    from pipeline.model import load_encoder
+
+    if (path := run_encoder(ws, params, fresh.run_id)) is not None:
+        load_encoder(model, path)
+    return model
+
+
 def pretrain_phase(
     model,
     params: Params,
@@ -986,19 +1028,22 @@ def pretrain_phase(
 
 
 def init_weights_tag(params: Params, base: Path) -> str:
-    """The `medpipe.init_weights` tag: the file model.weights names and its sha256.
+    """The `medpipe.init_weights` tag: the file model.weights names, its sha256 and, for an encoder file, the
+    MLflow run that pre-trained it.
 
     Args:
         params: The run's params (model.weights set).
         base: The project folder.
 
     Returns:
-        E.g. `encoder.npz sha256:3f2a...`.
+        E.g. `encoder.npz sha256:3f2a... (pre-trained in run 5ccc74ed...)`.
     """
-    from pipeline.model import weights_file
+    from pipeline.model import read_encoder, weights_file
 
     path = cast(Path, weights_file(params.model, base))
-    return f"{path.name} sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+    tag = f"{path.name} sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+    source = read_encoder(path)[0].get("run_id") if path.suffix == ".npz" else None
+    return tag + (f" (pre-trained in run {source})" if source else "")
 
 
 def run_step(
@@ -1064,8 +1109,8 @@ def run_step(
         if params.pretrain.epochs and not restored:
             with configure_devices(training)[0]:
                 pretrain_phase(model, params, ws, prepared, shards, val_data, Progress(key, run.info.run_id), resume)
-        if (folder / PRETRAIN / ENCODER).is_file():
-            shutil.copy2(folder / PRETRAIN / ENCODER, out / ENCODER)  # beside the model: `model.weights` reuses it
+        if (encoder := run_encoder(ws, params, run.info.run_id)) is not None:
+            shutil.copy2(encoder, out / ENCODER)  # beside the model: `model.weights` reuses it
         fit(
             model,
             shards,

@@ -183,7 +183,8 @@ def test_pretraining_keeps_an_encoder_the_run_starts_from_and_a_later_run_reuses
     params, ws, inputs = _workspace(tmp_path / "b", root, model={"weights": "encoder.npz"})
     again = run_step(params, ws, *inputs)
     tags = mlflow.MlflowClient(tracking_uri=params.register_.tracking_uri).get_run(again.run_id).data.tags
-    assert tags["medpipe.init_weights"] == f"encoder.npz sha256:{hashlib.sha256(reuse.read_bytes()).hexdigest()}"
+    sha = hashlib.sha256(reuse.read_bytes()).hexdigest()
+    assert tags["medpipe.init_weights"] == f"encoder.npz sha256:{sha} (pre-trained in run {result.run_id})"
     assert "medpipe.pretrain" not in tags
 
 
@@ -232,3 +233,23 @@ def _whole_run(folder: Path, root: Path, raw: dict) -> str:
     validated = validate.run_step(params, ws)
     prepared = preprocess.run_step(params, ws, validated)
     return run_step(params, ws, validated, prepared, balance.run_step(params, ws, prepared)).weights_sha256
+
+
+def test_a_student_starts_from_this_run_s_encoder_only(tmp_path):
+    from pipeline.config import Workspace
+    from pipeline.train import Progress, pretrained_start
+
+    teacher = build_model(ModelParams(), (16, 16, 1), 2)
+    folder = tmp_path / "out" / "checkpoint" / "pretrain"
+    folder.mkdir(parents=True)
+    about = {"architecture": "seed_cnn", "input_shape": [16, 16, 1], "run_id": "r1"}
+    save_encoder(encoder_of(teacher), folder / "encoder.npz", about)
+    ws = Workspace(base=tmp_path, data_root=tmp_path, out=tmp_path / "out")
+    on = Params.model_validate({"pretrain": {"epochs": 2}})
+
+    def same(model) -> bool:
+        return all(np.array_equal(a, b) for a, b in zip(encoder_of(model).get_weights(), teacher.get_weights()))
+
+    assert same(pretrained_start(build_model(ModelParams(), (16, 16, 1), 2), ws, on, Progress("k", "r1")))
+    assert not same(pretrained_start(build_model(ModelParams(), (16, 16, 1), 2), ws, on, Progress("k", "r2")))
+    assert not same(pretrained_start(build_model(ModelParams(), (16, 16, 1), 2), ws, Params(), Progress("k", "r1")))
