@@ -874,7 +874,7 @@ def consistency_round(
 
 
 PRETRAIN, ENCODER = "pretrain", "encoder.npz"  # pre-training's checkpoint folder; the encoder's file
-PROBE_MAX = 5000  # labelled train images the k-NN probe reads at most
+PROBE_MAX = 2000  # labelled train images the k-NN probe reads at most
 
 
 def probe_images(shards: Split, limit: int = PROBE_MAX) -> tuple[np.ndarray, np.ndarray]:

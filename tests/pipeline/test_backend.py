@@ -69,6 +69,12 @@ NO_TENSORFLOW = textwrap.dedent(
     model = new_model(params, meta, None, 3)
     feed, steps = train_feed(split, plan, 2, params.train, AugmentParams(noise=0.05))
     model.fit(feed, epochs=2, steps_per_epoch=steps, verbose=0, shuffle=False)
+    from pipeline.config import PretrainParams
+    from pipeline.pretrain import contrastive_model, pretrain_feed
+    pre = PretrainParams(epochs=1, batch_size=8)
+    contrastive = contrastive_model(model, pre)  # self-supervised pre-training runs there too
+    pretrain, pretrain_steps = pretrain_feed([split], pre, params.train.seed, 1)
+    contrastive.fit(pretrain, epochs=1, steps_per_epoch=pretrain_steps, verbose=0, shuffle=False)
     print("backend", __import__("keras").backend.backend())
     print("weights", weights_sha256(model.get_weights()))
     print("imported", sorted({m.split(".")[0] for m in sys.modules} & BLOCKED))

@@ -210,6 +210,11 @@ def test_pretraining_killed_in_a_real_process_resumes_to_the_uninterrupted_weigh
         process.kill()
     progress = json.loads((project / "outputs" / "checkpoint" / "pretrain" / "progress.json").read_text())
     assert progress["epoch"] == 2 and progress["run_id"]
+    from pipeline.config import Workspace, load_params
+    from pipeline.train import has_checkpoint
+
+    loaded = load_params(project / "params.yaml")
+    assert has_checkpoint(loaded, Workspace.create(loaded, project / "params.yaml"))  # `medpipe run --resume` resumes
     resumed = start_process([medpipe, "stage", "train", "--resume"], dict(os.environ), project, own_session=False)
     assert resumed.wait(timeout=600) == 0, stderr_tail(resumed)
     run = json.loads((project / "outputs" / "train" / "run.json").read_text())
