@@ -166,7 +166,7 @@ def start_lines(lineage: dict[str, str]) -> list[str]:
     if pretrain := lineage.get("medpipe.pretrain"):
         lines.append(f"- Encoder pre-trained on unlabelled views before supervised training: {pretrain}.")
     if weights := lineage.get("medpipe.init_weights"):
-        lines.append(f"- Started from the weights file {weights} (`model.weights`).")
+        lines.append(f"- Started from `model.weights`: {weights}.")
     return lines
 
 

@@ -13,6 +13,7 @@ pure function of (seed, epoch, batch), written once for both backends with keras
 deterministic and resumes like supervised training.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -204,8 +205,13 @@ def consistency_feed(
     return ConsistencyFeed(), steps
 
 
-def _register():
-    """The loss and metric classes, registered with Keras (a checkpoint's model.keras names them)."""
+@functools.cache
+def registered() -> tuple:
+    """The loss and metric classes, registered with Keras once per process (checkpoints name them).
+
+    Returns:
+        (ConsistencyLoss, LabelledAccuracy).
+    """
     import keras
     from keras import ops
 
@@ -275,21 +281,6 @@ def _register():
             return {**super().get_config(), "labelled": self.labelled}
 
     return ConsistencyLoss, LabelledAccuracy
-
-
-_CLASSES: tuple | None = None
-
-
-def registered() -> tuple:
-    """(ConsistencyLoss, LabelledAccuracy), registered with Keras once per process.
-
-    Returns:
-        The two classes.
-    """
-    global _CLASSES
-    if _CLASSES is None:
-        _CLASSES = _register()
-    return _CLASSES
 
 
 def compile_student(model, optimizer, training: TrainParams, semi: SemiParams, class_weight: dict | None) -> None:

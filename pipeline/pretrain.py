@@ -10,6 +10,7 @@ resumes like supervised training. A k-nearest-neighbour probe (features of the l
 voting for the val images' classes) says, before and after, whether the features learnt anything.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -118,8 +119,13 @@ def pretrain_feed(splits: list[Split], pretraining: PretrainParams, seed: int, i
     return PretrainFeed(), steps
 
 
-def _register():
-    """The NT-Xent loss, registered with Keras (a checkpoint's model.keras names it)."""
+@functools.cache
+def registered() -> type:
+    """The NT-Xent loss class, registered with Keras once per process (a checkpoint's model.keras names it).
+
+    Returns:
+        NTXentLoss.
+    """
     import keras
     from keras import ops
 
@@ -149,21 +155,6 @@ def _register():
             return {**super().get_config(), "temperature": self.temperature}
 
     return NTXentLoss
-
-
-_LOSS: type | None = None
-
-
-def registered() -> type:
-    """NTXentLoss, registered with Keras once per process.
-
-    Returns:
-        The loss class.
-    """
-    global _LOSS
-    if _LOSS is None:
-        _LOSS = _register()
-    return _LOSS
 
 
 def contrastive_model(classifier, pretraining: PretrainParams, jit_compile: bool = False):

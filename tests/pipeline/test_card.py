@@ -96,7 +96,7 @@ def test_the_card_says_what_the_model_started_from():
     lineage = {"medpipe.pretrain": pretrain, "medpipe.init_weights": "encoder.npz sha256:ab12"}
     assert start_lines(lineage) == [
         f"- Encoder pre-trained on unlabelled views before supervised training: {pretrain}.",
-        "- Started from the weights file encoder.npz sha256:ab12 (`model.weights`).",
+        "- Started from `model.weights`: encoder.npz sha256:ab12.",
     ]
     assert start_lines({}) == []
     assert "pre-trained" not in card_markdown(_facts([]))
