@@ -132,7 +132,7 @@ def label_lines(lineage: dict[str, str], validated: ValidationReport) -> list[st
     """The card's lines on where the labels came from and what became of the unlabelled images.
 
     Args:
-        lineage: The version's `medpipe.` tags (label_sources, semi).
+        lineage: The version's `medpipe.` tags (label_sources, semi, pretrain).
         validated: The validate step's report (the unlabelled pool).
 
     Returns:
@@ -143,12 +143,15 @@ def label_lines(lineage: dict[str, str], validated: ValidationReport) -> list[st
         counts = ", ".join(part.replace("=", ": ") for part in sources.split(","))
         lines.append(f"- Labels by source (manifest `label_source`): {counts}.")
     if validated.n_unlabelled:
-        semi = lineage.get("medpipe.semi")
+        semi, pretrain = lineage.get("medpipe.semi"), lineage.get("medpipe.pretrain")
         pool = validated.pool
         usable = f", {pool['usable']} usable" if pool else ""
+        learnt = [semi_words(semi).removesuffix(".")] if semi else []
+        learnt += ["seen without labels by the encoder's self-supervised pre-training"] if pretrain else []
         lines.append(
             f"- Unlabelled images: {validated.n_unlabelled}{usable}, in no split; "
-            + (semi_words(semi) if semi else "not learnt from.")
+            + ("; ".join(learnt) if learnt else "not learnt from")
+            + "."
         )
     return lines
 

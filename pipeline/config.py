@@ -169,10 +169,29 @@ class ModelParams(Section):
     """Which network to build."""
 
     name: Literal["seed_cnn", "resnet_small", "efficientnet_b0", "resnet50", "mobilenet_v3_small"] = "seed_cnn"
-    # a medpipe encoder file (.npz, from `pretrain`: any architecture), or for keras.applications a local
-    # weights file; never downloaded
+    # a medpipe encoder file (.npz, from `pretrain`, made by the same architecture at the same input size),
+    # or for keras.applications a local weights file; never downloaded
     weights: Path | None = None
     dropout: float = Field(0.3, ge=0, lt=1)  # before the classifier (not in seed_cnn, kept exact)
+
+    def weights_path(self, base: Path) -> Path | None:
+        """The file `weights` names, resolved against the project folder.
+
+        Args:
+            base: The project folder.
+
+        Returns:
+            The path, or None when `weights` is not set.
+
+        Raises:
+            ConfigError: The file does not exist.
+        """
+        if self.weights is None:
+            return None
+        path = self.weights if self.weights.is_absolute() else base / self.weights
+        if not path.is_file():
+            raise ConfigError(path, "model.weights file not found (weights are never downloaded)")
+        return path
 
 
 class TrainParams(Section):

@@ -15,6 +15,8 @@ deterministic and resumes like supervised training.
 
 import functools
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -105,7 +107,15 @@ def wrapped(order: np.ndarray, batch: int, size: int) -> np.ndarray:
     return order[(batch * size + np.arange(size)) % len(order)]
 
 
-def view(x, mask, augmentation: AugmentParams, fn, scale, at: tuple[int, int, int], stream: int):
+def view(
+    x: np.ndarray,
+    mask: np.ndarray,
+    augmentation: AugmentParams,
+    fn: Callable | None,
+    scale: Callable,
+    at: tuple[int, int, int],
+    stream: int,
+) -> Any:
     """One view of a uint8 batch: scaled, its masked images augmented with the draws of (seed, epoch, batch)
     = `at` and `stream`.
 

@@ -107,14 +107,44 @@ def lineage_tags(params: Params, ws: Workspace) -> dict[str, str]:
         ws: The run's workspace (data root and code folder).
 
     Returns:
-        The data, git and `medpipe.params_md5` tags, and `medpipe.label_sources` when recorded.
+        The data, git and `medpipe.params_md5` tags, `medpipe.label_sources` when recorded, and
+        `medpipe.init_weights` when model.weights is set.
     """
     return {
         **data_lineage(ws.data_root),
         **git_lineage(ws.base),
         "medpipe.params_md5": params.md5(),
         **label_sources(ws.data_root),
+        **init_weights(params, ws.base),
     }
+
+
+def init_weights(params: Params, base: Path) -> dict[str, str]:
+    """The file model.weights names, by content: its sha256 and, for a medpipe encoder, the MLflow run that
+    pre-trained it (the params name only its path).
+
+    Args:
+        params: The run's params.
+        base: The project folder.
+
+    Returns:
+        `{"medpipe.init_weights": "encoder.npz sha256:3f2a... (pre-trained in run 5ccc74ed...)"}`, or {} when
+        model.weights is not set.
+
+    Raises:
+        ConfigError: The file does not exist, or is an .npz that is not an encoder file.
+    """
+    path = params.model.weights_path(base)
+    if path is None:
+        return {}
+    with path.open("rb") as f:
+        tag = f"{path.name} sha256:{hashlib.file_digest(f, 'sha256').hexdigest()}"
+    if path.suffix == ".npz":
+        from pipeline.weights import read_encoder
+
+        source = read_encoder(path)[0].get("run_id")
+        tag += f" (pre-trained in run {source})" if source else ""
+    return {"medpipe.init_weights": tag}
 
 
 def label_sources(data_root: Path) -> dict[str, str]:
@@ -156,8 +186,9 @@ class SameLineage:
 
 
 def up_to_date(params: Params, ws: Workspace) -> SameLineage | None:
-    """The newest complete registered version made from exactly this data, these params and this committed
-    code (clean tree), if there is one: retraining it would only make the same model again.
+    """The newest complete registered version made from exactly this data, these params (and the same
+    model.weights file, by content) and this committed code (clean tree), if there is one: retraining it
+    would only make the same model again.
 
     Args:
         params: The run's params.
@@ -179,7 +210,8 @@ def up_to_date(params: Params, ws: Workspace) -> SameLineage | None:
         versions = mlflow.MlflowClient().search_model_versions(f"name='{params.register_.model_name}'")
     except MlflowException:
         return None
-    same = [v for v in versions if is_complete(v) and all(v.tags.get(k) == tags[k] for k in LINEAGE_KEYS)]
+    keys = (*LINEAGE_KEYS, *(k for k in ("medpipe.init_weights",) if k in tags))  # the start, when a file
+    same = [v for v in versions if is_complete(v) and all(v.tags.get(k) == tags[k] for k in keys)]
     if not same:
         return None
     newest = max(same, key=lambda v: int(v.version))

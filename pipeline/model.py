@@ -5,11 +5,7 @@ in params.preprocess (`unit`, per-image `zscore`, or the train split's `dataset`
 model carries it: serving and evaluation cannot drift from training.
 """
 
-import json
-import os
-import zipfile
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
@@ -125,7 +121,7 @@ def application(inputs, n_classes: int, model_params: ModelParams, base: Path):
         ConfigError: model.weights names a file that does not exist.
     """
     name, extra = APPLICATIONS[model_params.name]
-    found = weights_file(model_params, base)
+    found = model_params.weights_path(base)
     weights = None if found is None or found.suffix == ".npz" else str(found)  # .npz: a medpipe encoder, later
     x = inputs
     if weights is not None and inputs.shape[-1] == 1:
@@ -135,30 +131,6 @@ def application(inputs, n_classes: int, model_params: ModelParams, base: Path):
     # built on our tensor, so its layers join this model's graph (Grad-CAM can reach its last conv layer)
     backbone = getattr(keras.applications, name)(include_top=False, weights=weights, input_tensor=x, **extra)
     return layers.Dropout(model_params.dropout)(layers.GlobalAveragePooling2D()(backbone.output))
-
-
-def weights_file(model_params: ModelParams, base: Path) -> Path | None:
-    """The file model.weights names, resolved against the project folder.
-
-    Args:
-        model_params: The model section.
-        base: The project folder.
-
-    Returns:
-        The path, or None when model.weights is not set.
-
-    Raises:
-        ConfigError: The file does not exist.
-    """
-    if model_params.weights is None:
-        return None
-    path = model_params.weights if model_params.weights.is_absolute() else base / model_params.weights
-    if not path.is_file():
-        raise ConfigError(path, "model.weights file not found (weights are never downloaded)")
-    return path
-
-
-ENCODER_MAX_BYTES = 2**31  # an encoder file larger than this is refused unread
 
 
 def encoder_of(model: keras.Model) -> keras.Model:
@@ -171,51 +143,6 @@ def encoder_of(model: keras.Model) -> keras.Model:
         The encoder, named `encoder`.
     """
     return keras.Model(model.input, model.get_layer("probabilities").input, name="encoder")
-
-
-def save_encoder(encoder: keras.Model, path: Path, about: dict) -> None:
-    """Write an encoder's weights as NumPy arrays (no pickle), with what they fit, atomically.
-
-    Args:
-        encoder: The encoder (encoder_of).
-        path: The .npz file.
-        about: What the weights are: architecture and input shape (checked on loading), and whatever
-            else the caller records (how they were trained).
-    """
-    arrays: dict[str, Any] = {f"w{i:04d}": np.asarray(w) for i, w in enumerate(encoder.get_weights())}
-    arrays["about"] = np.array(json.dumps(about, sort_keys=True))  # a unicode array: loads without pickle
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def read_encoder(path: Path) -> tuple[dict, list[np.ndarray]]:
-    """An encoder file's description and weight arrays (nothing unpickled; size bounded).
-
-    Args:
-        path: The .npz file (save_encoder).
-
-    Returns:
-        (about, weights in order).
-
-    Raises:
-        ConfigError: The file is too large or not an encoder file.
-    """
-    if path.stat().st_size > ENCODER_MAX_BYTES:
-        raise ConfigError(path, f"encoder file larger than {ENCODER_MAX_BYTES // 2**20} MB")
-    if not zipfile.is_zipfile(path):
-        raise ConfigError(path, "not a medpipe encoder file (not an .npz archive)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            about = json.loads(str(npz["about"]))
-            weights = [npz[k] for k in sorted(k for k in npz.files if k.startswith("w"))]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
-        pickled = "allow_pickle" in str(exc)  # an object array: it would need unpickling, so it is never read
-        why = "it holds pickled objects, never loaded" if pickled else type(exc).__name__
-        raise ConfigError(path, f"not a medpipe encoder file ({why})") from None
-    if not isinstance(about, dict):
-        raise ConfigError(path, "not a medpipe encoder file (no description)")
-    return about, weights
 
 
 def load_encoder(model: keras.Model, path: Path) -> dict:
@@ -231,6 +158,8 @@ def load_encoder(model: keras.Model, path: Path) -> dict:
     Raises:
         ConfigError: The file is not an encoder file, or was made for another architecture or input.
     """
+    from pipeline.weights import read_encoder
+
     about, weights = read_encoder(path)
     encoder = encoder_of(model)
     shape = list(model.input_shape[1:])
@@ -300,8 +229,8 @@ def build_model(
     features = ARCHITECTURES[model_params.name](x, n_classes, model_params, base)
     outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(features)
     model = keras.Model(inputs, outputs, name=model_params.name)
-    found = weights_file(model_params, base)
-    if found is not None and found.suffix == ".npz":  # a medpipe encoder (pretrain), for any architecture
+    found = model_params.weights_path(base)
+    if found is not None and found.suffix == ".npz":  # a medpipe encoder (pretrain), for the architecture that made it
         load_encoder(model, found)
     elif found is not None and model_params.name not in APPLICATIONS:
         raise ConfigError(found, f"{model_params.name} takes only a medpipe encoder file (.npz) as model.weights")

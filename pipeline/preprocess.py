@@ -250,7 +250,7 @@ def load_image(path: Path, preprocessing: PreprocessParams) -> np.ndarray:
 
 def cache_key(params: Params, validated: ValidationReport) -> str:
     """Hash of what the shards depend on: the split table (paths, labels, splits, content sha256),
-    the pixel-affecting params, the class list and the code version; with `semi` on, the pool table too.
+    the pixel-affecting params, the class list and the code version; with `semi` or `pretrain` on, the pool table too.
 
     Args:
         params: The run's params.

@@ -3,7 +3,7 @@
 Before supervised training, the encoder (the model up to its classifier, model.encoder_of) and a projection
 head (Dense-ReLU-Dense, dropped afterwards) learn from every train and pool image, labels unread: two views
 of each image (`pretrain.augment`) must pick each other out among the batch's other views (the NT-Xent loss
-at `pretrain.temperature`). The encoder's weights are kept as a NumPy file (model.save_encoder, no pickle)
+at `pretrain.temperature`). The encoder's weights are kept as a NumPy file (pipeline.weights.save_encoder, no pickle)
 that the run's classifier starts from and that a later run reuses through `model.weights`. Batches are a
 pure function of (seed, epoch, batch), written once for both backends, so pre-training is deterministic and
 resumes like supervised training. A k-nearest-neighbour probe (features of the labelled train images
@@ -12,6 +12,7 @@ voting for the val images' classes) says, before and after, whether the features
 
 import functools
 import math
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,9 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 2**32 - 1, ORDER_STREAM]).permutation(n)
 
 
-def pretrain_feed(splits: list[Split], pretraining: PretrainParams, seed: int, in_memory_mb: int, start_epoch: int = 0):
+def pretrain_feed(
+    splits: list[Split], pretraining: PretrainParams, seed: int, in_memory_mb: int, start_epoch: int = 0
+) -> tuple[Any, int]:
     """Batches of (view 1 | view 2 of the same images, zeros) for epochs start_epoch..pretraining.epochs-1,
     as one Keras PyDataset (any backend): each epoch a seeded permutation of all images of `splits`, full
     batches of `pretraining.batch_size` images (the last wrapping to the start).
@@ -157,7 +160,7 @@ def registered() -> type:
     return NTXentLoss
 
 
-def contrastive_model(classifier, pretraining: PretrainParams, jit_compile: bool = False):
+def contrastive_model(classifier: Any, pretraining: PretrainParams, jit_compile: bool = False) -> Any:
     """The classifier's encoder (its layers shared) under a projection head, compiled with NT-Xent.
 
     Args:
@@ -217,7 +220,7 @@ def knn_accuracy(
     return float((votes.argmax(axis=1) == np.asarray(labels)).mean())
 
 
-def probe(encoder, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray]) -> float:
+def probe(encoder: Any, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray]) -> float:
     """The k-NN probe of an encoder: labelled train features vote for the val images' classes.
 
     Args:

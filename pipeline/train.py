@@ -656,7 +656,9 @@ def has_checkpoint(params: Params, ws: Workspace) -> bool:
     Returns:
         True when outputs/checkpoint holds progress of an unfinished run.
     """
-    for folder in (phase_folder(ws.out / "checkpoint", params, 0), ws.out / "checkpoint" / PRETRAIN):
+    folders = [phase_folder(ws.out / "checkpoint", params, 0)]
+    folders += [ws.out / "checkpoint" / PRETRAIN] if params.pretrain.epochs else []
+    for folder in folders:
         try:
             progress = json.loads((folder / "progress.json").read_text())
         except (OSError, ValueError):
@@ -902,7 +904,7 @@ def run_encoder(ws: Workspace, params: Params, run_id: str) -> Path | None:
     Returns:
         The encoder file, or None.
     """
-    from pipeline.model import read_encoder
+    from pipeline.weights import read_encoder
 
     path = ws.out / "checkpoint" / PRETRAIN / ENCODER
     if not params.pretrain.epochs or not path.is_file():
@@ -960,13 +962,15 @@ def pretrain_phase(
     import keras
     import mlflow
 
-    from pipeline.model import encoder_of, load_encoder, save_encoder
+    from pipeline.model import encoder_of, load_encoder
     from pipeline.pretrain import contrastive_model, pretrain_feed, pretrain_words, probe
+    from pipeline.weights import save_encoder
 
     pretraining, training = params.pretrain, params.train
     folder = ws.out / "checkpoint" / PRETRAIN
     splits = [shards] + ([Shards(prepared.folder, POOL)] if prepared.split_sizes.get(POOL, 0) else [])
     labelled = probe_images(shards)
+    seeds = [np.asarray(v) for v in _seed_states(model)]  # dropout's random state, which pre-training moves on
     restored = load_checkpoint(folder, fresh.key) if resume else None
     if restored:
         contrastive, progress = restored
@@ -1019,31 +1023,14 @@ def pretrain_phase(
     }
     save_encoder(encoder, folder / ENCODER, about)
     load_encoder(model, folder / ENCODER)
+    for variable, value in zip(_seed_states(model), seeds):  # as a model built after a resume has it
+        variable.assign(value)
     mlflow.log_artifact(str(folder / ENCODER), "encoder")
     mlflow.log_dict(about, "encoder/encoder.json")
     mlflow.log_metrics({"pretrain_knn_before": about["knn"]["before"], "pretrain_knn_after": about["knn"]["after"]})
     mlflow.set_tag("medpipe.pretrain", pretrain_words(about))
     log.info(pretrain_words(about))
     return about
-
-
-def init_weights_tag(params: Params, base: Path) -> str:
-    """The `medpipe.init_weights` tag: the file model.weights names, its sha256 and, for an encoder file, the
-    MLflow run that pre-trained it.
-
-    Args:
-        params: The run's params (model.weights set).
-        base: The project folder.
-
-    Returns:
-        E.g. `encoder.npz sha256:3f2a... (pre-trained in run 5ccc74ed...)`.
-    """
-    from pipeline.model import read_encoder, weights_file
-
-    path = cast(Path, weights_file(params.model, base))
-    tag = f"{path.name} sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
-    source = read_encoder(path)[0].get("run_id") if path.suffix == ".npz" else None
-    return tag + (f" (pre-trained in run {source})" if source else "")
 
 
 def run_step(
@@ -1087,8 +1074,12 @@ def run_step(
         one_device(len(gpus(backend)), "pretrain.epochs", "pre-training")
     scope, _ = configure_devices(training)  # first: GPU settings only apply before a GPU is touched
     configure_determinism(training.seed, training.determinism)
+    if not resume:  # a fresh run: no phase of an earlier one is left for a later --resume to mix in
+        shutil.rmtree(folder, ignore_errors=True)
     with scope:
         restored = load_checkpoint(phase_folder(folder, params, 0), key) if resume else None
+        if restored and params.pretrain.epochs and run_encoder(ws, params, restored[1].run_id) is None:
+            restored = None  # a teacher whose encoder is gone cannot be continued: pre-train again
         pretrained = read_progress(folder / PRETRAIN, key) if resume and params.pretrain.epochs else None
         model, progress = restored or (
             new_model(params, meta, ws.base, math.ceil(len(plan[0]) / training.batch_size)),
@@ -1104,8 +1095,6 @@ def run_step(
         mlflow.set_tags(owner_tags())  # a killed process's run is closed as KILLED by the next command
         mlflow.log_dict({"before": balance.counts_before, "after": balance.counts_after}, "balance/class_counts.json")
         val_data, section = (val.read(), val.labels), "round0" if last else ""  # the teacher's curves
-        if params.model.weights is not None:  # lineage: which weights the model started from
-            mlflow.set_tag("medpipe.init_weights", init_weights_tag(params, ws.base))
         if params.pretrain.epochs and not restored:
             with configure_devices(training)[0]:
                 pretrain_phase(model, params, ws, prepared, shards, val_data, Progress(key, run.info.run_id), resume)

@@ -87,6 +87,15 @@ def test_the_card_says_where_labels_came_from_and_what_became_of_unlabelled_imag
         "- Unlabelled images: 40, 37 usable, in no split; pseudo-labelling: 30 of 37 pool images.",
     ]
     assert label_lines({}, report) == ["- Unlabelled images: 40, 37 usable, in no split; not learnt from."]
+    pretrained = {"medpipe.pretrain": "simclr: 97 images"}
+    assert label_lines(pretrained, report)[-1] == (
+        "- Unlabelled images: 40, 37 usable, in no split; seen without labels by the encoder's self-supervised "
+        "pre-training."
+    )
+    assert label_lines({**lineage, **pretrained}, report)[-1] == (
+        "- Unlabelled images: 40, 37 usable, in no split; pseudo-labelling: 30 of 37 pool images; seen without "
+        "labels by the encoder's self-supervised pre-training."
+    )
     assert label_lines({}, ValidationReport(True, [], 60, {})) == []
     assert "- Unlabelled images" not in card_markdown(_facts([]))
 

@@ -58,7 +58,7 @@ def test_up_to_date_only_for_the_same_data_params_and_committed_code(tmp_path):
     import mlflow
 
     from pipeline.config import Params, Workspace
-    from pipeline.lineage import LINEAGE_KEYS, SameLineage, lineage_tags, up_to_date
+    from pipeline.lineage import LINEAGE_KEYS, SameLineage, init_weights, lineage_tags, up_to_date
 
     run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
     (tmp_path / "data").mkdir()
@@ -92,6 +92,15 @@ def test_up_to_date_only_for_the_same_data_params_and_committed_code(tmp_path):
     (tmp_path / "data" / "b.png").write_bytes(b"y")
     assert up_to_date(params, ws) is None  # other data
     (tmp_path / "data" / "b.png").unlink()
+    (tmp_path / "start.weights.h5").write_bytes(b"one")  # model.weights: the same path, another file
+    started = Params.model_validate({**params.model_dump(by_alias=True), "model": {"weights": "start.weights.h5"}})
+    with_file = {**tags, **{k: v for k, v in lineage_tags(started, ws).items() if k in LINEAGE_KEYS}}
+    client.create_model_version(
+        "medpipe-classifier", "file:///nowhere", tags={**with_file, **init_weights(started, tmp_path)}
+    )
+    assert up_to_date(started, ws) == SameLineage(5, gated=True)
+    (tmp_path / "start.weights.h5").write_bytes(b"two")
+    assert up_to_date(started, ws) is None  # the file changed
     (tmp_path / "code.py").write_text("a = 2\n")
     assert up_to_date(params, ws) is None  # uncommitted code
 
