@@ -55,17 +55,18 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def pretrain_feed(
-    splits: list[Split], pretraining: PretrainParams, seed: int, in_memory_mb: int, start_epoch: int = 0
+    images: Split, pretraining: PretrainParams, seed: int, in_memory_mb: int, start_epoch: int = 0
 ) -> tuple[Any, int]:
     """Batches of (view 1 | view 2 of the same images, zeros) for epochs start_epoch..pretraining.epochs-1,
-    as one Keras PyDataset (any backend): each epoch a seeded permutation of all images of `splits`, full
-    batches of `pretraining.batch_size` images (the last wrapping to the start).
+    as one Keras PyDataset (any backend): each epoch a seeded permutation of `images`, full batches of
+    `pretraining.batch_size` images (the last wrapping to the start).
 
     Args:
-        splits: The splits to learn from (their labels are not read).
+        images: What to learn from, e.g. the train split joined with the pool (shards.JoinedShards); labels
+            are not read.
         pretraining: The pretrain params (epochs, batch_size, augment).
         seed: train.seed.
-        in_memory_mb: Splits up to this size are read into memory, larger ones stream from their shards.
+        in_memory_mb: Up to this size the images are read into memory, else they stream from their shards.
         start_epoch: The first epoch (a resumed run's).
 
     Returns:
@@ -74,30 +75,14 @@ def pretrain_feed(
     import keras
     from keras import ops
 
-    sizes = [len(s) for s in splits]
-    starts = np.cumsum([0, *sizes])
-    n, batch = int(starts[-1]), min(pretraining.batch_size, max(int(starts[-1]), 1))
+    n = len(images)
+    batch = min(pretraining.batch_size, max(n, 1))
     steps = steps_per_epoch(n, batch)
-    tables = [s.read() if s.nbytes <= in_memory_mb * 2**20 else None for s in splits]
+    table = images.read() if images.nbytes <= in_memory_mb * 2**20 else None
     scale = _on_device(None)
     fn = _on_device(pretraining.augment) if augments(pretraining.augment) else None
     every = np.ones(batch, dtype=bool)
     dummy = np.zeros((2 * batch, 1), dtype=np.float32)
-
-    def images(rows: np.ndarray) -> np.ndarray:
-        """uint8 images of positions across the splits, in the order given."""
-        which = np.searchsorted(starts, rows, side="right") - 1
-        out = None
-        for k, split in enumerate(splits):
-            mask = which == k
-            if not mask.any():
-                continue
-            idx, table = rows[mask] - starts[k], tables[k]
-            got = table[idx] if table is not None else split.take(idx)
-            out = np.empty((len(rows), *got.shape[1:]), dtype=got.dtype) if out is None else out
-            out[mask] = got
-        assert out is not None
-        return out
 
     class PretrainFeed(keras.utils.PyDataset):
         def __init__(self) -> None:
@@ -113,7 +98,8 @@ def pretrain_feed(
             if order is None:
                 order = epoch_order(seed, epoch, n)
                 self.orders = {epoch: order}  # one epoch at a time
-            x = images(wrapped(order, b, batch))
+            rows = wrapped(order, b, batch)
+            x = table[rows] if table is not None else images.take(rows)
             at = (seed, epoch, b)
             first = view(x, every, pretraining.augment, fn, scale, at, VIEW_STREAMS[0])
             second = view(x, every, pretraining.augment, fn, scale, at, VIEW_STREAMS[1])

@@ -937,7 +937,7 @@ def pretrain_phase(
     params: Params,
     ws: Workspace,
     prepared: PreprocessResult,
-    shards: Split,
+    shards: Shards,
     val: tuple[np.ndarray, np.ndarray],
     fresh: Progress,
     resume: bool,
@@ -962,13 +962,16 @@ def pretrain_phase(
     import keras
     import mlflow
 
-    from pipeline.model import encoder_of, load_encoder
+    from pipeline.model import encoder_of
     from pipeline.pretrain import contrastive_model, pretrain_feed, pretrain_words, probe
     from pipeline.weights import save_encoder
 
     pretraining, training = params.pretrain, params.train
     folder = ws.out / "checkpoint" / PRETRAIN
-    splits = [shards] + ([Shards(prepared.folder, POOL)] if prepared.split_sizes.get(POOL, 0) else [])
+    images: Split = shards
+    if prepared.split_sizes.get(POOL, 0):
+        pool = Shards(prepared.folder, POOL)
+        images = JoinedShards(shards, pool, np.arange(len(pool)), np.full(len(pool), -1))  # labels unread
     labelled = probe_images(shards)
     seeds = [np.asarray(v) for v in _seed_states(model)]  # dropout's random state, which pre-training moves on
     restored = load_checkpoint(folder, fresh.key) if resume else None
@@ -981,8 +984,7 @@ def pretrain_phase(
         before = probe(encoder_of(model), labelled, val)
         progress = Progress(fresh.key, fresh.run_id, history={"pretrain_loss": [], "knn_before": [before]})
     history = cast(dict[str, list[float]], progress.history)
-    images = sum(len(split) for split in splits)
-    log.info(f"pretrain: SimCLR on {images} train and pool images, {pretraining.epochs} epochs")
+    log.info(f"pretrain: SimCLR on {len(images)} train and pool images, {pretraining.epochs} epochs")
 
     class Monitor(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -995,7 +997,7 @@ def pretrain_phase(
             log.info(f"pretrain epoch {epoch + 1}/{pretraining.epochs}: loss {loss:.4f}")
 
     if progress.epoch < pretraining.epochs:
-        data, steps = pretrain_feed(splits, pretraining, training.seed, training.in_memory_mb, progress.epoch)
+        data, steps = pretrain_feed(images, pretraining, training.seed, training.in_memory_mb, progress.epoch)
         contrastive.fit(
             data,
             epochs=pretraining.epochs,
@@ -1010,7 +1012,7 @@ def pretrain_phase(
         "architecture": model.name,
         "input_shape": list(model.input_shape[1:]),
         "method": "simclr",
-        "images": images,
+        "images": len(images),
         "epochs": pretraining.epochs,
         "temperature": pretraining.temperature,
         "batch_size": pretraining.batch_size,
@@ -1022,7 +1024,7 @@ def pretrain_phase(
         "run_id": fresh.run_id,
     }
     save_encoder(encoder, folder / ENCODER, about)
-    load_encoder(model, folder / ENCODER)
+    encoder_of(model).set_weights(encoder.get_weights())  # the same layers: no need to read the file back
     for variable, value in zip(_seed_states(model), seeds):  # as a model built after a resume has it
         variable.assign(value)
     mlflow.log_artifact(str(folder / ENCODER), "encoder")

@@ -73,7 +73,7 @@ NO_TENSORFLOW = textwrap.dedent(
     from pipeline.pretrain import contrastive_model, pretrain_feed
     pre = PretrainParams(epochs=1, batch_size=8)
     contrastive = contrastive_model(model, pre)  # self-supervised pre-training runs there too
-    pretrain, pretrain_steps = pretrain_feed([split], pre, params.train.seed, 1)
+    pretrain, pretrain_steps = pretrain_feed(split, pre, params.train.seed, 1)
     contrastive.fit(pretrain, epochs=1, steps_per_epoch=pretrain_steps, verbose=0, shuffle=False)
     print("backend", __import__("keras").backend.backend())
     print("weights", weights_sha256(model.get_weights()))

@@ -24,7 +24,7 @@ from pipeline.pretrain import (
     registered,
     steps_per_epoch,
 )
-from pipeline.shards import ArrayShards
+from pipeline.shards import ArrayShards, JoinedShards
 from pipeline.weights import read_encoder, save_encoder
 from tests.helpers import start_process, stderr_tail, wait_for, write_params
 from tests.pipeline.test_semi import _pool_data
@@ -65,12 +65,12 @@ def _splits():
     rng = np.random.default_rng(1)
     train = ArrayShards(rng.integers(0, 255, (10, 16, 16, 1), dtype=np.uint8), np.zeros(10, dtype=np.int64))
     pool = ArrayShards(rng.integers(0, 255, (7, 16, 16, 1), dtype=np.uint8), np.full(7, -1, dtype=np.int64))
-    return [train, pool]
+    return JoinedShards(train, pool, np.arange(7), np.full(7, -1))  # the train split, then the pool
 
 
 def test_pretraining_batches_are_two_views_of_each_image_seeded_and_resumable():
     splits = _splits()
-    everything = np.concatenate([s.read() for s in splits])
+    everything = np.concatenate([s.read() for s in (splits.train, splits.pool)])
     plain = PretrainParams(
         epochs=2,
         batch_size=4,
