@@ -140,9 +140,9 @@ def init_weights(params: Params, base: Path) -> dict[str, str]:
     with path.open("rb") as f:
         tag = f"{path.name} sha256:{hashlib.file_digest(f, 'sha256').hexdigest()}"
     if path.suffix == ".npz":
-        from pipeline.weights import read_encoder
+        from pipeline.weights import read_about
 
-        source = read_encoder(path)[0].get("run_id")
+        source = read_about(path).get("run_id")
         tag += f" (pre-trained in run {source})" if source else ""
     return {"medpipe.init_weights": tag}
 
@@ -174,7 +174,13 @@ def label_sources(data_root: Path) -> dict[str, str]:
     return {"medpipe.label_sources": ",".join(f"{k}={v}" for k, v in counts.items())}
 
 
-LINEAGE_KEYS = ("medpipe.data_md5", "medpipe.params_md5", "medpipe.git_commit", "medpipe.git_dirty")
+LINEAGE_KEYS = (
+    "medpipe.data_md5",
+    "medpipe.params_md5",
+    "medpipe.git_commit",
+    "medpipe.git_dirty",
+    "medpipe.init_weights",  # only when model.weights is set: absent on both sides otherwise
+)
 
 
 @dataclass(frozen=True)
@@ -210,8 +216,7 @@ def up_to_date(params: Params, ws: Workspace) -> SameLineage | None:
         versions = mlflow.MlflowClient().search_model_versions(f"name='{params.register_.model_name}'")
     except MlflowException:
         return None
-    keys = (*LINEAGE_KEYS, *(k for k in ("medpipe.init_weights",) if k in tags))  # the start, when a file
-    same = [v for v in versions if is_complete(v) and all(v.tags.get(k) == tags[k] for k in keys)]
+    same = [v for v in versions if is_complete(v) and all(v.tags.get(k) == tags.get(k) for k in LINEAGE_KEYS)]
     if not same:
         return None
     newest = max(same, key=lambda v: int(v.version))

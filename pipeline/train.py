@@ -904,12 +904,12 @@ def run_encoder(ws: Workspace, params: Params, run_id: str) -> Path | None:
     Returns:
         The encoder file, or None.
     """
-    from pipeline.weights import read_encoder
+    from pipeline.weights import read_about
 
     path = ws.out / "checkpoint" / PRETRAIN / ENCODER
     if not params.pretrain.epochs or not path.is_file():
         return None
-    return path if read_encoder(path)[0].get("run_id") == run_id else None
+    return path if read_about(path).get("run_id") == run_id else None
 
 
 def pretrained_start(model, ws: Workspace, params: Params, fresh: Progress):

@@ -63,6 +63,26 @@ def read_encoder(path: Path) -> tuple[dict, list[np.ndarray]]:
     Raises:
         ConfigError: The file is not an encoder file, or its arrays are larger than it or ENCODER_MAX_BYTES.
     """
+    return _read(path, arrays=True)
+
+
+def read_about(path: Path) -> dict:
+    """An encoder file's description alone (its arrays checked as read_encoder does, not read).
+
+    Args:
+        path: The .npz file (save_encoder).
+
+    Returns:
+        The description (architecture, input_shape, run_id, ...).
+
+    Raises:
+        ConfigError: As read_encoder.
+    """
+    return _read(path, arrays=False)[0]
+
+
+def _read(path: Path, arrays: bool) -> tuple[dict, list[np.ndarray]]:
+    """read_encoder's work; the weight arrays only with `arrays`."""
     if not zipfile.is_zipfile(path):
         raise ConfigError(path, "not a medpipe encoder file (not an .npz archive)")
     try:
@@ -70,7 +90,7 @@ def read_encoder(path: Path) -> tuple[dict, list[np.ndarray]]:
         with np.load(path, allow_pickle=False) as npz:
             about = json.loads(str(npz["about"]))
             names = sorted((k for k in npz.files if k.startswith("w")), key=lambda k: int(k[1:]))
-            weights = [npz[k] for k in names]
+            weights = [npz[k] for k in names] if arrays else []
     except ConfigError:
         raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, MemoryError) as exc:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.weights import read_encoder, save_encoder
+from pipeline.weights import read_about, read_encoder, save_encoder
 
 
 class _Encoder:
@@ -19,6 +19,7 @@ def test_an_encoder_file_round_trips_and_refuses_what_is_not_one(tmp_path):
     save_encoder(_Encoder(), path, {"architecture": "seed_cnn", "epochs": 2})
     about, weights = read_encoder(path)
     assert about == {"architecture": "seed_cnn", "epochs": 2}
+    assert read_about(path) == about  # the description alone
     for a, b in zip(weights, _Encoder().get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     (tmp_path / "junk.npz").write_bytes(b"not a zip file")
