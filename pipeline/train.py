@@ -599,6 +599,9 @@ def start_run(
     return run
 
 
+_LOG_INPUT_ATTEMPTS = 3  # a lost insert race (see lost_insert_race) is retried
+
+
 def log_data_input(validated: ValidationReport, data_root: Path, data_md5: str) -> None:
     """The active run's dataset input: the data version, its labels and splits, and the images per split.
 
@@ -620,14 +623,41 @@ def log_data_input(validated: ValidationReport, data_root: Path, data_md5: str) 
         dataset = from_pandas(
             table, source=str(data_root), targets="label", name=data_root.name, digest=data_md5[:8] or None
         )
-    mlflow.log_input(
-        dataset,
-        context="training",
-        tags={
-            "data_md5": data_md5,
-            **{f"{split}_images": str(int(counts.get(split, 0))) for split in ("train", "val", "test")},
-        },
-    )
+    tags = {
+        "data_md5": data_md5,
+        **{f"{split}_images": str(int(counts.get(split, 0))) for split in ("train", "val", "test")},
+    }
+    for attempt in range(_LOG_INPUT_ATTEMPTS):
+        try:
+            mlflow.log_input(dataset, context="training", tags=tags)
+            return
+        except mlflow.MlflowException as error:
+            if attempt + 1 == _LOG_INPUT_ATTEMPTS or not lost_insert_race(error):
+                raise
+            log.debug("another run stored data version %s first; linking to it", data_md5[:8])
+
+
+def lost_insert_race(error: BaseException) -> bool:
+    """Whether an MLflow store call failed on a UNIQUE constraint (another process inserted the same row first).
+
+    MLflow's SQL store looks a dataset up, then inserts it, outside one transaction: two runs logging a new
+    data version at once (parallel tune trials, a scheduled run beside a manual one) both insert, and the
+    later one fails; a second try finds the row and links to it.
+
+    Args:
+        error: What the store call raised.
+
+    Returns:
+        True when an IntegrityError of SQLAlchemy is among its causes.
+    """
+    from sqlalchemy.exc import IntegrityError
+
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, IntegrityError):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def checkpoint_key(params: Params, prepared: PreprocessResult, balanced: BalanceResult) -> str:

@@ -1,15 +1,20 @@
 """Training: the input pipeline, schedules, devices, and a resumed run ending where an uninterrupted one does."""
 
 import json
+import subprocess
+import sys
 
+import mlflow
 import numpy as np
 import pytest
 
 from pipeline import balance, preprocess, validate
-from pipeline.config import Params, TrainParams, Workspace
+from pipeline.config import Params, RegisterParams, TrainParams, Workspace
 from pipeline.lineage import weights_sha256
+from pipeline.registry import setup_tracking
 from pipeline.shards import Shards
 from pipeline.train import configure_determinism, configure_devices, learning_rate, new_model, run_step, train_dataset
+from tests.helpers import wait_for
 
 TRAIN = {"epochs": 4, "batch_size": 16, "min_epochs": 0, "patience": 10, "schedule": "cosine"}
 
@@ -153,3 +158,49 @@ def test_curve_metrics_log_each_figure_under_its_name_and_in_the_curves_section(
     names = {n for n in logged if "/" not in n}
     assert set(logged) - names == {f"curves/{n}" for n in names}
     assert len(names) == len(CURVES)
+
+
+_LOG_INPUT_CHILD = """
+import sys, time
+from pathlib import Path
+import mlflow
+from pipeline.config import RegisterParams
+from pipeline.registry import setup_tracking
+from pipeline.train import log_data_input
+from pipeline.validate import ValidationReport
+
+folder, uri, data_root, me = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+experiment = setup_tracking(RegisterParams(tracking_uri=uri, artifact_root=str(folder / "art")), folder)
+report = ValidationReport(success=True, checks=[], n_images=6, class_counts={}, report_md=str(folder / "report.md"))
+with mlflow.start_run(experiment_id=experiment) as run:
+    (folder / f"ready-{me}").write_text(run.info.run_id)
+    while not (folder / "go").exists():
+        time.sleep(0.0005)
+    log_data_input(report, data_root, "0123456789abcdef")
+"""
+
+
+def test_runs_logging_the_same_data_version_at_once_all_record_it(tmp_path):
+    """MLflow's log_inputs looks the dataset up, then inserts it: two runs logging a new data version at the same
+    moment (parallel tune trials, a schedule beside a manual run) both insert, and the loser's UNIQUE
+    constraint failure used to end its training (the CI of 971e964). Real processes, started together."""
+    (tmp_path / "splits.csv").write_text("path,label,split\na.png,x,train\nb.png,y,val\nc.png,x,test\n")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    setup_tracking(RegisterParams(tracking_uri=uri, artifact_root=str(tmp_path / "art")), tmp_path)  # schema once
+    n = 6
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _LOG_INPUT_CHILD, str(tmp_path), uri, str(tmp_path / "data"), str(i)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
+    wait_for(lambda: all((tmp_path / f"ready-{i}").exists() for i in range(n)), 300, "runs started", *children)
+    (tmp_path / "go").touch()
+    errors = [child.communicate(timeout=300)[1] for child in children]
+    assert [child.returncode for child in children] == [0] * n, "\n".join(errors)[-3000:]
+    client = mlflow.MlflowClient(uri)
+    for i in range(n):
+        inputs = client.get_run((tmp_path / f"ready-{i}").read_text()).inputs.dataset_inputs
+        assert [(d.dataset.name, d.dataset.digest) for d in inputs] == [("data", "01234567")]
