@@ -684,7 +684,7 @@ def has_checkpoint(params: Params, ws: Workspace) -> bool:
         ws: The workspace.
 
     Returns:
-        True when outputs/checkpoint holds progress of an unfinished run.
+        True when outputs/checkpoint holds a run's progress: a finished run removes its checkpoint.
     """
     folders = [phase_folder(ws.out / "checkpoint", params, 0)]
     folders += [ws.out / "checkpoint" / PRETRAIN] if params.pretrain.epochs else []
@@ -693,7 +693,7 @@ def has_checkpoint(params: Params, ws: Workspace) -> bool:
             progress = json.loads((folder / "progress.json").read_text())
         except (OSError, ValueError):
             continue
-        if progress.get("run_id") and not progress.get("finished", False):
+        if progress.get("run_id"):
             return True
     return False
 
