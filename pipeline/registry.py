@@ -60,6 +60,29 @@ def setup_tracking(registry_params: RegisterParams, base: Path) -> str:
     return mlflow.create_experiment(registry_params.experiment, artifact_location=artifacts)
 
 
+def lost_insert_race(error: BaseException) -> bool:
+    """Whether an MLflow store call failed on a UNIQUE constraint (another process inserted the same row first).
+
+    MLflow's SQL store looks a dataset up, then inserts it, outside one transaction: two runs logging a new
+    data version at once (parallel tune trials, a scheduled run beside a manual one) both insert, and the
+    later one fails; a second try finds the row and links to it.
+
+    Args:
+        error: What the store call raised.
+
+    Returns:
+        True when an IntegrityError of SQLAlchemy is among its causes.
+    """
+    from sqlalchemy.exc import IntegrityError
+
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, IntegrityError):
+            return True
+        cause = cause.__cause__
+    return False
+
+
 # Every complete version has these (versions made since the signature also medpipe.task_signature and
 # medpipe.model_sha256, written in the same registry call); a version missing one was cut short.
 COMPLETE_TAGS = (

@@ -32,7 +32,7 @@ from pipeline.lineage import lineage_tags, weights_sha256
 from pipeline.metrics import macro_roc_auc
 from pipeline.outputs import read_result, replace_dir, swap_in
 from pipeline.preprocess import PreprocessResult
-from pipeline.registry import owner_tags, setup_tracking
+from pipeline.registry import lost_insert_race, owner_tags, setup_tracking
 from pipeline.semi import POOL, pick, picked_by, predict_pool, round_summary, share_note, student_plan
 from pipeline.shards import JoinedShards, Shards, Split, read_meta
 from pipeline.validate import ValidationReport
@@ -635,29 +635,6 @@ def log_data_input(validated: ValidationReport, data_root: Path, data_md5: str) 
             if attempt + 1 == _LOG_INPUT_ATTEMPTS or not lost_insert_race(error):
                 raise
             log.debug("another run stored data version %s first; linking to it", data_md5[:8])
-
-
-def lost_insert_race(error: BaseException) -> bool:
-    """Whether an MLflow store call failed on a UNIQUE constraint (another process inserted the same row first).
-
-    MLflow's SQL store looks a dataset up, then inserts it, outside one transaction: two runs logging a new
-    data version at once (parallel tune trials, a scheduled run beside a manual one) both insert, and the
-    later one fails; a second try finds the row and links to it.
-
-    Args:
-        error: What the store call raised.
-
-    Returns:
-        True when an IntegrityError of SQLAlchemy is among its causes.
-    """
-    from sqlalchemy.exc import IntegrityError
-
-    cause: BaseException | None = error
-    while cause is not None:
-        if isinstance(cause, IntegrityError):
-            return True
-        cause = cause.__cause__
-    return False
 
 
 def checkpoint_key(params: Params, prepared: PreprocessResult, balanced: BalanceResult) -> str:
